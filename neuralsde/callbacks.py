@@ -1,0 +1,51 @@
+"""Rank-zero callbacks: sample plots saved as PNG and, with wandb, logged as images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_only
+
+from neuralsde.plotting import plot_samples
+
+
+def log_figure(trainer: pl.Trainer, fig, name: str, out_dir: str | Path) -> Path:
+    """Save ``fig`` as ``out_dir/name.png``; also log it as ``wandb.Image`` when a wandb logger is active."""
+    out = Path(out_dir) / f"{name}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+            logger.experiment.log({name: wandb.Image(str(out))}, step=trainer.global_step)
+    plt.close(fig)
+    return out
+
+
+class SamplePlotCallback(pl.Callback):
+    """Plots paths from the averaged generator beside real validation paths, every ``every_n_steps``
+    training steps (0: only at the end of training) and at the end of training."""
+
+    def __init__(self, out_dir: str, every_n_steps: int = 0, n_paths: int = 16, seed: int = 0):
+        self.out_dir, self.every_n_steps, self.n_paths, self.seed = out_dir, every_n_steps, n_paths, seed
+
+    @rank_zero_only
+    def _plot(self, trainer: pl.Trainer, module, name: str) -> None:
+        real = trainer.datamodule.val if len(trainer.datamodule.val) else trainer.datamodule.train
+        real = real[: self.n_paths]
+        with torch.no_grad():
+            fake = module.sample(self.n_paths, generator=torch.Generator().manual_seed(self.seed))
+        to_units = trainer.datamodule.to_data_units
+        fig = plot_samples(to_units(real), to_units(fake.cpu()), trainer.datamodule.channel_names,
+                           title=f"{module.family}, step {int(module.train_step)}")
+        log_figure(trainer, fig, name, self.out_dir)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = int(module.train_step)
+        if self.every_n_steps and step % self.every_n_steps == 0:
+            self._plot(trainer, module, f"samples_step{step:06d}")
+
+    def on_train_end(self, trainer, module) -> None:
+        self._plot(trainer, module, "samples")

@@ -1,0 +1,57 @@
+"""What every data source returns, and the checks every source shares."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from neuralsde.errors import DataError
+
+
+@dataclass
+class RawSeries:
+    """Series as a source produces them, before splitting and normalisation.
+
+    times: ``(T,)`` strictly increasing observation times, in the source's own unit.
+    values: ``(N, T, C)`` float32, NaN where a value is missing.
+    channel_names: ``C`` names.
+    labels: optional ``(N,)`` int64 class per series (e.g. the station), with ``label_names``.
+    window_start: optional ``(N,)`` int64 position of each window in one long underlying series;
+        present when windows were cut from a long series, so that a split by time can keep every
+        window inside one split.
+    """
+
+    times: torch.Tensor
+    values: torch.Tensor
+    channel_names: list[str]
+    labels: torch.Tensor | None = None
+    label_names: list[str] | None = None
+    window_start: torch.Tensor | None = None
+    meta: dict = field(default_factory=dict)
+
+    def validate(self, source: str) -> "RawSeries":
+        """Raise a DataError naming ``source`` if shapes or contents are unusable."""
+        if self.values.ndim != 3:
+            raise DataError(f"{source}: values must have shape (N, T, C), got {tuple(self.values.shape)}.")
+        n, t, c = self.values.shape
+        if n == 0 or t < 2 or c == 0:
+            raise DataError(f"{source}: need at least one series of two or more times and one channel, "
+                            f"got shape {(n, t, c)}. Fix: check the file or the window length.")
+        if self.times.shape != (t,):
+            raise DataError(f"{source}: times must have shape ({t},), got {tuple(self.times.shape)}.")
+        if not bool((self.times[1:] > self.times[:-1]).all()):
+            raise DataError(f"{source}: observation times must be strictly increasing.")
+        if len(self.channel_names) != c:
+            raise DataError(f"{source}: {c} channels but {len(self.channel_names)} channel names.")
+        observed = ~torch.isnan(self.values)
+        empty_channels = [self.channel_names[i] for i in range(c) if not observed[..., i].any()]
+        if empty_channels:
+            raise DataError(f"{source}: channel(s) {empty_channels} are missing everywhere. "
+                            "Fix: drop them from the value columns.")
+        empty_series = (~observed.flatten(1).any(1)).nonzero().flatten()
+        if len(empty_series):
+            raise DataError(f"{source}: {len(empty_series)} series have every value missing "
+                            f"(first index {int(empty_series[0])}). Fix: drop them before training.")
+        if torch.isinf(self.values).any():
+            raise DataError(f"{source}: values contain infinities. Fix: replace them by NaN or clean the data.")
+        return self

@@ -1,0 +1,79 @@
+"""One LightningDataModule for every source: split, normalise, prepend time, batch."""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from neuralsde.data.base import RawSeries
+from neuralsde.data.preprocessing import (
+    SPLIT_BY, Normalizer, check_batch_size, check_fractions, split_by_series, split_by_time, time_channel)
+from neuralsde.errors import ConfigError, DataError, bad_option
+
+
+class TimeSeriesDataModule(pl.LightningDataModule):
+    """Batches of shape ``(batch, T, 1 + C)``: time in channel 0, normalised values (NaN = missing) after it.
+
+    After ``setup()``: ``times`` ``(T,)`` (the time channel), ``data_size`` ``C``, ``channel_names``,
+    ``normalizer`` (fitted on the training split only), and ``train``/``val``/``test`` tensors.
+    """
+
+    def __init__(self, source, batch_size: int = 128, split_fractions=(0.8, 0.1, 0.1), split_by: str = "series",
+                 normalize: str = "standard", time_unit: str = "index", seed: int = 0, eval_batch_size: int = 1024,
+                 num_workers: int = 0):
+        super().__init__()
+        if split_by not in SPLIT_BY:
+            raise bad_option("data.split_by", split_by, f"one of {SPLIT_BY}", "set data.split_by=series")
+        self.source = source
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size)
+        self.fractions = check_fractions(split_fractions)
+        self.split_by, self.normalize, self.time_unit = split_by, normalize, time_unit
+        self.seed, self.num_workers = int(seed), int(num_workers)
+        self.raw: RawSeries | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.raw is not None:
+            return
+        raw = self.source.load()
+        self.raw = raw
+        n, t_size, c = raw.values.shape
+        if self.split_by == "series":
+            idx = split_by_series(n, self.fractions, self.seed)
+        else:
+            if raw.window_start is None:
+                raise ConfigError("data.split_by=time needs windows cut from one long series, but this source gives "
+                                  "independent series. Fix: set data.split_by=series.")
+            idx = split_by_time(raw.window_start, t_size, self.fractions)
+        train_raw = raw.values[idx[0]]
+        if len(idx[0]) == 0:
+            raise DataError(f"The training split is empty ({n} series, fractions {self.fractions}). "
+                            "Fix: use more data or a larger training fraction.")
+        check_batch_size(self.batch_size, len(idx[0]))
+        self.normalizer = Normalizer.fit(train_raw, self.normalize)
+        self.times = time_channel(raw.times, self.time_unit)
+        self.data_size, self.channel_names = c, list(raw.channel_names)
+        self.split_indices = dict(zip(("train", "val", "test"), idx))
+        self.train, self.val, self.test = (self._with_time(self.normalizer(raw.values[i])) for i in idx)
+
+    def _with_time(self, values: torch.Tensor) -> torch.Tensor:
+        t = self.times.view(1, -1, 1).expand(values.size(0), -1, 1)
+        return torch.cat([t, values], dim=-1)
+
+    def to_data_units(self, paths: torch.Tensor) -> torch.Tensor:
+        """``(batch, T, 1 + C)`` normalised paths to data units (time channel untouched)."""
+        return torch.cat([paths[..., :1], self.normalizer.inverse(paths[..., 1:])], dim=-1)
+
+    def _loader(self, data: torch.Tensor, shuffle: bool, batch_size: int) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed)
+        return DataLoader(TensorDataset(data), batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
+                          generator=gen if shuffle else None, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train, True, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val if len(self.val) else self.train, False, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test if len(self.test) else self.val, False, self.eval_batch_size)

@@ -1,0 +1,76 @@
+"""SDE-GAN generator: initial noise -> hidden state -> Stratonovich neural SDE -> linear readout."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from neuralsde.brownian import draw_entropy
+from neuralsde.nn import MLP
+from neuralsde.solver import SolverConfig, sdeint
+
+
+class GeneratorSDE(nn.Module):
+    """Drift and diffusion of the generator; Stratonovich, general noise.
+
+    ``t`` (the solver's index time) is rescaled by ``time_scale`` before entering the networks.
+    Submodules are not called ``f``/``g``: torchsde finds drift and diffusion by attribute name.
+    """
+
+    sde_type = "stratonovich"
+    noise_type = "general"
+
+    def __init__(self, hidden_size: int, noise_size: int, mlp_size: int, num_layers: int, time_scale: float = 1.0):
+        super().__init__()
+        self.hidden_size, self.noise_size, self.time_scale = hidden_size, noise_size, time_scale
+        self.drift_net = MLP(1 + hidden_size, hidden_size, mlp_size, num_layers, tanh=True)
+        self.diffusion_net = MLP(1 + hidden_size, hidden_size * noise_size, mlp_size, num_layers, tanh=True)
+        self.nfe = 0  # drift-and-diffusion evaluations, for benchmarks
+
+    def _input(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        t = (t * self.time_scale).to(y.dtype).expand(y.size(0), 1)
+        return torch.cat([t, y], dim=1)
+
+    def f_and_g(self, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``y`` ``(batch, hidden)`` -> drift ``(batch, hidden)``, diffusion ``(batch, hidden, noise)``."""
+        self.nfe += 1
+        ty = self._input(t, y)
+        return self.drift_net(ty), self.diffusion_net(ty).view(y.size(0), self.hidden_size, self.noise_size)
+
+    def f(self, t, y):
+        return self.drift_net(self._input(t, y))
+
+    def g(self, t, y):
+        return self.diffusion_net(self._input(t, y)).view(y.size(0), self.hidden_size, self.noise_size)
+
+
+class Generator(nn.Module):
+    """Maps initial noise and a Brownian motion to paths ``(batch, T, 1 + data_size)`` (time in channel 0)."""
+
+    def __init__(self, data_size: int, initial_noise_size: int = 5, noise_size: int = 3, hidden_size: int = 16,
+                 mlp_size: int = 16, num_layers: int = 1, t_size: int = 64, solver: SolverConfig | None = None):
+        super().__init__()
+        self.initial_noise_size = initial_noise_size
+        self.solver = solver or SolverConfig()
+        self.initial = MLP(initial_noise_size, hidden_size, mlp_size, num_layers, tanh=False)
+        self.sde = GeneratorSDE(hidden_size, noise_size, mlp_size, num_layers, time_scale=1.0 / max(t_size - 1, 1))
+        self.readout = nn.Linear(hidden_size, data_size)
+
+    def forward(self, time_values: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
+                solver: SolverConfig | None = None) -> torch.Tensor:
+        """time_values ``(T,)``: the time channel; the SDE is solved on the index grid ``0..T-1``."""
+        solver = solver or self.solver
+        device, dtype = self.readout.weight.device, self.readout.weight.dtype
+        ts = torch.arange(time_values.numel(), device=device, dtype=dtype)
+        noise = torch.randn(batch_size, self.initial_noise_size, generator=generator, dtype=dtype).to(device)
+        y0 = self.initial(noise)
+        if solver.backend == "fast":
+            from neuralsde.fast import fast_sdeint, sample_increments
+            dw = sample_increments(solver.num_steps(ts), batch_size, self.sde.noise_size, solver.dt,
+                                   generator=generator, dtype=dtype, device=device)
+            hs = fast_sdeint(self.sde, y0, ts, solver.dt, dw, adjoint=solver.adjoint).transpose(0, 1)
+        else:
+            hs = sdeint(self.sde, y0, ts, solver, entropy=draw_entropy(generator),
+                        adjoint_params=tuple(self.parameters()))
+        values = self.readout(hs)
+        t = time_values.to(device=device, dtype=dtype).view(1, -1, 1).expand(batch_size, -1, 1)
+        return torch.cat([t, values], dim=-1)

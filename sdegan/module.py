@@ -1,0 +1,142 @@
+"""SDEGAN: the LightningModule that trains generator and discriminator with the paper's recipe."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from neuralsde.averaging import Averaged
+from neuralsde.data.preprocessing import Normalizer
+from neuralsde.errors import bad_option
+from neuralsde.lipschitz import check_method, clip_weights, gradient_penalty
+from neuralsde.module_base import GenerativeModule
+from neuralsde.solver import SolverConfig
+from sdegan.components.discriminator import Discriminator
+from sdegan.components.generator import Generator
+
+UPDATES = ("simultaneous", "alternating")
+OPTIMIZERS = {"adadelta": torch.optim.Adadelta, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
+class SDEGAN(GenerativeModule):
+    """Wasserstein SDE-GAN with manual optimisation.
+
+    ``update=simultaneous`` (the paper's code): one backward pass of ``E[D(fake)] - E[D(real)]``, generator
+    gradients negated, both optimisers stepped. ``update=alternating``: a discriminator step every batch and a
+    generator step every ``n_critic`` batches. After each discriminator step its weights are clipped
+    (``lipschitz=clip``), or a gradient penalty is added to its loss (``lipschitz=gradient_penalty``).
+    """
+
+    family = "sdegan"
+
+    def __init__(self, times: torch.Tensor, normalizer: Normalizer, solver: SolverConfig | dict,
+                 generator: dict, discriminator: dict, optimizer: dict, train_steps: int = 500,
+                 swa_start: int = 250, lipschitz: str = "clip", gp_lambda: float = 10.0,
+                 update: str = "simultaneous", n_critic: int = 5):
+        super().__init__(times, normalizer, train_steps)
+        if update not in UPDATES:
+            raise bad_option("model.update", update, f"one of {UPDATES}", "set model.update=simultaneous")
+        if int(n_critic) < 1:
+            raise bad_option("model.n_critic", n_critic, "a positive integer", "e.g. model.n_critic=5")
+        self.solver = solver if isinstance(solver, SolverConfig) else SolverConfig(**solver)
+        self.solver.check_grid(torch.arange(self.t_size, dtype=torch.float32))
+        self.lipschitz, self.gp_lambda = check_method(lipschitz), float(gp_lambda)
+        self.update, self.n_critic = update, int(n_critic)
+        self.optimizer_cfg = dict(optimizer)
+        for key in ("g_lr", "d_lr"):
+            if not float(self.optimizer_cfg.get(key, 0)) > 0:
+                raise bad_option(f"model.optimizer.{key}", self.optimizer_cfg.get(key), "a positive learning rate",
+                                 f"e.g. model.optimizer.{key}=1e-3")
+        for group, sizes in (("generator", generator), ("discriminator", discriminator)):
+            for key, value in sizes.items():
+                if not int(value) > 0:
+                    raise bad_option(f"model.{group}.{key}", value, "a positive integer", f"e.g. model.{group}.{key}=16")
+        self.save_hyperparameters({"solver": dataclasses.asdict(self.solver), "generator": dict(generator),
+                                   "discriminator": dict(discriminator), "optimizer": self.optimizer_cfg,
+                                   "train_steps": train_steps, "swa_start": swa_start, "lipschitz": lipschitz,
+                                   "gp_lambda": gp_lambda, "update": update, "n_critic": n_critic})
+        c, t = self.data_size, self.t_size
+        self.generator = Generator(c, t_size=t, solver=self.solver, **generator)
+        self.discriminator = Discriminator(c, t_size=t, solver=self.solver, **discriminator)
+        self.averaged_generator = Averaged(self.generator, swa_start)
+        self.averaged_discriminator = Averaged(self.discriminator, swa_start)
+        self.automatic_optimization = False
+        # The penalty needs a double backward, which torchsde's reversible-Heun adjoint cannot do.
+        self.direct_solver = dataclasses.replace(self.solver, adjoint=False)
+
+    def configure_optimizers(self):
+        cfg = dict(self.optimizer_cfg)
+        name = cfg.pop("name", "adadelta")
+        if name not in OPTIMIZERS:
+            raise bad_option("model.optimizer.name", name, f"one of {sorted(OPTIMIZERS)}",
+                             "set model.optimizer.name=adadelta")
+        g_lr, d_lr = float(cfg.pop("g_lr")), float(cfg.pop("d_lr"))
+        cls = OPTIMIZERS[name]
+        return cls(self.generator.parameters(), lr=g_lr, **cfg), cls(self.discriminator.parameters(), lr=d_lr, **cfg)
+
+    def sample(self, n: int, generator: torch.Generator | None = None, averaged: bool = True) -> torch.Tensor:
+        net = self.averaged_generator.current if averaged else self.generator
+        return net(self.times, n, generator=generator)
+
+    def _penalty(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        if self.lipschitz != "gradient_penalty":
+            return real.new_zeros(())
+        return self.gp_lambda * gradient_penalty(lambda x: self.discriminator(x, self.direct_solver), real, fake)
+
+    def _clip(self) -> None:
+        if self.lipschitz == "clip":
+            clip_weights(self.discriminator)
+
+    def training_step(self, batch, batch_idx):
+        (real,) = batch
+        opt_g, opt_d = self.optimizers()
+        fake = self.generator(self.times, real.size(0))
+        if self.update == "simultaneous":
+            fake_score = self.discriminator(fake).mean()
+            d_loss = fake_score - self.discriminator(real).mean()
+            self.check_finite("train/d_loss", d_loss)
+            self.manual_backward(d_loss + self._penalty(real, fake))
+            for p in self.generator.parameters():
+                p.grad.neg_()
+            opt_g.step()
+            opt_d.step()
+            self._clip()
+            opt_g.zero_grad(set_to_none=True)
+            opt_d.zero_grad(set_to_none=True)
+            g_loss = -fake_score.detach()
+        else:
+            d_loss = self.discriminator(fake.detach()).mean() - self.discriminator(real).mean()
+            self.check_finite("train/d_loss", d_loss)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss + self._penalty(real, fake))
+            opt_d.step()
+            self._clip()
+            g_loss = None
+            if int(self.train_step) % self.n_critic == 0:
+                g_loss = -self.discriminator(self.generator(self.times, real.size(0))).mean()
+                opt_g.zero_grad(set_to_none=True)
+                self.manual_backward(g_loss)
+                opt_g.step()
+                opt_d.zero_grad(set_to_none=True)
+        step = int(self.train_step)
+        self.averaged_generator.update(step)
+        self.averaged_discriminator.update(step)
+        self.log("train/d_loss", d_loss.detach(), prog_bar=True)
+        if g_loss is not None:
+            self.log("train/g_loss", g_loss.detach(), prog_bar=True)
+        self.log("train/step", float(step + 1))
+
+    def validation_step(self, batch, batch_idx):
+        (real,) = batch
+        with torch.no_grad():
+            fake = self.sample(real.size(0))
+            disc = self.averaged_discriminator.current
+            w_dist = disc(real, self.direct_solver).mean() - disc(fake, self.direct_solver).mean()
+        self.log("val/w_dist", w_dist, prog_bar=True, batch_size=real.size(0))
+
+    def test_step(self, batch, batch_idx):
+        (real,) = batch
+        with torch.no_grad():
+            disc = self.averaged_discriminator.current
+            w_dist = disc(real, self.direct_solver).mean() - disc(self.sample(real.size(0)), self.direct_solver).mean()
+        self.log("test/w_dist", w_dist, batch_size=real.size(0))

@@ -1,0 +1,15 @@
+"""Train a model: `python train.py experiment=ou_sdegan` (see configs/ for every option)."""
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from neuralsde.training import metric_for_sweep, train
+
+    metrics = train(cfg)
+    return metric_for_sweep(metrics, cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()
