@@ -23,7 +23,7 @@ def make_brownian(kind: str, t0: float, t1: float, size: tuple[int, int], dt: fl
     if kind == "tree":
         # The virtual Brownian tree: constant memory, slower; kept for comparison (paper's baseline).
         return torchsde.BrownianTree(t0=t0, t1=t1, w0=torch.zeros(size, dtype=dtype, device=device),
-                                     entropy=entropy, tol=dt / 8, levy_area_approximation=levy_area)
+                                     entropy=entropy, tol=dt / 8)
     raise bad_option("solver.brownian", kind, f"one of {BROWNIAN_KINDS}", "pick solver.brownian=interval or tree")
 
 

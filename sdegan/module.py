@@ -88,7 +88,7 @@ class SDEGAN(GenerativeModule):
             clip_weights(self.discriminator)
 
     def training_step(self, batch, batch_idx):
-        (real,) = batch
+        _, real = batch  # the NaN-filled paths: the discriminator reads their interpolation
         opt_g, opt_d = self.optimizers()
         fake = self.generator(self.times, real.size(0))
         if self.update == "simultaneous":
@@ -127,7 +127,7 @@ class SDEGAN(GenerativeModule):
         self.log("train/step", float(step + 1))
 
     def validation_step(self, batch, batch_idx):
-        (real,) = batch
+        _, real = batch
         with torch.no_grad():
             fake = self.sample(real.size(0))
             disc = self.averaged_discriminator.current
@@ -135,7 +135,7 @@ class SDEGAN(GenerativeModule):
         self.log("val/w_dist", w_dist, prog_bar=True, batch_size=real.size(0))
 
     def test_step(self, batch, batch_idx):
-        (real,) = batch
+        _, real = batch
         with torch.no_grad():
             disc = self.averaged_discriminator.current
             w_dist = disc(real, self.direct_solver).mean() - disc(self.sample(real.size(0)), self.direct_solver).mean()

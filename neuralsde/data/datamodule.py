@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
+import torchcde
 from torch.utils.data import DataLoader, TensorDataset
 
 from neuralsde.data.base import RawSeries
@@ -12,7 +13,11 @@ from neuralsde.errors import ConfigError, DataError, bad_option
 
 
 class TimeSeriesDataModule(pl.LightningDataModule):
-    """Batches of shape ``(batch, T, 1 + C)``: time in channel 0, normalised values (NaN = missing) after it.
+    """Batches ``(paths, filled)``, each ``(batch, T, 1 + C)``: time in channel 0, normalised values after it.
+
+    ``paths`` keeps NaN where a value is missing (likelihoods and metrics mask them); ``filled`` is the same
+    data with NaNs filled by linear interpolation in time (torchcde's ``linear_interpolation_coeffs``),
+    computed once here because it costs more than a discriminator evaluation when done per batch.
 
     After ``setup()``: ``times`` ``(T,)`` (the time channel), ``data_size`` ``C``, ``channel_names``,
     ``normalizer`` (fitted on the training split only), and ``train``/``val``/``test`` tensors.
@@ -55,6 +60,7 @@ class TimeSeriesDataModule(pl.LightningDataModule):
         self.data_size, self.channel_names = c, list(raw.channel_names)
         self.split_indices = dict(zip(("train", "val", "test"), idx))
         self.train, self.val, self.test = (self._with_time(self.normalizer(raw.values[i])) for i in idx)
+        self.filled = {name: fill_missing(getattr(self, name)) for name in ("train", "val", "test")}
 
     def _with_time(self, values: torch.Tensor) -> torch.Tensor:
         t = self.times.view(1, -1, 1).expand(values.size(0), -1, 1)
@@ -64,16 +70,24 @@ class TimeSeriesDataModule(pl.LightningDataModule):
         """``(batch, T, 1 + C)`` normalised paths to data units (time channel untouched)."""
         return torch.cat([paths[..., :1], self.normalizer.inverse(paths[..., 1:])], dim=-1)
 
-    def _loader(self, data: torch.Tensor, shuffle: bool, batch_size: int) -> DataLoader:
+    def _loader(self, name: str, shuffle: bool, batch_size: int) -> DataLoader:
         gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(TensorDataset(data), batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
+        data = TensorDataset(getattr(self, name), self.filled[name])
+        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
                           generator=gen if shuffle else None, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train, True, self.batch_size)
+        return self._loader("train", True, self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val if len(self.val) else self.train, False, self.eval_batch_size)
+        return self._loader("val" if len(self.val) else "train", False, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test if len(self.test) else self.val, False, self.eval_batch_size)
+        return self._loader("test" if len(self.test) else "val", False, self.eval_batch_size)
+
+
+def fill_missing(paths: torch.Tensor) -> torch.Tensor:
+    """``(batch, T, channels)`` with NaNs -> the knots of its linear interpolation (no NaN)."""
+    if not torch.isnan(paths).any():
+        return paths
+    return torchcde.linear_interpolation_coeffs(paths)

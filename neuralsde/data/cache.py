@@ -1,0 +1,90 @@
+"""Cache of prepared RawSeries, keyed by a preprocessing version and the options that produced it.
+
+Where caches go: sources take ``cache_dir`` (default: their ``data_dir``) and write to
+``cache_dir/<name>/prepared/``. If that folder cannot be written (a read-only data mount), the
+series are built and returned uncached with a warning, so a read-only ``data_dir`` never fails a run;
+point ``cache_dir`` at a writable folder (e.g. the project's ``datasets/``) to keep the speed-up.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from neuralsde.data.base import RawSeries
+
+log = logging.getLogger(__name__)
+
+_FIELDS = ("times", "values", "channel_names", "labels", "label_names", "window_start", "meta")
+
+
+def options_hash(options: dict) -> str:
+    """Short stable hash of JSON-able options (key order does not matter)."""
+    text = json.dumps(options, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cache_path(cache_dir: str | Path, name: str, options: dict) -> Path:
+    """``cache_dir/name/prepared/<name>-<options hash>.pt``: one file per set of options."""
+    return Path(cache_dir) / name / "prepared" / f"{name}-{options_hash(options)}.pt"
+
+
+def _read(path: Path, version: int | str, key: str) -> RawSeries | None:
+    """The cached series if ``path`` holds this version and options; None if absent, stale or corrupt."""
+    if not path.exists():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable cache is simply rebuilt
+        log.warning("Ignoring unreadable cache %s (%s); rebuilding.", path, err)
+        return None
+    if not isinstance(blob, dict) or blob.get("version") != version or blob.get("options_hash") != key:
+        log.info("Cache %s is from another version or options; rebuilding.", path)
+        return None
+    return RawSeries(**{f: blob["raw"][f] for f in _FIELDS})
+
+
+def write_atomic(path: Path, blob: dict) -> None:
+    """torch.save ``blob`` to ``path`` via a temp file in the same folder and ``os.replace``.
+
+    A crash mid-write leaves at most a stray ``*.part`` temp file, never a truncated cache.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(blob, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cached(path: str | Path, version: int | str, build_fn: Callable[[], RawSeries],
+           options: dict | None = None) -> RawSeries:
+    """Load the RawSeries stored at ``path``, or call ``build_fn()`` and store its result.
+
+    A cache written by another ``version`` (bump it whenever preprocessing changes) or with other
+    ``options`` (stored as a hash of the source's keyword arguments) is rebuilt, not reused.
+    Returns the RawSeries; shapes as ``build_fn`` produced them, ``values`` ``(N, T, C)``.
+    """
+    path = Path(path)
+    key = options_hash(options or {})
+    raw = _read(path, version, key)
+    if raw is not None:
+        return raw
+    raw = build_fn()
+    blob = {"version": version, "options_hash": key, "options": json.dumps(options or {}, default=str),
+            "raw": {f: getattr(raw, f) for f in _FIELDS}}
+    try:
+        write_atomic(path, blob)
+    except OSError as err:  # read-only data_dir: still return the data
+        log.warning("Could not write cache %s (%s); continuing without it. Fix: set cache_dir to a "
+                    "writable folder.", path, err)
+    return raw

@@ -1,0 +1,140 @@
+"""Fetch dataset files once, verify their sha256, and never keep a bad or half-written file.
+
+Layout: every dataset lives in ``data_dir/<name>/`` (``<name>`` is the dataset's folder, e.g.
+``beijing_air_quality``). A file already there is verified and used without any network access,
+which is how tests and CI supply data (``data_dir`` pointing at the shared folder).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from neuralsde.errors import DataError
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hex sha256 of a file, read in chunks so large files don't fill memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_file(path: str | Path, sha256: str) -> Path:
+    """Check ``path`` against ``sha256``; on mismatch delete the file and raise DataError.
+
+    Deleting matters: a corrupt or truncated file left in place would fail again on every run, while an
+    absent one is simply downloaded afresh next time.
+    """
+    path = Path(path)
+    found = sha256_of(path)
+    if found == sha256.lower():
+        return path
+    try:
+        path.unlink()
+        removed = "The bad file was deleted"
+    except OSError as err:  # e.g. a read-only mount: still refuse the data
+        removed = f"The bad file could not be deleted ({err}); delete it by hand"
+    raise DataError(f"{path}: sha256 mismatch, expected {sha256} but found {found}. {removed}. "
+                    "Fix: run again to download a fresh copy, or replace the file with the published one.")
+
+
+def download_url(url: str, dest: Path) -> None:
+    """Download ``url`` to ``dest`` with a progress bar; ``dest`` appears only when complete.
+
+    Tests monkeypatch this function; nothing else in the package opens a network connection.
+    """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, os.fdopen(fd, "wb") as out:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            columns = (TextColumn(dest.name), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                       TimeRemainingColumn())
+            with Progress(*columns, transient=True) as progress:
+                task = progress.add_task("download", total=total)
+                for chunk in iter(lambda: resp.read(_CHUNK), b""):
+                    out.write(chunk)
+                    progress.advance(task, len(chunk))
+        os.replace(tmp, dest)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise DataError(f"Could not download {url} to {dest}: {err}. Fix: check the network, or place the "
+                        f"file at {dest} by hand.") from err
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_atomic(src, dest: Path) -> None:
+    """Copy the open binary stream ``src`` to ``dest`` via a temp file, so ``dest`` is never partial."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in iter(lambda: src.read(_CHUNK), b""):
+                out.write(chunk)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def ensure_file(name: str, filename: str, url: str | None, sha256: str, data_dir: str | Path) -> Path:
+    """Return ``data_dir/name/filename``, downloading it from ``url`` first if absent; always verified.
+
+    ``url=None`` marks data that cannot be fetched automatically (e.g. behind a licence page): then a
+    missing file is a DataError that says where to put it.
+    """
+    path = Path(data_dir) / name / filename
+    if path.exists():
+        return verify_file(path, sha256)
+    if url is None:
+        raise DataError(f"{path} not found and this file cannot be downloaded automatically. "
+                        f"Fix: obtain it as described in the source's docstring and place it at {path}.")
+    log.info("Downloading %s from %s", filename, url)
+    download_url(url, path)
+    return verify_file(path, sha256)
+
+
+def ensure_zip_members(name: str, members: dict[str, str], url: str, data_dir: str | Path) -> list[Path]:
+    """Make sure every file in ``members`` (filename -> sha256) is in ``data_dir/name/``.
+
+    If all are present they are verified and used (no network). Otherwise the zip at ``url`` is downloaded
+    into the same folder, the members are extracted by base name (the zip may nest them in a folder),
+    each is verified, and the zip is removed. Returns the paths in the order of ``members``.
+    """
+    folder = Path(data_dir) / name
+    paths = [folder / fn for fn in members]
+    if all(p.exists() for p in paths):
+        return [verify_file(p, members[p.name]) for p in paths]
+    archive = folder / Path(url).name
+    log.info("Downloading %s from %s", archive.name, url)
+    download_url(url, archive)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            by_base = {Path(info.filename).name: info for info in zf.infolist() if not info.is_dir()}
+            for path in paths:
+                if path.exists():
+                    continue
+                if path.name not in by_base:
+                    raise DataError(f"{archive}: member {path.name} not found in the archive "
+                                    f"(it has {sorted(by_base)[:5]}...). Fix: check the URL {url}.")
+                with zf.open(by_base[path.name]) as src:
+                    _write_atomic(src, path)
+    except zipfile.BadZipFile as err:
+        raise DataError(f"{archive}: not a valid zip ({err}). Fix: delete it and run again.") from err
+    finally:
+        archive.unlink(missing_ok=True)
+    return [verify_file(p, members[p.name]) for p in paths]

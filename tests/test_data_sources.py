@@ -1,0 +1,301 @@
+"""Data sources: real files from the shared folder, downloads and checksums, the cache, CSV input, generators.
+
+No test touches the network: downloads are monkeypatched to write local bytes. Shared data are found via
+``NEURALSDE_SHARED_DATA`` (default: ``shared/data`` beside the repository); tests needing an absent file skip.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from neuralsde.data import cache as cache_mod
+from neuralsde.data import download
+from neuralsde.data.air_quality import AirQualitySource, station_file
+from neuralsde.data.base import RawSeries
+from neuralsde.data.csv_source import CSVSource
+from neuralsde.data.energy import EnergySource
+from neuralsde.data.lobster import MESSAGE, ORDERBOOK, LobsterSource
+from neuralsde.data.lorenz import LorenzSource
+from neuralsde.data.stocks import GoogDailySource
+from neuralsde.data.weights import WeightsSource
+from neuralsde.errors import ConfigError, DataError
+
+SHARED = Path(os.environ.get("NEURALSDE_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def need(*relative: str) -> Path:
+    """Skip the test (with the reason) unless every shared file is present."""
+    for rel in relative:
+        if not (SHARED / rel).is_file():
+            pytest.skip(f"shared data file {SHARED / rel} is absent")
+    return SHARED
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to open a network connection")
+    monkeypatch.setattr("urllib.request.urlopen", refuse)
+
+
+# ---- real sources ----------------------------------------------------------------------------------
+# Per-station NA counts from beijing_air_quality/SOURCE.md (PM2.5, PM10, SO2, NO2, CO, O3).
+NA_COUNTS = {"Aotizhongxin": [925, 718, 935, 1023, 1776, 1719], "Huairou": [953, 777, 980, 1639, 1422, 1151]}
+
+
+def test_air_quality_shapes_and_missing_counts(tmp_path):
+    stations = list(NA_COUNTS)
+    data = need(*(f"beijing_air_quality/{station_file(s)}" for s in stations))
+    raw = AirQualitySource(str(data), stations=stations, cache_dir=str(tmp_path)).load()
+    dropped = sum(raw.meta["dropped_windows"].values())
+    assert raw.values.shape == (2 * 1461 - dropped, 24, 6) and raw.times.tolist() == list(range(24))
+    # Non-overlapping day windows cover every hour once; each dropped window was 24 hours of NA.
+    expected = torch.tensor(NA_COUNTS["Aotizhongxin"]) + torch.tensor(NA_COUNTS["Huairou"]) - 24 * dropped
+    assert torch.equal(torch.isnan(raw.values).sum((0, 1)), expected)
+    assert raw.label_names == stations and set(raw.labels.tolist()) == {0, 1}
+    assert (raw.window_start % 24 == 0).all()  # aligned at midnight
+    assert 0 < dropped <= (637 + 658) // 24
+    again = AirQualitySource(str(data), stations=stations, cache_dir=str(tmp_path)).load()  # from the cache
+    assert torch.equal(torch.isnan(again.values), torch.isnan(raw.values))
+    assert list((tmp_path / "beijing_air_quality" / "prepared").glob("*.pt"))
+
+
+def test_air_quality_covariates(tmp_path):
+    data = need(f"beijing_air_quality/{station_file('Dongsi')}")
+    raw = AirQualitySource(str(data), stations=["Dongsi"], covariates=["TEMP", "WSPM"], stride=48,
+                           use_cache=False).load()
+    assert raw.values.shape[1:] == (24, 8) and raw.channel_names[-2:] == ["TEMP", "WSPM"]
+    with pytest.raises(ConfigError, match="wd"):
+        AirQualitySource(str(data), covariates=["wd"])
+
+
+def test_stocks_windows():
+    data = need("stock_goog_daily/stock_data.csv")
+    raw = GoogDailySource(str(data)).load()
+    assert raw.values.shape == (3685 - 24 + 1, 24, 6) and not torch.isnan(raw.values).any()
+    assert raw.window_start.tolist()[:3] == [0, 1, 2]
+    assert raw.values[0, 0, 3].item() == pytest.approx(49.845802)  # first day, not flipped
+    small = GoogDailySource(str(data), stride=24, drop_adj_close=True, log_volume=True).load()
+    assert small.values.shape == ((3685 - 24) // 24 + 1, 24, 5) and "Adj_Close" not in small.channel_names
+    assert small.values[0, 0, -1].item() == pytest.approx(torch.tensor(44994500.0).log().item())
+
+
+def test_lobster_bars(tmp_path):
+    data = need(f"lobster_goog/{MESSAGE}", f"lobster_goog/{ORDERBOOK}")
+    raw = LobsterSource(str(data), window_length=390, stride=390, cache_dir=str(tmp_path)).load()
+    assert raw.values.shape == (1, 390, 2) and raw.meta["n_bars"] == 390
+    assert not torch.isnan(raw.values).any()
+    mid, log_spread = raw.values[0].unbind(-1)
+    assert ((mid > 563) & (mid < 581)).all() and (log_spread < torch.log(torch.tensor(17.0))).all()
+    windows = LobsterSource(str(data), cache_dir=str(tmp_path)).load()
+    assert windows.values.shape == (361, 30, 2) and windows.times[-1].item() == 29
+    assert torch.equal(windows.values[5], raw.values[0, 5:35])
+
+
+def test_lobster_missing_files_say_where(tmp_path):
+    with pytest.raises(DataError, match="DataSamples.php"):
+        LobsterSource(str(tmp_path)).load()
+
+
+def test_energy_drops_noise_columns():
+    data = need("energy_appliances/energy_data.csv")
+    raw = EnergySource(str(data), stride=100).load()
+    assert raw.values.shape == ((19735 - 24) // 100 + 1, 24, 26)
+    assert "rv1" not in raw.channel_names and "rv2" not in raw.channel_names
+
+
+# ---- downloads and checksums -----------------------------------------------------------------------
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_checksum_mismatch_deletes_existing_file(tmp_path):
+    bad = tmp_path / "ds" / "file.csv"
+    bad.parent.mkdir()
+    bad.write_bytes(b"corrupt")
+    with pytest.raises(DataError, match="sha256 mismatch.*deleted"):
+        download.ensure_file("ds", "file.csv", "https://example.invalid/file.csv", sha(b"good"), tmp_path)
+    assert not bad.exists()
+
+
+def test_download_then_verify(tmp_path, monkeypatch):
+    payload = b"a,b\n1,2\n"
+    calls = []
+
+    def fake_download(url, dest):
+        calls.append(url)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(payload)
+
+    monkeypatch.setattr(download, "download_url", fake_download)
+    path = download.ensure_file("ds", "f.csv", "https://example.invalid/f.csv", sha(payload), tmp_path)
+    assert path.read_bytes() == payload and len(calls) == 1
+    download.ensure_file("ds", "f.csv", "https://example.invalid/f.csv", sha(payload), tmp_path)
+    assert len(calls) == 1  # present and valid: no second download
+    with pytest.raises(DataError, match="mismatch"):
+        download.ensure_file("ds", "g.csv", "https://example.invalid/g.csv", sha(b"other"), tmp_path)
+    assert not (tmp_path / "ds" / "g.csv").exists()
+
+
+def test_zip_members_extracted_and_verified(tmp_path, monkeypatch):
+    members = {"a.csv": b"x\n1\n", "b.csv": b"x\n2\n"}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, content in members.items():
+            zf.writestr(f"folder/{name}", content)
+
+    monkeypatch.setattr(download, "download_url", lambda url, dest: dest.write_bytes(buffer.getvalue()))
+    (tmp_path / "ds").mkdir()
+    paths = download.ensure_zip_members("ds", {n: sha(c) for n, c in members.items()},
+                                        "https://example.invalid/data.zip", tmp_path)
+    assert [p.read_bytes() for p in paths] == list(members.values())
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["a.csv", "b.csv"]  # zip and temps gone
+
+
+# ---- cache -------------------------------------------------------------------------------------------
+def tiny(value: float) -> RawSeries:
+    return RawSeries(torch.arange(3.0), torch.full((2, 3, 1), value), ["x"], window_start=torch.tensor([0, 1]))
+
+
+def test_cache_rebuilds_other_version_or_options(tmp_path):
+    path = tmp_path / "c.pt"
+    builds = []
+
+    def build(v):
+        return lambda: builds.append(v) or tiny(v)
+
+    assert cache_mod.cached(path, 1, build(1.0), {"a": 1}).values[0, 0, 0] == 1.0
+    assert cache_mod.cached(path, 1, build(2.0), {"a": 1}).values[0, 0, 0] == 1.0  # reused
+    assert cache_mod.cached(path, 2, build(3.0), {"a": 1}).values[0, 0, 0] == 3.0  # newer version: rebuilt
+    assert cache_mod.cached(path, 2, build(4.0), {"a": 2}).values[0, 0, 0] == 4.0  # other options: rebuilt
+    assert builds == [1.0, 3.0, 4.0]
+    again = cache_mod.cached(path, 2, build(5.0), {"a": 2})
+    assert torch.equal(again.window_start, torch.tensor([0, 1])) and again.channel_names == ["x"]
+    path.write_bytes(b"truncated garbage")  # a corrupt cache is rebuilt, not an error
+    assert cache_mod.cached(path, 2, build(6.0), {"a": 2}).values[0, 0, 0] == 6.0
+
+
+def test_cache_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    cache_mod.cached(path, 1, lambda: tiny(1.0))
+    before = path.read_bytes()
+
+    def crash(obj, fh):
+        fh.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_mod.torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        cache_mod.cached(path, 2, lambda: tiny(2.0))
+    assert path.read_bytes() == before  # the old cache is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
+
+
+def test_cache_unwritable_dir_still_returns(tmp_path, monkeypatch):
+    def fail(path, blob):
+        raise PermissionError("read-only file system")
+    monkeypatch.setattr(cache_mod, "write_atomic", fail)
+    assert cache_mod.cached(tmp_path / "c.pt", 1, lambda: tiny(1.0)).values.shape == (2, 3, 1)
+
+
+# ---- CSV ---------------------------------------------------------------------------------------------
+def write(tmp_path, text: str, name="data.csv") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_csv_long_format_irregular_times(tmp_path):
+    text = ("id,t,a,b,note\n"
+            "s1,0.0,1.0,10,x\n" "s1,0.5,,11,x\n" "s1,2.0,3.0,NA,x\n"
+            "s2,0.5,4.0,14,y\n" "s2,1.5,5.0,15,y\n")
+    raw = CSVSource(write(tmp_path, text), time_column="t", id_column="id").load()
+    assert raw.channel_names == ["a", "b"] and raw.meta["series_ids"] == ["s1", "s2"]
+    assert raw.times.tolist() == [0.0, 0.5, 1.5, 2.0]
+    nan = float("nan")
+    expected = torch.tensor([[[1, 10], [nan, 11], [nan, nan], [3, nan]],
+                             [[nan, nan], [4, 14], [5, 15], [nan, nan]]])
+    assert torch.equal(torch.isnan(raw.values), torch.isnan(expected))
+    assert torch.equal(raw.values.nan_to_num(-1), expected.nan_to_num(-1))
+
+
+def test_csv_windows_of_one_series_with_datetimes(tmp_path):
+    # Hourly readings with one missing hour (09:00) and a missing value: windows of 3 rows.
+    stamps = ["2020-01-01 06:00", "2020-01-01 07:00", "2020-01-01 08:00", "2020-01-01 10:00", "2020-01-01 11:00"]
+    values = ["1", "2", "", "4", "5"]
+    text = "time,v\n" + "".join(f"{s},{v}\n" for s, v in zip(stamps, values, strict=True))
+    raw = CSVSource(write(tmp_path, text), time_column="time", window_length=3).load()
+    assert raw.window_start.tolist() == [0, 1, 2]
+    assert raw.times.tolist() == [0.0, 1.0, 2.0, 3.0]  # union of offsets in hours
+    assert raw.meta["window_start_time"].tolist() == [0.0, 1.0, 2.0]
+    got = raw.values[..., 0].nan_to_num(-1).tolist()
+    assert got == [[1, 2, -1, -1], [2, -1, -1, 4], [-1, -1, 4, 5]]
+    plain = CSVSource(write(tmp_path, "v\n1\n2\n3\n4\n", "p.csv"), window_length=2, stride=2).load()
+    assert plain.values[..., 0].tolist() == [[1, 2], [3, 4]] and plain.times.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("text, options, message", [
+    ("", {}, "empty"),
+    ("a,b\n", {}, "no data rows"),
+    ("t,a\n0,1\n1,2\n", {"time_column": "time"}, "'time' not found"),
+    ("t,a\n0,1\n1,2\n", {"value_columns": ["b"]}, "'b' not found"),
+    ("t,a\n0,1\n1,oops\n", {"time_column": "t", "value_columns": ["a"]}, "line 3: found 'oops', not a number"),
+    ("t,a\n0,1\n1,2\n0.5,3\n", {"time_column": "t"}, "goes backwards at line 4"),
+    ("id,t,a\nx,0,1\nx,0,2\n", {"time_column": "t", "id_column": "id"}, "series id='x': time repeats at line 3"),
+    ("t,a\n0,1\n1,2\n", {"time_column": "t", "window_length": 3}, "shorter than window_length=3"),
+    ("a,b\n1,\n,\n,\n2,\n", {"window_length": 2, "stride": 1, "value_columns": ["a"]},
+     r"window 1 \(lines 3-4\) has every value missing"),
+    ("a,b\n1,\n2,NA\n", {}, r"\['b'\] have no values"),
+    ("a,b\n1,2\n3\n", {}, "line 3 has 1 fields but the header has 2"),
+    ("a,b\n1,2,3\n", {}, "line 2 has 3 fields"),
+    ('a,b\n1,"2\n', {}, "malformed CSV"),
+    ("t,a\n0,1\nsoon,2\n", {"time_column": "t"}, "neither a number nor a date-time"),
+    ("id,t,a\nx,0,1\nx,1,2\ny,0.001,3\ny,0.002,4\n", {"time_column": "t", "id_column": "id",
+                                                       "max_union_factor": 1}, "distinct times"),
+])
+def test_csv_bad_input(tmp_path, text, options, message):
+    path = write(tmp_path, text)
+    with pytest.raises(DataError, match=message) as err:
+        CSVSource(path, **options).load()
+    assert "Fix:" in str(err.value) and "data.csv" in str(err.value)
+
+
+def test_csv_option_conflicts(tmp_path):
+    with pytest.raises(ConfigError, match="both set"):
+        CSVSource("x.csv", id_column="id", window_length=4)
+    with pytest.raises(DataError, match="file not found"):
+        CSVSource(str(tmp_path / "missing.csv")).load()
+
+
+# ---- generated sources -------------------------------------------------------------------------------
+def test_weights_deterministic(tmp_path):
+    options = dict(n_runs=2, n_weights=3, n_records=8, record_every=2, use_cache=False)
+    a = WeightsSource(**options, task="synthetic").load()
+    b = WeightsSource(**options, task="synthetic").load()
+    assert a.values.shape == (6, 8, 1) and torch.equal(a.values, b.values)
+    assert a.labels.tolist() == [0, 0, 0, 1, 1, 1] and a.times.tolist() == [0, 2, 4, 6, 8, 10, 12, 14]
+    assert (a.values[:, -1] != a.values[:, 0]).any()  # the weights move under SGD
+    other = WeightsSource(**options, task="synthetic", seed=1).load()
+    assert not torch.equal(a.values, other.values)
+    per_run = WeightsSource(**{**options, "use_cache": True}, task="digits", layout="per_run",
+                            cache_dir=str(tmp_path)).load()
+    assert per_run.values.shape == (2, 8, 3)
+    cached = WeightsSource(**{**options, "use_cache": True}, task="digits", layout="per_run",
+                           cache_dir=str(tmp_path)).load()
+    assert torch.equal(per_run.values, cached.values)
+
+
+def test_lorenz_deterministic():
+    a = LorenzSource(n_paths=8, n_times=20, t_end=0.5, drop_fraction=0.25, seed=3).load()
+    b = LorenzSource(n_paths=8, n_times=20, t_end=0.5, drop_fraction=0.25, seed=3).load()
+    assert a.values.shape == (8, 20, 3) and torch.equal(a.values.nan_to_num(), b.values.nan_to_num())
+    assert torch.isnan(a.values).sum() == int(0.25 * 8 * 20 * 3)
+    assert a.times[-1].item() == pytest.approx(0.5)
+    c = LorenzSource(n_paths=8, n_times=20, t_end=0.5, noise="additive", seed=4).load()
+    assert not torch.isnan(c.values).any() and not torch.equal(c.values[:, 0], a.values[:, 0])
