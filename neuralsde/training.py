@@ -9,25 +9,42 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from neuralsde.errors import ConfigError
+from hydra.errors import InstantiationException
+
+from neuralsde.errors import CheckpointError, ConfigError, DataError
 from neuralsde.solver import SolverConfig
 
 log = logging.getLogger(__name__)
 
 
+def instantiate(node, **kwargs):
+    """``hydra.utils.instantiate`` that re-raises the framework's own errors unwrapped, so the user reads
+    the option, the value and the fix rather than Hydra's wrapper."""
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, (ConfigError, DataError, CheckpointError)) or (
+                isinstance(cause, ValueError) and "Fix" in str(cause)):
+            raise cause from None
+        raise
+
+
 def _instantiate_all(group: DictConfig | None) -> list:
     if not group:
         return []
-    return [hydra.utils.instantiate(node) for node in group.values() if node is not None and "_target_" in node]
+    return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
 
 
 def build(cfg: DictConfig):
     """Instantiate ``(datamodule, model)`` from a composed config; the data are set up first because the
     model's shapes and normalisation come from them."""
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     solver = SolverConfig(**OmegaConf.to_container(cfg.solver, resolve=True))
-    model = hydra.utils.instantiate(cfg.model, times=datamodule.times, normalizer=datamodule.normalizer,
+    model = instantiate(cfg.model, times=datamodule.times, normalizer=datamodule.normalizer,
                                     solver=solver, _convert_="all")
     return datamodule, model
 
@@ -44,7 +61,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule, model = build(cfg)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = dict(trainer.callback_metrics)

@@ -1,0 +1,111 @@
+"""Checks and transforms of path tensors shared by the metrics.
+
+Paths are ``(batch, time, channels)``: channel 0 is time, channels 1.. are normalised data, real data may
+hold NaN where values are missing (never in channel 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torchcde
+
+from neuralsde.errors import DataError
+
+
+def check_paths(x, name: str, *, allow_nan: bool = True, min_batch: int = 1) -> torch.Tensor:
+    """Return ``x`` as a floating tensor ``(batch, time, channels)`` or raise a DataError naming ``name``."""
+    if not isinstance(x, torch.Tensor):
+        raise DataError(
+            f"{name} must be a torch.Tensor of shape (batch, time, channels), got {type(x).__name__}. "
+            "Fix: pass paths as a tensor."
+        )
+    if x.ndim != 3 or x.shape[1] < 2 or x.shape[2] < 2:
+        raise DataError(
+            f"{name} has shape {tuple(x.shape)}: expected (batch, time >= 2, channels >= 2) with channel "
+            "0 the time. Fix: prepend the time channel and pass a batch of paths."
+        )
+    if x.shape[0] < min_batch:
+        raise DataError(
+            f"{name} holds {x.shape[0]} paths: this metric needs at least {min_batch}. Fix: pass more paths."
+        )
+    if not x.is_floating_point():
+        x = x.float()
+    if torch.isnan(x[..., 0]).any():
+        raise DataError(
+            f"{name} has NaN in channel 0 (time): expected observation times everywhere. "
+            "Fix: fill the time channel; only data channels may be missing."
+        )
+    if not allow_nan and torch.isnan(x).any():
+        raise DataError(
+            f"{name} contains NaN: generated paths are expected to be complete. Fix: check the generator output."
+        )
+    if torch.isinf(x).any():
+        raise DataError(f"{name} contains infinities. Fix: replace them by NaN (real) or check the generator.")
+    return x
+
+
+def check_same_grid(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) -> None:
+    """Raise a DataError unless ``a`` and ``b`` have the same number of times and channels."""
+    if a.shape[1:] != b.shape[1:]:
+        raise DataError(
+            f"{names[0]} has (time, channels) {tuple(a.shape[1:])} but {names[1]} has "
+            f"{tuple(b.shape[1:])}: expected the same grid. Fix: sample both on the same times."
+        )
+
+
+def fill_missing(x: torch.Tensor) -> torch.Tensor:
+    """Fill NaN in ``(batch, time, channels)`` by linear interpolation in time.
+
+    Uses ``torchcde.linear_interpolation_coeffs``: interior gaps are interpolated linearly in the time of
+    channel 0 (in the index when the paths do not share one time grid), leading gaps are back-filled and
+    trailing gaps forward-filled; a channel missing for a whole path becomes 0 (the normalised mean).
+    Returns a NaN-free tensor of the same shape; ``x`` itself is returned when it has no NaN.
+    """
+    if not torch.isnan(x).any():
+        return x
+    times = x[0, :, 0]
+    shared = bool((x[..., 0] == times).all())
+    # torchcde loops in Python over paths with NaN, so only those paths go through it.
+    rows = torch.isnan(x).flatten(1).any(1).nonzero().flatten()
+    out = x.clone()
+    out[rows] = torchcde.linear_interpolation_coeffs(x[rows], t=times if shared else None)
+    return out
+
+
+def time_map(reference: torch.Tensor) -> tuple[float, float]:
+    """Offset and span that map the time channel of ``reference`` onto [0, 1]."""
+    t0 = float(reference[..., 0].min())
+    span = float(reference[..., 0].max()) - t0
+    return t0, (span if span > 0 else 1.0)
+
+
+def rescale_time(x: torch.Tensor, t0: float, span: float) -> torch.Tensor:
+    """``x`` with channel 0 replaced by ``(t - t0) / span`` so that time and data have comparable scales."""
+    return torch.cat([(x[..., :1] - t0) / span, x[..., 1:]], dim=-1)
+
+
+def make_generator(seed: int | torch.Generator, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator on ``device``: ``seed`` itself when it already is one, else a fresh one seeded with it."""
+    if isinstance(seed, torch.Generator):
+        return seed
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def seed_int(seed: int | torch.Generator) -> int:
+    """An int seed: ``seed`` itself, or one drawn from the generator (which advances it)."""
+    if isinstance(seed, torch.Generator):
+        return int(torch.randint(2**31 - 1, (1,), generator=seed, device=seed.device))
+    return int(seed)
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Seed the CPU RNG that module initialisation uses, restoring the caller's stream afterwards.
+
+    Models are built on the CPU and then moved, so the CUDA RNG is neither needed nor touched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield

@@ -1,0 +1,105 @@
+"""Figures comparing real and generated paths, and metric histories.
+
+Figures are built with ``matplotlib.figure.Figure`` on an Agg canvas, never through pyplot, so they work
+headless, leave no global figure state behind, and can be saved or logged by the caller.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from neuralsde.errors import ConfigError
+from neuralsde.metrics._paths import check_paths, check_same_grid
+from neuralsde.metrics.marginals import autocorrelation
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_marginals(
+    real: torch.Tensor, fake: torch.Tensor, times: Sequence[int] | None = None, *, channel: int = 1, bins: int = 30
+) -> Figure:
+    """Histograms of real vs fake values of data ``channel`` at several time indices.
+
+    real ``(m, T, C)`` (NaN left out), fake ``(n, T, C)``; ``times`` are indices into the T axis (default four
+    evenly spaced, first and last included); each panel is titled with the time of channel 0.
+    """
+    real, fake = check_paths(real, "real").detach().cpu(), check_paths(fake, "fake").detach().cpu()
+    check_same_grid(real, fake, ("real", "fake"))
+    length, channels = real.shape[1], real.shape[2]
+    if not 1 <= channel < channels:
+        raise ConfigError(
+            f"channel={channel} is not a data channel: expected 1..{channels - 1} (0 is time). "
+            "Fix: pick a data channel."
+        )
+    if times is None:
+        times = sorted({round(i * (length - 1) / 3) for i in range(4)})
+    bad = [t for t in times if not -length <= t < length]
+    if bad:
+        raise ConfigError(f"times {bad} are out of range: expected indices in [0, {length - 1}]. Fix: pick indices.")
+    fig = _figure(3.2 * len(times), 3.0)
+    axes = fig.subplots(1, len(times), squeeze=False)[0]
+    for ax, t in zip(axes, times, strict=True):
+        r, f = real[:, t, channel], fake[:, t, channel]
+        r = r[~torch.isnan(r)]
+        both = torch.cat([r, f])
+        edges = torch.linspace(float(both.min()), float(both.max()) + 1e-9, bins + 1).numpy()
+        ax.hist(r.numpy(), bins=edges, density=True, alpha=0.5, label=f"real (n={len(r)})")
+        ax.hist(f.numpy(), bins=edges, density=True, alpha=0.5, label=f"fake (n={len(f)})")
+        ax.set_title(f"t = {float(real[0, t, 0]):.3g}")
+        ax.set_xlabel(f"channel {channel}")
+    axes[0].set_ylabel("density")
+    axes[0].legend(fontsize="small")
+    return fig
+
+
+def plot_autocorrelation(real: torch.Tensor, fake: torch.Tensor, *, max_lag: int | None = None) -> Figure:
+    """Autocorrelation against lag of each data channel, real (solid) vs fake (dashed).
+
+    real ``(m, T, C)`` (NaN ignored), fake ``(n, T, C)``; see ``marginals.autocorrelation``.
+    """
+    real, fake = check_paths(real, "real").detach().cpu(), check_paths(fake, "fake").detach().cpu()
+    check_same_grid(real, fake, ("real", "fake"))
+    acf_real, acf_fake = autocorrelation(real, max_lag), autocorrelation(fake, max_lag)
+    fig = _figure(5.0, 3.5)
+    ax = fig.subplots()
+    lags = range(acf_real.shape[0])
+    for c in range(acf_real.shape[1]):
+        (line,) = ax.plot(lags, acf_real[:, c].numpy(), label=f"real ch {c + 1}")
+        ax.plot(lags, acf_fake[:, c].numpy(), linestyle="--", color=line.get_color(), label=f"fake ch {c + 1}")
+    ax.set_xlabel("lag (observations)")
+    ax.set_ylabel("autocorrelation")
+    ax.axhline(0, color="grey", linewidth=0.5)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def plot_metric_history(history: dict[str, list[tuple[int, float]]]) -> Figure:
+    """One panel per metric: value against training step, from ``{name: [(step, value), ...]}``.
+
+    Non-finite values are skipped; a metric with no finite value gets an empty, titled panel.
+    """
+    if not history:
+        raise ConfigError("history is empty: expected {metric name: [(step, value), ...]}. Fix: log metrics first.")
+    names = list(history)
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig = _figure(4.0 * cols, 3.0 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).flatten()
+    for ax, name in zip(axes, names, strict=False):
+        points = [(s, float(v)) for s, v in history[name] if torch.isfinite(torch.tensor(float(v)))]
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, marker="o", markersize=3)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    return fig

@@ -1,0 +1,71 @@
+"""Each bad input is refused before training with an error that names the option and the fix."""
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from omegaconf import open_dict
+
+from neuralsde.errors import ConfigError
+from neuralsde.solver import SolverConfig
+from neuralsde.training import build, train
+from tests.conftest import compose_config
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(method="rk4"), "solver.method='rk4'"),
+    (dict(brownian="levy"), "solver.brownian='levy'"),
+    (dict(method="reversible_heun", adjoint_method="midpoint"), "adjoint_reversible_heun"),
+    (dict(dt=0.0), "solver.dt=0.0"),
+    (dict(backend="jax"), "solver.backend='jax'"),
+])
+def test_solver_options(kwargs, needle):
+    with pytest.raises(ConfigError, match="Fix") as err:
+        SolverConfig(**kwargs)
+    assert needle in str(err.value)
+
+
+def test_dt_not_dividing_gaps_is_an_error():
+    with pytest.raises(ConfigError, match="does not divide"):
+        SolverConfig(dt=0.3).check_grid(torch.arange(8.0))
+    with pytest.raises(ConfigError, match="does not divide"):
+        SolverConfig(dt=0.1).check_grid(torch.linspace(0, 1, 11))
+    SolverConfig(dt=0.25).check_grid(torch.arange(8.0))
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("solver.dt=0.3", "does not divide"),
+    ("model.generator.hidden_size=0", "model.generator.hidden_size=0"),
+    ("model.discriminator.mlp_size=-3", "model.discriminator.mlp_size=-3"),
+    ("model.optimizer.g_lr=0", "model.optimizer.g_lr"),
+    ("model.optimizer.d_lr=-1e-3", "model.optimizer.d_lr"),
+    ("model.lipschitz=spectral", "model.lipschitz='spectral'"),
+    ("model.update=sequential", "model.update='sequential'"),
+    ("data.split_fractions=[0.5,0.6,0.1]", "data.split_fractions"),
+])
+def test_bad_config_values(tiny_cfg, override, needle):
+    cfg = tiny_cfg([override])
+    with pytest.raises(ValueError) as err:
+        build(cfg)
+    assert needle in str(err.value) and "Fix" in str(err.value)
+
+
+def test_non_positive_train_steps(tiny_cfg):
+    cfg = tiny_cfg()
+    with open_dict(cfg):
+        cfg.model.train_steps = 0
+    with pytest.raises(ValueError, match="model.train_steps=0 must be a positive integer. Fix"):
+        build(cfg)
+
+
+def test_batch_larger_than_training_set(tiny_cfg):
+    cfg = tiny_cfg()
+    with open_dict(cfg):
+        cfg.data.batch_size = 10_000
+    with pytest.raises(ConfigError, match=r"data.batch_size=10000 is larger than the training set \(51 series\)"):
+        train(cfg)
+
+
+def test_hydra_errors_for_unknown_group_option_and_key_are_kept():
+    with pytest.raises(ConfigCompositionException, match="solver"):
+        compose_config(["solver=rk4"])
+    with pytest.raises(ConfigCompositionException, match="not_a_key"):
+        compose_config(["model.not_a_key=1"])

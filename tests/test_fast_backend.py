@@ -1,0 +1,215 @@
+"""The fast reversible Heun backend equals torchsde / torchcde (values and gradients) on the same noise."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchcde
+import torchsde
+from torch import nn
+
+from neuralsde.fast import GridBrownian, fast_cdeint, fast_sdeint, increments_from, sample_increments
+
+B, H, W, T, C, MLP = 8, 8, 3, 16, 3, 16
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
+
+
+class LipSwish(nn.Module):
+    def forward(self, x):
+        return 0.909 * torch.nn.functional.silu(x)
+
+
+def mlp(n_in, n_out):
+    return nn.Sequential(nn.Linear(n_in, MLP), LipSwish(), nn.Linear(MLP, n_out), nn.Tanh())
+
+
+def with_time(t, y):
+    return torch.cat([t.to(y.dtype).expand(y.size(0), 1), y], dim=1)
+
+
+class Field(nn.Module):
+    """Stratonovich general-noise field. Submodules avoid the names f/g/h (torchsde looks those up)."""
+
+    sde_type, noise_type = "stratonovich", "general"
+
+    def __init__(self):
+        super().__init__()
+        self.drift_net, self.diffusion_net = mlp(1 + H, H), mlp(1 + H, H * W)
+
+    def f_and_g(self, t, y):
+        ty = with_time(t / T, y)
+        return self.drift_net(ty), self.diffusion_net(ty).view(y.size(0), H, W)
+
+
+class CDEFunc(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = mlp(1 + H, H * C)
+
+    def forward(self, t, z):
+        return self.net(with_time(t / T, z)).view(z.size(0), H, C)
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def grads(out, inputs, seed=0):
+    # A random linear functional of every output, so each ys[i] gets its own incoming gradient.
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    return torch.autograd.grad((out * weights).sum(), inputs, allow_unused=True)
+
+
+def sde_setup(dtype, dt, seed=0):
+    torch.manual_seed(seed)
+    field = Field().to(dtype)
+    y0 = torch.randn(B, H, dtype=dtype, requires_grad=True)
+    ts = torch.arange(T, dtype=dtype)
+    dW = sample_increments(round((T - 1) / dt), B, W, dt, torch.Generator().manual_seed(seed + 1), dtype)
+    return field, y0, ts, dW
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dt", [1.0, 0.5])
+def test_sde_matches_torchsde_adjoint(dtype, dt):
+    field, y0, ts, dW = sde_setup(dtype, dt)
+    inputs = (y0, *field.parameters())
+    bm = GridBrownian(dW, 0.0, dt)
+    ref = torchsde.sdeint_adjoint(field, y0, ts, bm=bm, method="reversible_heun",
+                                  adjoint_method="adjoint_reversible_heun", dt=dt)
+    ref_grads = grads(ref, inputs)
+    for adjoint in (True, False):
+        out = fast_sdeint(field, y0, ts, dt, dW, adjoint=adjoint)
+        assert out.shape == (T, B, H)
+        assert rel_err(out, ref) < TOL[dtype]
+        for got, want in zip(grads(out, inputs), ref_grads, strict=True):
+            assert rel_err(got, want) < TOL[dtype]
+
+
+def test_sde_forward_matches_torchsde_sdeint_on_sub_grid():
+    # Observation times a subset of the step grid: torchsde's sdeint, no adjoint, dt = 0.25.
+    field, y0, _, _ = sde_setup(torch.float64, 0.25)
+    ts = torch.tensor([0.0, 1.0, 4.0, 5.5], dtype=torch.float64)
+    dW = sample_increments(22, B, W, 0.25, torch.Generator().manual_seed(3), torch.float64)
+    ref = torchsde.sdeint(field, y0, ts, bm=GridBrownian(dW, 0.0, 0.25), method="reversible_heun", dt=0.25)
+    inputs = (y0, *field.parameters())
+    ref_grads = grads(ref, inputs)
+    out = fast_sdeint(field, y0, ts, 0.25, dW)
+    assert rel_err(out, ref) < 1e-12
+    for got, want in zip(grads(out, inputs), ref_grads, strict=True):
+        assert rel_err(got, want) < 1e-12
+
+
+def test_adjoint_forward_holds_no_graph():
+    field, y0, ts, dW = sde_setup(torch.float64, 1.0)
+    calls = []
+
+    def probe(t, y):  # records whether any per-step tensor is part of a graph
+        f, g = Field.f_and_g(field, t, y)
+        calls.append(f.requires_grad or g.requires_grad)
+        return f, g
+
+    field.f_and_g = probe
+    out = fast_sdeint(field, y0, ts, 1.0, dW, adjoint=True)
+    assert type(out.grad_fn).__name__ == "_ReversibleHeunAdjointBackward"
+    assert len(calls) == T and not any(calls)
+    saved = out.grad_fn.saved_tensors  # final state, ys, time grid, dW and parameters: nothing per step
+    assert sum(x.numel() for x in saved if x is not None) < out.numel() + dW.numel() + 4 * B * H * W + 2000
+    calls.clear()
+    out.sum().backward()
+    assert len(calls) == T and all(calls)  # one local re-evaluation per grid point, nothing more
+    assert y0.grad is not None and all(p.grad is not None for p in field.parameters())
+
+
+def test_adjoint_rejects_double_backward():
+    field, y0, ts, dW = sde_setup(torch.float64, 1.0)
+    out = fast_sdeint(field, y0, ts, 1.0, dW)
+    (gy0,) = torch.autograd.grad(out.sum(), y0, create_graph=True)
+    with pytest.raises(RuntimeError):
+        gy0.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("all_times", [False, True])
+def test_cde_matches_torchcde(dtype, all_times):
+    torch.manual_seed(1)
+    func = CDEFunc().to(dtype)
+    X_values = torch.randn(B, T, C, dtype=dtype).cumsum(1).requires_grad_()
+    z0 = torch.randn(B, H, dtype=dtype, requires_grad=True)
+    coeffs = torchcde.linear_interpolation_coeffs(X_values)
+    X = torchcde.LinearInterpolation(coeffs)
+    ts = X.grid_points if all_times else X.interval
+    ref = torchcde.cdeint(X, func, z0, ts, method="reversible_heun", backend="torchsde", dt=1.0,
+                          adjoint_method="adjoint_reversible_heun", adjoint_params=(coeffs,) + tuple(func.parameters()))
+    ref = ref.transpose(0, 1)
+    inputs = (z0, X_values, *func.parameters())
+    ref_grads = grads(ref, inputs)
+    for adjoint in (True, False):
+        out = fast_cdeint(func, z0, X_values, ts, 1.0, adjoint=adjoint)
+        assert out.shape == (len(ts), B, H)
+        assert rel_err(out, ref) < TOL[dtype]
+        for got, want in zip(grads(out, inputs), ref_grads, strict=True):
+            assert rel_err(got, want) < TOL[dtype]
+
+
+def test_cde_half_step_matches_torchcde():
+    # dt = 0.5: mid-piece evaluations use the piece's slope, knots the slope of the piece ending there.
+    torch.manual_seed(2)
+    func = CDEFunc().double()
+    X_values = torch.randn(B, T, C, dtype=torch.float64, requires_grad=True)
+    z0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
+    X = torchcde.LinearInterpolation(X_values)
+    ref = torchcde.cdeint(X, func, z0, X.interval, method="reversible_heun", backend="torchsde", dt=0.5,
+                          adjoint_method="adjoint_reversible_heun",
+                          adjoint_params=(X_values,) + tuple(func.parameters()))
+    out = fast_cdeint(func, z0, X_values, X.interval, 0.5)
+    inputs = (z0, X_values, *func.parameters())
+    assert rel_err(out[-1], ref[:, -1]) < 1e-12
+    for got, want in zip(grads(out[-1], inputs), grads(ref[:, -1], inputs), strict=True):
+        assert rel_err(got, want) < 1e-12
+
+
+def _check_white_noise(dW, dt):
+    # Mean 0, variance dt, uncorrelated across steps and across batch; 6-sigma bounds (sample-size based).
+    n = dW.numel()
+    x = dW.double() / dt ** 0.5
+    assert abs(x.mean().item()) < 6 / n ** 0.5
+    assert abs(x.var().item() - 1) < 6 * (2 / n) ** 0.5
+    lag_step = (x[1:] * x[:-1]).mean().item()
+    lag_batch = (x[:, 1:] * x[:, :-1]).mean().item()
+    lag_channel = (x[..., 1:] * x[..., :-1]).mean().item()
+    for corr, m in ((lag_step, x[1:].numel()), (lag_batch, x[:, 1:].numel()), (lag_channel, x[..., 1:].numel())):
+        assert abs(corr) < 6 / m ** 0.5
+
+
+@pytest.mark.parametrize("dt", [1.0, 0.25])
+def test_increments_statistics_match_brownian_interval(dt):
+    n_steps, batch = 40, 400
+    ours = sample_increments(n_steps, batch, W, dt, torch.Generator().manual_seed(0), torch.float64)
+    bi = torchsde.BrownianInterval(t0=0.0, t1=n_steps * dt, size=(batch, W), dtype=torch.float64, entropy=0, dt=dt)
+    theirs = increments_from(bi, 0.0, dt, n_steps)
+    assert ours.shape == theirs.shape == (n_steps, batch, W)
+    _check_white_noise(ours, dt)
+    _check_white_noise(theirs, dt)
+    # Two-sample agreement of the variances.
+    assert abs(ours.var().item() - theirs.var().item()) / dt < 6 * (4 / ours.numel()) ** 0.5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    field, y0, ts, dW = sde_setup(torch.float64, 1.0)
+    out = fast_sdeint(field, y0, ts, 1.0, dW)
+    cuda_field = Field().double().cuda()
+    cuda_field.load_state_dict(field.state_dict())
+    out_cuda = fast_sdeint(cuda_field, y0.detach().cuda(), ts.cuda(), 1.0, dW.cuda())
+    assert rel_err(out_cuda.cpu(), out.detach()) < 1e-10
+
+
+def test_increments_seeded_and_grid_brownian_consistent():
+    a = sample_increments(5, 4, W, 0.5, torch.Generator().manual_seed(7))
+    b = sample_increments(5, 4, W, 0.5, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b) and a.dtype == torch.float32
+    bm = GridBrownian(a, 1.0, 0.5)
+    assert torch.equal(bm(1.5, 2.0), a[1])
+    assert torch.allclose(bm(1.0, 3.5), a.sum(0)) and torch.allclose(bm(2.0), a[:2].sum(0))
+    with pytest.raises(ValueError):
+        bm(1.2, 2.0)

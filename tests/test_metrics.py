@@ -1,0 +1,334 @@
+"""Tests of neuralsde.metrics: every assertion is on a number that a wrong implementation would change."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import scipy.stats
+import torch
+from matplotlib.figure import Figure
+
+from neuralsde.errors import ConfigError, DataError
+from neuralsde.metrics import (
+    METRICS,
+    acf_error,
+    autocorrelation,
+    cheap_metrics,
+    cross_corr_error,
+    full_metrics,
+    marginal_distance,
+    real_fake_classification,
+    signature_features,
+    signature_mmd,
+    tstr,
+)
+from neuralsde.metrics.marginals import _distances_1d
+from neuralsde.metrics.plots import plot_autocorrelation, plot_marginals, plot_metric_history
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # These tensors are tiny: extra threads only add contention, and timings stay stable on shared CPUs.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def ou(n, *, theta=1.0, sigma=0.7, x0=1.0, length=24, channels=1, seed=0, t_end=None, rho=0.0):
+    """Euler–Maruyama OU paths ``(n, length, 1 + channels)``, time (0..length-1 model units) prepended.
+
+    The model runs on [0, 1]; ``rho`` correlates the noise of the channels.
+    """
+    g = torch.Generator().manual_seed(seed)
+    dt = 1.0 / (length - 1)
+    x = torch.empty(n, length, channels)
+    x[:, 0] = x0 + 0.3 * torch.randn(n, channels, generator=g)
+    for i in range(1, length):
+        common = torch.randn(n, 1, generator=g)
+        noise = math.sqrt(rho) * common + math.sqrt(1 - rho) * torch.randn(n, channels, generator=g)
+        x[:, i] = x[:, i - 1] - theta * x[:, i - 1] * dt + sigma * math.sqrt(dt) * noise
+    t = torch.linspace(0.0, float(length - 1) if t_end is None else t_end, length)
+    return torch.cat([t.expand(n, length).unsqueeze(-1), x], dim=-1)
+
+
+def with_gaps(x, seed=1, frac=0.2):
+    """Copy of ``x`` with a fraction of data values (never time, never a whole path) set to NaN."""
+    g = torch.Generator().manual_seed(seed)
+    x = x.clone()
+    mask = torch.rand(x[..., 1:].shape, generator=g) < frac
+    mask[:, 0] = False  # keep one observed value per path and channel
+    x[..., 1:][mask] = float("nan")
+    return x
+
+
+# ---------------------------------------------------------------- signature MMD
+
+
+def test_sig_mmd_same_distribution_ci_contains_zero():
+    for kind in ("truncated", "pde"):
+        res = signature_mmd(ou(64, seed=1), ou(64, seed=2), kind=kind, seed=0)
+        assert res.ci_low <= 0.0 <= res.ci_high, (kind, res)
+        assert res.ci_low <= res.mmd <= res.ci_high
+
+
+def test_sig_mmd_different_theta_is_clearly_positive():
+    real, fake = ou(64, theta=0.5, seed=1), ou(64, theta=5.0, seed=2)
+    for kind in ("truncated", "pde"):
+        res = signature_mmd(real, fake, kind=kind, seed=0)
+        assert res.ci_low > 0.0, (kind, res)
+        same = signature_mmd(real, ou(64, theta=0.5, seed=3), kind=kind, seed=0)
+        assert res.mmd > 3 * abs(same.mmd)
+
+
+def hand_depth2(x):
+    """Depth-2 signature ``(batch, d + d*d)`` of piecewise-linear paths from their increments."""
+    dx = x[:, 1:] - x[:, :-1]
+    level1 = dx.sum(1)
+    before = dx.cumsum(1) - dx  # sum of the increments strictly before each step
+    level2 = torch.einsum("bti,btj->bij", before, dx) + 0.5 * torch.einsum("bti,btj->bij", dx, dx)
+    return torch.cat([level1, level2.flatten(1)], dim=1)
+
+
+def test_signature_features_match_hand_computed_depth2():
+    x = ou(5, length=7, channels=2, seed=4).double()
+    torch.testing.assert_close(signature_features(x, 2), hand_depth2(x), rtol=1e-10, atol=1e-12)
+
+
+def test_sig_mmd_matches_hand_computed_linear_kernel_at_depth2():
+    # time already on [0, 1] so the rescaling is the identity; no basepoint: the raw paths are compared.
+    real, fake = ou(6, length=5, seed=5, t_end=1.0).double(), ou(7, length=5, theta=3.0, seed=6, t_end=1.0).double()
+    fx, fy = hand_depth2(real), hand_depth2(fake)
+    m, n = len(fx), len(fy)
+    kxx, kyy = fx @ fx.T, fy @ fy.T
+    expected = (
+        (kxx.sum() - kxx.trace()) / (m * (m - 1)) + (kyy.sum() - kyy.trace()) / (n * (n - 1)) - 2 * (fx @ fy.T).mean()
+    )
+    res = signature_mmd(real, fake, depth=2, basepoint=False, n_boot=0)
+    assert res.mmd == pytest.approx(float(expected), rel=1e-9, abs=1e-12)
+    assert res.ci_low == res.ci_high == res.mmd
+
+
+def test_basepoint_makes_initial_value_visible():
+    real = ou(32, seed=7)
+    shifted = real.clone()
+    shifted[..., 1:] += 1.0  # same increments, different start
+    # without a basepoint the shifted copy is indistinguishable from an exact copy.
+    copy = signature_mmd(real, real.clone(), basepoint=False, n_boot=0).mmd
+    assert signature_mmd(real, shifted, basepoint=False, n_boot=0).mmd == pytest.approx(copy, abs=1e-9)
+    assert signature_mmd(real, shifted, basepoint=True, n_boot=0).mmd > 0.5
+
+
+def test_pde_kernel_agrees_with_deep_truncation():
+    # the untruncated kernel is the sum over all levels; at small scale depth 8 captures it.
+    real, fake = ou(16, length=12, seed=8), ou(16, length=12, theta=4.0, seed=9)
+    pde = signature_mmd(real, fake, kind="pde", dyadic_order=4, path_scale=0.5, n_boot=0).mmd
+    trunc = signature_mmd(real, fake, kind="truncated", depth=8, path_scale=0.5, n_boot=0).mmd
+    assert pde == pytest.approx(trunc, rel=1e-3)
+
+
+def test_sig_mmd_handles_nan_deterministic_and_validates():
+    real, fake = with_gaps(ou(32, seed=10)), ou(32, seed=11)
+    a = signature_mmd(real, fake, seed=3)
+    assert all(math.isfinite(v) for v in a.as_dict().values())
+    assert a == signature_mmd(real, fake, seed=3)
+    assert a.ci_low != signature_mmd(real, fake, seed=4).ci_low
+    from_gen = [signature_mmd(real, fake, seed=torch.Generator().manual_seed(9)) for _ in range(2)]
+    assert from_gen[0] == from_gen[1]
+    tiny = signature_mmd(ou(2, seed=1), ou(3, seed=2), n_boot=100)  # some resamples repeat one path only
+    assert math.isfinite(tiny.ci_low) and math.isfinite(tiny.ci_high)
+    with pytest.raises(ConfigError, match="truncated"):
+        signature_mmd(real, fake, kind="bogus")
+    bad = real.clone()
+    bad[0, 2, 0] = float("nan")
+    with pytest.raises(DataError, match="channel 0"):
+        signature_mmd(bad, fake)
+
+
+# ---------------------------------------------------------------- real/fake classification
+
+
+def test_classifier_near_chance_on_identical_distributions():
+    res = real_fake_classification(ou(96, seed=1), ou(96, seed=2), ou(96, seed=3), ou(96, seed=4), seed=0)
+    assert 0.35 <= res["real_fake_acc"] <= 0.65, res
+    assert res["real_fake_loss"] > 0.6
+
+
+@pytest.mark.parametrize("classifier", ["cde", "gru"])
+def test_classifier_separates_different_distributions(classifier):
+    real = [ou(96, theta=0.5, seed=s) for s in (1, 3)]
+    fake = [ou(96, theta=8.0, x0=0.2, seed=s) for s in (2, 4)]
+    res = real_fake_classification(real[0], fake[0], real[1], fake[1], classifier=classifier, seed=0)
+    assert res["real_fake_acc"] > 0.9, res
+    assert res["real_fake_loss"] < 0.4
+
+
+def test_classifier_deterministic_with_missing_values():
+    args = (with_gaps(ou(48, seed=1)), ou(48, theta=3.0, seed=2), with_gaps(ou(48, seed=3)), ou(48, theta=3.0, seed=4))
+    a = real_fake_classification(*args, epochs=3, method="euler", seed=5)
+    assert all(math.isfinite(v) for v in a.values())
+    assert a == real_fake_classification(*args, epochs=3, method="euler", seed=5)
+    with pytest.raises(ConfigError, match="gru"):
+        real_fake_classification(*args, classifier="transformer")
+
+
+# ---------------------------------------------------------------- TSTR / TRTR
+
+
+def test_tstr_on_real_like_synthetic_equals_trtr():
+    real_train, real_test = ou(192, theta=2.0, seed=1), ou(192, theta=2.0, seed=2)
+    same = tstr(real_train, real_test, ou(192, theta=2.0, seed=3), epochs=15, seed=0)
+    assert same["tstr_loss"] == pytest.approx(same["trtr_loss"], rel=0.15), same
+    exact = tstr(real_train, real_test, real_train, epochs=2, seed=0)
+    assert exact["tstr_loss"] == exact["trtr_loss"]
+    worse = tstr(real_train, real_test, ou(192, theta=10.0, seed=3), epochs=15, seed=0)
+    assert worse["tstr_loss"] > 1.2 * worse["trtr_loss"], worse
+
+
+def test_tstr_masks_missing_targets():
+    real_train, real_test = with_gaps(ou(64, seed=1)), with_gaps(ou(64, seed=2), seed=5)
+    res = tstr(real_train, real_test, ou(64, seed=3), epochs=3, horizon=0.3, seed=0)
+    assert all(math.isfinite(v) and v > 0 for v in res.values())
+    with pytest.raises(ConfigError, match="horizon"):
+        tstr(real_train, real_test, ou(64, seed=3), horizon=1.0)
+
+
+# ---------------------------------------------------------------- marginals and dependence
+
+
+def test_distances_match_scipy():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(50, generator=g, dtype=torch.float64)
+    b = torch.randn(70, generator=g, dtype=torch.float64) * 1.5 + 0.3
+    w1, ks = _distances_1d(a, b)
+    assert w1 == pytest.approx(scipy.stats.wasserstein_distance(a.numpy(), b.numpy()), rel=1e-9)
+    assert ks == pytest.approx(scipy.stats.ks_2samp(a.numpy(), b.numpy()).statistic, rel=1e-9)
+
+
+def test_marginals_zero_for_identical_and_exact_for_shift():
+    real = ou(64, channels=2, seed=1)
+    assert marginal_distance(real, real) == 0.0
+    assert marginal_distance(real, real, kind="ks") == 0.0
+    assert acf_error(real, real) == 0.0
+    assert cross_corr_error(real, real) == 0.0
+    shifted = real.clone()
+    shifted[..., 1:] += 0.5
+    assert marginal_distance(real, shifted) == pytest.approx(0.5, abs=1e-6)
+    assert marginal_distance(real, shifted, kind="ks") > 0.2
+    assert acf_error(real, shifted) == pytest.approx(0.0, abs=1e-6)  # a shift keeps autocorrelation
+
+
+def test_autocorrelation_of_ar1_and_acf_error():
+    g = torch.Generator().manual_seed(0)
+    n, length, phi = 200, 60, 0.8
+    x = torch.empty(n, length)
+    x[:, 0] = torch.randn(n, generator=g) / math.sqrt(1 - phi**2)
+    for i in range(1, length):
+        x[:, i] = phi * x[:, i - 1] + torch.randn(n, generator=g)
+    t = torch.arange(length, dtype=torch.float32).expand(n, length)
+    ar = torch.stack([t, x], -1)
+    acf = autocorrelation(ar, max_lag=3)[:, 0]
+    torch.testing.assert_close(acf, torch.tensor([1.0, phi, phi**2, phi**3], dtype=acf.dtype), atol=0.06, rtol=0)
+    noise = torch.stack([t, torch.randn(n, length, generator=g)], -1)
+    assert acf_error(ar, noise, max_lag=3) > 0.4
+
+
+def test_cross_correlation_error():
+    correlated, independent = ou(128, channels=2, rho=0.8, seed=1), ou(128, channels=2, seed=2)
+    err = cross_corr_error(correlated, independent)
+    assert 0.3 < err < 1.0  # pooled level correlation: the common decay adds some to both sets
+    assert cross_corr_error(ou(8, seed=1), ou(8, seed=2)) is None
+
+
+def test_marginal_metrics_with_missing_real_values():
+    real, fake = with_gaps(ou(64, channels=2, seed=1), frac=0.4), ou(64, channels=2, seed=2)
+    values = [
+        marginal_distance(real, fake),
+        marginal_distance(real, fake, kind="ks"),
+        acf_error(real, fake),
+        cross_corr_error(real, fake),
+    ]
+    assert all(math.isfinite(v) for v in values)
+    # the same real values, complete, give a nearby W1: the NaN are ignored, not treated as numbers.
+    assert values[0] == pytest.approx(marginal_distance(ou(64, channels=2, seed=1), fake), abs=0.1)
+    with pytest.raises(DataError, match="NaN"):
+        marginal_distance(fake, real)
+
+
+# ---------------------------------------------------------------- suite
+
+
+def test_cheap_metrics_keys_and_determinism():
+    real, fake = with_gaps(ou(48, channels=2, seed=1)), ou(48, channels=2, seed=2, theta=3.0)
+    out = cheap_metrics(real, fake, seed=0, n_boot=50)
+    assert set(out) == {
+        "sig_mmd",
+        "sig_mmd_ci_low",
+        "sig_mmd_ci_high",
+        "marginal_w1",
+        "marginal_ks",
+        "acf_error",
+        "cross_corr_error",
+    }
+    assert all(isinstance(v, float) and math.isfinite(v) for v in out.values())
+    assert out == cheap_metrics(real, fake, seed=0, n_boot=50)
+    single = cheap_metrics(ou(16, seed=1), ou(16, seed=2), seed=0, metrics=["sig_mmd", "cross_corr_error"])
+    assert set(single) == {"sig_mmd", "sig_mmd_ci_low", "sig_mmd_ci_high"}
+
+
+def test_full_metrics_keys_and_determinism():
+    sets = [ou(32, length=12, seed=s) for s in range(4)]
+    kwargs = dict(seed=1, classifier_epochs=2, forecast_epochs=2, n_boot=20, classifier_method="euler")
+    out = full_metrics(*sets, **kwargs)
+    assert set(out) == {
+        "sig_mmd",
+        "sig_mmd_ci_low",
+        "sig_mmd_ci_high",
+        "marginal_w1",
+        "marginal_ks",
+        "acf_error",
+        "real_fake_acc",
+        "real_fake_loss",
+        "tstr_loss",
+        "trtr_loss",
+    }
+    assert out == full_metrics(*sets, **kwargs)
+    assert set(full_metrics(*sets, metrics=["tstr"], **kwargs)) == {"tstr_loss", "trtr_loss"}
+
+
+def test_unknown_names_raise_config_error_listing_known():
+    real, fake = ou(8, seed=1), ou(8, seed=2)
+    with pytest.raises(ConfigError) as err:
+        cheap_metrics(real, fake, metrics=["sig_mmd", "frechet"])
+    assert "frechet" in str(err.value) and all(name in str(err.value) for name in ("sig_mmd", "acf_error"))
+    with pytest.raises(ConfigError, match="full_metrics"):
+        cheap_metrics(real, fake, metrics=["tstr"])
+    with pytest.raises(ConfigError) as err:
+        full_metrics(real, real, fake, fake, metrics=["bogus"])
+    assert all(name in str(err.value) for name in METRICS)
+    with pytest.raises(ConfigError, match="sig_depth"):
+        cheap_metrics(real, fake, sig_dpeth=3)
+
+
+# ---------------------------------------------------------------- plots
+
+
+def test_plots_return_figures_and_handle_nan():
+    real, fake = with_gaps(ou(32, channels=2, seed=1)), ou(32, channels=2, seed=2)
+    figs = [
+        plot_marginals(real, fake, times=[0, 5, -1], channel=2),
+        plot_autocorrelation(real, fake, max_lag=5),
+        plot_metric_history({"sig_mmd": [(0, 1.0), (10, 0.4), (20, float("nan"))], "acf_error": [(0, 0.3)]}),
+    ]
+    assert all(isinstance(f, Figure) for f in figs)
+    assert len(figs[0].axes) == 3
+    assert len(figs[1].axes[0].lines) == 2 * 2 + 1  # two channels, real and fake, plus the zero line
+    assert len(figs[2].axes[0].lines[0].get_xdata()) == 2  # the NaN point is skipped
+    for fig in figs:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        assert buf.tell() > 1000
+    with pytest.raises(ConfigError, match="data channel"):
+        plot_marginals(real, fake, channel=0)
