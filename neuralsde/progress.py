@@ -1,0 +1,37 @@
+"""A progress bar over the model's own training steps (not epochs, not optimiser steps)."""
+from __future__ import annotations
+
+from pytorch_lightning.callbacks import TQDMProgressBar
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Shows ``train_step / train_steps`` with the logged losses and the speed in steps per second.
+
+    Lightning's default bar counts batches per epoch and prints an epoch total of -1 when training is
+    bounded by steps, as here.
+    """
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        bar = self.train_progress_bar
+        bar.reset(total=pl_module.train_steps)
+        bar.initial = bar.n = int(pl_module.train_step)  # a resumed run starts where it stopped
+        bar.unit = "step"
+        bar.set_description(pl_module.family)
+
+    def on_train_epoch_start(self, trainer, *_) -> None:
+        pass  # one bar for the whole run
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        bar = self.train_progress_bar
+        if bar is None or bar.disable:
+            return
+        # Callbacks run before the module's own hook, which increments train_step.
+        n = int(pl_module.train_step) + 1
+        if self._should_update(n, bar.total) or n >= bar.total:
+            bar.n = n
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+            bar.refresh()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        pass
