@@ -30,6 +30,7 @@ class GenerativeModule(pl.LightningModule):
         self.register_buffer("times", times.float().clone())
         self.normalizer = normalizer
         self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
+        self.run_config: dict | None = None  # set by neuralsde.training.build
 
     @property
     def t_size(self) -> int:
@@ -64,8 +65,9 @@ class GenerativeModule(pl.LightningModule):
             self.trainer.should_stop = True
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The run's resolved config travels with the weights, so eval.py and sample.py can rebuild the model.
         checkpoint["neuralsde"] = {"family": self.family, "format": CHECKPOINT_FORMAT,
-                                   "train_step": int(self.train_step)}
+                                   "train_step": int(self.train_step), "config": self.run_config}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get("neuralsde")

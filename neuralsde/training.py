@@ -46,6 +46,7 @@ def build(cfg: DictConfig):
     solver = SolverConfig(**OmegaConf.to_container(cfg.solver, resolve=True))
     model = instantiate(cfg.model, times=datamodule.times, normalizer=datamodule.normalizer,
                                     solver=solver, _convert_="all")
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
     return datamodule, model
 
 

@@ -167,7 +167,9 @@ def bootstrap_mmd(
 
     def within(c, k):
         pairs = c.sum(1) ** 2 - (c**2).sum(1)
-        return (torch.einsum("bi,ij,bj->b", c, k, c) - (c**2 * k.diagonal()).sum(1)) / pairs
+        total = torch.einsum("bi,ij,bj->b", c, k, c) - (c**2 * k.diagonal()).sum(1)
+        # no off-diagonal pair: rounding may leave total != 0, so set NaN explicitly rather than +-inf.
+        return torch.where(pairs > 0, total / pairs.clamp_min(1), torch.nan)
 
     return within(cx, kxx) + within(cy, kyy) - 2 * torch.einsum("bi,ij,bj->b", cx, kxy, cy) / (m * n)
 

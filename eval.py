@@ -1,0 +1,14 @@
+"""`python eval.py ckpt_path=PATH ...` (see configs/eval.yaml)."""
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    from neuralsde.commands import run_eval
+
+    run_eval(cfg)
+
+
+if __name__ == "__main__":
+    main()

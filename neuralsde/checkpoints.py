@@ -1,0 +1,102 @@
+"""Checkpoints: atomic writes, clear errors on bad files, and rebuilding a model from its own config."""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from omegaconf import DictConfig, OmegaConf
+
+from neuralsde.errors import CheckpointError
+
+FAMILY_TARGETS = {"sdegan": "sdegan.module.SDEGAN", "latent_sde": "latent_sde.module.LatentSDE"}
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in the same folder, then renames it into place, so a
+    process killed while saving leaves the previous checkpoint intact and loadable."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint file onto the CPU, or raise a CheckpointError saying what is wrong with it."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {str(path)!r} does not exist. Fix: pass the path of a .ckpt file, e.g. "
+                              "logs/train/runs/<run>/checkpoints/last.ckpt.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(f"Checkpoint {str(path)!r} is truncated or corrupt and cannot be read "
+                              f"({type(err).__name__}). Fix: use an earlier checkpoint of the run, e.g. last.ckpt "
+                              "or a periodic step*.ckpt.") from None
+    if not isinstance(ckpt, dict) or "neuralsde" not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(f"{str(path)!r} is not a neuralsde-lab checkpoint (no 'neuralsde' entry). "
+                              "Fix: pass a checkpoint written by `python train.py`.")
+    family = ckpt["neuralsde"].get("family")
+    if family not in FAMILY_TARGETS:
+        raise CheckpointError(f"{str(path)!r} holds an unknown model family {family!r}; known: "
+                              f"{sorted(FAMILY_TARGETS)}. Fix: update neuralsde-lab or use another checkpoint.")
+    return ckpt
+
+
+def checkpoint_config(ckpt: dict, overrides: list[str] | None = None) -> DictConfig:
+    """The training config stored in a checkpoint, with dotlist ``overrides`` (e.g. ``paths.data_dir=...``)."""
+    saved = ckpt["neuralsde"].get("config")
+    if saved is None:
+        raise CheckpointError("The checkpoint holds no training config. Fix: use a checkpoint from `train.py`.")
+    cfg = OmegaConf.create(saved)
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    target = cfg.model.get("_target_")
+    family = ckpt["neuralsde"]["family"]
+    if target != FAMILY_TARGETS[family]:
+        raise CheckpointError(f"The checkpoint holds a {family!r} model but its config builds {target!r}. "
+                              "Fix: do not override model._target_ for this checkpoint.")
+    return cfg
+
+
+def load_state(model: torch.nn.Module, ckpt: dict) -> None:
+    """Load weights, refusing a checkpoint whose shapes do not match the model (another size or dataset)."""
+    own = model.state_dict()
+    theirs = ckpt["state_dict"]
+    missing = sorted(set(own) - set(theirs))
+    unexpected = sorted(set(theirs) - set(own))
+    mismatched = [k for k in own if k in theirs and own[k].shape != theirs[k].shape]
+    if missing or unexpected or mismatched:
+        detail = "; ".join(f"{name}: {keys[:3]}" for name, keys in
+                           (("missing", missing), ("unexpected", unexpected), ("shape differs", mismatched)) if keys)
+        raise CheckpointError(f"The checkpoint does not fit the model built from the config ({detail}). The model "
+                              "size or dataset differs from the run that wrote it. Fix: use the checkpoint's own "
+                              "config (drop size/data overrides).")
+    model.load_state_dict(theirs)
+
+
+def load_model(path: str | os.PathLike, overrides: list[str] | None = None):
+    """Rebuild ``(model, datamodule, cfg)`` from a checkpoint: family and config are read from it."""
+    from neuralsde.training import build
+
+    ckpt = read_checkpoint(path)
+    cfg = checkpoint_config(ckpt, overrides)
+    datamodule, model = build(cfg)
+    load_state(model, ckpt)
+    model.eval()
+    return model, datamodule, cfg

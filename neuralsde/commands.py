@@ -1,0 +1,105 @@
+"""What `eval.py` and `sample.py` do, as functions of their configs."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from neuralsde.checkpoints import load_model
+from neuralsde.errors import ConfigError
+from neuralsde.evaluation import evaluate
+from neuralsde.metrics import check_metric_names
+
+log = logging.getLogger(__name__)
+OUTPUT_FORMATS = (".csv", ".npz", ".parquet")
+
+
+def run_eval(cfg: DictConfig) -> dict[str, float]:
+    """Full metric suite on a checkpoint; prints a table and writes ``metrics.json`` in the run directory."""
+    names = check_metric_names(cfg.metrics)
+    model, datamodule, _ = load_model(cfg.ckpt_path, list(cfg.cfg_overrides))
+    values, _ = evaluate(model, datamodule, metrics=names, n_samples=int(cfg.n_samples), seed=int(cfg.seed),
+                         options=dict(cfg.options))
+    values = {f"test/{k}": v for k, v in values.items() if v is not None}
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({"checkpoint": str(cfg.ckpt_path), "family": model.family,
+                                                  "metrics": values}, indent=2))
+    _print_table(values, f"{model.family} — {cfg.ckpt_path}")
+    log.info("Wrote %s", out / "metrics.json")
+    return values
+
+
+def _print_table(values: dict[str, float], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in values.items():
+        table.add_row(key, f"{value:.5g}")
+    Console().print(table)
+
+
+def check_output(out: str, overwrite: bool) -> Path:
+    path = Path(out).expanduser()
+    if path.suffix not in OUTPUT_FORMATS:
+        raise ConfigError(f"out={out!r} has extension {path.suffix!r}; expected one of {OUTPUT_FORMATS}. "
+                          "Fix: name the file e.g. samples.csv, samples.npz or samples.parquet.")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"out={out!r} already exists and would be overwritten. Fix: choose another file name or "
+                          "pass overwrite=true.")
+    return path
+
+
+def run_sample(cfg: DictConfig) -> Path:
+    """Write ``cfg.n`` generated paths with their timestamps, in data units, to ``cfg.out``."""
+    if int(cfg.n) < 1:
+        raise ConfigError(f"n={cfg.n} must be a positive number of paths. Fix: e.g. n=1000.")
+    path = check_output(cfg.out, bool(cfg.overwrite))
+    model, datamodule, _ = load_model(cfg.ckpt_path, list(cfg.cfg_overrides))
+    paths = _sample_with_progress(model, int(cfg.n), int(cfg.batch_size), int(cfg.seed))
+    write_paths(path, paths, datamodule.channel_names)
+    log.info("Wrote %d paths to %s", len(paths), path)
+    return path
+
+
+def _sample_with_progress(model, n: int, batch_size: int, seed: int) -> torch.Tensor:
+    from rich.progress import Progress
+
+    gen = torch.Generator().manual_seed(seed)
+    chunks = []
+    with Progress(transient=True) as progress, torch.no_grad():
+        task = progress.add_task("sampling", total=n)
+        for start in range(0, n, batch_size):
+            size = min(batch_size, n - start)
+            chunks.append(model.sample_data_units(size, generator=gen, batch_size=size))
+            progress.advance(task, size)
+    return torch.cat(chunks)
+
+
+def write_paths(path: Path, paths: torch.Tensor, channel_names: list[str]) -> None:
+    """``paths`` ``(n, T, 1 + C)`` to a file; the time channel becomes the ``time`` column/array.
+
+    csv and parquet are long tables with columns ``path, time, <channels>``; npz holds ``times (n, T)``,
+    ``values (n, T, C)`` and ``channels``. Written to a temporary name first, then renamed.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    arr = paths.numpy()
+    if path.suffix == ".npz":
+        np.savez(tmp, times=arr[..., 0], values=arr[..., 1:], channels=np.array(channel_names))
+    else:
+        import pandas as pd
+
+        n, t, _ = arr.shape
+        frame = pd.DataFrame(arr[..., 1:].reshape(n * t, -1), columns=list(channel_names))
+        frame.insert(0, "time", arr[..., 0].reshape(-1))
+        frame.insert(0, "path", np.repeat(np.arange(n), t))
+        frame.to_csv(tmp, index=False) if path.suffix == ".csv" else frame.to_parquet(tmp, index=False)
+    tmp.replace(path)

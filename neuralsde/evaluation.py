@@ -1,0 +1,93 @@
+"""Evaluation of any model that can sample paths: the metrics callback and the full test suite."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_only
+
+from neuralsde.callbacks import log_figure
+from neuralsde.metrics import CHEAP_METRICS, METRICS, check_metric_names, compute_metrics
+from neuralsde.metrics.suite import make_options
+
+
+def evaluate(model, datamodule, *, metrics, n_samples: int, seed: int, options: dict | None = None,
+             split: str = "test") -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """Sample from ``model`` and compute the named metrics against the real ``split``.
+
+    Returns the metrics and the paths used (``real_train``, ``real_test``, ``fake_train``, ``fake_test``, each
+    ``(n, T, 1 + C)`` in normalised units). Metrics that train a classifier or a forecaster use up to
+    ``n_samples`` training paths of each kind; the others compare ``real_test`` with ``fake_test``.
+    """
+    names = check_metric_names(metrics)
+    # Lightning's test loop runs under inference mode; the classifier and forecaster need autograd.
+    with torch.inference_mode(False), torch.enable_grad():
+        return _evaluate(model, datamodule, names, n_samples, seed, options, split)
+
+
+def _evaluate(model, datamodule, names, n_samples, seed, options, split):
+    gen = torch.Generator().manual_seed(seed)
+    real_test = getattr(datamodule, split)[:n_samples]
+    if len(real_test) == 0:
+        real_test = datamodule.train[:n_samples]
+    trains = any(METRICS[n].trains for n in names)
+    real_train = datamodule.train[:n_samples] if trains else None
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        fake_test = model.sample(len(real_test), generator=gen).cpu()
+        fake_train = model.sample(len(real_train), generator=gen).cpu() if trains else None
+    model.train(was_training)
+    values = compute_metrics(names, real_train, real_test, fake_train, fake_test, seed=seed,
+                             options=make_options(**(options or {})))
+    paths = {"real_train": real_train, "real_test": real_test, "fake_train": fake_train, "fake_test": fake_test}
+    return values, paths
+
+
+class MetricsCallback(pl.Callback):
+    """Cheap metrics (``val/...``) at each validation, on a fixed validation sample and a fixed generator
+    seed, from the averaged generator; the full suite (``test/...``) at ``trainer.test``; plots of
+    marginals, autocorrelation and the metric history at the end, as PNG and (with wandb) images."""
+
+    def __init__(self, out_dir: str, val_metrics=CHEAP_METRICS, test_metrics=tuple(METRICS), n_samples: int = 256,
+                 seed: int = 0, options: dict | None = None):
+        self.out_dir = out_dir
+        self.val_metrics = check_metric_names(val_metrics, allow_training=False)
+        self.test_metrics = check_metric_names(test_metrics)
+        self.n_samples, self.seed, self.options = n_samples, seed, dict(options or {})
+        make_options(**self.options)  # unknown options fail at construction, not mid-run
+        self.history: dict[str, list[tuple[int, float]]] = {}
+
+    def _log(self, module, stage: str, values: dict[str, float]) -> None:
+        step = int(module.train_step)
+        for key, value in values.items():
+            if value is None:
+                continue
+            module.log(f"{stage}/{key}", float(value), sync_dist=False, rank_zero_only=False)
+            self.history.setdefault(f"{stage}/{key}", []).append((step, float(value)))
+
+    def on_validation_epoch_end(self, trainer, module) -> None:
+        if trainer.sanity_checking:
+            return
+        values, _ = evaluate(module, trainer.datamodule, metrics=self.val_metrics, n_samples=self.n_samples,
+                             seed=self.seed, options=self.options, split="val")
+        self._log(module, "val", values)
+
+    def on_test_epoch_end(self, trainer, module) -> None:
+        values, paths = evaluate(module, trainer.datamodule, metrics=self.test_metrics, n_samples=self.n_samples,
+                                 seed=self.seed, options=self.options, split="test")
+        self._log(module, "test", values)
+        self._plots(trainer, paths["real_test"], paths["fake_test"])
+
+    @rank_zero_only
+    def _plots(self, trainer, real, fake) -> None:
+        from neuralsde.metrics.plots import plot_autocorrelation, plot_marginals, plot_metric_history
+        out = Path(self.out_dir)
+        to_units = trainer.datamodule.to_data_units
+        log_figure(trainer, plot_marginals(to_units(real), to_units(fake)), "marginals", out)
+        log_figure(trainer, plot_autocorrelation(real, fake), "autocorrelation", out)
+        history = {k: v for k, v in self.history.items() if k.startswith("val/") and not k.endswith("_ci_low")
+                   and not k.endswith("_ci_high")}
+        if history:
+            log_figure(trainer, plot_metric_history(history), "metric_history", out)

@@ -1,0 +1,14 @@
+"""`python sample.py ckpt_path=PATH ...` (see configs/sample.yaml)."""
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="sample")
+def main(cfg: DictConfig) -> None:
+    from neuralsde.commands import run_sample
+
+    run_sample(cfg)
+
+
+if __name__ == "__main__":
+    main()

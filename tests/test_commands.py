@@ -1,0 +1,112 @@
+"""eval.py and sample.py on a checkpoint from a short run; bad input to both."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf, open_dict
+
+from neuralsde.checkpoints import load_model, read_checkpoint
+from neuralsde.commands import run_eval, run_sample
+from neuralsde.errors import CheckpointError, ConfigError
+from neuralsde.training import train
+from tests.conftest import ROOT, compose_config, shrink
+
+
+@pytest.fixture(scope="module")
+def sdegan_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = shrink(compose_config(), out, steps=3)
+    with open_dict(cfg):
+        cfg.test = False
+    train(cfg)
+    return out
+
+
+def _cmd_cfg(kind: str, out_dir, **values):
+    cfg = OmegaConf.load(ROOT / "configs" / f"{kind}.yaml")
+    cfg.pop("defaults")
+    cfg.paths = {"output_dir": str(out_dir)}
+    for k, v in values.items():
+        cfg[k] = v
+    return cfg
+
+
+def test_eval_writes_metrics_json(sdegan_run, tmp_path):
+    cfg = _cmd_cfg("eval", tmp_path, ckpt_path=str(sdegan_run / "checkpoints" / "last.ckpt"), n_samples=64,
+                   options={"classifier_epochs": 2, "forecast_epochs": 2, "n_boot": 20})
+    values = run_eval(cfg)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["family"] == "sdegan"
+    for key in ("test/sig_mmd", "test/real_fake_acc", "test/tstr_loss", "test/trtr_loss", "test/marginal_w1"):
+        assert key in values and np.isfinite(values[key])
+    assert saved["metrics"] == values
+
+
+@pytest.mark.parametrize("ext", [".csv", ".npz", ".parquet"])
+def test_sample_round_trips_data_units(sdegan_run, tmp_path, ext):
+    ckpt = sdegan_run / "checkpoints" / "last.ckpt"
+    out = tmp_path / f"samples{ext}"
+    run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=str(ckpt), n=10, out=str(out), batch_size=10))
+    model, dm, _ = load_model(ckpt)
+    with torch.no_grad():
+        normalised = model.sample(10, generator=torch.Generator().manual_seed(0))
+    if ext == ".npz":
+        data = np.load(out)
+        values, times = data["values"], data["times"]
+    else:
+        frame = pd.read_csv(out) if ext == ".csv" else pd.read_parquet(out)
+        assert list(frame.columns) == ["path", "time", *dm.channel_names]
+        values = frame[dm.channel_names].to_numpy().reshape(10, -1, dm.data_size)
+        times = frame["time"].to_numpy().reshape(10, -1)
+    np.testing.assert_allclose(times, normalised[..., 0].numpy())
+    # Data units: normalising the written values gives back the model's own (normalised) samples.
+    renormalised = dm.normalizer(torch.tensor(values, dtype=torch.float32))
+    np.testing.assert_allclose(renormalised.numpy(), normalised[..., 1:].numpy(), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(values, normalised[..., 1:].numpy(), atol=1e-2)  # the units really changed
+
+
+def test_sample_refuses_bad_input(sdegan_run, tmp_path):
+    ckpt = str(sdegan_run / "checkpoints" / "last.ckpt")
+    with pytest.raises(ConfigError, match="n=0 must be a positive"):
+        run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=ckpt, n=0, out=str(tmp_path / "a.csv")))
+    with pytest.raises(ConfigError, match="extension '.xlsx'"):
+        run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=ckpt, n=5, out=str(tmp_path / "a.xlsx")))
+    existing = tmp_path / "keep.csv"
+    existing.write_text("precious\n")
+    with pytest.raises(ConfigError, match="overwrite=true"):
+        run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=ckpt, n=5, out=str(existing)))
+    assert existing.read_text() == "precious\n"
+
+
+def test_eval_refuses_unknown_metric(sdegan_run, tmp_path):
+    cfg = _cmd_cfg("eval", tmp_path, ckpt_path=str(sdegan_run / "checkpoints" / "last.ckpt"), metrics=["fid"])
+    with pytest.raises(ConfigError, match="fid"):
+        run_eval(cfg)
+
+
+def test_checkpoint_errors(sdegan_run, tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint(tmp_path / "nope.ckpt")
+    good = (sdegan_run / "checkpoints" / "last.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        read_checkpoint(tmp_path / "cut.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
+    with pytest.raises(CheckpointError, match="not a neuralsde-lab checkpoint"):
+        read_checkpoint(tmp_path / "foreign.ckpt")
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        load_model(sdegan_run / "checkpoints" / "last.ckpt", ["model.generator.hidden_size=7"])
+
+
+def test_eval_entry_point_runs(sdegan_run, tmp_path):
+    # The real command line, as a user types it (Hydra parses the overrides).
+    ckpt = sdegan_run / "checkpoints" / "last.ckpt"
+    out = tmp_path / "s.npz"
+    res = subprocess.run([sys.executable, "sample.py", f"ckpt_path={ckpt}", "n=3", f"out={out}",
+                          f"hydra.run.dir={tmp_path / 'hydra'}"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert np.load(out)["values"].shape[0] == 3

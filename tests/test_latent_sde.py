@@ -1,0 +1,204 @@
+"""Latent SDE VAE: shapes, masking, KL, exact adjoint gradients, learning, experiments, checkpoints, errors."""
+import warnings
+
+import pandas as pd
+import pytest
+import pytorch_lightning as pl
+import torch
+from omegaconf import open_dict
+
+from latent_sde.components.decoder import Decoder
+from latent_sde.module import DegenerateDiffusionWarning, LatentSDE
+from latent_sde.support import kl_normal
+from neuralsde.data.datamodule import fill_missing
+from neuralsde.data.preprocessing import Normalizer
+from neuralsde.errors import ConfigError
+from neuralsde.solver import SolverConfig
+from neuralsde.training import build, train
+
+T, C = 9, 2
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny networks: a second thread only adds synchronisation (and oversubscribes shared CI cores).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_model(dtype=torch.float32, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    options = dict(encoder={"kind": "gru", "hidden_size": 8}, latent_size=3, context_size=4, hidden_size=8,
+                   num_layers=1, train_steps=10)
+    options.update(kwargs)
+    solver = options.pop("solver", SolverConfig())
+    model = LatentSDE(torch.arange(T).float(), Normalizer(torch.zeros(C), torch.ones(C)), solver, **options)
+    return model.to(dtype)
+
+
+def make_batch(dtype=torch.float32, batch=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    paths = torch.randn(batch, T, 1 + C, generator=gen).to(dtype)
+    paths[..., 0] = torch.arange(T)
+    paths[0, 3, 1] = paths[2, 0, 2] = float("nan")
+    return paths, fill_missing(paths)
+
+
+def gen(seed=3):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("kind", ["gru", "cde"])
+def test_shapes(kind):
+    model = make_model(encoder={"kind": kind, "hidden_size": 8})
+    paths, filled = make_batch()
+    context, mean, log_std = model.encoder(paths, filled)
+    assert context.shape == (4, T, 4) and mean.shape == log_std.shape == (4, 3)
+    log_lik, kl, zs = model.elbo_terms(paths, filled, gen())
+    assert log_lik.shape == kl.shape == (4,) and zs.shape == (4, T, 3)
+    assert torch.isfinite(log_lik).all() and torch.isfinite(kl).all()
+    sample = model.sample(5, gen())
+    assert sample.shape == (5, T, 1 + C) and torch.equal(sample[0, :, 0], model.times)
+    rec = model.reconstruct(paths)
+    assert rec.shape == paths.shape and torch.isfinite(rec).all()
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "laplace"])
+def test_missing_channel_contributes_nothing(kind):
+    torch.manual_seed(0)
+    decoder = Decoder(3, 2, kind=kind, scale=0.3)
+    single = Decoder(3, 1, kind=kind, scale=0.3)
+    with torch.no_grad():
+        single.readout.weight.copy_(decoder.readout.weight[:1])
+        single.readout.bias.copy_(decoder.readout.bias[:1])
+        decoder.log_scale[1] = 0.7
+    zs, values = torch.randn(4, T, 3), torch.randn(4, T, 2)
+    values[..., 1] = float("nan")
+    values[1, 2, 0] = float("nan")
+    full = decoder.log_likelihood(zs, values)
+    torch.testing.assert_close(full, single.log_likelihood(zs, values[..., :1]))
+    full.sum().backward()
+    assert torch.isfinite(decoder.readout.weight.grad).all() and decoder.log_scale.grad[1] == 0
+
+
+def test_missing_values_do_not_change_the_elbo():
+    model = make_model()
+    paths, filled = make_batch()
+    paths[..., 2] = float("nan")  # channel 2 fully missing; the encoder sees it as filled zeros + mask 0
+    filled = fill_missing(paths)
+    a = model.elbo_terms(paths, filled, gen())
+    assert all(torch.isfinite(x).all() for x in a)
+
+
+def test_kl_non_negative_and_zero_when_drifts_equal():
+    model = make_model(dtype=torch.float64)
+    paths, filled = make_batch(torch.float64)
+    _, kl_path, kl_z0 = model.posterior(paths, filled, gen())
+    assert (kl_path >= 0).all() and (kl_z0 >= 0).all() and kl_path.sum() > 0
+    model.sde.f = model.sde.h  # posterior drift := prior drift (torchsde looks f up by name)
+    _, kl_path, _ = model.posterior(paths, filled, gen())
+    assert kl_path.abs().max() < 1e-6
+    mean, log_std = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    assert kl_normal(mean, log_std, mean, log_std).abs().max() < 1e-12
+
+
+def _grads(adjoint: bool, method: str = "reversible_heun"):
+    model = make_model(torch.float64, solver=SolverConfig(method=method, adjoint=adjoint))
+    paths, filled = make_batch(torch.float64)
+    log_lik, kl, _ = model.elbo_terms(paths, filled, gen())  # same generator: same z0 noise and Brownian sample
+    (kl - log_lik).mean().backward()
+    encoder = torch.cat([p.grad.flatten() for p in model.encoder.parameters()])
+    return torch.cat([p.grad.flatten() for p in model.parameters()]), encoder
+
+
+def test_reversible_heun_adjoint_gradients_are_exact_with_logqp():
+    adjoint, adjoint_encoder = _grads(True)
+    direct, direct_encoder = _grads(False)
+    assert adjoint_encoder.abs().sum() > 0  # the context carries gradients back into the encoder
+    assert ((adjoint - direct).norm() / direct.norm()) < 1e-10
+    assert ((adjoint_encoder - direct_encoder).norm() / direct_encoder.norm()) < 1e-10
+
+
+def test_backend_without_logqp_is_a_config_error(tiny_cfg):
+    with pytest.raises(ConfigError, match="solver.backend"):
+        make_model(solver=SolverConfig(backend="fast"))
+    with pytest.raises(ConfigError, match="solver.backend"):
+        build(tiny_cfg(["experiment=ou_latent_sde", "solver.backend=fast"]))
+
+
+@pytest.mark.parametrize("override, value", [("model.encoder.kind", "transformer"), ("model.latent_size", 0),
+                                             ("model.likelihood.kind", "poisson"), ("model.optimizer.lr_decay", 2.0)])
+def test_bad_options_are_config_errors(tiny_cfg, override, value):
+    with pytest.raises(ConfigError, match=override):
+        build(tiny_cfg(["experiment=ou_latent_sde", f"{override}={value}"]))
+
+
+def test_degenerate_diffusion_warns_once():
+    model = make_model(diffusion_warn_threshold=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model._check_diffusion(0.1)
+        model._check_diffusion(0.05)
+    hits = [w for w in caught if issubclass(w.category, DegenerateDiffusionWarning)]
+    assert len(hits) == 1 and "ODE" in str(hits[0].message) and "diffusion.floor" in str(hits[0].message)
+
+
+@pytest.mark.parametrize("experiment", ["ou_latent_sde", "lorenz_latent_sde", "air_quality_latent_sde"])
+def test_experiment_fast_dev_run(tiny_cfg, tmp_path, experiment):
+    cfg = tiny_cfg([f"experiment={experiment}"])
+    with open_dict(cfg):
+        cfg.trainer.fast_dev_run = True
+    metrics = train(cfg)
+    for key in ("train/elbo", "train/log_lik", "train/kl", "train/diffusion_mean", "val/elbo", "val/kl",
+                "test/elbo", "test/log_lik"):
+        assert key in metrics and metrics[key] == metrics[key], key
+    assert (tmp_path / "plots" / "reconstruction.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("override", ["solver=midpoint", "model.encoder.kind=cde", "solver.brownian=tree",
+                                      "model.likelihood.kind=laplace"])
+def test_options_train(tiny_cfg, override):
+    cfg = tiny_cfg(["experiment=ou_latent_sde", override], steps=2)
+    with open_dict(cfg):
+        cfg.test = False
+        cfg.callbacks.pop("latent_sde_plot")
+    metrics = train(cfg)
+    assert metrics["train/elbo"] == metrics["train/elbo"]
+
+
+def test_checkpoint_round_trip_and_resume(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(["experiment=ou_latent_sde"], steps=2)
+    with open_dict(cfg):
+        cfg.test = False
+        cfg.callbacks.pop("latent_sde_plot")
+        cfg.callbacks.pop("sample_plot")
+    train(cfg)
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    loaded = LatentSDE.from_checkpoint(ckpt)
+    assert int(loaded.train_step) == 2 and loaded.family == "latent_sde"
+    state = torch.load(ckpt, weights_only=False)["state_dict"]
+    assert all(torch.equal(v, state[k]) for k, v in loaded.state_dict().items())
+    assert loaded.sample(3, gen()).shape == (3, 16, 2)
+    with open_dict(cfg):
+        cfg.model.train_steps = 4
+        cfg.ckpt_path = str(ckpt)
+        cfg.paths.output_dir = str(tmp_path / "resumed")
+    metrics = train(cfg)
+    assert metrics["train/step"] == 4
+
+
+@pytest.mark.slow
+def test_short_run_raises_validation_elbo(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(["experiment=ou_latent_sde", "model.kl_anneal_steps=10"], steps=40)
+    with open_dict(cfg):
+        cfg.data.source.n_paths = 256
+    datamodule, model = build(cfg)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=-1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
+                         val_check_interval=1.0, check_val_every_n_epoch=None)
+    before = trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/elbo"]
+    trainer.fit(model, datamodule=datamodule)
+    after = trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/elbo"]
+    assert after > before + 0.2 * abs(before), (before, after)
