@@ -1,10 +1,13 @@
-"""What every model family's LightningModule shares: data geometry, step counting, sampling, checkpoint identity."""
+"""What every model family's LightningModule shares: data geometry, step counting, sampling, resume state."""
 from __future__ import annotations
 
-import math
+import random
+import time
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 
 from neuralsde.data.preprocessing import Normalizer
 from neuralsde.errors import CheckpointError, TrainingDivergedError
@@ -15,22 +18,28 @@ CHECKPOINT_FORMAT = 1
 class GenerativeModule(pl.LightningModule):
     """Base class of ``SDEGAN`` and ``LatentSDE``.
 
-    Subclasses set ``family`` and implement ``sample(n, generator=None) -> (n, T, 1 + C)`` in normalised
-    units. ``train_step`` counts training batches (Lightning's ``global_step`` counts optimiser steps);
-    training stops after ``train_steps`` of them.
+    Subclasses set ``family`` and implement ``train_batch(batch)`` (one training step) and
+    ``sample(n, generator=None) -> (n, T, 1 + C)`` in normalised units. ``train_step`` counts training
+    batches (Lightning's ``global_step`` counts optimiser steps); training stops after ``train_steps``.
+    Checkpoints carry the run config, every RNG state and the wandb run id, so a resumed run continues
+    exactly as an uninterrupted one would on CPU.
     """
 
     family = "base"
 
-    def __init__(self, times: torch.Tensor, normalizer: Normalizer, train_steps: int):
+    def __init__(self, times: torch.Tensor, normalizer: Normalizer, train_steps: int,
+                 skip_nonfinite: bool = False):
         super().__init__()
         if int(train_steps) < 1:
             raise ValueError(f"model.train_steps={train_steps} must be a positive integer. Fix: e.g. 500.")
         self.train_steps = int(train_steps)
+        self.skip_nonfinite = bool(skip_nonfinite)
         self.register_buffer("times", times.float().clone())
         self.normalizer = normalizer
         self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
         self.run_config: dict | None = None  # set by neuralsde.training.build
+        self._pending_rng: dict | None = None
+        self._batch_start = 0.0
 
     @property
     def t_size(self) -> int:
@@ -40,9 +49,48 @@ class GenerativeModule(pl.LightningModule):
     def data_size(self) -> int:
         return self.normalizer.shift.numel()
 
+    # --- what subclasses provide -------------------------------------------------------------------
+    def train_batch(self, batch):
+        raise NotImplementedError
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    # --- training ----------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        out = self.train_batch(batch)
+        # Counted here, not in on_train_batch_end: checkpoint callbacks run before the module's hooks.
+        self.train_step += 1
+        return out
+
+    def on_train_start(self) -> None:
+        if self._pending_rng is not None:  # applied now: nothing between restore and here may draw
+            _set_rng_states(self._pending_rng)
+            self._pending_rng = None
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.log("train/step_time", time.perf_counter() - self._batch_start)
+        if int(self.train_step) >= self.train_steps:
+            self.trainer.should_stop = True
+
+    def check_finite(self, name: str, value: torch.Tensor) -> bool:
+        """True if ``value`` is finite. Otherwise raise, or warn and return False with ``skip_nonfinite``."""
+        if torch.isfinite(value).all():
+            return True
+        message = (f"{name} is {value.item() if value.numel() == 1 else 'non-finite'} at training step "
+                   f"{int(self.train_step)}. Likely causes: a learning rate too high, Lipschitz control off, "
+                   "or NaNs reaching the model from the data.")
+        if self.skip_nonfinite:
+            rank_zero_warn(message + " Skipping this batch (model.skip_nonfinite=true).")
+            return False
+        raise TrainingDivergedError(message + " The last good checkpoint is kept in the run's checkpoints/ folder; "
+                                    "resume from it with ckpt_path=... after lowering the learning rate, or set "
+                                    "model.skip_nonfinite=true to skip such batches.")
+
+    # --- sampling ----------------------------------------------------------------------------------
     @torch.no_grad()
     def sample_data_units(self, n: int, generator: torch.Generator | None = None,
                           batch_size: int = 1024) -> torch.Tensor:
@@ -51,23 +99,12 @@ class GenerativeModule(pl.LightningModule):
         paths = torch.cat(chunks).cpu()
         return torch.cat([paths[..., :1], self.normalizer.cpu().inverse(paths[..., 1:])], dim=-1)
 
-    def check_finite(self, name: str, value: torch.Tensor) -> None:
-        if not torch.isfinite(value).all():
-            raise TrainingDivergedError(
-                f"{name} is {value.item() if value.numel() == 1 else 'non-finite'} at training step "
-                f"{int(self.train_step)}. Likely causes: a learning rate too high, Lipschitz control off, or "
-                "NaNs reaching the model from the data. The last good checkpoint is kept in the run's "
-                "checkpoints/ folder; resume from it with ckpt_path=... after lowering the learning rate.")
-
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        self.train_step += 1
-        if int(self.train_step) >= self.train_steps:
-            self.trainer.should_stop = True
-
+    # --- checkpoints -------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The run's resolved config travels with the weights, so eval.py and sample.py can rebuild the model.
         checkpoint["neuralsde"] = {"family": self.family, "format": CHECKPOINT_FORMAT,
-                                   "train_step": int(self.train_step), "config": self.run_config}
+                                   "train_step": int(self.train_step), "config": self.run_config,
+                                   "rng": _get_rng_states(), "wandb_id": self._wandb_id()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get("neuralsde")
@@ -77,8 +114,28 @@ class GenerativeModule(pl.LightningModule):
         if meta["family"] != self.family:
             raise CheckpointError(f"The checkpoint holds a {meta['family']!r} model but the config builds a "
                                   f"{self.family!r} model. Fix: use the experiment the checkpoint came from.")
+        self._pending_rng = meta.get("rng")
+
+    def _wandb_id(self) -> str | None:
+        trainer = self._trainer
+        for logger in (trainer.loggers if trainer is not None else []):
+            if type(logger).__name__ == "WandbLogger":
+                return logger.experiment.id
+        return None
 
 
-def log_every(step: int, total: int) -> bool:
-    """Log about 100 times per run without flooding short ones."""
-    return step % max(1, math.ceil(total / 100)) == 0
+def _get_rng_states() -> dict:
+    # Plain tensors and numbers only, so that Lightning's weights-only checkpoint loading accepts them.
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(states["python"])
+    if states.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

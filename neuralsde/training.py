@@ -59,12 +59,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("extras", {}).get("print_config"):
         log.info("Resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
 
+    ckpt_path = resolve_ckpt_path(cfg)
     datamodule, model = build(cfg)
+    if ckpt_path is not None:
+        _check_resume_compatible(ckpt_path, model)
+        _continue_wandb_run(cfg, ckpt_path)
+    _group_wandb_sweep(cfg)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics = dict(trainer.callback_metrics)
         if cfg.get("test"):
             trainer.test(model, datamodule=datamodule, ckpt_path=None, verbose=False)
@@ -74,6 +79,81 @@ def train(cfg: DictConfig) -> dict[str, float]:
     result = {k: float(v) for k, v in metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     log.info("Output directory: %s", out_dir)
     return result
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path`` as given, or with ``resume=auto`` the newest checkpoint under ``resume_dir`` (default: the
+    newest run directory of this task that has checkpoints)."""
+    if cfg.get("ckpt_path"):
+        return str(cfg.ckpt_path)
+    if cfg.get("resume") in (None, False, "none"):
+        return None
+    if cfg.resume != "auto":
+        raise ConfigError(f"resume={cfg.resume!r} is not valid: expected null or 'auto'. Fix: use resume=auto, or "
+                          "ckpt_path=PATH for a specific checkpoint.")
+    root = Path(cfg.get("resume_dir") or Path(cfg.paths.log_dir) / cfg.task_name / "runs")
+    found = sorted(root.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ConfigError(f"resume=auto found no checkpoint under {str(root)!r}. Fix: set resume_dir=<run directory> "
+                          "or pass ckpt_path=PATH.")
+    log.info("resume=auto: continuing from %s", found[-1])
+    return str(found[-1])
+
+
+def _check_resume_compatible(ckpt_path: str, model) -> None:
+    """Refuse a checkpoint of another family, model size or dataset before Lightning meets it."""
+    from neuralsde.checkpoints import read_checkpoint
+
+    ckpt = read_checkpoint(ckpt_path)
+    if ckpt["neuralsde"]["family"] != model.family:
+        raise CheckpointError(f"{ckpt_path!r} holds a {ckpt['neuralsde']['family']!r} model but this config builds "
+                              f"a {model.family!r} model. Fix: resume with the experiment that wrote it.")
+    own, theirs = model.state_dict(), ckpt["state_dict"]
+    differ = [k for k in own if k not in theirs or theirs[k].shape != own[k].shape]
+    data_changed = "times" in theirs and (theirs["times"].shape != own["times"].shape
+                                          or not torch.equal(theirs["times"], own["times"]))
+    for key in ("normalizer.shift", "normalizer.scale"):
+        if key in theirs and (theirs[key].shape != own[key].shape or not torch.allclose(theirs[key], own[key])):
+            data_changed = True
+    if (differ or data_changed) and not ckpt_allows_change():
+        what = f"model size differs ({differ[:3]})" if differ else "the dataset differs (times or normalisation)"
+        raise CheckpointError(f"Cannot resume from {ckpt_path!r}: {what}. Fix: resume with the config of the run "
+                              "that wrote it, or set NEURALSDE_ALLOW_RESUME_CHANGE=1 to allow it deliberately.")
+
+
+def ckpt_allows_change() -> bool:
+    import os
+    return os.environ.get("NEURALSDE_ALLOW_RESUME_CHANGE") == "1"
+
+
+def _continue_wandb_run(cfg: DictConfig, ckpt_path: str) -> None:
+    from omegaconf import open_dict
+
+    from neuralsde.checkpoints import read_checkpoint
+
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is None or wandb_cfg.get("id"):
+        return
+    run_id = read_checkpoint(ckpt_path)["neuralsde"].get("wandb_id")
+    if run_id:
+        with open_dict(cfg):
+            cfg.logger.wandb.id = run_id
+            cfg.logger.wandb.resume = "allow"
+
+
+def _group_wandb_sweep(cfg: DictConfig) -> None:
+    """In a multirun every job is its own wandb run, grouped by the sweep directory's name."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is None or wandb_cfg.get("group") or not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    if str(hc.mode) == "RunMode.MULTIRUN":
+        with open_dict(cfg):
+            cfg.logger.wandb.group = Path(hc.sweep.dir).name
+            cfg.logger.wandb.name = hc.job.override_dirname or f"job{hc.job.num}"
 
 
 def metric_for_sweep(metrics: dict[str, float], name: str | None) -> float | None:

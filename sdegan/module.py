@@ -32,8 +32,8 @@ class SDEGAN(GenerativeModule):
     def __init__(self, times: torch.Tensor, normalizer: Normalizer, solver: SolverConfig | dict,
                  generator: dict, discriminator: dict, optimizer: dict, train_steps: int = 500,
                  swa_start: int = 250, lipschitz: str = "clip", gp_lambda: float = 10.0,
-                 update: str = "simultaneous", n_critic: int = 5):
-        super().__init__(times, normalizer, train_steps)
+                 update: str = "simultaneous", n_critic: int = 5, skip_nonfinite: bool = False):
+        super().__init__(times, normalizer, train_steps, skip_nonfinite)
         if update not in UPDATES:
             raise bad_option("model.update", update, f"one of {UPDATES}", "set model.update=simultaneous")
         if int(n_critic) < 1:
@@ -87,14 +87,15 @@ class SDEGAN(GenerativeModule):
         if self.lipschitz == "clip":
             clip_weights(self.discriminator)
 
-    def training_step(self, batch, batch_idx):
+    def train_batch(self, batch):
         _, real = batch  # the NaN-filled paths: the discriminator reads their interpolation
         opt_g, opt_d = self.optimizers()
         fake = self.generator(self.times, real.size(0))
         if self.update == "simultaneous":
             fake_score = self.discriminator(fake).mean()
             d_loss = fake_score - self.discriminator(real).mean()
-            self.check_finite("train/d_loss", d_loss)
+            if not self.check_finite("train/d_loss", d_loss):
+                return
             self.manual_backward(d_loss + self._penalty(real, fake))
             for p in self.generator.parameters():
                 p.grad.neg_()
@@ -106,7 +107,8 @@ class SDEGAN(GenerativeModule):
             g_loss = -fake_score.detach()
         else:
             d_loss = self.discriminator(fake.detach()).mean() - self.discriminator(real).mean()
-            self.check_finite("train/d_loss", d_loss)
+            if not self.check_finite("train/d_loss", d_loss):
+                return
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss + self._penalty(real, fake))
             opt_d.step()
@@ -121,22 +123,25 @@ class SDEGAN(GenerativeModule):
         step = int(self.train_step)
         self.averaged_generator.update(step)
         self.averaged_discriminator.update(step)
-        self.log("train/d_loss", d_loss.detach(), prog_bar=True)
+        self.log("train/d_loss", d_loss.detach(), prog_bar=True, sync_dist=True)
         if g_loss is not None:
-            self.log("train/g_loss", g_loss.detach(), prog_bar=True)
+            self.log("train/g_loss", g_loss.detach(), prog_bar=True, sync_dist=True)
         self.log("train/step", float(step + 1))
+
+    def _w_dist(self, real: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """Wasserstein estimate of the averaged discriminator on fixed noise: evaluation never draws from
+        the global RNG, so it cannot change the training that follows (exact resume)."""
+        gen = torch.Generator().manual_seed(10_000 + batch_idx)
+        with torch.no_grad():
+            disc = self.averaged_discriminator.current
+            fake = self.sample(real.size(0), generator=gen)
+            return disc(real, self.direct_solver).mean() - disc(fake, self.direct_solver).mean()
 
     def validation_step(self, batch, batch_idx):
         _, real = batch
-        with torch.no_grad():
-            fake = self.sample(real.size(0))
-            disc = self.averaged_discriminator.current
-            w_dist = disc(real, self.direct_solver).mean() - disc(fake, self.direct_solver).mean()
-        self.log("val/w_dist", w_dist, prog_bar=True, batch_size=real.size(0))
+        self.log("val/w_dist", self._w_dist(real, batch_idx), prog_bar=True, batch_size=real.size(0),
+                 sync_dist=True)
 
     def test_step(self, batch, batch_idx):
         _, real = batch
-        with torch.no_grad():
-            disc = self.averaged_discriminator.current
-            w_dist = disc(real, self.direct_solver).mean() - disc(self.sample(real.size(0)), self.direct_solver).mean()
-        self.log("test/w_dist", w_dist, batch_size=real.size(0))
+        self.log("test/w_dist", self._w_dist(real, batch_idx), batch_size=real.size(0), sync_dist=True)

@@ -51,6 +51,9 @@ def shrink(cfg: DictConfig, out_dir: Path, steps: int = 2) -> DictConfig:
         cfg.trainer.enable_model_summary = False
         cfg.trainer.enable_progress_bar = False
         cfg.callbacks.pop("progress_bar", None)
+        if "metrics" in cfg.callbacks:
+            cfg.callbacks.metrics.n_samples = 32
+            cfg.callbacks.metrics.options = {"n_boot": 20, "classifier_epochs": 2, "forecast_epochs": 2}
     return cfg
 
 

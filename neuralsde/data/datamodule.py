@@ -7,6 +7,7 @@ import torchcde
 from torch.utils.data import DataLoader, TensorDataset
 
 from neuralsde.data.base import RawSeries
+from neuralsde.data.batches import StepBatches
 from neuralsde.data.preprocessing import (
     SPLIT_BY, Normalizer, check_batch_size, check_fractions, split_by_series, split_by_time, time_channel)
 from neuralsde.errors import ConfigError, DataError, bad_option
@@ -70,20 +71,30 @@ class TimeSeriesDataModule(pl.LightningDataModule):
         """``(batch, T, 1 + C)`` normalised paths to data units (time channel untouched)."""
         return torch.cat([paths[..., :1], self.normalizer.inverse(paths[..., 1:])], dim=-1)
 
-    def _loader(self, name: str, shuffle: bool, batch_size: int) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
+    def _loader(self, name: str, batch_size: int) -> DataLoader:
         data = TensorDataset(getattr(self, name), self.filled[name])
-        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
-                          generator=gen if shuffle else None, num_workers=self.num_workers)
+        return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=self.num_workers,
+                          generator=_private_generator(self.seed))
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.batch_size)
+        # Endless and resumable: a resumed run continues from the model's own step counter.
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        start = int(getattr(module, "train_step", 0))
+        data = StepBatches((self.train, self.filled["train"]), self.batch_size, self.seed, start)
+        return DataLoader(data, batch_size=None, num_workers=0,  # in memory; workers would repeat batches
+                          generator=_private_generator(self.seed))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val" if len(self.val) else "train", False, self.eval_batch_size)
+        return self._loader("val" if len(self.val) else "train", self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test" if len(self.test) else "val", False, self.eval_batch_size)
+        return self._loader("test" if len(self.test) else "val", self.eval_batch_size)
+
+
+def _private_generator(seed: int) -> torch.Generator:
+    # Creating a DataLoader iterator draws a seed from this generator, or from the global RNG when there is
+    # none; evaluation loaders would then shift the training noise, and a resumed run would diverge.
+    return torch.Generator().manual_seed(seed)
 
 
 def fill_missing(paths: torch.Tensor) -> torch.Tensor:

@@ -70,7 +70,7 @@ class Generator(nn.Module):
             hs = fast_sdeint(self.sde, y0, ts, solver.dt, dw, adjoint=solver.adjoint).transpose(0, 1)
         else:
             hs = sdeint(self.sde, y0, ts, solver, entropy=draw_entropy(generator),
-                        adjoint_params=tuple(self.parameters()))
+                        adjoint_params=tuple(self.sde.parameters()))
         values = self.readout(hs)
         t = time_values.to(device=device, dtype=dtype).view(1, -1, 1).expand(batch_size, -1, 1)
         return torch.cat([t, values], dim=-1)

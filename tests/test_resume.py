@@ -1,0 +1,129 @@
+"""Exact resume: k steps + resume for k more equals 2k uninterrupted steps; checkpoint safety; NaN handling."""
+import multiprocessing as mp
+
+import pandas as pd
+import pytest
+import torch
+from omegaconf import open_dict
+
+from neuralsde.checkpoints import AtomicCheckpointIO, read_checkpoint
+from neuralsde.errors import CheckpointError, TrainingDivergedError
+from neuralsde.training import train
+from tests.conftest import compose_config, shrink
+
+
+def _run(tmp_path, name, steps, ckpt_path=None, overrides=()):
+    cfg = shrink(compose_config(list(overrides)), tmp_path / name, steps=steps)
+    with open_dict(cfg):
+        cfg.test = False
+        cfg.ckpt_path = ckpt_path
+        cfg.trainer.log_every_n_steps = 1
+        cfg.trainer.val_check_interval = 2
+        cfg.model.swa_start = 2
+        cfg.callbacks.model_checkpoint.every_n_train_steps = 1000
+    train(cfg)
+    log = pd.read_csv(tmp_path / name / "csv" / "metrics.csv")
+    state = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)
+    return log, state
+
+
+@pytest.mark.parametrize("overrides", [(), pytest.param(("model.update=alternating", "model.n_critic=2"), marks=pytest.mark.slow)])
+def test_resume_equals_uninterrupted_run(tmp_path, overrides):
+    k = 3
+    full_log, full = _run(tmp_path, "full", 2 * k, overrides=overrides)
+    _, half = _run(tmp_path, "half", k, overrides=overrides)
+    resumed_log, resumed = _run(tmp_path, "resumed", 2 * k, tmp_path / "half" / "checkpoints" / "last.ckpt",
+                                overrides)
+    losses = full_log["train/d_loss"].dropna().to_numpy()
+    assert len(losses) == 2 * k
+    assert (resumed_log["train/d_loss"].dropna().to_numpy() == losses[k:]).all()
+    assert int(resumed["state_dict"]["train_step"]) == 2 * k
+    for key, value in full["state_dict"].items():  # parameters and averaged parameters alike
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    for a, b in zip(full["optimizer_states"], resumed["optimizer_states"]):
+        for pid, st in a["state"].items():
+            for name, tensor in st.items():
+                assert torch.equal(torch.as_tensor(tensor), torch.as_tensor(b["state"][pid][name]))
+    assert full["neuralsde"]["rng"]["torch"].equal(resumed["neuralsde"]["rng"]["torch"])
+
+
+def _save_then_die(path, payload):
+    class Exploding(dict):
+        def __reduce_ex__(self, protocol):
+            raise SystemExit(1)  # the process dies in the middle of writing
+
+    AtomicCheckpointIO().save_checkpoint({"payload": payload, "bomb": Exploding()}, path)
+
+
+def test_crash_while_saving_keeps_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state": torch.arange(3)}, path)
+    proc = mp.get_context("fork").Process(target=_save_then_die, args=(path, torch.randn(1000, 1000)))
+    proc.start()
+    proc.join()
+    assert proc.exitcode != 0
+    assert torch.equal(torch.load(path)["state"], torch.arange(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from sdegan.components import discriminator as disc_mod
+
+    forward = disc_mod.Discriminator.forward
+    calls = {"n": 0}
+
+    def poisoned(self, paths, solver=None):
+        out = forward(self, paths, solver)
+        calls["n"] += 1
+        return out * float("nan") if calls["n"] > 8 else out  # two discriminator calls per step
+
+    monkeypatch.setattr(disc_mod.Discriminator, "forward", poisoned)
+    cfg = shrink(compose_config(), tmp_path, steps=10)
+    with open_dict(cfg):
+        cfg.test = False
+        cfg.trainer.val_check_interval = 1000
+        cfg.callbacks.model_checkpoint.every_n_train_steps = 2
+    with pytest.raises(TrainingDivergedError, match="at training step 4"):
+        train(cfg)
+    assert int(read_checkpoint(tmp_path / "checkpoints" / "step000008.ckpt")["state_dict"]["train_step"]) == 4
+
+
+def test_skip_nonfinite_option_skips_bad_batches(tmp_path, monkeypatch):
+    from sdegan.components import discriminator as disc_mod
+
+    forward = disc_mod.Discriminator.forward
+    calls = {"n": 0}
+
+    def poisoned(self, paths, solver=None):
+        calls["n"] += 1
+        out = forward(self, paths, solver)
+        return out * float("nan") if calls["n"] in (3, 4) else out
+
+    monkeypatch.setattr(disc_mod.Discriminator, "forward", poisoned)
+    cfg = shrink(compose_config(["model.skip_nonfinite=true"]), tmp_path, steps=3)
+    with open_dict(cfg):
+        cfg.test = False
+        cfg.trainer.val_check_interval = 1000
+    with pytest.warns(UserWarning, match="Skipping this batch"):
+        train(cfg)
+    for p in read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["state_dict"].values():
+        assert torch.isfinite(p.float()).all()
+
+
+def test_resume_refuses_other_model_size(tmp_path):
+    _run(tmp_path, "a", 2)
+    cfg = shrink(compose_config(["model.generator.hidden_size=7"]), tmp_path / "b", steps=3)
+    with open_dict(cfg):
+        cfg.ckpt_path = str(tmp_path / "a" / "checkpoints" / "last.ckpt")
+    with pytest.raises(CheckpointError, match="model size differs"):
+        train(cfg)
+
+
+def test_resume_auto_picks_newest_checkpoint(tmp_path):
+    _run(tmp_path, "a", 2)
+    cfg = shrink(compose_config(["resume=auto"]), tmp_path / "b", steps=3)
+    with open_dict(cfg):
+        cfg.resume_dir = str(tmp_path / "a")
+        cfg.test = False
+    train(cfg)
+    assert int(read_checkpoint(tmp_path / "b" / "checkpoints" / "last.ckpt")["state_dict"]["train_step"]) == 3
