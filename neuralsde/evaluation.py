@@ -64,7 +64,7 @@ class MetricsCallback(pl.Callback):
         for key, value in values.items():
             if value is None:
                 continue
-            module.log(f"{stage}/{key}", float(value), sync_dist=False, rank_zero_only=False)
+            module.log(f"{stage}/{key}", float(value), sync_dist=True)  # equal on every rank: the mean is a no-op
             self.history.setdefault(f"{stage}/{key}", []).append((step, float(value)))
 
     def on_validation_epoch_end(self, trainer, module) -> None:

@@ -1,0 +1,42 @@
+"""trainer=ddp_sim: two CPU processes over gloo hold identical parameters after every step."""
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT
+
+TINY = ["data.source.n_paths=128", "data.source.t_size=16", "data.batch_size=16", "model.train_steps=3",
+        "trainer.val_check_interval=2", "callbacks.metrics.n_samples=32", "callbacks.metrics.options.n_boot=20",
+        "callbacks.metrics.options.classifier_epochs=2", "callbacks.metrics.options.forecast_epochs=2",
+        "extras.print_config=false", "callbacks.progress_bar=null"]
+
+
+def _ddp_run(tmp_path, overrides):
+    out = tmp_path / "run"
+    check = tmp_path / "check.txt"
+    cmd = [sys.executable, "train.py", "trainer=ddp_sim", *TINY, *overrides,
+           "+callbacks.rank_check._target_=neuralsde.distributed.RankConsistencyCheck",
+           f"+callbacks.rank_check.out_file={check}", f"hydra.run.dir={out}"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out, check
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model.swa_start=1"],
+    pytest.param(["model.swa_start=1", "model.update=alternating", "model.n_critic=2"], marks=pytest.mark.slow),
+    pytest.param(["model.swa_start=1", "model.lipschitz=gradient_penalty"], marks=pytest.mark.slow),
+    pytest.param(["experiment=ou_latent_sde"], marks=pytest.mark.slow),
+])
+def test_ranks_stay_identical_and_share_one_run_directory(tmp_path, overrides):
+    out, check = _ddp_run(tmp_path, overrides)
+    lines = check.read_text().split()
+    steps = [int(x) for x in lines[0::3]]
+    assert steps == [1, 2, 3] and set(lines[1::3]) == {"2"}
+    # One output directory per run, not per rank; rank 0 alone writes the logs and checkpoints.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["check.txt", "run"]
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    metrics = pd.read_csv(out / "csv" / "metrics.csv")
+    assert metrics["train/step"].max() == 3
