@@ -26,8 +26,7 @@ class StepProgressBar(TQDMProgressBar):
         bar = self.train_progress_bar
         if bar is None or bar.disable:
             return
-        # Callbacks run before the module's own hook, which increments train_step.
-        n = int(pl_module.train_step) + 1
+        n = int(pl_module.train_step)  # already advanced by training_step
         if self._should_update(n, bar.total) or n >= bar.total:
             bar.n = n
             bar.set_postfix(self.get_metrics(trainer, pl_module))

@@ -152,7 +152,8 @@ def _group_wandb_sweep(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     if str(hc.mode) == "RunMode.MULTIRUN":
         with open_dict(cfg):
-            cfg.logger.wandb.group = Path(hc.sweep.dir).name
+            # Two path parts: results/cpu/table_a and results/paper/table_a must not share a group.
+            cfg.logger.wandb.group = "/".join(Path(hc.sweep.dir).parts[-2:])
             cfg.logger.wandb.name = hc.job.override_dirname or f"job{hc.job.num}"
 
 

@@ -16,7 +16,9 @@ SHARED_DATA = Path(os.environ.get("NEURALSDE_SHARED_DATA", ROOT.parent / "shared
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread: tiny tensors gain nothing from more, and subprocess tests (DDP) would oversubscribe 2 cores.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def compose_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
@@ -53,7 +55,7 @@ def shrink(cfg: DictConfig, out_dir: Path, steps: int = 2) -> DictConfig:
         cfg.callbacks.pop("progress_bar", None)
         if "metrics" in cfg.callbacks:
             cfg.callbacks.metrics.n_samples = 32
-            cfg.callbacks.metrics.options = {"n_boot": 20, "classifier_epochs": 2, "forecast_epochs": 2}
+            cfg.callbacks.metrics.options.update(n_boot=20, classifier_epochs=2, forecast_epochs=2)
     return cfg
 
 

@@ -8,6 +8,9 @@ import torchsde
 from torch import nn
 
 from neuralsde.fast import GridBrownian, fast_cdeint, fast_sdeint, increments_from, sample_increments
+from neuralsde.fast.mlp import cde_mlp, generator_mlp
+from sdegan.components.discriminator import DiscriminatorCDE
+from sdegan.components.generator import GeneratorSDE
 
 B, H, W, T, C, MLP = 8, 8, 3, 16, 3, 16
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
@@ -213,3 +216,115 @@ def test_increments_seeded_and_grid_brownian_consistent():
     assert torch.allclose(bm(1.0, 3.5), a.sum(0)) and torch.allclose(bm(2.0), a[:2].sum(0))
     with pytest.raises(ValueError):
         bm(1.2, 2.0)
+
+
+# ---- fused path: sdegan's GeneratorSDE / DiscriminatorCDE evaluated with hand-written VJPs
+
+def generator_field(dtype, num_layers=1, seed=0):
+    torch.manual_seed(seed)
+    return GeneratorSDE(H, W, MLP, num_layers, time_scale=1 / (T - 1)).to(dtype)
+
+
+def discriminator_field(dtype, num_layers=1, seed=0):
+    torch.manual_seed(seed)
+    return DiscriminatorCDE(C - 1, H, MLP, num_layers, time_scale=1 / (T - 1)).to(dtype)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_fused_mlp_vjp_equals_autograd(num_layers):
+    for module, fuse in ((generator_field(torch.float64, num_layers), generator_mlp),
+                         (discriminator_field(torch.float64, num_layers), cde_mlp)):
+        mlp = fuse(module)
+        assert mlp is not None
+        t_grid = torch.arange(4, dtype=torch.float64)
+        mlp.prepare(t_grid * module.time_scale)
+        z = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
+        cot = torch.randn(B, mlp.channels, H, dtype=torch.float64)
+        acc = torch.randn(B, H, dtype=torch.float64)
+        mlp.start_records()
+        out, cache = mlp(z.detach(), 2)
+        if isinstance(module, GeneratorSDE):
+            f, g = module.f_and_g(t_grid[2], z)
+            ref = torch.cat([f.unsqueeze(1), g.permute(0, 2, 1)], 1)
+        else:
+            ref = module(t_grid[2], z).transpose(1, 2)
+        assert rel_err(out, ref.detach()) < 1e-14
+        want = torch.autograd.grad(ref, (z, *mlp.params), cot)
+        dz = mlp.vjp(cot, cache, acc, beta=-1.0)
+        assert rel_err(dz, want[0] - acc) < 1e-13
+        for got, exp in zip(mlp.param_grads(), want[1:], strict=True):
+            assert got.shape == exp.shape and rel_err(got, exp) < 1e-13
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("num_layers,dt", [(1, 1.0), (2, 0.5)])
+def test_fused_generator_matches_torchsde(dtype, num_layers, dt):
+    field = generator_field(dtype, num_layers)
+    _, y0, ts, dW = sde_setup(dtype, dt)
+    inputs = (y0, *field.parameters())
+    ref = torchsde.sdeint_adjoint(field, y0, ts, bm=GridBrownian(dW, 0.0, dt), method="reversible_heun",
+                                  adjoint_method="adjoint_reversible_heun", dt=dt)
+    ref_grads = grads(ref, inputs)
+    field.nfe = 0
+    out = fast_sdeint(field, y0, ts, dt, dW)
+    assert type(out.grad_fn).__name__ == "_FusedAdjointBackward"
+    assert rel_err(out, ref) < TOL[dtype]
+    for got, want in zip(grads(out, inputs), ref_grads, strict=True):
+        assert rel_err(got, want) < TOL[dtype]
+    assert field.nfe == 2 * (round((T - 1) / dt) + 1)  # counted as the generic path counts
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("num_layers,dt,all_times", [(1, 1.0, True), (1, 0.5, False), (2, 1.0, False)])
+def test_fused_discriminator_matches_torchcde(dtype, num_layers, dt, all_times):
+    func = discriminator_field(dtype, num_layers)
+    X_values = torch.randn(2 * B, T, C, dtype=dtype).cumsum(1).requires_grad_()
+    z0 = torch.randn(2 * B, H, dtype=dtype, requires_grad=True)
+    X = torchcde.LinearInterpolation(X_values)
+    ts = X.grid_points if all_times else X.interval
+    ref = torchcde.cdeint(X, func, z0, ts, method="reversible_heun", backend="torchsde", dt=dt,
+                          adjoint_method="adjoint_reversible_heun",
+                          adjoint_params=(X_values,) + tuple(func.parameters())).transpose(0, 1)
+    out = fast_cdeint(func, z0, X_values, ts, dt)
+    assert type(out.grad_fn).__name__ == "_FusedAdjointBackward"
+    inputs = (z0, X_values, *func.parameters())
+    assert rel_err(out, ref) < TOL[dtype]
+    for got, want in zip(grads(out, inputs), grads(ref, inputs), strict=True):
+        assert rel_err(got, want) < TOL[dtype]
+
+
+def test_fused_path_falls_back_to_generic():
+    field = generator_field(torch.float64)
+    _, y0, ts, dW = sde_setup(torch.float64, 1.0)
+    generic = "_ReversibleHeunAdjointBackward"
+    assert type(fast_sdeint(field, y0, ts, 1.0, dW, fused=False).grad_fn).__name__ == generic
+    extra = torch.zeros(1, dtype=torch.float64, requires_grad=True)  # a tensor the fused path cannot see
+    params = (*field.parameters(), extra)
+    assert type(fast_sdeint(field, y0, ts, 1.0, dW, adjoint_params=params).grad_fn).__name__ == generic
+    handle = field.drift_net.register_forward_hook(lambda m, i, o: o * 2)  # hooks must keep working
+    assert type(fast_sdeint(field, y0, ts, 1.0, dW).grad_fn).__name__ == generic
+    handle.remove()
+    field._input = lambda t, y: torch.cat([t.expand(y.size(0), 1), y], 1)  # f_and_g no longer what is fused
+    with pytest.warns(RuntimeWarning, match="probe"):
+        out = fast_sdeint(field, y0, ts, 1.0, dW)
+    assert type(out.grad_fn).__name__ == generic
+    func = discriminator_field(torch.float64)
+    func.net.append(nn.Identity())  # not a plain MLP any more
+    assert cde_mlp(func) is None
+
+
+def test_fused_partial_adjoint_params():
+    field = generator_field(torch.float64)
+    _, y0, ts, dW = sde_setup(torch.float64, 1.0)
+    params = tuple(field.drift_net.parameters())
+    out = fast_sdeint(field, y0, ts, 1.0, dW, adjoint_params=params)
+    assert type(out.grad_fn).__name__ == "_FusedAdjointBackward"
+    ref = fast_sdeint(field, y0, ts, 1.0, dW, adjoint_params=params, fused=False)
+    for got, want in zip(grads(out, (y0, *params)), grads(ref, (y0, *params)), strict=True):
+        assert rel_err(got, want) < 1e-12
+    out = fast_sdeint(field, y0, ts, 1.0, dW, adjoint_params=params)
+    out.sum().backward(retain_graph=True)
+    first = [p.grad.clone() for p in params]
+    out.sum().backward()  # a retained graph can be differentiated again
+    assert all(torch.equal(p.grad, 2 * g) for p, g in zip(params, first, strict=True))
+    assert all(p.grad is None for p in field.diffusion_net.parameters())

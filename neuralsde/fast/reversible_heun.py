@@ -204,6 +204,17 @@ class _ReversibleHeunAdjoint(torch.autograd.Function):
         return (None, None, None, None, None, grad_U, grad_y0, *grad_p)
 
 
+def checked_grid(ts, dt, y0, dW=None, U=None):
+    """``time_grid(ts, dt)`` after checking that ``dW`` / ``U`` fit it."""
+    t_grid, obs = time_grid(ts, dt)
+    n = len(t_grid) - 1
+    if dW is not None and (dW.dim() != 3 or dW.size(0) != n or dW.size(1) != y0.size(0)):
+        raise ValueError(f"dW must have shape ({n}, {y0.size(0)}, noise) for {n} steps, got {tuple(dW.shape)}")
+    if U is not None and U.size(0) != n + 1:
+        raise ValueError(f"U must have {n + 1} rows (one per grid time), got {U.size(0)}")
+    return t_grid, obs
+
+
 def solve(field, y0: torch.Tensor, ts: torch.Tensor, dt: float, dW: torch.Tensor | None = None,
           U: torch.Tensor | None = None, params=(), adjoint: bool = True) -> torch.Tensor:
     """Generic reversible Heun solve of ``field`` (see module docstring) on the ``dt`` grid of ``ts``.
@@ -212,12 +223,7 @@ def solve(field, y0: torch.Tensor, ts: torch.Tensor, dt: float, dW: torch.Tensor
     of steps. ``params``: tensors the field closes over that need gradients (adjoint mode only).
     Returns ys ``(T, B, H)``.
     """
-    t_grid, obs = time_grid(ts, dt)
-    n = len(t_grid) - 1
-    if dW is not None and (dW.dim() != 3 or dW.size(0) != n or dW.size(1) != y0.size(0)):
-        raise ValueError(f"dW must have shape ({n}, {y0.size(0)}, noise) for {n} steps, got {tuple(dW.shape)}")
-    if U is not None and U.size(0) != n + 1:
-        raise ValueError(f"U must have {n + 1} rows (one per grid time), got {U.size(0)}")
+    t_grid, obs = checked_grid(ts, dt, y0, dW, U)
     if not adjoint:
         return _integrate(field, y0, t_grid, obs, float(dt), dW, U)[0]
     params = tuple(p for p in params if p.requires_grad)
@@ -225,7 +231,7 @@ def solve(field, y0: torch.Tensor, ts: torch.Tensor, dt: float, dW: torch.Tensor
 
 
 def fast_sdeint(vector_field: nn.Module, y0: torch.Tensor, ts: torch.Tensor, dt: float, dW: torch.Tensor,
-                adjoint: bool = True, adjoint_params=None) -> torch.Tensor:
+                adjoint: bool = True, adjoint_params=None, fused: bool = True) -> torch.Tensor:
     """Stratonovich SDE (general noise) by reversible Heun; equals torchsde's ``reversible_heun``.
 
     vector_field: module with ``f_and_g(t, y) -> (drift (B, H), diffusion (B, H, W))``, ``t`` a scalar tensor.
@@ -233,7 +239,15 @@ def fast_sdeint(vector_field: nn.Module, y0: torch.Tensor, ts: torch.Tensor, dt:
     adjoint: exact reversible adjoint (keeps only ys, dW and the final state; no double backward) or plain
     autograd (supports double backward, e.g. for a gradient penalty).
     adjoint_params: tensors to differentiate in adjoint mode (default: ``vector_field.parameters()``).
+    fused: in adjoint mode, solve sdegan's ``GeneratorSDE`` with hand-written VJPs (``neuralsde.fast.fused``);
+    other fields, or ``fused=False``, take the generic autograd path.
     Returns ys ``(T, B, H)`` (torchsde layout). No gradient flows to ``dW`` in adjoint mode.
     """
     params = tuple(vector_field.parameters()) if adjoint_params is None else tuple(adjoint_params)
+    if adjoint and fused:
+        from neuralsde.fast.fused import fused_sdeint
+        t_grid, obs = checked_grid(ts, dt, y0, dW)
+        ys = fused_sdeint(vector_field, y0, t_grid, obs, float(dt), dW, params)
+        if ys is not None:
+            return ys
     return solve(lambda t, y, u: vector_field.f_and_g(t, y), y0, ts, dt, dW=dW, params=params, adjoint=adjoint)

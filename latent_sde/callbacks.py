@@ -1,0 +1,33 @@
+"""Rank-zero callback saving the latent SDE's reconstruction/prior-sample figure at the end of training."""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_only
+
+from latent_sde.plotting import plot_reconstruction
+from neuralsde.callbacks import log_figure
+
+
+class LatentSDEPlotCallback(pl.Callback):
+    """Saves ``out_dir/reconstruction.png`` (and logs it to wandb when active) at train end; data units."""
+
+    def __init__(self, out_dir: str, n_paths: int = 8, seed: int = 0, name: str = "reconstruction"):
+        self.out_dir, self.n_paths, self.seed, self.name = out_dir, int(n_paths), int(seed), name
+
+    @rank_zero_only
+    def on_train_end(self, trainer: pl.Trainer, module) -> None:
+        dm = trainer.datamodule
+        split = "val" if len(dm.val) else "train"
+        paths, filled = getattr(dm, split)[: self.n_paths], dm.filled[split][: self.n_paths]
+        generator = torch.Generator().manual_seed(self.seed)
+        was_training = module.training
+        module.eval()
+        with torch.no_grad():
+            rec = module.reconstruct(paths.to(module.device), filled.to(module.device), generator=generator)
+            prior = module.sample(self.n_paths, generator=generator)
+        module.train(was_training)
+        to_units = dm.to_data_units
+        fig = plot_reconstruction(to_units(paths), to_units(rec.cpu()), to_units(prior.cpu()), dm.channel_names,
+                                  title=f"{module.family}, step {int(module.train_step)}")
+        log_figure(trainer, fig, self.name, self.out_dir)

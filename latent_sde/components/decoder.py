@@ -1,0 +1,51 @@
+"""Decoder latent -> data channels, and the observation likelihood on observed entries only."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from neuralsde.errors import bad_option
+
+LIKELIHOODS = ("gaussian", "laplace")
+
+
+class Decoder(nn.Module):
+    """Linear map latent ``(..., latent)`` -> mean ``(..., C)`` with a Gaussian or Laplace likelihood.
+
+    The per-channel scale is learned (``learn_scale=True``, initialised at ``scale``) or fixed at ``scale``.
+    """
+
+    def __init__(self, latent_size: int, data_size: int, kind: str = "gaussian", scale: float = 0.1,
+                 learn_scale: bool = True):
+        super().__init__()
+        if kind not in LIKELIHOODS:
+            raise bad_option("model.likelihood.kind", kind, f"one of {LIKELIHOODS}",
+                             "set model.likelihood.kind=gaussian")
+        if not float(scale) > 0:
+            raise bad_option("model.likelihood.scale", scale, "a positive number", "e.g. model.likelihood.scale=0.1")
+        self.kind = kind
+        self.readout = nn.Linear(latent_size, data_size)
+        log_scale = torch.full((data_size,), math.log(float(scale)))
+        if learn_scale:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+
+    def forward(self, zs: torch.Tensor) -> torch.Tensor:
+        """zs ``(batch, T, latent)`` -> mean ``(batch, T, C)``."""
+        return self.readout(zs)
+
+    def log_likelihood(self, zs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """zs ``(batch, T, latent)``, values ``(batch, T, C)`` with NaN where missing -> ``(batch,)``: the sum of
+        log-densities over observed entries. Missing entries contribute exactly zero (and no gradient)."""
+        mask = ~torch.isnan(values)
+        target = torch.where(mask, values, torch.zeros_like(values))  # a NaN would poison gradients even masked
+        mean, log_scale = self(zs), self.log_scale.to(zs.dtype)
+        z = (target - mean) / log_scale.exp()
+        if self.kind == "gaussian":
+            logp = -0.5 * z ** 2 - log_scale - 0.5 * math.log(2 * math.pi)
+        else:
+            logp = -z.abs() - log_scale - math.log(2.0)
+        return torch.where(mask, logp, torch.zeros_like(logp)).sum(dim=(1, 2))

@@ -1,0 +1,210 @@
+"""LatentSDE: the LightningModule of the latent SDE VAE (Li et al. 2020; reversible Heun as in Kidger et al. 2021)."""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import torch
+from torch import nn
+
+from latent_sde.components.decoder import Decoder
+from latent_sde.components.encoder import Encoder
+from latent_sde.components.sdes import LatentSDEFunc, PriorSDE
+from latent_sde.support import check_logqp_support, check_options, kl_normal
+from neuralsde.brownian import draw_entropy
+from neuralsde.data.datamodule import fill_missing
+from neuralsde.data.preprocessing import Normalizer
+from neuralsde.errors import bad_option
+from neuralsde.module_base import GenerativeModule
+from neuralsde.solver import SolverConfig, sdeint
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+class DegenerateDiffusionWarning(UserWarning):
+    """The learned diffusion collapsed: the latent SDE is turning into an ODE."""
+
+
+class LatentSDE(GenerativeModule):
+    """Latent SDE VAE: encoder -> q(z0) and context; posterior SDE solved with ``logqp=True``; decoder likelihood.
+
+    Loss: ``-(log_lik - beta * (KL_path + KL_z0))`` per series, averaged over the batch, with ``beta`` rising
+    linearly from 0 to 1 over ``kl_anneal_steps``. Logged ``elbo`` is always the un-annealed bound.
+    """
+
+    family = "latent_sde"
+
+    def __init__(self, times: torch.Tensor, normalizer: Normalizer, solver: SolverConfig | dict, encoder: dict,
+                 latent_size: int = 4, context_size: int = 16, hidden_size: int = 32, num_layers: int = 2,
+                 diffusion: dict | None = None, likelihood: dict | None = None, learn_prior_z0: bool = True,
+                 kl_anneal_steps: int = 100, optimizer: dict | None = None, train_steps: int = 300,
+                 diffusion_warn_threshold: float = 1e-2, val_seed: int = 0, skip_nonfinite: bool = False):
+        super().__init__(times, normalizer, train_steps, skip_nonfinite)
+        self.solver = solver if isinstance(solver, SolverConfig) else SolverConfig(**solver)
+        self.solver.check_grid(torch.arange(self.t_size, dtype=torch.float32))
+        check_logqp_support(self.solver)
+        diffusion = {"hidden_size": 16, "floor": 1e-3, "scale": 1.0, **(diffusion or {})}
+        likelihood = {"kind": "gaussian", "scale": 0.1, "learn_scale": True, **(likelihood or {})}
+        optimizer = {"name": "adam", "lr": 1e-2, "lr_decay": 0.999, "diffusion_lr_factor": 1.0, **(optimizer or {})}
+        check_options(latent_size=latent_size, context_size=context_size, hidden_size=hidden_size,
+                      num_layers=num_layers, diffusion=diffusion, optimizer=optimizer, kl_anneal_steps=kl_anneal_steps)
+        if optimizer["name"] not in OPTIMIZERS:
+            raise bad_option("model.optimizer.name", optimizer["name"], f"one of {sorted(OPTIMIZERS)}",
+                             "set model.optimizer.name=adam")
+        self.save_hyperparameters({"solver": dataclasses.asdict(self.solver), "encoder": dict(encoder),
+                                   "latent_size": latent_size, "context_size": context_size,
+                                   "hidden_size": hidden_size, "num_layers": num_layers, "diffusion": diffusion,
+                                   "likelihood": likelihood, "learn_prior_z0": learn_prior_z0,
+                                   "kl_anneal_steps": kl_anneal_steps, "optimizer": optimizer,
+                                   "train_steps": train_steps, "diffusion_warn_threshold": diffusion_warn_threshold,
+                                   "val_seed": val_seed, "skip_nonfinite": skip_nonfinite})
+        c, t = self.data_size, self.t_size
+        self.encoder = Encoder(c, context_size, latent_size, t, solver=self.solver, **encoder)
+        self.sde = LatentSDEFunc(latent_size, context_size, hidden_size, num_layers, diffusion["hidden_size"],
+                                 diffusion["floor"], diffusion["scale"], t)
+        self.decoder = Decoder(latent_size, c, **likelihood)
+        pz0 = torch.zeros(2, latent_size)
+        if learn_prior_z0:
+            self.pz0 = nn.Parameter(pz0)
+        else:
+            self.register_buffer("pz0", pz0)
+        self.kl_anneal_steps, self.optimizer_cfg = int(kl_anneal_steps), optimizer
+        self.diffusion_warn_threshold, self.val_seed = float(diffusion_warn_threshold), int(val_seed)
+        self._warned_degenerate = False
+        # Sampling needs no gradients through the solver: the direct solve gives the same forward values.
+        self.sample_solver = dataclasses.replace(self.solver, adjoint=False)
+
+    # ----- the model -----
+    def _ts(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.arange(self.t_size, device=like.device, dtype=like.dtype)
+
+    def posterior(self, paths: torch.Tensor, filled: torch.Tensor, generator: torch.Generator | None = None):
+        """paths (NaN where missing), filled: ``(batch, T, 1 + C)`` -> latent path ``zs`` ``(batch, T, latent)``,
+        path KL ``(batch,)``, z0 KL ``(batch,)``."""
+        context, mean, log_std = self.encoder(paths, filled)
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
+        z0 = mean + log_std.exp() * eps
+        # The context enters the drift as an attribute: name it in adjoint_params so that the adjoint returns its
+        # gradient (and the encoder learns through it). It must stay set until backward has run: the adjoint's
+        # backward solve evaluates the drift again; on_train_batch_end clears it.
+        self.sde.set_context(context)
+        zs, log_ratio = sdeint(self.sde, z0, self._ts(z0), self.solver, entropy=draw_entropy(generator),
+                               adjoint_params=tuple(self.sde.parameters()) + (context,), logqp=True)
+        kl_z0 = kl_normal(mean, log_std, self.pz0[0], self.pz0[1]).sum(-1)
+        return zs, log_ratio.sum(-1), kl_z0
+
+    def elbo_terms(self, paths: torch.Tensor, filled: torch.Tensor, generator: torch.Generator | None = None):
+        """-> ``(log_lik, kl, zs)``: ``(batch,)``, ``(batch,)``, ``(batch, T, latent)``; one posterior sample."""
+        zs, kl_path, kl_z0 = self.posterior(paths, filled, generator)
+        return self.decoder.log_likelihood(zs, paths[..., 1:]), kl_path + kl_z0, zs
+
+    def _with_time(self, values: torch.Tensor) -> torch.Tensor:
+        t = self.times.to(values).view(1, -1, 1).expand(values.size(0), -1, 1)
+        return torch.cat([t, values], dim=-1)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` paths ``(n, T, 1 + C)`` from the prior (z0 ~ p(z0), prior SDE, decoder mean), normalised units."""
+        mean, log_std = self.pz0[0], self.pz0[1]
+        eps = torch.randn((n, mean.numel()), generator=generator, dtype=mean.dtype).to(mean.device)
+        z0 = mean + log_std.exp() * eps
+        zs = sdeint(PriorSDE(self.sde), z0, self._ts(z0), self.sample_solver, entropy=draw_entropy(generator))
+        return self._with_time(self.decoder(zs))
+
+    @torch.no_grad()
+    def reconstruct(self, paths: torch.Tensor, filled: torch.Tensor | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """Decoder mean along one posterior sample: paths ``(batch, T, 1 + C)`` -> ``(batch, T, 1 + C)``."""
+        filled = fill_missing(paths) if filled is None else filled
+        context, mean, log_std = self.encoder(paths, filled)
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
+        self.sde.set_context(context)
+        try:
+            zs = sdeint(self.sde, mean + log_std.exp() * eps, self._ts(mean), self.sample_solver,
+                        entropy=draw_entropy(generator))
+        finally:
+            self.sde.set_context(None)
+        return self._with_time(self.decoder(zs))
+
+    # ----- training -----
+    def kl_weight(self) -> float:
+        if self.kl_anneal_steps <= 0:
+            return 1.0
+        return min(1.0, float(self.train_step) / self.kl_anneal_steps)
+
+    def diffusion_mean(self, zs: torch.Tensor) -> torch.Tensor:
+        """Mean diffusion along latent paths ``(batch, T, latent)``: the collapse diagnostic."""
+        with torch.no_grad():
+            t = (self._ts(zs) * self.sde.time_scale).view(1, -1, 1).expand(zs.size(0), -1, 1)
+            return self.sde.diffusion(t.reshape(-1, 1), zs.reshape(-1, zs.size(-1))).mean()
+
+    def _check_diffusion(self, value: float) -> None:
+        if value < self.diffusion_warn_threshold and not self._warned_degenerate:
+            self._warned_degenerate = True
+            warnings.warn(
+                f"train/diffusion_mean={value:.3g} fell below model.diffusion_warn_threshold="
+                f"{self.diffusion_warn_threshold} at training step {int(self.train_step)}: the latent SDE is "
+                "degenerating to an ODE. Usual remedies: a larger fixed floor (model.diffusion.floor=0.05), a longer "
+                "KL annealing (model.kl_anneal_steps), a lower learning rate for the diffusion "
+                "(model.optimizer.diffusion_lr_factor=0.1), or more observation noise (model.likelihood.scale, or "
+                "model.likelihood.learn_scale=false).", DegenerateDiffusionWarning, stacklevel=2)
+
+    def train_batch(self, batch):
+        """One training step (the base class's ``training_step`` counts it): returns the loss, or None to skip."""
+        paths, filled = batch
+        log_lik, kl, zs = self.elbo_terms(paths, filled)
+        beta = self.kl_weight()
+        loss = -(log_lik - beta * kl).mean()
+        if not self.check_finite("train/loss", loss):
+            return None
+        diff = self.diffusion_mean(zs)
+        self._check_diffusion(float(diff))
+        n = paths.size(0)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("train/elbo", (log_lik - kl).mean().detach(), batch_size=n, sync_dist=True)
+        self.log("train/log_lik", log_lik.mean().detach(), batch_size=n, sync_dist=True)
+        self.log("train/kl", kl.mean().detach(), batch_size=n, sync_dist=True)
+        self.log("train/kl_weight", beta, batch_size=n, sync_dist=True)
+        self.log("train/diffusion_mean", diff, batch_size=n, sync_dist=True)
+        self.log("train/step", float(int(self.train_step) + 1), batch_size=n, sync_dist=True)
+        return loss
+
+    def _eval_step(self, batch, batch_idx, stage: str) -> None:
+        paths, filled = batch
+        # A fixed seed per batch: successive validations compare the same z0 noise and Brownian sample.
+        generator = torch.Generator().manual_seed(self.val_seed + batch_idx)
+        with torch.no_grad():
+            log_lik, kl, _ = self.elbo_terms(paths, filled, generator)
+        self.sde.set_context(None)
+        n = paths.size(0)
+        self.log(f"{stage}/elbo", (log_lik - kl).mean(), prog_bar=stage == "val", batch_size=n, sync_dist=True)
+        self.log(f"{stage}/log_lik", log_lik.mean(), batch_size=n, sync_dist=True)
+        self.log(f"{stage}/kl", kl.mean(), batch_size=n, sync_dist=True)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, batch_idx, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, batch_idx, "test")
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.sde.set_context(None)  # release this batch's graph
+        super().on_train_batch_end(outputs, batch, batch_idx)
+
+    def configure_optimizers(self):
+        cfg = dict(self.optimizer_cfg)
+        cls = OPTIMIZERS[cfg.pop("name")]
+        lr, decay, factor = float(cfg.pop("lr")), float(cfg.pop("lr_decay")), float(cfg.pop("diffusion_lr_factor"))
+        diffusion = list(self.sde.diffusion.parameters())
+        ids = {id(p) for p in diffusion}
+        groups = [{"params": [p for p in self.parameters() if id(p) not in ids]},
+                  {"params": diffusion, "lr": lr * factor}]
+        opt = cls(groups, lr=lr, **cfg)
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=decay)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    @classmethod
+    def from_checkpoint(cls, path, map_location="cpu") -> "LatentSDE":
+        """Rebuild from a checkpoint alone: ``times`` and the normaliser come from its state dict."""
+        state = torch.load(path, map_location=map_location, weights_only=False)["state_dict"]
+        normalizer = Normalizer(state["normalizer.shift"], state["normalizer.scale"])
+        return cls.load_from_checkpoint(path, map_location=map_location, times=state["times"], normalizer=normalizer)

@@ -1,0 +1,59 @@
+"""Validation of the latent SDE's options and solver, and the Gaussian KL of z0."""
+from __future__ import annotations
+
+import torch
+
+from neuralsde.errors import ConfigError, bad_option
+from neuralsde.solver import SolverConfig
+
+# (method, adjoint) combinations whose logqp gradients were checked against direct backpropagation
+# (torchsde 0.2.6, float64, same Brownian sample); see tests/test_latent_sde.py.
+LOGQP_SUPPORTED = {("reversible_heun", True), ("reversible_heun", False), ("midpoint", True), ("midpoint", False),
+                   ("euler_heun", True), ("euler_heun", False)}
+
+
+def check_logqp_support(solver: SolverConfig) -> None:
+    """Raise ConfigError before training if this solver cannot solve the SDE with ``logqp=True``."""
+    if solver.backend != "torchsde":
+        raise bad_option("solver.backend", solver.backend,
+                         "'torchsde' for the latent SDE (the fast backend has no logqp/KL path term)",
+                         "set solver.backend=torchsde")
+    if (solver.method, bool(solver.adjoint)) not in LOGQP_SUPPORTED:
+        ok = sorted(f"{m} (adjoint={a})" for m, a in LOGQP_SUPPORTED)
+        raise ConfigError(f"solver.method={solver.method!r} with solver.adjoint={solver.adjoint} does not support "
+                          f"logqp=True in torchsde. Supported: {ok}. Fix: use solver=reversible_heun.")
+
+
+def check_options(*, latent_size, context_size, hidden_size, num_layers, diffusion: dict, optimizer: dict,
+                  kl_anneal_steps) -> None:
+    for key, value in (("latent_size", latent_size), ("context_size", context_size),
+                       ("hidden_size", hidden_size), ("num_layers", num_layers),
+                       ("diffusion.hidden_size", diffusion["hidden_size"])):
+        if not int(value) > 0 or int(value) != value:
+            raise bad_option(f"model.{key}", value, "a positive integer", f"e.g. model.{key}=16")
+    if not float(diffusion["floor"]) >= 0:
+        raise bad_option("model.diffusion.floor", diffusion["floor"], "a number >= 0",
+                         "e.g. model.diffusion.floor=1e-3")
+    if not float(diffusion["scale"]) > 0:
+        raise bad_option("model.diffusion.scale", diffusion["scale"], "a positive number",
+                         "e.g. model.diffusion.scale=1.0")
+    if not float(optimizer["lr"]) > 0:
+        raise bad_option("model.optimizer.lr", optimizer["lr"], "a positive learning rate",
+                         "e.g. model.optimizer.lr=1e-2")
+    if not 0 < float(optimizer["lr_decay"]) <= 1:
+        raise bad_option("model.optimizer.lr_decay", optimizer["lr_decay"], "a per-step factor in (0, 1]",
+                         "e.g. model.optimizer.lr_decay=0.999 (1.0: constant)")
+    if not float(optimizer["diffusion_lr_factor"]) > 0:
+        raise bad_option("model.optimizer.diffusion_lr_factor", optimizer["diffusion_lr_factor"], "a positive factor",
+                         "e.g. model.optimizer.diffusion_lr_factor=1.0")
+    if int(kl_anneal_steps) < 0:
+        raise bad_option("model.kl_anneal_steps", kl_anneal_steps, "an integer >= 0 (0: no annealing)",
+                         "e.g. model.kl_anneal_steps=100")
+
+
+def kl_normal(mean_q: torch.Tensor, log_std_q: torch.Tensor, mean_p: torch.Tensor,
+              log_std_p: torch.Tensor) -> torch.Tensor:
+    """Elementwise KL(N(mean_q, std_q^2) || N(mean_p, std_p^2)); broadcasts, e.g. ``(batch, d)`` and ``(d,)``."""
+    var_ratio = torch.exp(2 * (log_std_q - log_std_p))
+    t = ((mean_q - mean_p) / log_std_p.exp()) ** 2
+    return 0.5 * (var_ratio + t - 1) - (log_std_q - log_std_p)

@@ -1,0 +1,198 @@
+"""Mean ± std over seeds of every configuration of a Hydra multirun.
+
+    python scripts/aggregate.py MULTIRUN_DIR [--out PREFIX] [--metrics test/sig_mmd,val/sig_mmd,...]
+                                [--ignore seed] [--all-metrics]
+
+Each job directory (one holding `.hydra/overrides.yaml`) contributes its overrides and, from
+`csv/metrics.csv`, the last non-NaN value of each metric (the median for `train/step_time`, so the slow
+first step does not count). Jobs are grouped by their overrides minus `seed`; the table has one row per
+configuration with n (jobs) and mean ± std (sample std, ddof=1) per metric. Writes PREFIX.md and PREFIX.csv
+(default PREFIX: MULTIRUN_DIR/summary). Jobs without a metrics.csv are reported and skipped.
+Exit status: 0 on success, 2 when there is nothing to aggregate.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+MEDIAN_METRICS = {"train/step_time"}  # per-step quantities: the median over the run, not the last value
+NOT_METRICS = {"epoch", "step"}
+
+
+class AggregateError(ValueError):
+    """Nothing usable in the given directory (exit status 2 on the command line)."""
+
+
+def find_jobs(multirun_dir: Path) -> list[Path]:
+    """Job directories under ``multirun_dir`` (any depth; submitit's own folder excluded), in job order."""
+    jobs = [p.parent.parent for p in multirun_dir.rglob(".hydra/overrides.yaml") if ".submitit" not in p.parts]
+    return sorted(jobs, key=lambda p: [int(s) if s.isdigit() else s for s in p.relative_to(multirun_dir).parts])
+
+
+def read_overrides(job_dir: Path) -> dict[str, str]:
+    """``key -> value`` of the job's command-line (task) overrides, in order; ``+``/``++`` prefixes dropped."""
+    items = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
+    out = {}
+    for item in items:
+        key, _, value = str(item).partition("=")
+        out[key.lstrip("+")] = value
+    return out
+
+
+def read_metrics(csv_path: Path) -> dict[str, float]:
+    """Last non-NaN value of every metric column (median for ``MEDIAN_METRICS``)."""
+    frame = pd.read_csv(csv_path)
+    out = {}
+    for col in frame.columns:
+        if col in NOT_METRICS:
+            continue
+        values = pd.to_numeric(frame[col], errors="coerce").dropna()
+        if len(values):
+            out[col] = float(values.median() if col in MEDIAN_METRICS else values.iloc[-1])
+    return out
+
+
+def default_metrics(columns) -> list[str]:
+    """val/ and test/ metrics (without bootstrap bounds) and the step time: what the paper tables compare."""
+    keep = [c for c in columns if c.startswith(("val/", "test/")) and not c.endswith(("_ci_low", "_ci_high"))]
+    return (["train/step_time"] if "train/step_time" in columns else []) + sorted(keep)
+
+
+def collect(multirun_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """One row per usable job: ``job``, the overrides (``ov:<key>`` columns) and the metrics.
+    Returns ``(jobs, skipped)``, ``skipped`` being human-readable reasons. Raises ``AggregateError``."""
+    root = Path(multirun_dir)
+    fix = ("Fix: pass the folder of one multirun, e.g. logs/train/multiruns/<timestamp> "
+           "(the one holding multirun.yaml and the job folders 0/, 1/, ...).")
+    if not root.is_dir():
+        raise AggregateError(f"MULTIRUN_DIR {str(root)!r} does not exist or is not a directory. {fix}")
+    jobs = find_jobs(root)
+    if not jobs:
+        raise AggregateError(f"No job directories (with .hydra/overrides.yaml) under {str(root)!r}. {fix}")
+    rows, skipped = [], []
+    for job in jobs:
+        csv_path = job / "csv" / "metrics.csv"
+        name = str(job.relative_to(root))
+        if not csv_path.is_file():
+            skipped.append(f"{name}: no csv/metrics.csv (job failed, still running, or logger without csv)")
+            continue
+        try:
+            metrics = read_metrics(csv_path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            skipped.append(f"{name}: unreadable csv/metrics.csv ({type(err).__name__}: {err})")
+            continue
+        overrides = {f"ov:{k}": v for k, v in read_overrides(job).items()}
+        rows.append({"job": name, **overrides, **metrics})
+    if not rows:
+        raise AggregateError(f"None of the {len(jobs)} jobs under {str(root)!r} has a readable csv/metrics.csv:\n  "
+                             + "\n  ".join(skipped) + "\nFix: check the jobs' train.log for the error, "
+                             "and run with the csv logger (logger=csv or logger=many).")
+    return pd.DataFrame(rows), skipped
+
+
+def summarise(jobs: pd.DataFrame, metrics: list[str] | None = None, ignore: tuple[str, ...] = ("seed",),
+              skip_unknown: bool = False) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Group ``jobs`` (from ``collect``) by their overrides minus ``ignore``.
+
+    Returns ``(table, common)``: ``table`` has ``config`` (the overrides that vary between configurations,
+    or ``all`` when there is one), ``n``, ``seeds``, then ``<metric>_mean``, ``<metric>_std``, ``<metric>_n``
+    per metric; ``common`` are the overrides shared by every job (ignored keys excluded). A metric no job
+    logged is an error, or dropped with ``skip_unknown``."""
+    ov_cols = [c for c in jobs.columns if c.startswith("ov:")]
+    group_cols = [c for c in ov_cols if c[3:] not in ignore]
+    frame = jobs.copy()
+    frame[ov_cols] = frame[ov_cols].fillna("<unset>")
+    varying = [c for c in group_cols if frame[c].nunique() > 1]
+    common = {c[3:]: frame[c].iloc[0] for c in group_cols if c not in varying}
+    metric_cols = [c for c in jobs.columns if c != "job" and c not in ov_cols]
+    if metrics is None:
+        metrics = default_metrics(metric_cols)
+    unknown = [m for m in metrics if m not in metric_cols]
+    if skip_unknown:
+        metrics = [m for m in metrics if m in metric_cols]
+    elif unknown:
+        raise AggregateError(f"No job logged {unknown}. Logged metrics: {sorted(metric_cols)}. "
+                             "Fix: pick --metrics from these.")
+    rows = []
+    groups = frame.groupby(varying, sort=False, dropna=False) if varying else [((), frame)]
+    for key, part in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        label = " ".join(f"{c[3:]}={v}" for c, v in zip(varying, key, strict=True)) or "all"
+        seeds = ",".join(part["ov:seed"].astype(str)) if "ov:seed" in part else ""
+        row = {"config": label, **{c[3:]: v for c, v in zip(varying, key, strict=True)}, "n": len(part), "seeds": seeds}
+        for m in metrics:
+            values = part[m].dropna() if m in part else pd.Series(dtype=float)
+            row[f"{m}_mean"] = values.mean() if len(values) else math.nan
+            row[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
+            row[f"{m}_n"] = len(values)
+        rows.append(row)
+    return pd.DataFrame(rows), common
+
+
+def _fmt(mean: float, std: float, n: int, n_jobs: int) -> str:
+    if n == 0 or not math.isfinite(mean):
+        return "—"
+    text = f"{mean:.4g}" if not math.isfinite(std) else f"{mean:.4g} ± {std:.2g}"
+    return text if n == n_jobs else f"{text} (n={n})"  # flag a metric some jobs did not log
+
+
+def to_markdown(table: pd.DataFrame, metrics: list[str], common: dict[str, str] | None = None) -> str:
+    header = ["config", "n", *metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, r in table.iterrows():
+        cells = [f"`{r['config']}`", str(r["n"])]
+        cells += [_fmt(r[f"{m}_mean"], r[f"{m}_std"], r[f"{m}_n"], r["n"]) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    if common:
+        lines.append("\nShared by every job: " + " ".join(f"`{k}={v}`" for k, v in common.items()))
+    return "\n".join(lines) + "\n"
+
+
+def aggregate(multirun_dir: str | Path, out: str | Path | None = None, metrics: list[str] | None = None,
+              ignore: tuple[str, ...] = ("seed",), skip_unknown: bool = False) -> tuple[pd.DataFrame, str, list[str]]:
+    """Collect, summarise and write ``<out>.md`` and ``<out>.csv``; return ``(table, markdown, skipped)``."""
+    jobs, skipped = collect(multirun_dir)
+    table, common = summarise(jobs, metrics, ignore, skip_unknown)
+    metrics = [c[:-5] for c in table.columns if c.endswith("_mean")]
+    text = to_markdown(table, metrics, common)
+    if skipped:
+        text += "\nSkipped jobs:\n" + "".join(f"- {s}\n" for s in skipped)
+    prefix = Path(out) if out else Path(multirun_dir) / "summary"
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{prefix}.md").write_text(text)
+    table.to_csv(f"{prefix}.csv", index=False)
+    return table, text, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("multirun_dir")
+    parser.add_argument("--out", help="output prefix: writes PREFIX.md and PREFIX.csv (default MULTIRUN_DIR/summary)")
+    parser.add_argument("--metrics", help="comma-separated metric keys, in column order (default: val/, test/ "
+                                          "metrics and train/step_time)")
+    parser.add_argument("--all-metrics", action="store_true", help="every logged metric column")
+    parser.add_argument("--ignore", default="seed", help="comma-separated override keys not to group by")
+    args = parser.parse_args(argv)
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    ignore = tuple(k.strip() for k in args.ignore.split(",") if k.strip())
+    try:
+        if args.all_metrics:
+            jobs, _ = collect(args.multirun_dir)
+            metrics = [c for c in jobs.columns if c != "job" and not c.startswith("ov:")]
+        _, text, skipped = aggregate(args.multirun_dir, args.out, metrics, ignore)
+    except AggregateError as err:
+        print(f"aggregate.py: {err}", file=sys.stderr)
+        return 2
+    for s in skipped:
+        print(f"aggregate.py: skipped {s}", file=sys.stderr)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

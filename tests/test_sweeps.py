@@ -1,0 +1,244 @@
+"""Sweeps: a real 2-job multirun and its aggregation; launcher and sweeper configs; aggregate.py and
+paper_tables.py on bad or synthetic input. Real launches through joblib, submitit and optuna are slow tests."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from tests.conftest import CONFIG_DIR, ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import aggregate as agg  # noqa: E402
+
+TINY = ["data.source.n_paths=64", "data.source.t_size=16", "data.batch_size=16", "data.eval_batch_size=32",
+        "model.train_steps=2", "model.swa_start=1", "trainer.val_check_interval=1",
+        "callbacks.metrics.val_metrics=[sig_mmd]", "callbacks.metrics.test_metrics=[sig_mmd]",
+        "callbacks.metrics.n_samples=32", "extras.print_config=false", "test=true"]
+ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "2"}
+
+
+def train_py(*overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def script(name: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def hydra_cfg(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
+
+
+# --- a real multirun (basic launcher) and its aggregation ------------------------------------------------
+@pytest.fixture(scope="module")
+def multirun(tmp_path_factory):
+    sweep = tmp_path_factory.mktemp("multirun") / "sweep"
+    train_py("-m", "seed=0,1", *TINY, f"hydra.sweep.dir={sweep}")
+    return sweep
+
+
+def test_multirun_gives_each_job_its_own_dir(multirun):
+    assert (multirun / "multirun.yaml").is_file()
+    for num, seed in (("0", 0), ("1", 1)):
+        job = multirun / num
+        assert (job / "csv" / "metrics.csv").is_file()
+        assert f"seed={seed}" in (job / ".hydra" / "overrides.yaml").read_text()
+        assert (job / "config.yaml").is_file()
+    assert not (multirun / "2").exists()
+
+
+def test_aggregate_cli_on_multirun(multirun, tmp_path):
+    proc = script("aggregate.py", str(multirun), "--out", str(tmp_path / "summary"),
+                  "--metrics", "test/sig_mmd,val/sig_mmd,train/step_time")
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(tmp_path / "summary.csv")
+    assert len(table) == 1 and table.loc[0, "n"] == 2 and str(table.loc[0, "seeds"]) == "0,1"
+    for m in ("test/sig_mmd", "val/sig_mmd", "train/step_time"):
+        assert math.isfinite(table.loc[0, f"{m}_mean"]) and math.isfinite(table.loc[0, f"{m}_std"])
+    md = (tmp_path / "summary.md").read_text()
+    assert "| `all` | 2 |" in md and " ± " in md and md in proc.stdout
+
+
+# --- composition of the launcher and sweeper configs -----------------------------------------------------
+@pytest.mark.parametrize("launcher, target", [
+    ("basic", "hydra._internal.core_plugins.basic_launcher.BasicLauncher"),
+    ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+    ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+    ("submitit_local", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"),
+])
+def test_launchers_compose(launcher, target):
+    cfg = hydra_cfg([f"hydra/launcher={launcher}"])
+    assert cfg.hydra.launcher._target_ == target
+    assert cfg.seed == 0 and cfg.model._target_ == "sdegan.module.SDEGAN"  # the job config is untouched
+
+
+def test_slurm_launcher_values_and_overrides():
+    launcher = hydra_cfg(["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                          "hydra.launcher.timeout_min=30"]).hydra.launcher
+    assert launcher.partition == "gpu" and launcher.timeout_min == 30
+    assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1 and launcher.cpus_per_task == 4
+    assert launcher.mem_gb == 16 and launcher.array_parallelism == 32
+    assert "export WANDB_MODE=offline" in launcher.setup
+
+
+def test_slurm_params_make_a_valid_sbatch_script(tmp_path, monkeypatch):
+    """What the plugin hands submitit (same key mapping as SlurmLauncher.launch) is accepted and lands in
+    the sbatch script; no cluster needed: submitit's srun check is patched out."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2))
+    cfg = hydra_cfg(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    params.pop("_target_")
+    params.pop("submitit_folder")
+    params["name"] = "train"
+    params["setup"] = [s.replace("${hydra.launcher.cpus_per_task}", "4") for s in params["setup"]]
+    executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm", slurm_max_num_timeout=params.pop(
+        "max_num_timeout"))
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    text = executor._executor._make_submission_file_text("python -u -m submitit.core._submit x", "uid")
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=240", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --cpus-per-task=4", "#SBATCH --mem=16GB", "export WANDB_MODE=offline",
+                 "export OMP_NUM_THREADS=4"):
+        assert line in text, text
+
+
+def test_optuna_search_composes():
+    cfg = hydra_cfg(["hparams_search=ou_optuna"])
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert cfg.optimized_metric == "val/sig_mmd" and sweeper.direction == "minimize"
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 1234
+    assert sweeper.storage is None and sweeper.n_trials >= 10
+    assert set(sweeper.params) == {"model.optimizer.g_lr", "model.optimizer.d_lr", "model.generator.hidden_size"}
+    # every searched key exists in the job config (a typo would only fail at the first trial)
+    assert cfg.model.optimizer.g_lr > 0 and cfg.model.optimizer.d_lr > 0 and cfg.model.generator.hidden_size > 0
+
+
+# --- aggregate.py on synthetic multiruns and bad input ---------------------------------------------------
+def fake_job(root, num, overrides, rows):
+    job = root / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if rows is not None:
+        (job / "csv").mkdir()
+        pd.DataFrame(rows).to_csv(job / "csv" / "metrics.csv", index=False)
+    return job
+
+
+def fake_rows(step_times, final):
+    rows = [{"step": i, "train/step_time": t} for i, t in enumerate(step_times)]
+    rows.append({"step": len(step_times), "val/sig_mmd": final + 1.0})
+    rows.append({"step": len(step_times) + 1, "val/sig_mmd": final, "test/sig_mmd": 2 * final})
+    rows.append({"step": len(step_times) + 2, "train/step_time": float("nan")})  # trailing NaN is skipped
+    return rows
+
+
+def test_aggregate_groups_by_overrides_minus_seed(tmp_path):
+    num = 0
+    for solver, base in (("reversible_heun", 1.0), ("midpoint", 3.0)):
+        for seed in (0, 1, 2):
+            fake_job(tmp_path, num, [f"solver={solver}", f"seed={seed}", "model.train_steps=5"],
+                     fake_rows([100.0, base, base, base + seed], base + seed))
+            num += 1
+    fake_job(tmp_path, num, ["solver=midpoint", "seed=3", "model.train_steps=5"], None)  # a failed job
+    table, text, skipped = agg.aggregate(tmp_path, tmp_path / "out" / "s")
+    assert list(table["config"]) == ["solver=reversible_heun", "solver=midpoint"]
+    assert list(table["n"]) == [3, 3]
+    rh = table.iloc[0]
+    assert rh["val/sig_mmd_mean"] == pytest.approx(2.0) and rh["val/sig_mmd_std"] == pytest.approx(1.0)
+    assert rh["test/sig_mmd_mean"] == pytest.approx(4.0)
+    # step time: the median per run (1, 1.5, 2 for seeds 0, 1, 2: the 100 s first step does not count)
+    assert rh["train/step_time_mean"] == pytest.approx(1.5)
+    assert len(skipped) == 1 and skipped[0].startswith("6: no csv/metrics.csv")
+    assert "Shared by every job: `model.train_steps=5`" in text and "Skipped jobs" in text
+    assert (tmp_path / "out" / "s.md").is_file() and (tmp_path / "out" / "s.csv").is_file()
+
+
+def test_aggregate_flags_a_metric_some_jobs_lack(tmp_path):
+    fake_job(tmp_path, 0, ["seed=0"], [{"step": 0, "val/sig_mmd": 1.0, "test/sig_mmd": 2.0}])
+    fake_job(tmp_path, 1, ["seed=1"], [{"step": 0, "val/sig_mmd": 3.0}])
+    _, text, _ = agg.aggregate(tmp_path)
+    assert "| `all` | 2 | 2 (n=1) | 2 ± 1.4 |" in text
+
+
+def test_aggregate_cli_errors(tmp_path, capsys):
+    missing = tmp_path / "nope"
+    proc = script("aggregate.py", str(missing))  # one real process: the exit status
+    assert proc.returncode == 2 and str(missing) in proc.stderr and "Fix:" in proc.stderr
+    (tmp_path / "empty").mkdir()
+    assert agg.main([str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "No job directories" in err and str(tmp_path / "empty") in err and "Fix:" in err
+    fake_job(tmp_path / "failed", 0, ["seed=0"], None)
+    assert agg.main([str(tmp_path / "failed")]) == 2
+    assert "0: no csv/metrics.csv" in capsys.readouterr().err
+    fake_job(tmp_path / "ok", 0, ["seed=0"], [{"step": 0, "val/sig_mmd": 1.0}])
+    assert agg.main([str(tmp_path / "ok"), "--metrics", "val/sig_mdm"]) == 2
+    err = capsys.readouterr().err
+    assert "val/sig_mdm" in err and "val/sig_mmd" in err
+
+
+# --- paper_tables.py ------------------------------------------------------------------------------------
+def test_paper_tables_dry_run_prints_the_commands():
+    proc = script("paper_tables.py", "--dry-run", "--seeds", "0,1", "--steps", "4")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("python train.py -m")]
+    has_latent = (ROOT / "configs" / "experiment" / "ou_latent_sde.yaml").is_file()
+    assert len(lines) == (3 if has_latent else 2)
+    assert "solver=reversible_heun,midpoint" in lines[0] and "hydra.sweep.dir=results/cpu/table_a" in lines[0]
+    assert "model.lipschitz=clip,gradient_penalty" in lines[1]
+    assert all("seed=0,1" in line and "model.train_steps=4" in line for line in lines)
+    paper = script("paper_tables.py", "--dry-run", "--scale", "paper", "--tables", "a")
+    assert "experiment=ou_sdegan_paper" in paper.stdout and "model.train_steps" not in paper.stdout
+
+
+# --- real launches through the plugins (slow) ------------------------------------------------------------
+@pytest.mark.slow
+def test_joblib_launcher_runs_two_jobs(tmp_path):
+    train_py("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1", *TINY, "test=false",
+             f"hydra.sweep.dir={tmp_path}")
+    assert all((tmp_path / n / "csv" / "metrics.csv").is_file() for n in ("0", "1"))
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_a_job(tmp_path):
+    train_py("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "seed=0", *TINY,
+             "test=false", f"hydra.sweep.dir={tmp_path}")
+    assert (tmp_path / "0" / "csv" / "metrics.csv").is_file()
+    assert (tmp_path / ".submitit").is_dir()
+
+
+@pytest.mark.slow
+def test_optuna_two_trials(tmp_path):
+    train_py("hparams_search=ou_optuna", "hydra.sweeper.n_trials=2", *TINY, "test=false",
+             f"hydra.sweep.dir={tmp_path}")
+    result = (tmp_path / "optimization_results.yaml").read_text()
+    assert "best_value" in result and "model.optimizer.g_lr" in result
+
+
+@pytest.mark.slow
+def test_paper_tables_smoke(tmp_path):
+    tiny = [o for o in TINY if not o.startswith(("model.", "trainer.", "test="))]
+    proc = script("paper_tables.py", "--tables", "a", "--seeds", "0", "--steps", "1", "--results",
+                  str(tmp_path), "--", *tiny, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    md = (tmp_path / "paper_tables.md").read_text()
+    assert "solver=reversible_heun" in md and "solver=midpoint" in md and "## Machine" in md
