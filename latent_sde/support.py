@@ -1,6 +1,9 @@
 """Validation of the latent SDE's options and solver, and the Gaussian KL of z0."""
 from __future__ import annotations
 
+import dataclasses
+import warnings
+
 import torch
 
 from neuralsde.errors import ConfigError, bad_option
@@ -12,16 +15,21 @@ LOGQP_SUPPORTED = {("reversible_heun", True), ("reversible_heun", False), ("midp
                    ("euler_heun", True), ("euler_heun", False)}
 
 
-def check_logqp_support(solver: SolverConfig) -> None:
-    """Raise ConfigError before training if this solver cannot solve the SDE with ``logqp=True``."""
+def check_logqp_support(solver: SolverConfig) -> SolverConfig:
+    """The solver to use with ``logqp=True``; raise ConfigError before training if there is none.
+
+    The fast backend has no KL path term: it says so and falls back to torchsde (same method and adjoint).
+    """
     if solver.backend != "torchsde":
-        raise bad_option("solver.backend", solver.backend,
-                         "'torchsde' for the latent SDE (the fast backend has no logqp/KL path term)",
-                         "set solver.backend=torchsde")
+        warnings.warn("solver.backend=fast has no logqp (KL path) term for the latent SDE; using the torchsde "
+                      "backend with the same method and adjoint. Set solver.backend=torchsde to silence this.",
+                      stacklevel=2)
+        solver = dataclasses.replace(solver, backend="torchsde")
     if (solver.method, bool(solver.adjoint)) not in LOGQP_SUPPORTED:
         ok = sorted(f"{m} (adjoint={a})" for m, a in LOGQP_SUPPORTED)
         raise ConfigError(f"solver.method={solver.method!r} with solver.adjoint={solver.adjoint} does not support "
                           f"logqp=True in torchsde. Supported: {ok}. Fix: use solver=reversible_heun.")
+    return solver
 
 
 def check_options(*, latent_size, context_size, hidden_size, num_layers, diffusion: dict, optimizer: dict,

@@ -61,6 +61,11 @@ class SolverConfig:
         if self.backend == "fast" and self.method != "reversible_heun":
             raise bad_option("solver.backend", self.backend, "backend=torchsde for methods other than reversible_heun",
                              "use solver.backend=torchsde with this method")
+        if self.backend == "fast" and self.brownian != "interval":
+            raise bad_option("solver.brownian", self.brownian,
+                             "'interval' with backend=fast (it draws grid increments in one call; the choice of "
+                             "Brownian motion applies to the torchsde backend)",
+                             f"add solver.backend=torchsde to use solver.brownian={self.brownian}")
         if not self.dt > 0:
             raise bad_option("solver.dt", self.dt, "a positive step size", "set solver.dt=1.0 (index time)")
 

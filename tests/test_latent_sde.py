@@ -120,11 +120,13 @@ def test_reversible_heun_adjoint_gradients_are_exact_with_logqp():
     assert ((adjoint_encoder - direct_encoder).norm() / direct_encoder.norm()) < 1e-10
 
 
-def test_backend_without_logqp_is_a_config_error(tiny_cfg):
-    with pytest.raises(ConfigError, match="solver.backend"):
-        make_model(solver=SolverConfig(backend="fast"))
-    with pytest.raises(ConfigError, match="solver.backend"):
-        build(tiny_cfg(["experiment=ou_latent_sde", "solver.backend=fast"]))
+def test_fast_backend_says_so_and_falls_back_to_torchsde(tiny_cfg):
+    with pytest.warns(UserWarning, match="no logqp"):
+        model = make_model(solver=SolverConfig(backend="fast"))
+    assert model.solver.backend == "torchsde"
+    with pytest.warns(UserWarning, match="no logqp"):
+        _, model = build(tiny_cfg(["experiment=ou_latent_sde", "solver.backend=fast"]))
+    assert model.solver.backend == "torchsde" and model.encoder is not None
 
 
 @pytest.mark.parametrize("override, value", [("model.encoder.kind", "transformer"), ("model.latent_size", 0),

@@ -41,10 +41,11 @@ def test_same_seed_same_losses(tiny_cfg, tmp_path):
     assert (a == b).all()
 
 
-@pytest.mark.parametrize("override", ["solver=midpoint", "model.lipschitz=gradient_penalty",
-                                      "model.update=alternating", "solver.brownian=tree"])
-def test_options_train(tiny_cfg, override):
-    cfg = tiny_cfg([override], steps=2)
+@pytest.mark.parametrize("overrides", [["solver=midpoint"], ["model.lipschitz=gradient_penalty"],
+                                       ["model.update=alternating"], ["solver.backend=torchsde"],
+                                       ["solver.backend=torchsde", "solver.brownian=tree"]])
+def test_options_train(tiny_cfg, overrides):
+    cfg = tiny_cfg(overrides, steps=2)
     with open_dict(cfg):
         cfg.test = False
     metrics = train(cfg)
