@@ -106,7 +106,7 @@ def sdeint(sde, y0: torch.Tensor, ts: torch.Tensor, cfg: SolverConfig, *, entrop
     """
     batch = y0.size(0)
     if bm is None:
-        noise = getattr(sde, "noise_size")
+        noise = sde.noise_size
         size = (batch, noise + 1 if logqp else noise)
         bm = make_brownian(cfg.brownian, float(ts[0]), float(ts[-1]), size, cfg.dt,
                            draw_entropy() if entropy is None else entropy, y0.dtype, y0.device)

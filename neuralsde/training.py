@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
-
 from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
 
 from neuralsde.errors import CheckpointError, ConfigError, DataError
 from neuralsde.solver import SolverConfig
@@ -50,8 +50,15 @@ def build(cfg: DictConfig):
     return datamodule, model
 
 
+def _quiet_known_warnings() -> None:
+    # Checkpoints after the optimiser step are what resume needs; the pytree notice is Lightning-internal.
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and test) the configured model; return the final logged metrics as floats."""
+    _quiet_known_warnings()
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

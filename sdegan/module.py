@@ -50,7 +50,8 @@ class SDEGAN(GenerativeModule):
         for group, sizes in (("generator", generator), ("discriminator", discriminator)):
             for key, value in sizes.items():
                 if not int(value) > 0:
-                    raise bad_option(f"model.{group}.{key}", value, "a positive integer", f"e.g. model.{group}.{key}=16")
+                    raise bad_option(f"model.{group}.{key}", value, "a positive integer",
+                                     f"e.g. model.{group}.{key}=16")
         self.save_hyperparameters({"solver": dataclasses.asdict(self.solver), "generator": dict(generator),
                                    "discriminator": dict(discriminator), "optimizer": self.optimizer_cfg,
                                    "train_steps": train_steps, "swa_start": swa_start, "lipschitz": lipschitz,

@@ -19,7 +19,7 @@ def _grads(method: str, adjoint: bool, dtype: torch.dtype, t_size: int = 16):
 
 
 def _rel_err(a, b):
-    num = sum(((x - y) ** 2).sum() for x, y in zip(a, b)) ** 0.5
+    num = sum(((x - y) ** 2).sum() for x, y in zip(a, b, strict=False)) ** 0.5
     den = sum((y ** 2).sum() for y in b) ** 0.5
     return float(num / den)
 

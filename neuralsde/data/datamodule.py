@@ -9,7 +9,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from neuralsde.data.base import RawSeries
 from neuralsde.data.batches import StepBatches
 from neuralsde.data.preprocessing import (
-    SPLIT_BY, Normalizer, check_batch_size, check_fractions, split_by_series, split_by_time, time_channel)
+    SPLIT_BY,
+    Normalizer,
+    check_batch_size,
+    check_fractions,
+    split_by_series,
+    split_by_time,
+    time_channel,
+)
 from neuralsde.errors import ConfigError, DataError, bad_option
 
 
@@ -59,7 +66,7 @@ class TimeSeriesDataModule(pl.LightningDataModule):
         self.normalizer = Normalizer.fit(train_raw, self.normalize)
         self.times = time_channel(raw.times, self.time_unit)
         self.data_size, self.channel_names = c, list(raw.channel_names)
-        self.split_indices = dict(zip(("train", "val", "test"), idx))
+        self.split_indices = dict(zip(("train", "val", "test"), idx, strict=False))
         self.train, self.val, self.test = (self._with_time(self.normalizer(raw.values[i])) for i in idx)
         self.filled = {name: fill_missing(getattr(self, name)) for name in ("train", "val", "test")}
 

@@ -13,7 +13,8 @@ SPLIT_BY = ("series", "time")
 def check_fractions(fractions) -> tuple[float, float, float]:
     fr = tuple(float(f) for f in fractions)
     if len(fr) != 3 or min(fr) < 0 or fr[0] <= 0 or abs(sum(fr) - 1.0) > 1e-6:
-        raise bad_option("data.split_fractions", list(fractions), "three non-negative fractions (train > 0) summing to 1",
+        raise bad_option("data.split_fractions", list(fractions),
+                         "three non-negative fractions (train > 0) summing to 1",
                          "e.g. data.split_fractions=[0.8,0.1,0.1]")
     return fr
 
@@ -81,7 +82,8 @@ class Normalizer(torch.nn.Module):
 
 
 def time_channel(times: torch.Tensor, unit: str) -> torch.Tensor:
-    """Values of the time channel ``(T,)``: the observation index, or the source's times in units of their median gap."""
+    """Values of the time channel ``(T,)``: the observation index, or the source's times in units of their
+    median gap."""
     if unit == "index":
         return torch.arange(times.numel(), dtype=torch.float32)
     if unit == "source":
