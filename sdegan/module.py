@@ -49,7 +49,7 @@ class SDEGAN(GenerativeModule):
                                  f"e.g. model.optimizer.{key}=1e-3")
         for group, sizes in (("generator", generator), ("discriminator", discriminator)):
             for key, value in sizes.items():
-                if not int(value) > 0:
+                if (key.endswith("_size") or key == "num_layers") and not int(value) > 0:
                     raise bad_option(f"model.{group}.{key}", value, "a positive integer",
                                      f"e.g. model.{group}.{key}=16")
         self.save_hyperparameters({"solver": dataclasses.asdict(self.solver), "generator": dict(generator),

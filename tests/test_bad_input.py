@@ -40,6 +40,7 @@ def test_dt_not_dividing_gaps_is_an_error():
     ("model.optimizer.g_lr=0", "model.optimizer.g_lr"),
     ("model.optimizer.d_lr=-1e-3", "model.optimizer.d_lr"),
     ("model.lipschitz=spectral", "model.lipschitz='spectral'"),
+    ("model.discriminator.interpolation=cubic", "model.discriminator.interpolation='cubic'"),
     ("model.update=sequential", "model.update='sequential'"),
     ("data.split_fractions=[0.5,0.6,0.1]", "data.split_fractions"),
 ])

@@ -43,7 +43,8 @@ def test_same_seed_same_losses(tiny_cfg, tmp_path):
 
 @pytest.mark.parametrize("overrides", [["solver=midpoint"], ["model.lipschitz=gradient_penalty"],
                                        ["model.update=alternating"], ["solver.backend=torchsde"],
-                                       ["solver.backend=torchsde", "solver.brownian=tree"]])
+                                       ["solver.backend=torchsde", "solver.brownian=tree"],
+                                       ["model.discriminator.interpolation=hermite"]])
 def test_options_train(tiny_cfg, overrides):
     cfg = tiny_cfg(overrides, steps=2)
     with open_dict(cfg):

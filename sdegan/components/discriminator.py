@@ -6,6 +6,7 @@ import torchcde
 from torch import nn
 
 from neuralsde.brownian import ZeroBrownian
+from neuralsde.errors import bad_option
 from neuralsde.nn import MLP
 from neuralsde.solver import SolverConfig
 
@@ -23,13 +24,24 @@ class DiscriminatorCDE(nn.Module):
         return self.net(torch.cat([t, z], dim=1)).view(z.size(0), self.hidden_size, self.channels)
 
 
+INTERPOLATIONS = ("linear", "hermite")
+
+
 class Discriminator(nn.Module):
     """Scores paths ``(batch, T, 1 + data_size)`` -> ``(batch,)``. NaNs (missing values) are filled by the
-    linear interpolation (torchcde's ``linear_interpolation_coeffs``) before the CDE is solved."""
+    linear interpolation (torchcde's ``linear_interpolation_coeffs``) before the CDE is solved.
+
+    ``interpolation="hermite"`` drives the CDE by torchcde's Hermite cubic spline with backward differences
+    (through torchsde on either backend: the fast backend integrates piecewise-linear controls only).
+    """
 
     def __init__(self, data_size: int, hidden_size: int = 16, mlp_size: int = 16, num_layers: int = 1,
-                 t_size: int = 64, solver: SolverConfig | None = None):
+                 t_size: int = 64, solver: SolverConfig | None = None, interpolation: str = "linear"):
         super().__init__()
+        if interpolation not in INTERPOLATIONS:
+            raise bad_option("model.discriminator.interpolation", interpolation, f"one of {INTERPOLATIONS}",
+                             "set model.discriminator.interpolation=linear")
+        self.interpolation = interpolation
         self.solver = solver or SolverConfig()
         self.initial = MLP(1 + data_size, hidden_size, mlp_size, num_layers, tanh=False)
         self.func = DiscriminatorCDE(data_size, hidden_size, mlp_size, num_layers, time_scale=1.0 / max(t_size - 1, 1))
@@ -40,12 +52,16 @@ class Discriminator(nn.Module):
         coeffs = torchcde.linear_interpolation_coeffs(paths) if torch.isnan(paths).any() else paths
         z0 = self.initial(coeffs[:, 0])
         ts = torch.arange(paths.size(1), device=paths.device, dtype=paths.dtype)
-        if solver.backend == "fast":
+        if solver.backend == "fast" and self.interpolation == "linear":
             from neuralsde.fast import fast_cdeint
             zs = fast_cdeint(self.func, z0, coeffs, ts, solver.dt, adjoint=solver.adjoint)
             z_last = zs[-1]
         else:
-            path = torchcde.LinearInterpolation(coeffs, t=ts)
+            if self.interpolation == "hermite":
+                coeffs = torchcde.hermite_cubic_coefficients_with_backward_differences(coeffs, t=ts)
+                path = torchcde.CubicSpline(coeffs, t=ts)
+            else:
+                path = torchcde.LinearInterpolation(coeffs, t=ts)
             kwargs = dict(method=solver.method, backend="torchsde", dt=solver.dt,
                           bm=ZeroBrownian((paths.size(0), 1), paths.dtype, paths.device))
             if solver.adjoint:
