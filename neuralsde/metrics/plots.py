@@ -98,6 +98,8 @@ def plot_metric_history(history: dict[str, list[tuple[int, float]]]) -> Figure:
         if points:
             steps, values = zip(*points, strict=True)
             ax.plot(steps, values, marker="o", markersize=3)
+            if min(values) > 0 and max(values) > 100 * min(values):
+                ax.set_yscale("log")  # early values of e.g. the signature MMD dwarf the rest
         ax.set_title(name)
         ax.set_xlabel("step")
     for ax in axes[len(names) :]:
