@@ -72,7 +72,9 @@ class GenerativeModule(pl.LightningModule):
         self._batch_start = time.perf_counter()
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        self.log("train/step_time", time.perf_counter() - self._batch_start)
+        elapsed = time.perf_counter() - self._batch_start
+        self.log("train/step_time", elapsed)  # seconds per training step (median it for tables)
+        self.log("train/steps_per_s", 1.0 / max(elapsed, 1e-9), prog_bar=False)  # the dashboard's speed
         if int(self.train_step) >= self.train_steps:
             self.trainer.should_stop = True
 

@@ -110,3 +110,39 @@ def test_eval_entry_point_runs(sdegan_run, tmp_path):
                           f"hydra.run.dir={tmp_path / 'hydra'}"], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert np.load(out)["values"].shape[0] == 3
+
+
+@pytest.fixture(scope="module")
+def latent_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("latent_run")
+    cfg = shrink(compose_config(["experiment=ou_latent_sde"]), out, steps=2)
+    with open_dict(cfg):
+        cfg.test = False
+    train(cfg)
+    return out
+
+
+def test_eval_and_sample_on_a_latent_sde_checkpoint(latent_run, tmp_path):
+    ckpt = str(latent_run / "checkpoints" / "last.ckpt")
+    values = run_eval(_cmd_cfg("eval", tmp_path, ckpt_path=ckpt, n_samples=32, metrics=["sig_mmd", "marginal_w1"],
+                               options={"n_boot": 10}))
+    assert json.loads((tmp_path / "metrics.json").read_text())["family"] == "latent_sde"
+    assert np.isfinite(values["test/sig_mmd"]) and np.isfinite(values["test/marginal_w1"])
+    out = tmp_path / "latent.npz"
+    run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=ckpt, n=6, out=str(out), batch_size=6))
+    model, dm, _ = load_model(ckpt)
+    assert model.family == "latent_sde"
+    data = np.load(out)
+    assert data["values"].shape == (6, dm.times.numel(), dm.data_size) and np.isfinite(data["values"]).all()
+    with torch.no_grad():
+        normalised = model.sample(6, generator=torch.Generator().manual_seed(0))
+    renormalised = dm.normalizer(torch.tensor(data["values"], dtype=torch.float32))
+    np.testing.assert_allclose(renormalised.numpy(), normalised[..., 1:].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_checkpoint_of_other_family_is_refused(sdegan_run, latent_run, tmp_path):
+    cfg = shrink(compose_config(["experiment=ou_latent_sde"]), tmp_path, steps=3)
+    with open_dict(cfg):
+        cfg.ckpt_path = str(sdegan_run / "checkpoints" / "last.ckpt")
+    with pytest.raises(CheckpointError, match="holds a 'sdegan' model but this config builds a 'latent_sde'"):
+        train(cfg)
