@@ -12,7 +12,7 @@ from latent_sde.components.encoder import Encoder
 from latent_sde.components.sdes import LatentSDEFunc, PriorSDE
 from latent_sde.support import check_logqp_support, check_options, kl_normal
 from neuralsde.brownian import draw_entropy
-from neuralsde.data.datamodule import fill_missing
+from neuralsde.data.interpolation import fill_missing
 from neuralsde.data.preprocessing import Normalizer
 from neuralsde.errors import bad_option
 from neuralsde.module_base import GenerativeModule

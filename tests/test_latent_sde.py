@@ -9,7 +9,7 @@ from omegaconf import open_dict
 from latent_sde.components.decoder import Decoder
 from latent_sde.module import DegenerateDiffusionWarning, LatentSDE
 from latent_sde.support import kl_normal
-from neuralsde.data.datamodule import fill_missing
+from neuralsde.data.interpolation import fill_missing
 from neuralsde.data.preprocessing import Normalizer
 from neuralsde.errors import ConfigError
 from neuralsde.solver import SolverConfig

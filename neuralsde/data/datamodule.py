@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
-import torchcde
 from torch.utils.data import DataLoader, TensorDataset
 
 from neuralsde.data.base import RawSeries
 from neuralsde.data.batches import StepBatches
+from neuralsde.data.interpolation import fill_missing
 from neuralsde.data.preprocessing import (
     SPLIT_BY,
     Normalizer,
@@ -102,10 +102,3 @@ def _private_generator(seed: int) -> torch.Generator:
     # Creating a DataLoader iterator draws a seed from this generator, or from the global RNG when there is
     # none; evaluation loaders would then shift the training noise, and a resumed run would diverge.
     return torch.Generator().manual_seed(seed)
-
-
-def fill_missing(paths: torch.Tensor) -> torch.Tensor:
-    """``(batch, T, channels)`` with NaNs -> the knots of its linear interpolation (no NaN)."""
-    if not torch.isnan(paths).any():
-        return paths
-    return torchcde.linear_interpolation_coeffs(paths)
