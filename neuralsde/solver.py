@@ -31,7 +31,11 @@ class SolverConfig:
     adjoint_method: must match ``method`` (``None`` picks the match); torchsde only warns on a mismatch.
     dt: step size; must divide every gap of the observation times exactly.
     brownian: ``interval`` (Brownian Interval) or ``tree`` (virtual Brownian tree).
-    backend: ``torchsde`` (reference) or ``fast`` (lean reversible Heun, see ``neuralsde.fast``).
+    backend: ``torchsde`` (reference) or ``fast`` (lean solvers, see ``neuralsde.fast``): ``reversible_heun``
+        (exact reversible adjoint) or ``midpoint``. With ``backend=fast, method=midpoint``, ``adjoint=True``
+        means exact discretise-then-optimise gradients by backpropagating through the solver (memory
+        O(steps)), not torchsde's approximate continuous midpoint adjoint; ``adjoint=False`` gives the same
+        gradients through plain autograd (double backward possible). ``euler_heun`` needs ``torchsde``.
     """
 
     method: str = "reversible_heun"
@@ -58,9 +62,11 @@ class SolverConfig:
         if self.backend not in BACKENDS:
             raise bad_option("solver.backend", self.backend, f"one of {BACKENDS}",
                              "set solver.backend=torchsde or solver.backend=fast")
-        if self.backend == "fast" and self.method != "reversible_heun":
-            raise bad_option("solver.backend", self.backend, "backend=torchsde for methods other than reversible_heun",
-                             "use solver.backend=torchsde with this method")
+        if self.backend == "fast" and self.method not in ("reversible_heun", "midpoint"):
+            raise bad_option("solver.backend", self.backend,
+                             f"backend=torchsde for method={self.method!r} (the fast backend implements "
+                             "reversible_heun and midpoint only)",
+                             "use solver.backend=torchsde with this method, or solver=reversible_heun / midpoint")
         if self.backend == "fast" and self.brownian != "interval":
             raise bad_option("solver.brownian", self.brownian,
                              "'interval' with backend=fast (it draws grid increments in one call; the choice of "

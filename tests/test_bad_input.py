@@ -17,7 +17,7 @@ from tests.conftest import compose_config
     (dict(dt=0.0), "solver.dt=0.0"),
     (dict(backend="jax"), "solver.backend='jax'"),
     (dict(backend="fast", brownian="tree"), "solver.backend=torchsde"),
-    (dict(backend="fast", method="midpoint"), "solver.backend='fast'"),
+    (dict(backend="fast", method="euler_heun"), "solver.backend='fast'"),
 ])
 def test_solver_options(kwargs, needle):
     with pytest.raises(ConfigError, match="Fix") as err:

@@ -53,8 +53,9 @@ class Discriminator(nn.Module):
         z0 = self.initial(coeffs[:, 0])
         ts = torch.arange(paths.size(1), device=paths.device, dtype=paths.dtype)
         if solver.backend == "fast" and self.interpolation == "linear":
-            from neuralsde.fast import fast_cdeint
-            zs = fast_cdeint(self.func, z0, coeffs, ts, solver.dt, adjoint=solver.adjoint)
+            from neuralsde.fast import fast_cdeint, midpoint_cdeint
+            solve = midpoint_cdeint if solver.method == "midpoint" else fast_cdeint
+            zs = solve(self.func, z0, coeffs, ts, solver.dt, adjoint=solver.adjoint)
             z_last = zs[-1]
         else:
             if self.interpolation == "hermite":

@@ -64,10 +64,11 @@ class Generator(nn.Module):
         noise = torch.randn(batch_size, self.initial_noise_size, generator=generator, dtype=dtype).to(device)
         y0 = self.initial(noise)
         if solver.backend == "fast":
-            from neuralsde.fast import fast_sdeint, sample_increments
+            from neuralsde.fast import fast_sdeint, midpoint_sdeint, sample_increments
             dw = sample_increments(solver.num_steps(ts), batch_size, self.sde.noise_size, solver.dt,
                                    generator=generator, dtype=dtype, device=device)
-            hs = fast_sdeint(self.sde, y0, ts, solver.dt, dw, adjoint=solver.adjoint).transpose(0, 1)
+            solve = midpoint_sdeint if solver.method == "midpoint" else fast_sdeint
+            hs = solve(self.sde, y0, ts, solver.dt, dw, adjoint=solver.adjoint).transpose(0, 1)
         else:
             hs = sdeint(self.sde, y0, ts, solver, entropy=draw_entropy(generator),
                         adjoint_params=tuple(self.sde.parameters()))
