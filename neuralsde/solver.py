@@ -33,9 +33,10 @@ class SolverConfig:
     brownian: ``interval`` (Brownian Interval) or ``tree`` (virtual Brownian tree).
     backend: ``torchsde`` (reference) or ``fast`` (lean solvers, see ``neuralsde.fast``): ``reversible_heun``
         (exact reversible adjoint) or ``midpoint``. With ``backend=fast, method=midpoint``, ``adjoint=True``
-        means exact discretise-then-optimise gradients by backpropagating through the solver (memory
-        O(steps)), not torchsde's approximate continuous midpoint adjoint; ``adjoint=False`` gives the same
-        gradients through plain autograd (double backward possible). ``euler_heun`` needs ``torchsde``.
+        is torchsde's continuous midpoint adjoint (same approximate gradients as the torchsde backend, memory
+        O(1) in steps, backward re-evaluates both stages); ``adjoint=False`` gives the exact gradients of the
+        discretisation through plain autograd (memory O(steps), double backward possible). ``euler_heun``
+        needs ``torchsde``.
     """
 
     method: str = "reversible_heun"

@@ -331,24 +331,40 @@ def test_fused_partial_adjoint_params():
     assert all(p.grad is None for p in field.diffusion_net.parameters())
 
 
-# ---- midpoint: torchsde's method="midpoint" discretisation, exact (backpropagated) gradients
+# ---- midpoint: torchsde's method="midpoint" discretisation; adjoint=True torchsde's continuous midpoint adjoint
+# (sdeint_adjoint / torchcde adjoint=True, adjoint_method="midpoint"), adjoint=False exact backprop (sdeint)
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("dt", [1.0, 0.5])
 def test_midpoint_generator_matches_torchsde(dtype, dt):
     _, y0, ts, dW = sde_setup(dtype, dt)
-    for field, fused_name in ((generator_field(dtype), "_FusedMidpointBackward"), (sde_setup(dtype, dt)[0], None)):
+    fields = ((generator_field(dtype), "_FusedMidpointAdjointBackward"), (sde_setup(dtype, dt)[0], None))
+    for field, fused_name in fields:
         inputs = (y0, *field.parameters())
-        # Direct (non-adjoint) torchsde: the exact gradient of the discretisation, which is what we compute.
-        ref = torchsde.sdeint(field, y0, ts, bm=GridBrownian(dW, 0.0, dt), method="midpoint", dt=dt)
-        ref_grads = grads(ref, inputs)
         for adjoint in (True, False):
+            solve = torchsde.sdeint_adjoint if adjoint else torchsde.sdeint
+            kw = {"adjoint_method": "midpoint"} if adjoint else {}
+            ref = solve(field, y0, ts, bm=GridBrownian(dW, 0.0, dt), method="midpoint", dt=dt, **kw)
+            ref_grads = grads(ref, inputs)
             out = midpoint_sdeint(field, y0, ts, dt, dW, adjoint=adjoint)
-            name = type(out.grad_fn).__name__
-            assert name == (fused_name if adjoint and fused_name else "StackBackward0")
+            want = (fused_name or "_GenericAdjointBackward") if adjoint else "StackBackward0"
+            assert type(out.grad_fn).__name__ == want
             assert out.shape == (T, B, H) and rel_err(out, ref) < TOL[dtype]
             for got, want in zip(grads(out, inputs), ref_grads, strict=True):
                 assert rel_err(got, want) < TOL[dtype]
+
+
+def test_midpoint_adjoint_is_not_backprop_and_keeps_nothing_per_step():
+    # The continuous adjoint differs from the exact gradient of the discretisation (at O(dt)), and the forward
+    # saves only the outputs and controls.
+    field = generator_field(torch.float64)
+    _, y0, ts, dW = sde_setup(torch.float64, 1.0)
+    inputs = (y0, *field.parameters())
+    out = midpoint_sdeint(field, y0, ts, 1.0, dW)
+    saved = out.grad_fn.saved_tensors  # ys and the controls [dt, dW_k]
+    assert sum(x.numel() for x in saved if x is not None) <= out.numel() + dW.numel() + (T - 1) * B
+    adj, exact = grads(out, inputs), grads(midpoint_sdeint(field, y0, ts, 1.0, dW, adjoint=False), inputs)
+    assert max(rel_err(a, e) for a, e in zip(adj, exact, strict=True)) > 1e-6
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -360,36 +376,45 @@ def test_midpoint_discriminator_matches_torchcde(dtype, dt, all_times):
     z0 = torch.randn(2 * B, H, dtype=dtype, requires_grad=True)
     X = torchcde.LinearInterpolation(X_values)
     ts = X.grid_points if all_times else X.interval
-    ref = torchcde.cdeint(X, func, z0, ts, method="midpoint", backend="torchsde", dt=dt,
-                          adjoint=False).transpose(0, 1)
     inputs = (z0, X_values, *func.parameters())
-    ref_grads = grads(ref, inputs)
     for adjoint in (True, False):
+        kw = {"adjoint_method": "midpoint", "adjoint_params": (X_values, *func.parameters())} if adjoint else {}
+        ref = torchcde.cdeint(X, func, z0, ts, method="midpoint", backend="torchsde", dt=dt, adjoint=adjoint,
+                              **kw).transpose(0, 1)
+        ref_grads = grads(ref, inputs)
         out = midpoint_cdeint(func, z0, X_values, ts, dt, adjoint=adjoint)
-        assert type(out.grad_fn).__name__ == ("_FusedMidpointBackward" if adjoint else "StackBackward0")
+        assert type(out.grad_fn).__name__ == ("_FusedMidpointAdjointBackward" if adjoint else "StackBackward0")
         assert out.shape == (len(ts), 2 * B, H) and rel_err(out, ref) < TOL[dtype]
         for got, want in zip(grads(out, inputs), ref_grads, strict=True):
             assert rel_err(got, want) < TOL[dtype]
 
 
 def test_midpoint_generic_cde_field_and_nfe():
-    # A field the fused path cannot see (test CDEFunc) goes through autograd; the generator counts 2 stages/step.
+    # A field the fused path cannot see (test CDEFunc) takes the autograd adjoint; the generator counts 2 stages
+    # per step forward and 2 re-evaluations per step in the adjoint's backward.
     torch.manual_seed(3)
     func = CDEFunc().double()
     X_values = torch.randn(B, T, C, dtype=torch.float64, requires_grad=True)
     z0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
     X = torchcde.LinearInterpolation(X_values)
-    ref = torchcde.cdeint(X, func, z0, X.interval, method="midpoint", backend="torchsde", dt=1.0, adjoint=False)
-    out = midpoint_cdeint(func, z0, X_values, X.interval, 1.0)
     inputs = (z0, X_values, *func.parameters())
-    assert rel_err(out[-1], ref[:, -1]) < 1e-12
-    for got, want in zip(grads(out[-1], inputs), grads(ref[:, -1], inputs), strict=True):
-        assert rel_err(got, want) < 1e-12
+    for adjoint in (True, False):
+        kw = {"adjoint_method": "midpoint", "adjoint_params": (X_values, *func.parameters())} if adjoint else {}
+        ref = torchcde.cdeint(X, func, z0, X.interval, method="midpoint", backend="torchsde", dt=1.0,
+                              adjoint=adjoint, **kw)
+        out = midpoint_cdeint(func, z0, X_values, X.interval, 1.0, adjoint=adjoint)
+        assert type(out.grad_fn).__name__ == ("_GenericAdjointBackward" if adjoint else "StackBackward0")
+        assert rel_err(out[-1], ref[:, -1]) < 1e-12
+        for got, want in zip(grads(out[-1], inputs), grads(ref[:, -1], inputs), strict=True):
+            assert rel_err(got, want) < 1e-12
     field = generator_field(torch.float64)
     _, y0, ts, dW = sde_setup(torch.float64, 1.0)
-    field.nfe = 0
-    midpoint_sdeint(field, y0, ts, 1.0, dW).sum().backward()
-    assert field.nfe == 2 * (T - 1)
+    for fused in (True, False):
+        field.nfe = 0
+        out = midpoint_sdeint(field, y0, ts, 1.0, dW, fused=fused)
+        assert field.nfe == 2 * (T - 1)
+        out.sum().backward()
+        assert field.nfe == 4 * (T - 1)
 
 
 def test_solver_config_fast_midpoint():

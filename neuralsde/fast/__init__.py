@@ -1,4 +1,4 @@
-"""Fast path: lean reversible Heun (exact reversible adjoint) and midpoint (exact backpropagated gradients),
+"""Fast path: lean reversible Heun (exact reversible adjoint) and midpoint (torchsde's continuous adjoint),
 numerically equal to torchsde/torchcde."""
 from neuralsde.fast.brownian import GridBrownian, increments_from, sample_increments
 from neuralsde.fast.cde import fast_cdeint, knot_derivatives

@@ -8,14 +8,27 @@ For the CDE (torchcde: drift ``func(t, z) @ dX/dt(t)``, zero diffusion) ``dX/dt`
 ``LinearInterpolation.derivative`` does, from the piece *left* of ``t`` (``bucketize - 1``, clamped): at a knot
 ``t_k`` the piece ending there (piece 0 at t0), at ``t'`` the piece containing it.
 
-Gradients: exact gradients of this discretisation (discretise-then-optimise), by backpropagating through the
-loop. torchsde's midpoint "adjoint" solves the continuous adjoint SDE backwards and is only approximately
-the gradient of the forward solve; it is not reproduced. Memory is O(steps) (every stage is kept), and there
-are no re-evaluations in the backward pass: 2 field evaluations and 2 VJPs per step.
+Gradients, ``adjoint=True``: torchsde's continuous adjoint (``sdeint_adjoint(method="midpoint",
+adjoint_method="midpoint")``; for the CDE ``torchcde.cdeint(backend="torchsde", adjoint=True)``). The backward
+pass solves the Stratonovich adjoint SDE of the augmented state ``(y, a, a_theta)`` backwards by midpoint, with
+the same increments ``dW_k`` (torchsde's ``ReverseBrownian`` does not negate; the adjoint drift and diffusion
+are). Writing ``F(t, y) v`` for ``f dt + g dW_k`` (CDE: ``func(t, y) dX/dt(t) dt``), step ``k`` in reverse is
 
-``adjoint=True`` (fused): sdegan's ``GeneratorSDE`` / ``DiscriminatorCDE`` go through ``FusedMLP`` with
-hand-written VJPs, parameter gradients summed once at the end (no double backward). Any other field, or
-``adjoint=False``, takes plain autograd through the field calls (double backward works there).
+    y'  = y_{k+1} - F(t_{k+1}, y_{k+1}) v / 2,          a' = a_{k+1} + (a_{k+1}^T d[F(t_{k+1}, y) v]/dy) / 2,
+    y_k = y_{k+1} - F(t', y') v',                       a_k = a_{k+1} + a'^T d[F(t', y') v']/dy,
+    a_theta += a'^T d[F(t', y') v']/dtheta             (the first stage's theta-VJP only feeds a discarded a_theta')
+
+with ``y`` reset to the stored forward value and ``a`` incremented by the incoming gradient at each observation
+time, as torchsde does. The gradients are approximate (those of the continuous adjoint, not of the forward
+discretisation); memory is O(1) in steps beyond the outputs and controls. Per step: forward 2 evaluations,
+backward 2 re-evaluations + 2 VJPs (the first one to the state only). CDE controls: ``v = dt dX/dt(t_{k+1})``
+(left piece) at the first reverse stage, ``v' = dt dX/dt(t')``; X gets its gradient through ``v'`` (torchsde's
+coefficient VJP, likewise discarded at the first stage).
+
+``adjoint=True`` with ``fused``: sdegan's ``GeneratorSDE`` / ``DiscriminatorCDE`` go through ``FusedMLP`` with
+hand-written VJPs, parameter gradients summed once at the end (no double backward). Other fields: the same
+adjoint with ``torch.autograd.grad`` per stage. ``adjoint=False``: plain autograd through the forward loop,
+i.e. the exact gradient of the discretisation (memory O(steps); double backward works there).
 """
 from __future__ import annotations
 
@@ -25,13 +38,20 @@ from torch import nn
 from neuralsde.fast.cde import _field as _cde_field
 from neuralsde.fast.cde import knot_derivatives
 from neuralsde.fast.fused import _agrees, _contract, _outer, _select
-from neuralsde.fast.mlp import FusedMLP, cde_mlp, generator_mlp
+from neuralsde.fast.mlp import _silu_bwd, _tanh_bwd, cde_mlp, generator_mlp
 from neuralsde.fast.reversible_heun import checked_grid, time_grid
 
 
 def mid_times(t_grid: torch.Tensor) -> torch.Tensor:
     """``t_k + (t_{k+1} - t_k) / 2`` ``(N,)``, computed as torchsde's midpoint step does."""
     return t_grid[:-1] + 0.5 * (t_grid[1:] - t_grid[:-1])
+
+
+def reverse_mid_times(t_grid: torch.Tensor) -> torch.Tensor:
+    """The forward time of the adjoint's second stage of step ``k`` ``(N,)``, as torchsde computes it in reverse
+    time (``-(t0 + (t1 - t0) / 2)`` with ``t0 = -t_{k+1}``, ``t1 = -t_k``); equals ``mid_times`` on exact grids."""
+    t0, t1 = -t_grid[1:], -t_grid[:-1]
+    return -(t0 + 0.5 * (t1 - t0))
 
 
 def stage_times(t_grid: torch.Tensor) -> torch.Tensor:
@@ -63,71 +83,141 @@ def _integrate(field, y0, t_grid, obs, dt, dW, U, U_mid):
     return torch.stack(ys)
 
 
-# ---------------------------------------------------------------------------------- fused (hand-written VJPs)
-
-def _F(cache, like):
-    # The stage's output (B, C, H) from its cache (the MLP's last activation, (B, C * H)).
-    return cache[4].view(like.size(0), -1, like.size(1))
-
-
-class _FusedMidpoint(torch.autograd.Function):
-    """Midpoint through a ``FusedMLP`` whose output ``(B, C, H)`` acts on a control ``(B, C)``.
-
-    SDE: both stages of step k act on ``v_k = [dt, dW_k]`` (``w_mid`` None). CDE: stage ``2k`` on
-    ``w_k = dt * dX/dt(t_k)``, stage ``2k + 1`` on ``w'_k = dt * dX/dt(t_k')``. Stage ``j`` is evaluated at
-    ``mlp``'s prepared time ``j``. The forward keeps every stage's cache; the backward takes their VJPs.
-    """
+class _GenericAdjoint(torch.autograd.Function):
+    """The continuous midpoint adjoint (module docstring) for any ``field(t, z, u)``, by autograd per stage."""
 
     @staticmethod
-    def forward(ctx, mlp: FusedMLP, obs, keep, w, w_mid, y0, *params):
-        n = w.size(0)
-        a = w.unsqueeze(-1)
-        b = a if w_mid is None else w_mid.unsqueeze(-1)
-        is_obs = set(obs)
-        y = y0.detach()
-        ys, caches = [y], []
-        for k in range(n):
-            F, c0 = mlp(y, 2 * k)
-            y_mid = torch.add(y, _contract(F, a[k]), alpha=0.5)
-            F, c1 = mlp(y_mid, 2 * k + 1)
-            y = torch.add(y, _contract(F, b[k]))
-            caches.append((c0, c1))
-            if k + 1 in is_obs:
-                ys.append(y)
-        ctx.mlp, ctx.obs, ctx.keep, ctx.caches = mlp, obs, keep, caches
-        ctx.save_for_backward(w, w_mid)
-        return torch.stack(ys)
+    def forward(ctx, field, t_grid, obs, dt, dW, U, U_mid, U_next, y0, *params):
+        with torch.no_grad():
+            ys = _integrate(field, y0.detach(), t_grid, obs, dt, dW, U, U_mid)
+        ctx.field, ctx.obs, ctx.dt = field, obs, dt
+        ctx.save_for_backward(ys, t_grid, dW, U_mid, U_next, *params)
+        return ys
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_ys):
-        w, w_mid = ctx.saved_tensors
-        mlp, caches = ctx.mlp, ctx.caches
-        n = w.size(0)
-        a = w.unsqueeze(-1)
-        b = a if w_mid is None else w_mid.unsqueeze(-1)
-        # The SDE's control [dt, dW] is built from a detached dW: no gradient to dW (as reversible Heun's path).
-        need_w, need_mid = ctx.needs_input_grad[3], w_mid is not None and ctx.needs_input_grad[4]
-        g_w = torch.empty_like(w) if need_w else None
-        g_mid = torch.empty_like(w_mid) if need_mid else None
+        ys, t_grid, dW, U_mid, U_next, *params = ctx.saved_tensors
+        field, dt = ctx.field, ctx.dt
+        need_u = U_mid is not None and ctx.needs_input_grad[6]
+        n = len(t_grid) - 1
+        t_rev = reverse_mid_times(t_grid)
+
+        def inc(k, t, y, u):
+            f, g = field(t, y, u)
+            out = dt * f
+            if g is not None:
+                out = out + torch.bmm(g, dW[k].unsqueeze(-1)).squeeze(-1)
+            return out
+
+        obs_at = {k: i for i, k in enumerate(ctx.obs)}
+        g_params = [torch.zeros_like(p) for p in params]
+        g_u = torch.zeros_like(U_mid) if need_u else None
+        y, a = ys[-1], grad_ys[-1]
+        for k in range(n - 1, -1, -1):
+            with torch.enable_grad():
+                yr = y.detach().requires_grad_()
+                i1 = inc(k, t_grid[k + 1], yr, None if U_next is None else U_next[k])
+                (gy,) = torch.autograd.grad(i1, yr, a, allow_unused=True)
+            a_mid = a if gy is None else a + 0.5 * gy
+            with torch.enable_grad():
+                ym = (y - 0.5 * i1.detach()).requires_grad_()
+                u = None if U_mid is None else U_mid[k].detach().requires_grad_(need_u)
+                i2 = inc(k, t_rev[k], ym, u)
+                wrt = [ym, *params] + ([u] if need_u else [])
+                gs = torch.autograd.grad(i2, wrt, a_mid, allow_unused=True)
+            y = y - i2.detach()
+            if gs[0] is not None:
+                a = a + gs[0]
+            for acc, g in zip(g_params, gs[1:1 + len(params)], strict=True):
+                if g is not None:
+                    acc += g
+            if need_u and gs[-1] is not None:
+                g_u[k] = gs[-1]
+            if k in obs_at:
+                y = ys[obs_at[k]]
+                a = a + grad_ys[obs_at[k]]
+        return (None, None, None, None, None, None, g_u, None, a, *g_params)
+
+
+# ---------------------------------------------------------------------------------- fused (hand-written VJPs)
+
+def _vjp_state(mlp, grad_out, cache, acc):
+    """``acc + dz`` like ``FusedMLP.vjp``, recording nothing (the parameter VJP would be discarded)."""
+    _, _, hs, acts, out = cache
+    d = grad_out.reshape(out.shape)
+    if mlp.final_tanh:
+        d = _tanh_bwd(d, out)
+    for i in range(len(mlp.ws) - 1, -1, -1):
+        ga = torch.mm(d, mlp.ws[i])
+        d = _silu_bwd(ga, hs[i]) if mlp.acts[i][0] == "silu" else _tanh_bwd(ga, acts[i])
+    return torch.addmm(acc, d, mlp.wz)
+
+
+class _FusedMidpointAdjoint(torch.autograd.Function):
+    """Midpoint with the continuous adjoint through a ``FusedMLP`` whose output ``(B, C, H)`` acts on a control.
+
+    Controls ``(N, B, C)``: ``ca`` forward stage 0, ``cb`` forward stage 1 and reverse stage 2, ``cc`` reverse
+    stage 1 (SDE: all ``[dt, dW_k]``, ``cb``/``cc`` None; CDE: ``dt`` times the slope at ``t_k``, ``t'``,
+    ``t_{k+1}``). ``mlp``'s prepared times: ``2k`` / ``2k + 1`` forward stages, ``2N + k`` ``t_{k+1}``,
+    ``3N + k`` the reverse midpoint time. The forward keeps nothing per step.
+    """
+
+    @staticmethod
+    def forward(ctx, mlp, obs, keep, on_backward, ca, cb, cc, y0, *params):
+        n = ca.size(0)
+        a = ca.unsqueeze(-1)
+        b = a if cb is None else cb.unsqueeze(-1)
+        is_obs = set(obs)
+        y = y0.detach()
+        ys = [y]
+        for k in range(n):
+            F, _ = mlp(y, 2 * k)
+            y_mid = torch.add(y, _contract(F, a[k]), alpha=0.5)
+            F, _ = mlp(y_mid, 2 * k + 1)
+            y = torch.add(y, _contract(F, b[k]))
+            if k + 1 in is_obs:
+                ys.append(y)
+        ys = torch.stack(ys)
+        ctx.mlp, ctx.obs, ctx.keep, ctx.on_backward = mlp, obs, keep, on_backward
+        ctx.save_for_backward(ys, ca, cb, cc)
+        return ys
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_ys):
+        ys, ca, cb, cc = ctx.saved_tensors
+        mlp = ctx.mlp
+        n = ca.size(0)
+        b = ca.unsqueeze(-1) if cb is None else cb.unsqueeze(-1)
+        c = ca.unsqueeze(-1) if cc is None else cc.unsqueeze(-1)
+        half_c = 0.5 * c
+        need_b = cb is not None and ctx.needs_input_grad[5]
+        g_b = torch.empty_like(cb) if need_b else None
         obs_at = {k: i for i, k in enumerate(ctx.obs)}
         mlp.start_records()
-        a_y = grad_ys[-1]
+        y, a = ys[-1], grad_ys[-1]
         for k in range(n - 1, -1, -1):
-            c0, c1 = caches[k]
-            # y_{k+1} = y_k + F(y') b_k: cotangent a_y reaches F(y') and y_k directly.
-            if need_mid:
-                g_mid[k] = torch.bmm(_F(c1, a_y), a_y.unsqueeze(2)).squeeze(2)
-            a_mid = mlp.vjp(_outer(b[k], a_y), c1, a_y, beta=0.0)
-            # y' = y_k + F(y_k) a_k / 2.
-            h = 0.5 * a_mid
-            if need_w:
-                g_w[k] = torch.bmm(_F(c0, h), h.unsqueeze(2)).squeeze(2)
-            a_y = mlp.vjp(_outer(a[k], h), c0, a_y + a_mid)
+            F, c1 = mlp(y, 2 * n + k)  # at t_{k+1}
+            y_mid = torch.sub(y, _contract(F, half_c[k]))
+            a_mid = _vjp_state(mlp, _outer(half_c[k], a), c1, a)
+            F, c2 = mlp(y_mid, 3 * n + k)  # at t'
+            y = torch.sub(y, _contract(F, b[k]))
+            if need_b:
+                g_b[k] = torch.bmm(F, a_mid.unsqueeze(2)).squeeze(2)
+            a = mlp.vjp(_outer(b[k], a_mid), c2, a)
             if k in obs_at:
-                a_y = a_y + grad_ys[obs_at[k]]
+                y = ys[obs_at[k]]
+                a = a + grad_ys[obs_at[k]]
         grads = [g if k else None for g, k in zip(mlp.param_grads(), ctx.keep, strict=True)]
-        return (None, None, None, g_w, g_mid, a_y, *grads)
+        if ctx.on_backward is not None:
+            ctx.on_backward()
+        return (None, None, None, None, None, g_b, None, a, *grads)
+
+
+def _prepare(mlp, t_grid, scale, dtype):
+    times = torch.cat([stage_times(t_grid), t_grid[1:], reverse_mid_times(t_grid)])
+    mlp.prepare((times * scale).to(dtype))
 
 
 def _fused_sdeint(vf, y0, t_grid, obs, dt, dW, params):
@@ -135,28 +225,33 @@ def _fused_sdeint(vf, y0, t_grid, obs, dt, dW, params):
     keep = None if mlp is None else _select(mlp, params)
     if keep is None:
         return None
-    mlp.prepare((stage_times(t_grid) * vf.time_scale).to(y0.dtype))
+    _prepare(mlp, t_grid, vf.time_scale, y0.dtype)
+    n = len(t_grid) - 1
     with torch.no_grad():  # guards against GeneratorSDE.f_and_g changing under us (one extra evaluation)
         nfe = vf.nfe
         f, g = vf.f_and_g(mid_times(t_grid)[0], y0)  # at a half-step time, so that the time input is checked too
-        vf.nfe = nfe + 2 * (len(t_grid) - 1)  # two stages per step; the backward re-evaluates nothing
+        vf.nfe = nfe + 2 * n  # two stages per step; the backward adds its two re-evaluations per step
+
+        def on_backward():
+            vf.nfe += 2 * n
         if not _agrees(mlp(y0.detach(), 1)[0], torch.cat([f.unsqueeze(1), g.permute(0, 2, 1)], 1), "f_and_g"):
             return None
     v = torch.cat([dW.new_full((*dW.shape[:2], 1), dt), dW.detach()], -1)  # [dt, dW_k]: (N, B, 1 + W)
-    return _FusedMidpoint.apply(mlp, obs, keep, v, None, y0, *mlp.params)
+    return _FusedMidpointAdjoint.apply(mlp, obs, keep, on_backward, v, None, None, y0, *mlp.params)
 
 
-def _fused_cdeint(func, z0, t_grid, obs, dt, U, U_mid, params):
+def _fused_cdeint(func, z0, t_grid, obs, dt, U, U_mid, U_next, params):
     mlp = cde_mlp(func)
     keep = None if mlp is None else _select(mlp, params)
     if keep is None:
         return None
-    mlp.prepare((stage_times(t_grid) * func.time_scale).to(z0.dtype))
+    _prepare(mlp, t_grid, func.time_scale, z0.dtype)
     with torch.no_grad():
         ref = func(mid_times(t_grid)[0], z0).transpose(1, 2)
         if not _agrees(mlp(z0.detach(), 1)[0], ref, "DiscriminatorCDE.forward"):
             return None
-    return _FusedMidpoint.apply(mlp, obs, keep, U * dt, U_mid * dt, z0, *mlp.params)
+    return _FusedMidpointAdjoint.apply(mlp, obs, keep, None, (U * dt).detach(), U_mid * dt, (U_next * dt).detach(),
+                                       z0, *mlp.params)
 
 
 # ------------------------------------------------------------------------------------------------- public
@@ -165,19 +260,22 @@ def midpoint_sdeint(vector_field: nn.Module, y0: torch.Tensor, ts: torch.Tensor,
                     adjoint: bool = True, adjoint_params=None, fused: bool = True) -> torch.Tensor:
     """Stratonovich SDE (general noise) by the midpoint method; equals torchsde's ``sdeint(method="midpoint")``.
 
-    Arguments as ``fast_sdeint``. Gradients are the exact gradients of the discretisation in both modes
-    (direct backpropagation, memory O(steps)), not torchsde's approximate continuous adjoint.
-    adjoint=True with ``fused``: sdegan's ``GeneratorSDE`` via hand-written VJPs (no gradient to ``dW``, no
-    double backward); otherwise plain autograd through ``vector_field.f_and_g``.
-    Returns ys ``(T, B, H)``.
+    Arguments as ``fast_sdeint``. adjoint=True: torchsde's continuous midpoint adjoint (approximate gradients,
+    equal to ``sdeint_adjoint(method="midpoint", adjoint_method="midpoint")``; no gradient to ``dW``, no double
+    backward), fused for sdegan's ``GeneratorSDE`` when ``fused``. adjoint=False: plain autograd through the
+    discretisation (exact gradients of the forward solve). Returns ys ``(T, B, H)``.
     """
     t_grid, obs = checked_grid(ts, dt, y0, dW)
+    field = lambda t, y, u: vector_field.f_and_g(t, y)  # noqa: E731
+    if not adjoint:
+        return _integrate(field, y0, t_grid, obs, float(dt), dW, None, None)
     params = tuple(vector_field.parameters()) if adjoint_params is None else tuple(adjoint_params)
-    if adjoint and fused:
+    if fused:
         ys = _fused_sdeint(vector_field, y0, t_grid, obs, float(dt), dW, params)
         if ys is not None:
             return ys
-    return _integrate(lambda t, y, u: vector_field.f_and_g(t, y), y0, t_grid, obs, float(dt), dW, None, None)
+    params = tuple(p for p in params if p.requires_grad)
+    return _GenericAdjoint.apply(field, t_grid, obs, float(dt), dW.detach(), None, None, None, y0, *params)
 
 
 def piece_slopes(X_values: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
@@ -192,7 +290,8 @@ def midpoint_cdeint(func: nn.Module, z0: torch.Tensor, X_values: torch.Tensor, t
                     dt: float = 1.0, adjoint: bool = True, adjoint_params=None, fused: bool = True) -> torch.Tensor:
     """``dz = func(t, z) dX`` by the midpoint method; equals ``torchcde.cdeint(..., backend='torchsde',
     method='midpoint')`` on ``LinearInterpolation(X_values)``. Arguments and layout as ``fast_cdeint``;
-    gradients (to func's parameters, z0 and X_values) as ``midpoint_sdeint``."""
+    gradients (to func's parameters, z0 and X_values) as ``midpoint_sdeint``: adjoint=True torchcde's
+    ``adjoint=True`` (continuous adjoint, X_values among its ``adjoint_params``), adjoint=False exact."""
     if X_values.dim() != 3 or X_values.size(1) < 2:
         raise ValueError(f"X_values must have shape (batch, length >= 2, channels), got {tuple(X_values.shape)}")
     length = X_values.size(1)
@@ -202,9 +301,16 @@ def midpoint_cdeint(func: nn.Module, z0: torch.Tensor, X_values: torch.Tensor, t
         raise ValueError(f"ts must lie within the knots [0, {length - 1}], got [{float(ts[0])}, {float(ts[-1])}]")
     t_grid, obs = time_grid(ts, dt)
     U, U_mid = piece_slopes(X_values, t_grid[:-1]), piece_slopes(X_values, mid_times(t_grid))
+    field = _cde_field(func)
+    if not adjoint:
+        return _integrate(field, z0, t_grid, obs, float(dt), None, U, U_mid)
+    U_mid = piece_slopes(X_values, reverse_mid_times(t_grid))  # the forward's U_mid on exact grids
+    U_next = piece_slopes(X_values, t_grid[1:])
     params = tuple(func.parameters()) if adjoint_params is None else tuple(adjoint_params)
-    if adjoint and fused:
-        zs = _fused_cdeint(func, z0, t_grid, obs, float(dt), U, U_mid, params)
+    if fused:
+        zs = _fused_cdeint(func, z0, t_grid, obs, float(dt), U, U_mid, U_next, params)
         if zs is not None:
             return zs
-    return _integrate(_cde_field(func), z0, t_grid, obs, float(dt), None, U, U_mid)
+    params = tuple(p for p in params if p.requires_grad)
+    return _GenericAdjoint.apply(field, t_grid, obs, float(dt), None, U.detach(), U_mid, U_next.detach(), z0,
+                                 *params)
