@@ -127,9 +127,10 @@ class SDEGAN(GenerativeModule):
         step = int(self.train_step)
         self.averaged_generator.update(step)
         self.averaged_discriminator.update(step)
-        self.log("train/d_loss", d_loss.detach(), prog_bar=True, sync_dist=True)
+        losses = {"train/d_loss": d_loss.detach()}
         if g_loss is not None:
-            self.log("train/g_loss", g_loss.detach(), prog_bar=True, sync_dist=True)
+            losses["train/g_loss"] = g_loss.detach()
+        self.log_dict(losses, prog_bar=True, sync_dist=True)
         self.log("train/step", float(step + 1))
 
     def _w_dist(self, real: torch.Tensor, batch_idx: int) -> torch.Tensor:

@@ -35,7 +35,9 @@ class StepBatches(IterableDataset):
             raise ValueError(f"data.batch_size={self.batch_size} x {world} processes exceeds the {n} training "
                              "series. Fix: lower data.batch_size or the number of devices.")
         k, j = divmod(step, steps_per_pass)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + k))
+        if getattr(self, "_pass", None) != k:  # one permutation per pass, not per step
+            self._pass, self._perm = k, torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + k))
+        perm = self._perm
         chunk = perm[j * per_step:(j + 1) * per_step]
         return chunk[rank * self.batch_size:(rank + 1) * self.batch_size]
 
