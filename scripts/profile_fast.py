@@ -16,22 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _bench_utils import bare_optimizers, build_sdegan, interleaved  # noqa: E402
-
-
-def step(model, opts, real):
-    """SDEGAN.train_batch (update=simultaneous, lipschitz=clip) without Lightning."""
-    opt_g, opt_d = opts
-    fake = model.generator(model.times, real.size(0))
-    scores = model.discriminator(torch.cat([fake, real]))
-    d_loss = scores[: fake.size(0)].mean() - scores[fake.size(0):].mean()
-    d_loss.backward()
-    for p in model.generator.parameters():
-        p.grad.neg_()
-    opt_g.step()
-    opt_d.step()
-    model._clip()
-    opt_g.zero_grad(set_to_none=True)
-    opt_d.zero_grad(set_to_none=True)
+from _bench_utils import sdegan_step as step  # noqa: E402  (the module's own training step)
 
 
 def main():
