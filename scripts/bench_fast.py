@@ -71,15 +71,18 @@ def _midpoint_solves_row(ctx, overrides, slow, fast, real) -> dict:
 
 @contextmanager
 def _counting():
-    """Count ``FusedMLP`` evaluations and VJPs during a step, split into the forward pass and ``backward``."""
+    """Count ``FusedMLP`` evaluations (plain and recorded) and VJPs during a step, split into the forward pass
+    and ``backward``."""
     from neuralsde.fast.mlp import FusedMLP
     counts = {"forward": 0, "backward re-evaluations": 0, "VJPs": 0}
     phase = ["forward"]
-    call, vjp, backward = FusedMLP.__call__, FusedMLP.vjp, torch.autograd.backward
+    call, record, vjp, backward = FusedMLP.__call__, FusedMLP.record, FusedMLP.vjp, torch.autograd.backward
 
-    def counted_call(self, *a, **k):
-        counts["forward" if phase[0] == "forward" else "backward re-evaluations"] += 1
-        return call(self, *a, **k)
+    def counted(fn):
+        def wrapped(self, *a, **k):
+            counts["forward" if phase[0] == "forward" else "backward re-evaluations"] += 1
+            return fn(self, *a, **k)
+        return wrapped
 
     def counted_vjp(self, *a, **k):
         counts["VJPs"] += 1
@@ -89,20 +92,12 @@ def _counting():
         phase[0] = "backward"
         return backward(*a, **k)
 
-    from neuralsde.fast import midpoint as mp
-    vjp_state = mp._vjp_state  # midpoint adjoint's first-stage VJP (to the state only)
-
-    def counted_vjp_state(*a, **k):
-        counts["VJPs"] += 1
-        return vjp_state(*a, **k)
-
-    FusedMLP.__call__, FusedMLP.vjp, torch.autograd.backward = counted_call, counted_vjp, counted_backward
-    mp._vjp_state = counted_vjp_state
+    FusedMLP.__call__, FusedMLP.record, FusedMLP.vjp = counted(call), counted(record), counted_vjp
+    torch.autograd.backward = counted_backward
     try:
         yield counts
     finally:
-        FusedMLP.__call__, FusedMLP.vjp, torch.autograd.backward = call, vjp, backward
-        mp._vjp_state = vjp_state
+        FusedMLP.__call__, FusedMLP.record, FusedMLP.vjp, torch.autograd.backward = call, record, vjp, backward
 
 
 def _count(step) -> dict:
@@ -119,7 +114,6 @@ def _fmt_counts(c: dict) -> str:
 def _cost_split(step, reps: int = 3) -> dict:
     """cProfile of ``step``: seconds per step in field evaluations, VJPs (incl. the final parameter-gradient
     matmuls, midpoint's state-only VJPs) and everything else (solver loops, contractions, readouts, optimisers)."""
-    from neuralsde.fast.midpoint import _vjp_state
     from neuralsde.fast.mlp import FusedMLP
     prof = cProfile.Profile()
     prof.enable()
@@ -128,12 +122,12 @@ def _cost_split(step, reps: int = 3) -> dict:
     prof.disable()
     stats = pstats.Stats(prof).stats
     cum = {}
-    for fn in (FusedMLP.__call__, FusedMLP.vjp, FusedMLP.param_grads, _vjp_state):
+    for fn in (FusedMLP.__call__, FusedMLP.record, FusedMLP.vjp, FusedMLP.param_grads):
         code = fn.__code__
         key = (code.co_filename, code.co_firstlineno, code.co_name)
         cum[fn.__name__] = stats[key][3] / reps if key in stats else 0.0
     total = sum(v[2] for v in stats.values()) / reps
-    out = {"total": total, "evaluations": cum["__call__"], "VJPs": cum["vjp"] + cum["param_grads"] + cum["_vjp_state"]}
+    out = {"total": total, "evaluations": cum["__call__"] + cum["record"], "VJPs": cum["vjp"] + cum["param_grads"]}
     out["rest"] = total - out["evaluations"] - out["VJPs"]
     return out
 

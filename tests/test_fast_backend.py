@@ -9,6 +9,7 @@ from torch import nn
 
 from neuralsde.fast import GridBrownian, fast_cdeint, fast_sdeint, increments_from, sample_increments
 from neuralsde.fast.midpoint import midpoint_cdeint, midpoint_sdeint
+from neuralsde.fast import mlp as mlp_module
 from neuralsde.fast.mlp import cde_mlp, generator_mlp
 from sdegan.components.discriminator import DiscriminatorCDE
 from sdegan.components.generator import GeneratorSDE
@@ -232,28 +233,36 @@ def discriminator_field(dtype, num_layers=1, seed=0):
 
 
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_fused_mlp_vjp_equals_autograd(num_layers):
+def test_fused_mlp_vjp_equals_autograd(num_layers, monkeypatch):
+    monkeypatch.setattr(mlp_module, "CHUNK", 2)  # three recorded evaluations: one full chunk flushed early
     for module, fuse in ((generator_field(torch.float64, num_layers), generator_mlp),
                          (discriminator_field(torch.float64, num_layers), cde_mlp)):
         mlp = fuse(module)
         assert mlp is not None
         t_grid = torch.arange(4, dtype=torch.float64)
         mlp.prepare(t_grid * module.time_scale)
-        z = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
-        cot = torch.randn(B, mlp.channels, H, dtype=torch.float64)
-        acc = torch.randn(B, H, dtype=torch.float64)
-        mlp.start_records()
-        out, cache = mlp(z.detach(), 2)
-        if isinstance(module, GeneratorSDE):
-            f, g = module.f_and_g(t_grid[2], z)
-            ref = torch.cat([f.unsqueeze(1), g.permute(0, 2, 1)], 1)
-        else:
-            ref = module(t_grid[2], z).transpose(1, 2)
-        assert rel_err(out, ref.detach()) < 1e-14
-        want = torch.autograd.grad(ref, (z, *mlp.params), cot)
-        dz = mlp.vjp(cot, cache, acc, beta=-1.0)
-        assert rel_err(dz, want[0] - acc) < 1e-13
-        for got, exp in zip(mlp.param_grads(), want[1:], strict=True):
+        mlp.start_records(B, t_grid, 3)
+        want_params = None
+        for k in (2, 0, 3):
+            z = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
+            cot = torch.randn(B, mlp.channels, H, dtype=torch.float64)  # cotangent of the field
+            acc = torch.randn(B, H, dtype=torch.float64)
+            slot = mlp.slot()
+            s = mlp.record(z.detach(), k, slot)
+            assert torch.equal(s, mlp(z.detach(), k)[0])  # recorded and plain evaluations agree
+            if isinstance(module, GeneratorSDE):
+                f, g = module.f_and_g(t_grid[k], z)
+                ref = torch.cat([f.unsqueeze(1), g.permute(0, 2, 1)], 1)
+            else:
+                ref = module(t_grid[k], z).transpose(1, 2)
+            assert rel_err(s, ref.detach()) < 1e-14
+            want = torch.autograd.grad(ref, (z, *mlp.params), cot)
+            dz = mlp.vjp(cot, acc, slot=slot, beta=-1.0)
+            assert rel_err(dz, want[0] - acc) < 1e-13
+            plain = mlp.vjp(cot, cache=mlp(z.detach(), k)[1])  # state only, nothing recorded
+            assert rel_err(plain, want[0]) < 1e-13
+            want_params = list(want[1:]) if want_params is None else [w + x for w, x in zip(want_params, want[1:])]
+        for got, exp in zip(mlp.param_grads(), want_params, strict=True):
             assert got.shape == exp.shape and rel_err(got, exp) < 1e-13
 
 

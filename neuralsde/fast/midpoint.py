@@ -37,8 +37,8 @@ from torch import nn
 
 from neuralsde.fast.cde import _field as _cde_field
 from neuralsde.fast.cde import knot_derivatives
-from neuralsde.fast.fused import _agrees, _contract, _outer, _select
-from neuralsde.fast.mlp import _silu_bwd, _tanh_bwd, cde_mlp, generator_mlp
+from neuralsde.fast.fused import _agrees, _rows, _select, _Stepper
+from neuralsde.fast.mlp import cde_mlp, generator_mlp
 from neuralsde.fast.reversible_heun import checked_grid, time_grid
 
 
@@ -142,40 +142,30 @@ class _GenericAdjoint(torch.autograd.Function):
 
 # ---------------------------------------------------------------------------------- fused (hand-written VJPs)
 
-def _vjp_state(mlp, grad_out, cache, acc):
-    """``acc + dz`` like ``FusedMLP.vjp``, recording nothing (the parameter VJP would be discarded)."""
-    _, _, hs, acts, out = cache
-    d = grad_out.reshape(out.shape)
-    if mlp.final_tanh:
-        d = _tanh_bwd(d, out)
-    for i in range(len(mlp.ws) - 1, -1, -1):
-        ga = torch.mm(d, mlp.ws[i])
-        d = _silu_bwd(ga, hs[i]) if mlp.acts[i][0] == "silu" else _tanh_bwd(ga, acts[i])
-    return torch.addmm(acc, d, mlp.wz)
-
-
 class _FusedMidpointAdjoint(torch.autograd.Function):
     """Midpoint with the continuous adjoint through a ``FusedMLP`` whose output ``(B, C, H)`` acts on a control.
 
     Controls ``(N, B, C)``: ``ca`` forward stage 0, ``cb`` forward stage 1 and reverse stage 2, ``cc`` reverse
     stage 1 (SDE: all ``[dt, dW_k]``, ``cb``/``cc`` None; CDE: ``dt`` times the slope at ``t_k``, ``t'``,
     ``t_{k+1}``). ``mlp``'s prepared times: ``2k`` / ``2k + 1`` forward stages, ``2N + k`` ``t_{k+1}``,
-    ``3N + k`` the reverse midpoint time. The forward keeps nothing per step.
+    ``3N + k`` the reverse midpoint time. The forward keeps nothing per step. Each stage is one evaluation, one
+    contraction and one addition (backward: plus one outer product and one VJP), written as the reversible
+    Heun path's are, so that the two compare like for like.
     """
 
     @staticmethod
     def forward(ctx, mlp, obs, keep, on_backward, ca, cb, cc, y0, *params):
         n = ca.size(0)
-        a = ca.unsqueeze(-1)
-        b = a if cb is None else cb.unsqueeze(-1)
+        ra, rb = _rows(0.5 * ca), _rows(ca if cb is None else cb)
+        step = _Stepper(mlp, y0.size(0), y0)
         is_obs = set(obs)
         y = y0.detach()
         ys = [y]
         for k in range(n):
-            F, _ = mlp(y, 2 * k)
-            y_mid = torch.add(y, _contract(F, a[k]), alpha=0.5)
-            F, _ = mlp(y_mid, 2 * k + 1)
-            y = torch.add(y, _contract(F, b[k]))
+            S, _ = mlp(y, 2 * k)
+            y_mid = step(y, ra, k, S)
+            S, _ = mlp(y_mid, 2 * k + 1)
+            y = step(y, rb, k, S)
             if k + 1 in is_obs:
                 ys.append(y)
         ys = torch.stack(ys)
@@ -188,27 +178,33 @@ class _FusedMidpointAdjoint(torch.autograd.Function):
     def backward(ctx, grad_ys):
         ys, ca, cb, cc = ctx.saved_tensors
         mlp = ctx.mlp
-        n = ca.size(0)
-        b = ca.unsqueeze(-1) if cb is None else cb.unsqueeze(-1)
-        c = ca.unsqueeze(-1) if cc is None else cc.unsqueeze(-1)
-        half_c = 0.5 * c
+        n, batch = ca.size(0), ys.size(1)
+        b = ca if cb is None else cb
+        tc = rc = _rows(0.5 * (ca if cc is None else cc))
+        tb = rb = _rows(b)  # (B, C, 1) each: cotangents of the field are outer products with a
+        step = _Stepper(mlp, batch, ys)
         need_b = cb is not None and ctx.needs_input_grad[5]
-        g_b = torch.empty_like(cb) if need_b else None
+        if need_b:
+            ub = ys.new_empty(n, batch, b.size(-1))  # F(y')^T a'
         obs_at = {k: i for i, k in enumerate(ctx.obs)}
-        mlp.start_records()
+        mlp.start_records(batch, ys, n)
+        cot = ys.new_empty(batch, mlp.channels, mlp.hidden)
         y, a = ys[-1], grad_ys[-1]
         for k in range(n - 1, -1, -1):
-            F, c1 = mlp(y, 2 * n + k)  # at t_{k+1}
-            y_mid = torch.sub(y, _contract(F, half_c[k]))
-            a_mid = _vjp_state(mlp, _outer(half_c[k], a), c1, a)
-            F, c2 = mlp(y_mid, 3 * n + k)  # at t'
-            y = torch.sub(y, _contract(F, b[k]))
+            S, c1 = mlp(y, 2 * n + k)  # at t_{k+1}
+            s = mlp.slot()
+            y_mid = step(y, rc, k, S, alpha=-1.0, out=mlp.z_slot(s))
+            a_mid = mlp.vjp(torch.mul(tc[k], a.unsqueeze(1), out=cot), a, cache=c1)  # a + a^T d[F v / 2]/dy
+            S = mlp.record(y_mid, 3 * n + k, s)  # at t'
+            y = step(y, rb, k, S, alpha=-1.0)
+            am = a_mid.unsqueeze(1)
             if need_b:
-                g_b[k] = torch.bmm(F, a_mid.unsqueeze(2)).squeeze(2)
-            a = mlp.vjp(_outer(b[k], a_mid), c2, a)
+                torch.sum(S * am, 2, out=ub[k])
+            a = mlp.vjp(torch.mul(tb[k], am, out=cot), a, slot=s)
             if k in obs_at:
                 y = ys[obs_at[k]]
                 a = a + grad_ys[obs_at[k]]
+        g_b = ub if need_b else None
         grads = [g if k else None for g, k in zip(mlp.param_grads(), ctx.keep, strict=True)]
         if ctx.on_backward is not None:
             ctx.on_backward()

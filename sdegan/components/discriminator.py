@@ -55,7 +55,7 @@ class Discriminator(nn.Module):
         if solver.backend == "fast" and self.interpolation == "linear":
             from neuralsde.fast import fast_cdeint, midpoint_cdeint
             solve = midpoint_cdeint if solver.method == "midpoint" else fast_cdeint
-            zs = solve(self.func, z0, coeffs, ts, solver.dt, adjoint=solver.adjoint)
+            zs = solve(self.func, z0, coeffs, ts[[0, -1]], solver.dt, adjoint=solver.adjoint)  # the score reads z(T)
             z_last = zs[-1]
         else:
             if self.interpolation == "hermite":
