@@ -23,6 +23,7 @@ def scratch(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tens
     pool = getattr(_local, "pool", None)
     if pool is None:
         pool = _local.pool = {}
+    name = (name, torch.is_inference_mode_enabled())  # inference tensors cannot be written outside that mode
     buf = pool.get(name)
     if buf is not None and buf.shape == shape and buf.dtype == like.dtype and buf.device == like.device:
         return buf
