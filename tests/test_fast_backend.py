@@ -8,8 +8,8 @@ import torchsde
 from torch import nn
 
 from neuralsde.fast import GridBrownian, fast_cdeint, fast_sdeint, increments_from, sample_increments
-from neuralsde.fast.midpoint import midpoint_cdeint, midpoint_sdeint
 from neuralsde.fast import mlp as mlp_module
+from neuralsde.fast.midpoint import midpoint_cdeint, midpoint_sdeint
 from neuralsde.fast.mlp import cde_mlp, generator_mlp
 from sdegan.components.discriminator import DiscriminatorCDE
 from sdegan.components.generator import GeneratorSDE
@@ -261,7 +261,8 @@ def test_fused_mlp_vjp_equals_autograd(num_layers, monkeypatch):
             assert rel_err(dz, want[0] - acc) < 1e-13
             plain = mlp.vjp(cot, cache=mlp(z.detach(), k)[1])  # state only, nothing recorded
             assert rel_err(plain, want[0]) < 1e-13
-            want_params = list(want[1:]) if want_params is None else [w + x for w, x in zip(want_params, want[1:])]
+            want_params = list(want[1:]) if want_params is None else [
+                w + x for w, x in zip(want_params, want[1:], strict=True)]
         for got, exp in zip(mlp.param_grads(), want_params, strict=True):
             assert got.shape == exp.shape and rel_err(got, exp) < 1e-13
 

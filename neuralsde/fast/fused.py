@@ -200,36 +200,55 @@ def _agrees(F0: torch.Tensor, ref: torch.Tensor, what: str) -> bool:
     if torch.allclose(F0, ref, rtol=tol, atol=tol):
         return True
     warnings.warn(f"fused fast path disagrees with {what} on a probe; using the generic path", RuntimeWarning,
-                  stacklevel=4)
+                  stacklevel=5)
     return False
+
+
+PROBE_ROWS = 4  # the probe compares the fused net with the module on a few rows: it checks code, not data
+
+
+def fused_field(module, params, times: torch.Tensor, probe_t: torch.Tensor, probe_k: int, z0: torch.Tensor):
+    """``(FusedMLP, keep)`` standing in for sdegan's ``GeneratorSDE`` or ``DiscriminatorCDE`` ``module``, prepared
+    for the evaluation ``times``; None (generic path) unless its structure, the adjoint ``params`` and a probe
+    evaluation at ``probe_t`` (time index ``probe_k``) all agree."""
+    sde = hasattr(module, "f_and_g")
+    mlp = generator_mlp(module) if sde else cde_mlp(module)
+    keep = None if mlp is None else _select(mlp, params)
+    if keep is None:
+        return None
+    mlp.prepare((times * module.time_scale).to(z0.dtype))
+    z = z0.detach()[:PROBE_ROWS]
+    with torch.no_grad():  # guards against the module's forward changing under us
+        if sde:
+            nfe = module.nfe
+            f, g = module.f_and_g(probe_t, z)
+            module.nfe = nfe  # callers count the solve's evaluations
+            ref, what = torch.cat([f.unsqueeze(1), g.permute(0, 2, 1)], 1), "f_and_g"
+        else:
+            ref, what = module(probe_t, z).transpose(1, 2), "DiscriminatorCDE.forward"
+        if not _agrees(mlp(z, probe_k)[0], ref, what):
+            return None
+    return mlp, keep
+
+
+def sde_controls(dW: torch.Tensor, dt: float) -> torch.Tensor:
+    """``[dt, dW_k]`` ``(N, B, 1 + W)``: the control the fused generator field acts on."""
+    return torch.cat([dW.new_full((*dW.shape[:2], 1), dt), dW.detach()], -1)
 
 
 def fused_sdeint(vf, y0, t_grid, obs, dt, dW, params):
     """ys ``(T, B, H)`` via the fused path if ``vf`` is an sdegan ``GeneratorSDE`` of plain MLPs, else None."""
-    mlp = generator_mlp(vf)
-    keep = None if mlp is None else _select(mlp, params)
-    if keep is None:
+    # probed at t > 0, so that the time input is checked too
+    fused = fused_field(vf, params, t_grid, t_grid[-1], -1, y0)
+    if fused is None:
         return None
-    mlp.prepare((t_grid * vf.time_scale).to(y0.dtype))
-    with torch.no_grad():  # guards against GeneratorSDE.f_and_g changing under us (one extra evaluation)
-        nfe = vf.nfe
-        f, g = vf.f_and_g(t_grid[-1], y0)  # at t > 0, so that the time input is checked too
-        vf.nfe = nfe + 2 * len(t_grid)  # forward and backward evaluations, as the generic path counts
-        if not _agrees(mlp(y0.detach(), -1)[0], torch.cat([f.unsqueeze(1), g.permute(0, 2, 1)], 1), "f_and_g"):
-            return None
-    v = torch.cat([dW.new_full((*dW.shape[:2], 1), dt), dW.detach()], -1)  # [dt, dW_k]: (N, B, 1 + W)
-    return _FusedAdjoint.apply(mlp, obs, False, keep, v, y0, *mlp.params)
+    vf.nfe += 2 * len(t_grid)  # forward and backward evaluations, as the generic path counts
+    return _FusedAdjoint.apply(fused[0], obs, False, fused[1], sde_controls(dW, dt), y0, *fused[0].params)
 
 
 def fused_cdeint(func, z0, t_grid, obs, dt, U, params):
     """zs ``(T, B, H)`` via the fused path if ``func`` is an sdegan ``DiscriminatorCDE``, else None."""
-    mlp = cde_mlp(func)
-    keep = None if mlp is None else _select(mlp, params)
-    if keep is None:
+    fused = fused_field(func, params, t_grid, t_grid[-1], -1, z0)
+    if fused is None:
         return None
-    mlp.prepare((t_grid * func.time_scale).to(z0.dtype))
-    with torch.no_grad():
-        ref = func(t_grid[-1], z0).transpose(1, 2)
-        if not _agrees(mlp(z0.detach(), -1)[0], ref, "DiscriminatorCDE.forward"):
-            return None
-    return _FusedAdjoint.apply(mlp, obs, True, keep, U * dt, z0, *mlp.params)
+    return _FusedAdjoint.apply(fused[0], obs, True, fused[1], U * dt, z0, *fused[0].params)

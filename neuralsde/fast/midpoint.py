@@ -37,8 +37,7 @@ from torch import nn
 
 from neuralsde.fast.cde import _field as _cde_field
 from neuralsde.fast.cde import knot_derivatives
-from neuralsde.fast.fused import _agrees, _rows, _select, _Stepper
-from neuralsde.fast.mlp import cde_mlp, generator_mlp
+from neuralsde.fast.fused import _rows, _Stepper, fused_field, sde_controls
 from neuralsde.fast.reversible_heun import checked_grid, time_grid
 
 
@@ -211,43 +210,31 @@ class _FusedMidpointAdjoint(torch.autograd.Function):
         return (None, None, None, None, None, g_b, None, a, *grads)
 
 
-def _prepare(mlp, t_grid, scale, dtype):
-    times = torch.cat([stage_times(t_grid), t_grid[1:], reverse_mid_times(t_grid)])
-    mlp.prepare((times * scale).to(dtype))
+def _times(t_grid: torch.Tensor) -> torch.Tensor:
+    """Evaluation times in the order ``_FusedMidpointAdjoint`` indexes them."""
+    return torch.cat([stage_times(t_grid), t_grid[1:], reverse_mid_times(t_grid)])
 
 
 def _fused_sdeint(vf, y0, t_grid, obs, dt, dW, params):
-    mlp = generator_mlp(vf)
-    keep = None if mlp is None else _select(mlp, params)
-    if keep is None:
+    # probed at a half-step time (index 1), so that the time input is checked too
+    fused = fused_field(vf, params, _times(t_grid), mid_times(t_grid)[0], 1, y0)
+    if fused is None:
         return None
-    _prepare(mlp, t_grid, vf.time_scale, y0.dtype)
     n = len(t_grid) - 1
-    with torch.no_grad():  # guards against GeneratorSDE.f_and_g changing under us (one extra evaluation)
-        nfe = vf.nfe
-        f, g = vf.f_and_g(mid_times(t_grid)[0], y0)  # at a half-step time, so that the time input is checked too
-        vf.nfe = nfe + 2 * n  # two stages per step; the backward adds its two re-evaluations per step
+    vf.nfe += 2 * n  # two stages per step; the backward adds its two re-evaluations per step
 
-        def on_backward():
-            vf.nfe += 2 * n
-        if not _agrees(mlp(y0.detach(), 1)[0], torch.cat([f.unsqueeze(1), g.permute(0, 2, 1)], 1), "f_and_g"):
-            return None
-    v = torch.cat([dW.new_full((*dW.shape[:2], 1), dt), dW.detach()], -1)  # [dt, dW_k]: (N, B, 1 + W)
-    return _FusedMidpointAdjoint.apply(mlp, obs, keep, on_backward, v, None, None, y0, *mlp.params)
+    def on_backward():
+        vf.nfe += 2 * n
+    return _FusedMidpointAdjoint.apply(fused[0], obs, fused[1], on_backward, sde_controls(dW, dt), None, None, y0,
+                                       *fused[0].params)
 
 
 def _fused_cdeint(func, z0, t_grid, obs, dt, U, U_mid, U_next, params):
-    mlp = cde_mlp(func)
-    keep = None if mlp is None else _select(mlp, params)
-    if keep is None:
+    fused = fused_field(func, params, _times(t_grid), mid_times(t_grid)[0], 1, z0)
+    if fused is None:
         return None
-    _prepare(mlp, t_grid, func.time_scale, z0.dtype)
-    with torch.no_grad():
-        ref = func(mid_times(t_grid)[0], z0).transpose(1, 2)
-        if not _agrees(mlp(z0.detach(), 1)[0], ref, "DiscriminatorCDE.forward"):
-            return None
-    return _FusedMidpointAdjoint.apply(mlp, obs, keep, None, (U * dt).detach(), U_mid * dt, (U_next * dt).detach(),
-                                       z0, *mlp.params)
+    return _FusedMidpointAdjoint.apply(fused[0], obs, fused[1], None, (U * dt).detach(), U_mid * dt,
+                                       (U_next * dt).detach(), z0, *fused[0].params)
 
 
 # ------------------------------------------------------------------------------------------------- public

@@ -216,7 +216,7 @@ class FusedMLP:
         ``out`` ``(B, C * H)`` may receive it."""
         h = torch.addmm(self.bias_t[k], z, self.wz_t)
         hs, acts = [], []
-        for (kind, _), b, w_t in zip(self.acts, self.bs, self.ws_t):
+        for (kind, _), b, w_t in zip(self.acts, self.bs, self.ws_t, strict=True):
             a = _silu(h) if kind == "silu" else torch.tanh(h)
             hs.append(h)
             acts.append(a)
