@@ -43,6 +43,9 @@ class LatentSDE(GenerativeModule):
         self.solver = solver if isinstance(solver, SolverConfig) else SolverConfig(**solver)
         self.solver.check_grid(torch.arange(self.t_size, dtype=torch.float32))
         self.solver = check_logqp_support(self.solver)
+        if self.solver.compile is not None:
+            raise bad_option("solver.compile", self.solver.compile, "null for the latent SDE (compiling its "
+                             "fields is implemented for the SDE-GAN only)", "set solver.compile=null")
         diffusion = {"hidden_size": 16, "floor": 1e-3, "scale": 1.0, **(diffusion or {})}
         likelihood = {"kind": "gaussian", "scale": 0.1, "learn_scale": True, **(likelihood or {})}
         optimizer = {"name": "adam", "lr": 1e-2, "lr_decay": 0.999, "diffusion_lr_factor": 1.0, **(optimizer or {})}

@@ -20,6 +20,7 @@ ADJOINT_METHODS = {
     "euler_heun": "euler_heun",
 }
 BACKENDS = ("torchsde", "fast")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -37,6 +38,10 @@ class SolverConfig:
         O(1) in steps, backward re-evaluates both stages); ``adjoint=False`` gives the exact gradients of the
         discretisation through plain autograd (memory O(steps), double backward possible). ``euler_heun``
         needs ``torchsde``.
+    compile: ``None`` (eager) or a ``torch.compile`` mode for the SDE-GAN's vector-field networks
+        (``reduce-overhead`` adds CUDA-graph capture on CUDA). Compiled fields run through the module path
+        (torchsde, or the fast backend's generic autograd path), not the fast backend's fused hand-written one.
+        Off by default: on CPU it is slower (``make bench``, row 8).
     """
 
     method: str = "reversible_heun"
@@ -45,6 +50,7 @@ class SolverConfig:
     dt: float = 1.0
     brownian: str = "interval"
     backend: str = "torchsde"
+    compile: str | None = None
 
     def __post_init__(self):
         if self.method not in ADJOINT_METHODS:
@@ -75,6 +81,9 @@ class SolverConfig:
                              f"add solver.backend=torchsde to use solver.brownian={self.brownian}")
         if not self.dt > 0:
             raise bad_option("solver.dt", self.dt, "a positive step size", "set solver.dt=1.0 (index time)")
+        if self.compile is not None and self.compile not in COMPILE_MODES:
+            raise bad_option("solver.compile", self.compile, f"null or one of {COMPILE_MODES}",
+                             "set solver.compile=null (eager) or solver.compile=default")
 
     def check_grid(self, ts: torch.Tensor) -> None:
         """Raise ConfigError unless stepping by ``dt`` from ``ts[0]`` lands exactly on every ``ts[i]``.

@@ -43,6 +43,8 @@ def run(ctx) -> list[dict]:
     rows = [{"what": "SDE-GAN step (reversible Heun, adjoint): torchsde time / fast time", "result": fmt_ratio(r),
              "paper": f"target >= {TARGET}x", "data": r, "note": note}]
     rows.append(_midpoint_row(ctx, overrides, slow, fast, o_fast, real))
+    if not ctx.quick or ctx.device.type == "cuda":  # on CUDA the compile rows measure CUDA-graph capture
+        rows.extend(_compile_rows(ctx, overrides, slow, real))
     rows.append(_midpoint_solves_row(ctx, overrides, slow, fast, real))
     return rows
 
@@ -169,3 +171,37 @@ def _midpoint_row(ctx, overrides, slow, fast, o_fast, real) -> dict:
                  f"counts predict {predicted:.2f}x for the fields alone")
     return {"what": what, "result": fmt_ratio(r), "paper": f"target >= {MID_TARGET}x (paper: up to 1.98x)",
             "data": r, "note": note}
+
+
+def _compile_rows(ctx, overrides, ref, real) -> list[dict]:
+    """``solver.compile`` (torch.compile of the vector fields; on CUDA ``reduce-overhead`` adds CUDA graphs) against
+    eager, on each backend; the first compiled step's extra time is reported apart (it is paid once per run)."""
+    import time
+
+    from _bench_utils import sync
+    mode = "reduce-overhead" if ctx.device.type == "cuda" else "default"
+    rows = []
+    for backend in ("torchsde", "fast"):
+        eager, _ = build_sdegan(ctx.device, overrides, {"backend": backend})
+        comp, _ = build_sdegan(ctx.device, overrides, {"backend": backend, "compile": mode})
+        eager.load_state_dict(ref.state_dict())
+        comp.load_state_dict(ref.state_dict())
+        o_eager, o_comp = bare_optimizers(eager), bare_optimizers(comp)
+        sync(ctx.device)
+        t0 = time.perf_counter()
+        sdegan_step(comp, o_comp, real)  # compiles
+        sync(ctx.device)
+        first = time.perf_counter() - t0
+        t = interleaved({"eager": lambda: sdegan_step(eager, o_eager, real),
+                         "compiled": lambda: sdegan_step(comp, o_comp, real)},
+                        reps=8, warmup=2, device=ctx.device, budget_s=60)
+        r = ratio(t["compiled"], t["eager"])
+        r["first_step_s"] = first
+        gain = r["median"] < 1.0
+        rows.append({"what": f"solver.compile={mode}, backend={backend}: compiled step time / eager step time "
+                             "(below 1 is a gain)", "result": fmt_ratio(r), "paper": "kept only where it gains",
+                     "data": r, "note": f"first compiled step {first:.1f} s (compilation); "
+                                        + ("a gain here" if gain else "no gain here: leave solver.compile=null")
+                                        + ("; on the fast backend compiled fields take the generic autograd path, "
+                                           "not the fused one" if backend == "fast" else "")})
+    return rows

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark suite on CUDA (the device CUDA_VISIBLE_DEVICES exposes), in under 5 minutes: --quick sizes,
+# The benchmark suite on CUDA (the device CUDA_VISIBLE_DEVICES exposes), in under 10 minutes: --quick sizes,
 # writing bench/results_gpu.md and bench/results_gpu.json with the GPU name recorded.
 # Without a GPU it says so and exits 0.
 set -euo pipefail
@@ -12,5 +12,6 @@ if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
     exit 0
 fi
 "$PY" -c "import torch; print('bench_gpu: device', torch.cuda.get_device_name(0))"
-# Row 5 measures torch.cuda.max_memory_allocated in one subprocess per setting; rows 6-7 use the GPU trainer.
-exec timeout 290 "$PY" scripts/bench.py --device cuda --quick --out bench/results_gpu "$@"
+# Row 5 measures torch.cuda.max_memory_allocated in one subprocess per setting; rows 6-7 use the GPU trainer;
+# row 8 compares both backends and solver.compile=reduce-overhead (torch.compile with CUDA graphs) against eager.
+exec timeout 590 "$PY" scripts/bench.py --device cuda --quick --out bench/results_gpu "$@"

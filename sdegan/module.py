@@ -62,6 +62,13 @@ class SDEGAN(GenerativeModule):
         self.averaged_generator = Averaged(self.generator, swa_start)
         self.averaged_discriminator = Averaged(self.discriminator, swa_start)
         self.automatic_optimization = False
+        if self.solver.compile is not None:  # after Averaged: the averaged copies stay eager
+            if self.lipschitz == "gradient_penalty":
+                raise bad_option("solver.compile", self.solver.compile,
+                                 "null with model.lipschitz=gradient_penalty (compiled graphs have no double backward)",
+                                 "set solver.compile=null, or model.lipschitz=clip")
+            self.generator.sde.compile_fields(self.solver.compile)
+            self.discriminator.func.compile_fields(self.solver.compile)
         # The penalty needs a double backward, which torchsde's reversible-Heun adjoint cannot do.
         self.direct_solver = dataclasses.replace(self.solver, adjoint=False)
 

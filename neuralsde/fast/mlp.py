@@ -59,9 +59,10 @@ def parse(net) -> tuple[list[nn.Linear], list[tuple[str, float]], bool] | None:
 
 
 def plain(module: nn.Module) -> bool:
-    """No hooks or parametrizations anywhere: calling the weights directly is what calling the module does."""
+    """No hooks, parametrizations or compiled networks anywhere: calling the weights directly is what calling
+    the module does (and what was asked for)."""
     from torch.nn.modules import module as m
-    if m._global_forward_hooks or m._global_forward_pre_hooks:
+    if m._global_forward_hooks or m._global_forward_pre_hooks or getattr(module, "compiled_nets", None):
         return False
     return not any(x._forward_hooks or x._forward_pre_hooks or hasattr(x, "parametrizations")
                    for x in module.modules())

@@ -6,6 +6,7 @@ import torchcde
 from torch import nn
 
 from neuralsde.brownian import ZeroBrownian
+from neuralsde.compiling import set_compiled
 from neuralsde.errors import bad_option
 from neuralsde.nn import MLP
 from neuralsde.solver import SolverConfig
@@ -18,10 +19,16 @@ class DiscriminatorCDE(nn.Module):
         super().__init__()
         self.hidden_size, self.channels, self.time_scale = hidden_size, 1 + data_size, time_scale
         self.net = MLP(1 + hidden_size, hidden_size * (1 + data_size), mlp_size, num_layers, tanh=True)
+        self.compiled_nets = None  # (net,) from torch.compile, see set_compiled
+
+    def compile_fields(self, mode: str | None) -> None:
+        """Evaluate the field through ``torch.compile(mode=mode)`` (None: eager)."""
+        set_compiled(self, (self.net,), mode)
 
     def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         t = (t * self.time_scale).to(z.dtype).expand(z.size(0), 1)
-        return self.net(torch.cat([t, z], dim=1)).view(z.size(0), self.hidden_size, self.channels)
+        net = self.compiled_nets[0] if self.compiled_nets else self.net
+        return net(torch.cat([t, z], dim=1)).view(z.size(0), self.hidden_size, self.channels)
 
 
 INTERPOLATIONS = ("linear", "hermite")

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from neuralsde.brownian import draw_entropy
+from neuralsde.compiling import set_compiled
 from neuralsde.nn import MLP
 from neuralsde.solver import SolverConfig, sdeint
 
@@ -25,6 +26,11 @@ class GeneratorSDE(nn.Module):
         self.drift_net = MLP(1 + hidden_size, hidden_size, mlp_size, num_layers, tanh=True)
         self.diffusion_net = MLP(1 + hidden_size, hidden_size * noise_size, mlp_size, num_layers, tanh=True)
         self.nfe = 0  # drift-and-diffusion evaluations, for benchmarks
+        self.compiled_nets = None  # (drift, diffusion) from torch.compile, see set_compiled
+
+    def compile_fields(self, mode: str | None) -> None:
+        """Evaluate drift and diffusion through ``torch.compile(mode=mode)`` (None: eager)."""
+        set_compiled(self, (self.drift_net, self.diffusion_net), mode)
 
     def _input(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         t = (t * self.time_scale).to(y.dtype).expand(y.size(0), 1)
@@ -34,7 +40,8 @@ class GeneratorSDE(nn.Module):
         """``y`` ``(batch, hidden)`` -> drift ``(batch, hidden)``, diffusion ``(batch, hidden, noise)``."""
         self.nfe += 1
         ty = self._input(t, y)
-        return self.drift_net(ty), self.diffusion_net(ty).view(y.size(0), self.hidden_size, self.noise_size)
+        drift, diffusion = self.compiled_nets or (self.drift_net, self.diffusion_net)
+        return drift(ty), diffusion(ty).view(y.size(0), self.hidden_size, self.noise_size)
 
     def f(self, t, y):
         return self.drift_net(self._input(t, y))
