@@ -46,6 +46,7 @@ def run(ctx) -> list[dict]:
     if not ctx.quick or ctx.device.type == "cuda":  # on CUDA the compile rows measure CUDA-graph capture
         rows.extend(_compile_rows(ctx, overrides, slow, real))
     rows.append(_midpoint_solves_row(ctx, overrides, slow, fast, real))
+    rows.append(_marginal_row(ctx, overrides))
     return rows
 
 
@@ -69,6 +70,34 @@ def _midpoint_solves_row(ctx, overrides, slow, fast, real) -> dict:
             "result": fmt_ratio(r), "paper": f"target >= {MID_TARGET}x (paper: up to 1.98x)", "data": r,
             "note": "the solver comparison the paper's half-the-evaluations argument is about; the full-step row above "
                     "adds work both methods share"}
+
+
+def _marginal_row(ctx, overrides) -> dict:
+    """Cost of one more solver step: solves-only times at two series lengths, interleaved; the slope is the
+    per-step cost (the paper's half-the-evaluations argument), the intercept the fixed per-solve cost."""
+    lengths = (17, 65)
+    runs = {}
+    for t_size in lengths:
+        ov = [*overrides, f"data.source.t_size={t_size}"]
+        rh, real = build_sdegan(ctx.device, ov, {"backend": "fast"})
+        mid, _ = build_sdegan(ctx.device, ov, {"backend": "fast", "method": "midpoint"})
+        mid.load_state_dict(rh.state_dict())
+        runs[f"rh{t_size}"] = (lambda m=rh, x=real: _solves(m, x))
+        runs[f"mid{t_size}"] = (lambda m=mid, x=real: _solves(m, x))
+    t = interleaved(runs, reps=4 if ctx.quick else 12, device=ctx.device, budget_s=25 if ctx.quick else 60)
+    med = {k: sorted(v)[len(v) // 2] for k, v in t.items()}
+    steps = lengths[1] - lengths[0]
+    slope = {m: (med[f"{m}{lengths[1]}"] - med[f"{m}{lengths[0]}"]) / steps for m in ("rh", "mid")}
+    fixed = {m: med[f"{m}{lengths[1]}"] - slope[m] * (lengths[1] - 1) for m in ("rh", "mid")}
+    r = {"median": slope["mid"] / slope["rh"], "min": float("nan"), "max": float("nan"),
+         "slope_us": {m: v * 1e6 for m, v in slope.items()}, "fixed_ms": {m: v * 1e3 for m, v in fixed.items()}}
+    return {"what": "fast backend: cost of one more solver step (generator SDE + discriminator CDE, forward + "
+                    f"backward; slope between T={lengths[0]} and T={lengths[1]}): midpoint / reversible Heun",
+            "result": f"{r['median']:.2f}x", "paper": f"target >= {MID_TARGET}x (paper: up to 1.98x)", "data": r,
+            "note": f"per step: reversible Heun {r['slope_us']['rh']:.0f} us, midpoint {r['slope_us']['mid']:.0f} us; "
+                    f"fixed per solve pair (weights fused, parameter-gradient GEMMs, outputs, probes): reversible "
+                    f"Heun {r['fixed_ms']['rh']:.1f} ms, midpoint {r['fixed_ms']['mid']:.1f} ms, which is what holds "
+                    "the whole-solve ratio below the per-step one"}
 
 
 @contextmanager

@@ -178,10 +178,10 @@ class _FusedAdjoint(torch.autograd.Function):
         grad_y0 = x1 + x2 + half[0]  # z_0 = y_0 also feeds z_1 directly, and is y_0 itself
         grad_ctrl = None
         if need_ctrl:
-            dc, db = ua, torch.stack(uy[::-1])
-            with torch.enable_grad():
-                w = ctrl.detach().requires_grad_()
-                (grad_ctrl,) = torch.autograd.grad(_leapfrog_controls(w, True, obs), w, (dc, db))
+            # CDE: c_0 = w_0, c_j = 2 w_j (0 < j < N), c_N = 0, B_{j-1} = w_j
+            grad_ctrl = ua.clone()
+            grad_ctrl[1:-1] *= 2
+            grad_ctrl[torch.as_tensor(obs[1:], device=ua.device)] += torch.stack(uy[::-1])
         grads = [g if k else None for g, k in zip(mlp.param_grads(), ctx.keep, strict=True)]
         return (None, None, None, None, grad_ctrl, grad_y0, *grads)
 
