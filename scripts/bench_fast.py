@@ -221,8 +221,8 @@ def _compile_rows(ctx, overrides, ref, real) -> list[dict]:
         sdegan_step(comp, o_comp, real)  # compiles
         sync(ctx.device)
         first = time.perf_counter() - t0
-        t = interleaved({"eager": lambda: sdegan_step(eager, o_eager, real),
-                         "compiled": lambda: sdegan_step(comp, o_comp, real)},
+        t = interleaved({"eager": lambda m=eager, o=o_eager: sdegan_step(m, o, real),
+                         "compiled": lambda m=comp, o=o_comp: sdegan_step(m, o, real)},
                         reps=8, warmup=2, device=ctx.device, budget_s=60)
         r = ratio(t["compiled"], t["eager"])
         r["first_step_s"] = first

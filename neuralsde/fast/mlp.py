@@ -248,8 +248,8 @@ class FusedMLP:
         return r.outs3[slot]
 
     def vjp(self, grad: torch.Tensor, acc: torch.Tensor | None = None, *, slot: int | None = None,
-            cache=None, beta: float = 1.0, alpha: float = 1.0, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``beta * acc + alpha * dz`` for the cotangent ``grad`` ``(B, C, H)`` of the field, at the evaluation
+            cache=None, beta: float = 1.0) -> torch.Tensor:
+        """``beta * acc + dz`` for the cotangent ``grad`` ``(B, C, H)`` of the field, at the evaluation
         recorded in ``slot`` (recording the cotangents its parameter gradients need) or of ``cache``."""
         last = len(self.ws)
         d = grad.view(grad.size(0), -1)
@@ -270,9 +270,7 @@ class FusedMLP:
                 kind = self.acts[i][0]
                 x = r.hs[i][slot] if kind == "silu" else r.as_[i][slot]  # silu' needs its input, tanh' its output
                 d = _BWD[kind][1](torch.mm(d, self.ws[i]), x, grad_input=r.ds[i][slot])
-        if acc is None:
-            return torch.mm(d, self.wz, out=out) if alpha == 1.0 else torch.mm(d, self.wz, out=out).mul_(alpha)
-        return torch.addmm(acc, d, self.wz, beta=beta, alpha=alpha, out=out)
+        return torch.mm(d, self.wz) if acc is None else torch.addmm(acc, d, self.wz, beta=beta)
 
 
 def generator_mlp(vf) -> FusedMLP | None:
