@@ -3,6 +3,7 @@ backend, midpoint (torchsde's continuous adjoint, as in the paper) vs reversible
 from __future__ import annotations
 
 import cProfile
+import inspect
 import pstats
 from contextlib import contextmanager
 
@@ -143,8 +144,10 @@ def _fmt_counts(c: dict) -> str:
 
 
 def _cost_split(step, reps: int = 3) -> dict:
-    """cProfile of ``step``: seconds per step in field evaluations, VJPs (incl. the final parameter-gradient
-    matmuls, midpoint's state-only VJPs) and everything else (solver loops, contractions, readouts, optimisers)."""
+    """cProfile of ``step``, seconds per step: field evaluations, their VJPs, parameter-gradient GEMMs,
+    contractions and outputs (``_Stepper``, ``_Outputs``), the rest of the two solves (cotangent products,
+    record bookkeeping, set-up, probes), and everything outside them (optimisers, clipping, averaging, readouts)."""
+    from neuralsde.fast import fused, midpoint
     from neuralsde.fast.mlp import FusedMLP
     prof = cProfile.Profile()
     prof.enable()
@@ -152,14 +155,19 @@ def _cost_split(step, reps: int = 3) -> dict:
         step()
     prof.disable()
     stats = pstats.Stats(prof).stats
-    cum = {}
-    for fn in (FusedMLP.__call__, FusedMLP.record, FusedMLP.vjp, FusedMLP.param_grads):
-        code = fn.__code__
-        key = (code.co_filename, code.co_firstlineno, code.co_name)
-        cum[fn.__name__] = stats[key][3] / reps if key in stats else 0.0
+
+    def cum(*fns):
+        codes = {inspect.unwrap(f).__code__ for f in fns}  # backward is wrapped by once_differentiable
+        keys = {(c.co_filename, c.co_firstlineno, c.co_name) for c in codes}
+        return sum(stats[k][3] for k in keys if k in stats) / reps
     total = sum(v[2] for v in stats.values()) / reps
-    out = {"total": total, "evaluations": cum["__call__"] + cum["record"], "VJPs": cum["vjp"] + cum["param_grads"]}
-    out["rest"] = total - out["evaluations"] - out["VJPs"]
+    solves = cum(fused._FusedAdjoint.forward, fused._FusedAdjoint.backward, midpoint._FusedMidpointAdjoint.forward,
+                 midpoint._FusedMidpointAdjoint.backward, fused.fused_field)
+    out = {"total": total, "evaluations": cum(FusedMLP.__call__, FusedMLP.record), "VJPs": cum(FusedMLP.vjp),
+           "parameter-gradient GEMMs": cum(FusedMLP.param_grads),
+           "contractions and outputs": cum(fused._Stepper.__call__, fused._Outputs.flush)}
+    out["rest of the solves"] = solves - sum(v for k, v in out.items() if k != "total")
+    out["outside the solves"] = total - solves
     return out
 
 
@@ -190,12 +198,12 @@ def _midpoint_row(ctx, overrides, slow, fast, o_fast, real) -> dict:
         r["predicted_fields_only"] = predicted
 
         def split(p):
-            return (f"evaluations {p['evaluations'] * 1e3:.0f} ms, VJPs {p['VJPs'] * 1e3:.0f} ms, "
-                    f"rest {p['rest'] * 1e3:.0f} ms")
+            return ", ".join(f"{k} {v * 1e3:.1f} ms ({v / p['total']:.0%})" for k, v in p.items() if k != "total")
         note += (f". Below {MID_TARGET}x: midpoint uses torchsde's continuous adjoint (2 forward evaluations, "
                  "2 backward re-evaluations + 2 VJPs per step) against reversible Heun's 1 + (1 re-evaluation "
-                 "+ 1 VJP); the rest of the step (readouts, discriminator on real data, optimisers, solver loops) "
-                 f"dilutes the ~2x of the fields. cProfile per step: midpoint {split(p_mid)}; reversible Heun "
+                 "+ 1 VJP); work both pay once per solve or per step (parameter gradients, set-up, optimisers; the "
+                 f"last row separates it) dilutes the ~2x of the fields. cProfile per step: midpoint {split(p_mid)}; "
+                 "reversible Heun "
                  f"{split(p_rh)}; one evaluation {per_eval * 1e6:.0f} us, one VJP {per_vjp * 1e6:.0f} us, so the "
                  f"counts predict {predicted:.2f}x for the fields alone")
     return {"what": what, "result": fmt_ratio(r), "paper": f"target >= {MID_TARGET}x (paper: up to 1.98x)",

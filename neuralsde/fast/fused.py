@@ -11,9 +11,10 @@ Eliminating ``y`` gives a leapfrog in ``z`` alone (same values, up to rounding):
 
     z_1 = z_0 + F_0 c_0,    z_{j+1} = z_{j-1} + F_j c_j,    y_j = (z_j + z_{j-1} + F_j B_{j-1}) / 2,
 
-with ``z_0 = y_0``, ``c_0 = A_0`` and ``c_j = B_{j-1} + A_j``. A step is then one field evaluation, one batched
-contraction (``F_j`` against ``[c_j, B_{j-1}]``) and one addition; the backward pass reconstructs
-``z_{j-1} = z_{j+1} - F_j c_j`` and takes one hand-written VJP. Both passes cost about half of midpoint's.
+with ``z_0 = y_0``, ``c_0 = A_0`` and ``c_j = B_{j-1} + A_j``. A step is then one field evaluation, one broadcast
+product and one GEMM (``_Stepper``); the outputs are formed a chunk at a time (``_Outputs``). The backward pass
+reconstructs ``z_{j-1} = z_{j+1} - F_j c_j`` and takes one hand-written VJP. Per step that is about half of
+midpoint's work (measured: ``make bench``, row 8).
 """
 from __future__ import annotations
 
@@ -118,7 +119,7 @@ class _FusedAdjoint(torch.autograd.Function):
         ys, z, z_prev, c, b_obs, ctrl = ctx.saved_tensors
         mlp, obs = ctx.mlp, ctx.obs
         n, batch = c.size(0) - 1, z.size(0)
-        c0 = rows = _rows(c)  # the cotangent of F_j through z_{j+1} is c_j a_{j+1}
+        rows = _rows(c)  # also the factors of the cotangent c_j a_{j+1} of F_j through z_{j+1}
         step = _Stepper(mlp, batch, ys)
         need_ctrl = ctx.per_point and ctx.needs_input_grad[4]
         # Through y_j (j >= 1): F_j gets the cotangent B_{j-1} gy_j / 2, and z_j, z_{j-1} get gy_j / 2.
@@ -152,7 +153,7 @@ class _FusedAdjoint(torch.autograd.Function):
             if x1 is None:
                 g = torch.mul(p[0], p[1], out=cot)
             else:
-                g = torch.mul(c0[j], x1v, out=cot)
+                g = torch.mul(rows[j], x1v, out=cot)
                 if p is not None:
                     g.addcmul_(p[0], p[1])
             acc, e = x2, extra[j]

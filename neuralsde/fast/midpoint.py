@@ -179,8 +179,8 @@ class _FusedMidpointAdjoint(torch.autograd.Function):
         mlp = ctx.mlp
         n, batch = ca.size(0), ys.size(1)
         b = ca if cb is None else cb
-        tc = rc = _rows(0.5 * (ca if cc is None else cc))
-        tb = rb = _rows(b)  # (B, C, 1) each: cotangents of the field are outer products with a
+        rc = _rows(0.5 * (ca if cc is None else cc))
+        rb = _rows(b)  # (B, C, 1) each: also the factors of the field's cotangents (outer products with a)
         step = _Stepper(mlp, batch, ys)
         need_b = cb is not None and ctx.needs_input_grad[5]
         if need_b:
@@ -193,13 +193,13 @@ class _FusedMidpointAdjoint(torch.autograd.Function):
             S, c1 = mlp(y, 2 * n + k)  # at t_{k+1}
             s = mlp.slot()
             y_mid = step(y, rc, k, S, alpha=-1.0, out=mlp.z_slot(s))
-            a_mid = mlp.vjp(torch.mul(tc[k], a.unsqueeze(1), out=cot), a, cache=c1)  # a + a^T d[F v / 2]/dy
+            a_mid = mlp.vjp(torch.mul(rc[k], a.unsqueeze(1), out=cot), a, cache=c1)  # a + a^T d[F v / 2]/dy
             S = mlp.record(y_mid, 3 * n + k, s)  # at t'
             y = step(y, rb, k, S, alpha=-1.0)
             am = a_mid.unsqueeze(1)
             if need_b:
                 torch.sum(S * am, 2, out=ub[k])
-            a = mlp.vjp(torch.mul(tb[k], am, out=cot), a, slot=s)
+            a = mlp.vjp(torch.mul(rb[k], am, out=cot), a, slot=s)
             if k in obs_at:
                 y = ys[obs_at[k]]
                 a = a + grad_ys[obs_at[k]]
