@@ -249,7 +249,7 @@ def test_fused_mlp_vjp_equals_autograd(num_layers, monkeypatch):
             acc = torch.randn(B, H, dtype=torch.float64)
             slot = mlp.slot()
             s = mlp.record(z.detach(), k, slot)
-            assert torch.equal(s, mlp(z.detach(), k)[0])  # recorded and plain evaluations agree
+            assert torch.equal(s, mlp.evaluate(z.detach(), k))  # recorded and plain evaluations agree
             if isinstance(module, GeneratorSDE):
                 f, g = module.f_and_g(t_grid[k], z)
                 ref = torch.cat([f.unsqueeze(1), g.permute(0, 2, 1)], 1)
@@ -259,7 +259,8 @@ def test_fused_mlp_vjp_equals_autograd(num_layers, monkeypatch):
             want = torch.autograd.grad(ref, (z, *mlp.params), cot)
             dz = mlp.vjp(cot, acc, slot=slot, beta=-1.0)
             assert rel_err(dz, want[0] - acc) < 1e-13
-            plain = mlp.vjp(cot, cache=mlp(z.detach(), k)[1])  # state only, nothing recorded
+            mlp.record(z.detach(), k, mlp.rec.cache)  # state only: the cache slot is never summed
+            plain = mlp.vjp(cot, slot=mlp.rec.cache)
             assert rel_err(plain, want[0]) < 1e-13
             want_params = list(want[1:]) if want_params is None else [
                 w + x for w, x in zip(want_params, want[1:], strict=True)]
@@ -444,3 +445,54 @@ def test_solver_config_fast_midpoint():
     assert paths.shape == (B, T, C) and gen.sde.nfe == 2 * (T - 1)  # the midpoint solver ran
     disc(paths).sum().backward()
     assert all(p.grad is not None for p in gen.parameters()) and all(p.grad is not None for p in disc.parameters())
+
+
+@pytest.mark.parametrize("chunk", [2, 3, 5])
+def test_fused_solves_are_independent_of_the_record_chunk(chunk, monkeypatch):
+    # Chunk boundaries carry the cotangent ring, the z reconstruction and the per-chunk control gradients;
+    # T - 1 = 15 steps leave a last chunk of 1 (chunk 2, 3, 5 over 16 or 15 records).
+    field, func = generator_field(torch.float64), discriminator_field(torch.float64)
+    _, y0, ts, dW = sde_setup(torch.float64, 1.0)
+    X_values = torch.randn(2 * B, T, C, dtype=torch.float64).cumsum(1).requires_grad_()
+    z0 = torch.randn(2 * B, H, dtype=torch.float64, requires_grad=True)
+    sparse = ts[[0, 5, T - 1]]
+
+    def solves():
+        out = []
+        for solve in (fast_sdeint, midpoint_sdeint):
+            for times in (ts, sparse):
+                ys = solve(field, y0, times, 1.0, dW)
+                out.append((ys, *grads(ys, (y0, *field.parameters()))))
+        for solve in (fast_cdeint, midpoint_cdeint):
+            for times in (ts, sparse):
+                zs = solve(func, z0, X_values, times, 1.0)
+                out.append((zs, *grads(zs, (z0, X_values, *func.parameters()))))
+        return out
+
+    whole = solves()
+    monkeypatch.setattr(mlp_module, "CHUNK", chunk)
+    for got, want in zip(solves(), whole, strict=True):
+        for g, w in zip(got, want, strict=True):
+            assert rel_err(g, w) < 1e-12
+
+
+def test_probe_runs_once_per_module_until_its_code_changes(monkeypatch):
+    from neuralsde.fast import fused
+    field = generator_field(torch.float64)
+    _, y0, ts, dW = sde_setup(torch.float64, 1.0)
+    probes = []
+    agrees = fused._agrees
+    monkeypatch.setattr(fused, "_agrees", lambda *a: probes.append(1) or agrees(*a))
+    for _ in range(3):
+        out = fast_sdeint(field, y0, ts, 1.0, dW)
+        assert type(out.grad_fn).__name__ == "_FusedAdjointBackward"
+    assert len(probes) == 1  # probed once, not per solve
+    field._input = lambda t, y: torch.cat([t.expand(y.size(0), 1), y], 1)  # an instance override after caching
+    with pytest.warns(RuntimeWarning, match="probe"):
+        out = fast_sdeint(field, y0, ts, 1.0, dW)
+    assert len(probes) == 2 and type(out.grad_fn).__name__ == "_ReversibleHeunAdjointBackward"
+    del field._input
+    handle = field.drift_net.register_forward_hook(lambda m, i, o: o * 2)  # hooks are checked on every call
+    assert type(fast_sdeint(field, y0, ts, 1.0, dW).grad_fn).__name__ == "_ReversibleHeunAdjointBackward"
+    handle.remove()
+    assert type(fast_sdeint(field, y0, ts, 1.0, dW).grad_fn).__name__ == "_FusedAdjointBackward"

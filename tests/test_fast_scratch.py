@@ -1,6 +1,7 @@
 """Scratch buffers of the fast solvers: reused per thread, never shared across inference mode."""
 import torch
 
+from neuralsde.fast import scratch as scratch_module
 from neuralsde.fast.scratch import MAX_BYTES, scratch
 
 
@@ -26,3 +27,17 @@ def test_large_buffers_are_not_kept():
     like = torch.zeros(1, dtype=torch.uint8)
     n = MAX_BYTES + 1
     assert scratch("t.big", (n,), like) is not scratch("t.big", (n,), like)
+
+
+def test_alternating_shapes_keep_their_own_buffers(monkeypatch):
+    # the generator's and the discriminator's solves alternate: neither should reallocate the other's buffer
+    like = torch.zeros(1)
+    g, d = scratch("t.alt", (128, 4), like), scratch("t.alt", (256, 2), like)
+    assert scratch("t.alt", (128, 4), like) is g and scratch("t.alt", (256, 2), like) is d
+    monkeypatch.setattr(scratch_module._local, "pool", {})
+    monkeypatch.setattr(scratch_module, "MAX_BUFFERS", 2)
+    a, b = scratch("t.a", (1,), like), scratch("t.b", (1,), like)
+    assert scratch("t.a", (1,), like) is a  # a is now the most recently used
+    scratch("t.c", (1,), like)  # evicts b, the least recently used
+    assert len(scratch_module._local.pool) == 2
+    assert scratch("t.a", (1,), like) is a and scratch("t.b", (1,), like) is not b

@@ -19,19 +19,21 @@ midpoint's work (measured: ``make bench``, row 8).
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import torch
+from torch import nn
 
-from neuralsde.fast.mlp import FusedMLP, cde_mlp, chunk_size, generator_mlp
+from neuralsde.fast.mlp import FusedMLP, cde_mlp, chunk_size, generator_mlp, plain
 from neuralsde.fast.scratch import scratch
 
 
-def _leapfrog_controls(ctrl: torch.Tensor, per_point: bool, obs: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``c_j`` ``(N + 1, B, C)`` (zero at ``N``) and ``B_{j-1}`` at the observed ``j >= 1`` ``(len(obs) - 1, B, C)``."""
+def _leapfrog_controls(ctrl: torch.Tensor, per_point: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``c_j`` ``(N + 1, B, C)`` (zero at ``N``) and ``B_{j-1}`` for ``j = 1 .. N`` ``(N, B, C)``."""
     a, b = (ctrl[:-1], ctrl[1:]) if per_point else (ctrl, ctrl)
     c = torch.cat([a, torch.zeros_like(a[:1])])
     c[1:-1] += b[:-1]
-    return c, b[torch.as_tensor(obs[1:], device=ctrl.device) - 1]
+    return c, b
 
 
 def _rows(c: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -54,80 +56,76 @@ class _Stepper:
 
 
 class _Outputs:
-    """``y_j = (z_j + z_{j-1} + F_j B_{j-1}) / 2`` at the observed ``j >= 1``, computed a chunk at a time from the
-    ``F_j`` the solve writes into a small reused buffer (one pass over a cache-sized block, not per step)."""
+    """``y_j = (z_j + z_{j-1} + F_j B_{j-1}) / 2`` at the observed ``j >= 1``, a chunk at a time: the solve
+    writes ``F_j`` into ``target(j)`` (a small reused buffer) and calls ``flush`` where ``flush_at`` says."""
 
-    def __init__(self, mlp: FusedMLP, ys: torch.Tensor, b_obs: torch.Tensor):
-        self.ys, self.b_obs = ys, b_obs.unsqueeze(-1)  # (T - 1, B, C, 1)
-        k = chunk_size(ys.size(1) * mlp.channels * mlp.hidden * ys.element_size(), ys.size(0) - 1, budget=2 ** 20)
+    def __init__(self, mlp: FusedMLP, ys: torch.Tensor, b: torch.Tensor, obs: list[int]):
+        self.ys, self.b, self.q = ys, b.unsqueeze(-1), mlp.q  # b: B_{j-1} (N, B, C) -> (N, B, C, 1)
+        k = chunk_size(ys.size(1) * mlp.channels * mlp.hidden * ys.element_size(), len(obs) - 1, budget=2 ** 20)
         self.f = scratch("rh.f_obs", (k, ys.size(1), mlp.channels, mlp.hidden), ys)
-        self.f_at = self.f.view(k, ys.size(1), -1).unbind(0)
-        self.first, self.zs, self.zps = None, [], []
+        f_at = self.f.view(k, ys.size(1), -1).unbind(0)
+        self.targets = {j: f_at[i % k] for i, j in enumerate(obs[1:])}
+        self.flush_at = {j: (i - i % k, i % k + 1) for i, j in enumerate(obs[1:])
+                         if i % k == k - 1 or i == len(obs) - 2}  # j -> (first output - 1, count)
+        self.obs, self.zs, self.zps = obs, [], []
 
-    def slot(self, i: int, z: torch.Tensor, z_prev: torch.Tensor) -> torch.Tensor:
-        """Where the field at observation ``i`` (``ys[i]``) goes."""
-        if len(self.zs) == len(self.f_at):
-            self.flush()
-        if self.first is None:
-            self.first = i
-        self.zs.append(z)
-        self.zps.append(z_prev)
-        return self.f_at[len(self.zs) - 1]
-
-    def flush(self) -> None:
-        if self.first is None:
-            return
-        m, i0 = len(self.zs), self.first - 1  # rows of b_obs; ys rows i0 + 1 ...
-        f = self.f[:m].mul_(self.b_obs[i0:i0 + m])
+    def flush(self, j: int) -> None:
+        i0, m = self.flush_at[j]
+        rows = torch.as_tensor(self.obs[1 + i0:1 + i0 + m], device=self.ys.device)
+        f = self.f[:m].mul_(self.b[rows - 1])
         out = self.ys[i0 + 1:i0 + 1 + m]
-        torch.add(torch.stack(self.zs), torch.stack(self.zps), out=out)
-        for ch in range(f.size(2)):  # sum over the channels: cheaper than sum(2) on strided memory
-            out.add_(f[:, :, ch])
-        out.mul_(0.5)
-        self.first, self.zs, self.zps = None, [], []
+        z = torch.add(torch.stack(self.zs), torch.stack(self.zps))
+        torch.addmm(z.view(-1, z.size(-1)), f.view(z.size(0) * z.size(1), -1), self.q, beta=0.5, alpha=0.5,
+                    out=out.view(-1, out.size(-1)))
+        self.zs.clear()  # the solve holds these lists
+        self.zps.clear()
 
 
 class _FusedAdjoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mlp: FusedMLP, obs, per_point, keep, ctrl, y0, *params):
         # ctrl: CDE (per_point) w (N + 1, B, C); SDE v (N, B, C).
-        c, b_obs = _leapfrog_controls(ctrl, per_point, obs)
+        c, b = _leapfrog_controls(ctrl, per_point)
         rows = _rows(c)
-        n, batch = c.size(0) - 1, y0.size(0)
-        step = _Stepper(mlp, batch, y0)
+        n = c.size(0) - 1
+        step = _Stepper(mlp, y0.size(0), y0)
         ys = y0.new_empty(len(obs), *y0.shape)
         ys[0] = y0
-        outputs = _Outputs(mlp, ys, b_obs)
+        outputs = _Outputs(mlp, ys, b, obs)
+        targets, flush_at, zs, zps = outputs.targets, outputs.flush_at, outputs.zs, outputs.zps
+        evaluate = mlp.evaluate
         z_prev = z = y0.detach()
-        nxt = 1  # index of the next observation
         for j in range(n + 1):
-            if nxt < len(obs) and obs[nxt] == j:
-                S, _ = mlp(z, j, outputs.slot(nxt, z, z_prev))
-                nxt += 1
-            else:
-                S, _ = mlp(z, j)
+            target = targets.get(j)
+            S = evaluate(z, j, target)
+            if target is not None:
+                zs.append(z)
+                zps.append(z_prev)
+                if j in flush_at:
+                    outputs.flush(j)
             if j < n:
                 z_prev, z = z, step(z_prev, rows, j, S)
-        outputs.flush()
         ctx.mlp, ctx.obs, ctx.per_point, ctx.keep = mlp, obs, per_point, keep
-        ctx.save_for_backward(ys, z, z_prev, c, b_obs, ctrl)
+        ctx.save_for_backward(ys, z, z_prev, c, b)
         return ys
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_ys):
-        ys, z, z_prev, c, b_obs, ctrl = ctx.saved_tensors
+        # The cotangent a_j of z_j: a_j = a_{j+2} + J_j^T g_j + (gy_j + gy_{j+1}) / 2, with the field's cotangent
+        # g_j = c_j ⊗ a_{j+1} + B_{j-1} ⊗ gy_j / 2 (the last term where y_j is observed, j >= 1).
+        ys, z, z_prev, c, b = ctx.saved_tensors
         mlp, obs = ctx.mlp, ctx.obs
-        n, batch = c.size(0) - 1, z.size(0)
-        rows = _rows(c)  # also the factors of the cotangent c_j a_{j+1} of F_j through z_{j+1}
+        n, batch, hid = c.size(0) - 1, z.size(0), z.size(1)
+        rows = _rows(c)
         step = _Stepper(mlp, batch, ys)
         need_ctrl = ctx.per_point and ctx.needs_input_grad[4]
-        # Through y_j (j >= 1): F_j gets the cotangent B_{j-1} gy_j / 2, and z_j, z_{j-1} get gy_j / 2.
         half = torch.mul(grad_ys, 0.5, out=scratch("rh.half", grad_ys.shape, grad_ys))
         # In-loop products are cheaper than one doubly-broadcast product over all steps.
-        b_at, hv = b_obs.unsqueeze(-1).unbind(0), half.unsqueeze(2).unbind(0)  # (B, C, 1), (B, 1, H)
+        b_at, hv = b.unsqueeze(-1).unbind(0), half.unsqueeze(2).unbind(0)  # (B, C, 1), (B, 1, H)
         pre = [None] * (n + 1)  # (B_{j-1}, gy_j / 2) at observed j >= 1
         extra = [None] * (n + 1)  # (gy_j + gy_{j+1}) / 2
+        h_at = {j: half[i] for i, j in enumerate(obs) if j}  # gy_j / 2 at observed j >= 1
         if len(obs) == n + 1:
             pre[1:] = zip(b_at, hv[1:], strict=True)
             gy2 = torch.add(half[:-1], half[1:], out=scratch("rh.gy2", half[:-1].shape, half))
@@ -135,56 +133,67 @@ class _FusedAdjoint(torch.autograd.Function):
         else:
             for i, j in enumerate(obs):
                 if j:
-                    pre[j] = (b_at[i - 1], hv[i])
+                    pre[j] = (b_at[j - 1], hv[i])
                 for jj in (j, j - 1):
                     if jj >= 0:
                         extra[jj] = half[i] if extra[jj] is None else extra[jj] + half[i]
-        at = {j: i for i, j in enumerate(obs[1:])}
-        if need_ctrl:
-            ua = ys.new_zeros(n + 1, batch, c.size(-1))  # F_j^T a_{j+1}
-            uy = []  # F_j^T gy_j / 2 at observed j >= 1, last first
         mlp.start_records(batch, ys, n + 1)
-        cot = ys.new_empty(batch, mlp.channels, mlp.hidden)
-        x1 = x2 = x1v = None  # a_{j+1}, a_{j+2}; x1v = x1 as (B, 1, H)
-        z_next, s = None, mlp.slot()
-        for j in range(n, -1, -1):
-            S = mlp.record(ys[0] if j == 0 else z, j, s)
-            p = pre[j]
-            if x1 is None:
-                g = torch.mul(p[0], p[1], out=cot)
-            else:
-                g = torch.mul(rows[j], x1v, out=cot)
+        size = mlp.rec.size
+        ring = scratch("rh.a", (size + 2, batch, hid), ys)  # a_{j+2}, a_{j+1} (carried), then the chunk's a_j
+        ring[:2].zero_()
+        ring_at, ring_v = ring.unbind(0), ring.unsqueeze(2).unbind(0)  # (B, H), (B, 1, H)
+        acc_buf = ys.new_empty(batch, hid)
+        cot = ys.new_empty(batch, mlp.channels, hid)
+        record, vjp = mlp.record, mlp.vjp
+        if need_ctrl:
+            grad_ctrl = ys.new_empty(n + 1, batch, c.size(-1))  # processing order: row r is j = N - r
+        z_next, zin = None, z
+        for r0 in range(0, n + 1, size):
+            m = min(size, n + 1 - r0)
+            for i in range(m):
+                j = n - r0 - i
+                S = record(zin, j, i)
+                g = torch.mul(rows[j], ring_v[i + 1], out=cot)
+                p, e = pre[j], extra[j]
                 if p is not None:
                     g.addcmul_(p[0], p[1])
-            acc, e = x2, extra[j]
-            if e is not None:
-                acc = e if acc is None else acc + e
-            x = mlp.vjp(g, acc, slot=s)
-            if need_ctrl:
-                if j < n:
-                    torch.sum(S * x1v, 2, out=ua[j])
-                if j in at:
-                    hh = half[at[j] + 1]
-                    uy.append((S * hh.unsqueeze(1)).sum(2))
-            if j == n:
-                z_next, z = z, z_prev
-                s = mlp.slot()
-            elif j >= 2:  # z_{j-1} = z_{j+1} - F_j c_j, into the next record slot
-                s_next = mlp.slot()
-                z_next, z = z, step(z_next, rows, j, S, alpha=-1.0, out=mlp.z_slot(s_next))
-                s = s_next
-            elif j == 1:
-                s = mlp.slot()
-            x2, x1, x1v = x1, x, x.unsqueeze(1)
-        grad_y0 = x1 + x2 + half[0]  # z_0 = y_0 also feeds z_1 directly, and is y_0 itself
-        grad_ctrl = None
-        if need_ctrl:
-            # CDE: c_0 = w_0, c_j = 2 w_j (0 < j < N), c_N = 0, B_{j-1} = w_j
-            grad_ctrl = ua.clone()
-            grad_ctrl[1:-1] *= 2
-            grad_ctrl[torch.as_tensor(obs[1:], device=ua.device)] += torch.stack(uy[::-1])
+                vjp(g, ring_at[i] if e is None else torch.add(ring_at[i], e, out=acc_buf), slot=i,
+                    out=ring_at[i + 2])
+                if i == m - 1:  # chunk done: its control gradients, parameter gradients, carries
+                    if need_ctrl:
+                        _chunk_ctrl_grads(mlp, grad_ctrl[r0:r0 + m], ring, h_at, n - r0, n)
+                    mlp.flush(m)
+                    if j:
+                        ring[:2].copy_(ring[m:m + 2])
+                # the next step's input: z_{j-1} = z_{j+1} - F_j c_j, into its record slot
+                if j >= 2:
+                    if j == n:
+                        z_next, zin = zin, z_prev
+                    else:
+                        z_next, zin = zin, step(z_next, rows, j, S, alpha=-1.0, out=mlp.z_slot((i + 1) % size))
+                elif j == 1:
+                    zin = ys[0]  # at t0 the field is differentiated at the true y0, as torchsde does
+        grad_y0 = ring_at[m + 1] + ring_at[m] + half[0]  # z_0 = y_0 also feeds z_1 directly, and is y_0 itself
+        grad_ctrl = grad_ctrl.flip(0) if need_ctrl else None
         grads = [g if k else None for g, k in zip(mlp.param_grads(), ctx.keep, strict=True)]
         return (None, None, None, None, grad_ctrl, grad_y0, *grads)
+
+
+def _chunk_ctrl_grads(mlp: FusedMLP, out, ring, h_at: dict, j_first: int, n: int) -> None:
+    """CDE control gradients ``out`` ``(m, B, C)`` of a chunk (processing order, ``j = j_first, j_first - 1, ...``).
+    With ``c_0 = w_0``, ``c_j = 2 w_j`` (``0 < j < N``), ``c_N = 0`` and ``B_{j-1} = w_j``: ``dL/dw_j = F_j^T v_j``,
+    ``v_j = k_j a_{j+1} + gy_j / 2`` with ``k`` 1, 2, 0 at ``j = 0``, inside, ``N`` (``y_0`` does not read
+    ``F_0``). One batched product per chunk instead of two ops per step."""
+    m, batch = out.size(0), out.size(1)
+    v = torch.mul(ring[1:m + 1], 2)  # a_{j+1}, from the ring of the chunk's cotangents
+    for i in range(m):
+        j = j_first - i
+        if j == n or j == 0:
+            v[i] = 0 if j == n else ring[i + 1]
+        if j in h_at:
+            v[i] += h_at[j]
+    F = mlp.rec.out[:m].view(m * batch, mlp.channels, -1)
+    torch.bmm(F, v.view(m * batch, -1, 1), out=out.view(m * batch, -1, 1))
 
 
 def _select(mlp: FusedMLP, params) -> list[bool] | None:
@@ -206,20 +215,39 @@ def _agrees(F0: torch.Tensor, ref: torch.Tensor, what: str) -> bool:
 
 
 PROBE_ROWS = 4  # the probe compares the fused net with the module on a few rows: it checks code, not data
+# module -> (signature, FusedMLP): parsed and probed once while the module's code and structure stay the same
+_FUSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _signature(module, like: torch.Tensor) -> tuple:
+    """What the probe's verdict depends on: the class's field method, instance-level overrides (a patched
+    ``_input``, ``forward``), the submodules and parameter tensors, and the dtype and device solved in."""
+    method = getattr(type(module), "f_and_g", None) or type(module).forward
+    own = tuple((k, id(v)) for k, v in vars(module).items() if callable(v) and not isinstance(v, nn.Module))
+    return (method, own, tuple(map(id, module.modules())), tuple((id(p), p.shape) for p in module.parameters()),
+            like.dtype, like.device)
 
 
 def fused_field(module, params, times: torch.Tensor, probe_t: torch.Tensor, probe_k: int, z0: torch.Tensor):
     """``(FusedMLP, keep)`` standing in for sdegan's ``GeneratorSDE`` or ``DiscriminatorCDE`` ``module``, prepared
     for the evaluation ``times``; None (generic path) unless its structure, the adjoint ``params`` and a probe
-    evaluation at ``probe_t`` (time index ``probe_k``) all agree."""
+    evaluation at ``probe_t`` (time index ``probe_k``) all agree. The fused structure and the probe's verdict are
+    kept per module while its signature holds (hooks are checked on every call)."""
     sde = hasattr(module, "f_and_g")
-    mlp = generator_mlp(module) if sde else cde_mlp(module)
+    sig = _signature(module, z0)
+    hit = _FUSED.get(module)
+    if hit is not None and hit[0] == sig and plain(module):
+        mlp, probed = hit[1], True
+    else:
+        mlp, probed = generator_mlp(module) if sde else cde_mlp(module), False
     keep = None if mlp is None else _select(mlp, params)
     if keep is None:
         return None
     mlp.prepare((times * module.time_scale).to(z0.dtype))
+    if probed:
+        return mlp, keep
     z = z0.detach()[:PROBE_ROWS]
-    with torch.no_grad():  # guards against the module's forward changing under us
+    with torch.no_grad():  # guards against the module's forward differing from what is fused
         if sde:
             nfe = module.nfe
             f, g = module.f_and_g(probe_t, z)
@@ -227,8 +255,10 @@ def fused_field(module, params, times: torch.Tensor, probe_t: torch.Tensor, prob
             ref, what = torch.cat([f.unsqueeze(1), g.permute(0, 2, 1)], 1), "f_and_g"
         else:
             ref, what = module(probe_t, z).transpose(1, 2), "DiscriminatorCDE.forward"
-        if not _agrees(mlp(z, probe_k)[0], ref, what):
+        if not _agrees(mlp.evaluate(z, probe_k), ref, what):
+            _FUSED.pop(module, None)
             return None
+    _FUSED[module] = (sig, mlp)
     return mlp, keep
 
 

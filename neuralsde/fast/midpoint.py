@@ -39,6 +39,7 @@ from neuralsde.fast.cde import _field as _cde_field
 from neuralsde.fast.cde import knot_derivatives
 from neuralsde.fast.fused import _rows, _Stepper, fused_field, sde_controls
 from neuralsde.fast.reversible_heun import checked_grid, time_grid
+from neuralsde.fast.scratch import scratch
 
 
 def mid_times(t_grid: torch.Tensor) -> torch.Tensor:
@@ -160,11 +161,10 @@ class _FusedMidpointAdjoint(torch.autograd.Function):
         is_obs = set(obs)
         y = y0.detach()
         ys = [y]
+        evaluate = mlp.evaluate
         for k in range(n):
-            S, _ = mlp(y, 2 * k)
-            y_mid = step(y, ra, k, S)
-            S, _ = mlp(y_mid, 2 * k + 1)
-            y = step(y, rb, k, S)
+            y_mid = step(y, ra, k, evaluate(y, 2 * k))
+            y = step(y, rb, k, evaluate(y_mid, 2 * k + 1))
             if k + 1 in is_obs:
                 ys.append(y)
         ys = torch.stack(ys)
@@ -184,26 +184,40 @@ class _FusedMidpointAdjoint(torch.autograd.Function):
         step = _Stepper(mlp, batch, ys)
         need_b = cb is not None and ctx.needs_input_grad[5]
         if need_b:
-            ub = ys.new_empty(n, batch, b.size(-1))  # F(y')^T a'
+            ub = ys.new_empty(n, batch, b.size(-1))  # F(y')^T a', in processing order (k descending)
         obs_at = {k: i for i, k in enumerate(ctx.obs)}
         mlp.start_records(batch, ys, n)
-        cot = ys.new_empty(batch, mlp.channels, mlp.hidden)
-        y, a = ys[-1], grad_ys[-1]
-        for k in range(n - 1, -1, -1):
-            S, c1 = mlp(y, 2 * n + k)  # at t_{k+1}
-            s = mlp.slot()
-            y_mid = step(y, rc, k, S, alpha=-1.0, out=mlp.z_slot(s))
-            a_mid = mlp.vjp(torch.mul(rc[k], a.unsqueeze(1), out=cot), a, cache=c1)  # a + a^T d[F v / 2]/dy
-            S = mlp.record(y_mid, 3 * n + k, s)  # at t'
-            y = step(y, rb, k, S, alpha=-1.0)
-            am = a_mid.unsqueeze(1)
-            if need_b:
-                torch.sum(S * am, 2, out=ub[k])
-            a = mlp.vjp(torch.mul(rb[k], am, out=cot), a, slot=s)
-            if k in obs_at:
-                y = ys[obs_at[k]]
-                a = a + grad_ys[obs_at[k]]
-        g_b = ub if need_b else None
+        size, cache = mlp.rec.size, mlp.rec.cache
+        hid = ys.size(-1)
+        a_mids = scratch("mid.a_mid", (size, batch, hid), ys)  # a' of the chunk's steps
+        a_mid_at, a_mid_v = a_mids.unbind(0), a_mids.unsqueeze(2).unbind(0)
+        a_buf = scratch("mid.a", (2, batch, hid), ys)  # a, ping-pong
+        a_at, a_v = a_buf.unbind(0), a_buf.unsqueeze(2).unbind(0)
+        cot = ys.new_empty(batch, mlp.channels, hid)
+        record, vjp = mlp.record, mlp.vjp
+        y = ys[-1]
+        a_at[0].copy_(grad_ys[-1])
+        p = 0  # a lives in a_at[p]
+        for r0 in range(0, n, size):
+            m = min(size, n - r0)
+            for i in range(m):
+                k = n - 1 - r0 - i
+                S = record(y, 2 * n + k, cache)  # at t_{k+1}; its VJP goes to the state only
+                y_mid = step(y, rc, k, S, alpha=-1.0, out=mlp.z_slot(i))
+                vjp(torch.mul(rc[k], a_v[p], out=cot), a_at[p], slot=cache, out=a_mid_at[i])  # a'
+                S = record(y_mid, 3 * n + k, i)  # at t'
+                y = step(y, rb, k, S, alpha=-1.0)
+                a = vjp(torch.mul(rb[k], a_mid_v[i], out=cot), a_at[p], slot=i, out=a_at[1 - p])
+                p = 1 - p
+                if k in obs_at:
+                    y = ys[obs_at[k]]
+                    a.add_(grad_ys[obs_at[k]])
+            if need_b:  # one product and one sum per chunk instead of per step
+                F = mlp.rec.out[:m].view(m * batch, mlp.channels, hid)
+                torch.bmm(F, a_mids[:m].view(m * batch, hid, 1), out=ub[r0:r0 + m].view(m * batch, -1, 1))
+            mlp.flush(m)
+        a = a_at[p].clone()
+        g_b = ub.flip(0) if need_b else None
         grads = [g if k else None for g, k in zip(mlp.param_grads(), ctx.keep, strict=True)]
         if ctx.on_backward is not None:
             ctx.on_backward()

@@ -21,10 +21,9 @@ from torch import nn
 from neuralsde.fast.scratch import scratch
 from neuralsde.nn import LipSwish
 
-# (functional, into a buffer): the latter write a recorded cotangent in place
-_BWD = {"tanh": (torch.ops.aten.tanh_backward.default, torch.ops.aten.tanh_backward.grad_input),
-        "silu": (torch.ops.aten.silu_backward.default, torch.ops.aten.silu_backward.grad_input)}
-_silu = torch._C._nn.silu
+# activation (writing into ``out=``) and its backward (writing a recorded cotangent via ``grad_input=``)
+_FWD = {"tanh": torch.tanh, "silu": torch._C._nn.silu}
+_BWD = {"tanh": torch.ops.aten.tanh_backward.grad_input, "silu": torch.ops.aten.silu_backward.grad_input}
 _ACTIVATIONS = {LipSwish: ("silu", 0.909), nn.SiLU: ("silu", 1.0), nn.Tanh: ("tanh", 1.0)}
 CHUNK = None  # recorded evaluations per parameter-gradient matmul; None: as many as fit in CACHE_BYTES
 CACHE_BYTES = 2 ** 22  # chunk buffers this small stay in cache (measured: 2-4x faster writes than 8 MB buffers)
@@ -69,27 +68,33 @@ def plain(module: nn.Module) -> bool:
 
 
 class _Records:
-    """Chunk buffers of recorded evaluations: layer inputs, pre-activations, outputs and cotangents.
+    """Chunk buffers of recorded evaluations: layer inputs and outputs, activations and cotangents.
 
-    Each buffer is ``(size, B, width)``; the per-slot views are made once (indexing costs as much as a small op).
+    Each buffer is ``(size + 1, B, width)``: ``size`` slots of a chunk, and one more (``cache``) for an
+    evaluation whose VJP is taken to the state only (its cotangents are never flushed). The per-slot views are
+    made once, as one tuple per slot (indexing and attribute lookups cost as much as a small op).
     """
 
     def __init__(self, mlp: FusedMLP, batch: int, like: torch.Tensor, size: int):
-        widths = [w.size(0) for w in mlp.ws]  # outputs of layers 1..L-1
-        o0 = mlp.wz.size(0)
+        widths = [mlp.wz.size(0)] + [w.size(0) for w in mlp.ws]  # outputs of layers 0..L-1
+        last = len(widths) - 1
 
         def buf(name, width):
-            return scratch(f"records.{name}", (size, batch, width), like)
-        self.size, self.used, self.times = size, 0, []
+            return scratch(f"records.{name}", (size + 1, batch, width), like)
+        self.size, self.used, self.times = size, 0, [0] * (size + 1)
         self.z = buf("z", mlp.wz.size(1))
-        self.h = [buf(f"h{i}", w) for i, w in enumerate([o0] + widths[:-1])]  # hidden pre-activations
-        self.a = [buf(f"a{i}", w) for i, w in enumerate([o0] + widths[:-1])]  # hidden activations
-        self.out = buf("out", widths[-1] if widths else o0)
-        self.d = [buf(f"d{i}", w) for i, w in enumerate([o0] + widths)]  # cotangents of the pre-activations
-        self.zs, self.outs = self.z.unbind(0), self.out.unbind(0)
-        self.hs, self.as_ = [x.unbind(0) for x in self.h], [x.unbind(0) for x in self.a]
-        self.ds = [x.unbind(0) for x in self.d]
-        self.outs3 = self.out.view(size, batch, mlp.channels, -1).unbind(0)
+        self.h = [buf(f"h{i}", w) for i, w in enumerate(widths[:-1])]  # hidden pre-activations
+        self.a = [buf(f"a{i}", w) for i, w in enumerate(widths[:-1])]  # hidden activations
+        self.out = buf("out", widths[-1])
+        self.d = [buf(f"d{i}", w) for i, w in enumerate(widths)]  # cotangents of the layer outputs
+        # The last layer's output goes straight to ``out`` unless a final tanh follows (then its pre-activation
+        # is needed only until the sigmoid has read it: one shared buffer).
+        pre = scratch("records.pre", (batch, widths[-1]), like) if mlp.final_tanh else None
+        outs = self.out.unbind(0)
+        self.slots = [(z, [h[s] for h in self.h] + [pre if mlp.final_tanh else outs[s]], [a[s] for a in self.a],
+                       outs[s], [d[s] for d in self.d], outs[s].view(batch, mlp.channels, -1))
+                      for s, z in enumerate(self.z.unbind(0))]
+        self.cache = size
 
 
 class FusedMLP:
@@ -104,16 +109,31 @@ class FusedMLP:
             raise ValueError("heads are not MLPs of one structure")
         self.layers = [[p[0][i] for p in parsed] for i in range(len(parsed[0][0]))]
         self.acts, self.final_tanh = parsed[0][1], parsed[0][2]
+        self.act_fns = [_FWD[kind] for kind, _ in self.acts]
+        self.bwd_fns = [_BWD[kind] for kind, _ in self.acts]
+        self.bwd_reads_input = [kind == "silu" for kind, _ in self.acts]  # silu' needs its input, tanh' its output
         self.params = [t for p in parsed for lin in p[0] for t in (lin.weight, lin.bias)]
         self.perm, self.channels, self.hidden = perm, channels, hidden
         n_out = sum(lin.out_features for lin in self.layers[-1])
         if sorted(perm) != list(range(n_out)) or n_out != channels * hidden:
             raise ValueError("bad output permutation")
         self.rec = None
+        self._records = {}  # (batch, chunk, dtype, device, inference mode) -> _Records
+        self._consts = {}  # per (dtype, device): index tensors and constants that do not change with the weights
 
     def _scale(self, i: int) -> float:
         """Factor between layer ``i``'s fused weights and the modules' (the previous LipSwish's scale)."""
         return self.acts[i - 1][1] if i else 1.0
+
+    def _constants(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        key = (like.dtype, like.device)
+        if key not in self._consts:
+            perm = torch.as_tensor(self.perm, device=like.device)
+            # sum over the C channels of (B, C * H) as one GEMM: faster on CPU than bmm or sum(1) at these sizes
+            q = torch.eye(self.hidden, dtype=like.dtype, device=like.device).repeat(self.channels, 1)
+            minus_one = torch.tensor(-1.0, dtype=like.dtype, device=like.device)  # a Python float costs a copy
+            self._consts[key] = perm, torch.argsort(perm), q, minus_one
+        return self._consts[key]
 
     def prepare(self, tsc: torch.Tensor) -> None:
         """Fuse the current weights; ``tsc`` ``(M,)`` the scaled time of each evaluation time index.
@@ -123,27 +143,24 @@ class FusedMLP:
         last = len(self.layers) - 1
         two = 2.0 if self.final_tanh else 1.0
         with torch.no_grad():
-            perm = torch.as_tensor(self.perm, device=tsc.device)
             w0 = torch.cat([lin.weight for lin in self.layers[0]])
             b0 = torch.cat([lin.bias for lin in self.layers[0]])
+            perm, self.inv_perm, self.q, self.minus_one = self._constants(w0)
             if last == 0:
                 w0, b0 = w0[perm], b0[perm]
             self.wz = w0[:, 1:].contiguous()  # (O0, H)
-            bias = torch.addr(b0, tsc.to(b0.dtype), w0[:, 0])  # b0 + t_k * w_t per k
             f0 = two if last == 0 else 1.0
-            self.wz_t, self.bias_t = (self.wz * f0).t(), (bias * f0).unbind(0)
-            self.ws, self.bs = [], []
+            bias = torch.addr(b0 * f0, tsc.to(b0.dtype), w0[:, 0], alpha=f0)  # b0 + t_k * w_t per k
+            self.wz_t, self.bias_t = (self.wz * f0).t(), bias.unbind(0)
+            self.ws, self.bs, self.ws_t = [], [], []
             for i, lins in enumerate(self.layers[1:], start=1):
-                w = torch.block_diag(*[lin.weight for lin in lins]) * self._scale(i)
+                w = torch.block_diag(*[lin.weight for lin in lins]).mul_(self._scale(i))
                 b = torch.cat([lin.bias for lin in lins])
                 if i == last:
-                    w, b = w[perm], b[perm]
-                self.ws.append(w.contiguous())
-                self.bs.append(b * (two if i == last else 1.0))
-            self.ws_t = [(w * (two if i + 1 == last else 1.0)).t() for i, w in enumerate(self.ws)]
-            # sum over the C channels of (B, C * H) as one GEMM: faster on CPU than bmm or sum(1) at these sizes
-            self.q = torch.eye(self.hidden, dtype=w0.dtype, device=w0.device).repeat(self.channels, 1)
-            self.minus_one = torch.tensor(-1.0, dtype=w0.dtype, device=w0.device)  # a Python float costs a copy
+                    w, b = w[perm], b[perm].mul_(two)
+                self.ws.append(w)
+                self.bs.append(b)
+                self.ws_t.append((w * two).t() if i == last and self.final_tanh else w.t())
         self.tsc = tsc
 
     # ---------------------------------------------------------------------------------------- records
@@ -151,8 +168,13 @@ class FusedMLP:
     def start_records(self, batch: int, like: torch.Tensor, points: int) -> None:
         """Start recording up to ``points`` evaluations (again: a retained graph may be differentiated twice)."""
         widths = [self.wz.size(1)] + [w.size(0) for w in self.ws] * 3 + [self.wz.size(0)] * 3
-        self.rec = _Records(self, batch, like, chunk_size(batch * sum(widths) * like.element_size(), points, CHUNK))
-        self.acc = None
+        size = chunk_size(batch * sum(widths) * like.element_size(), points, CHUNK)
+        key = (batch, size, like.dtype, like.device, torch.is_inference_mode_enabled())
+        rec = self._records.get(key)
+        if rec is None:  # the per-slot views cost a few hundred small ops: made once per shape
+            rec = self._records[key] = _Records(self, batch, like, size)
+        rec.used = 0
+        self.rec, self.acc = rec, None
 
     def slot(self) -> int:
         """A free record slot; flushes a full chunk into the gradient sums first."""
@@ -164,7 +186,13 @@ class FusedMLP:
 
     def z_slot(self, s: int) -> torch.Tensor:
         """Buffer for the input of the evaluation recorded in slot ``s``: write it there with ``out=``."""
-        return self.rec.zs[s]
+        return self.rec.slots[s][0]
+
+    def flush(self, used: int) -> None:
+        """Sum the first ``used`` slots into the gradient sums (for callers that fill slots in chunks
+        themselves rather than through ``slot``)."""
+        self.rec.used = used
+        self._flush()
 
     def _flush(self) -> None:
         r, n = self.rec, self.rec.used
@@ -189,18 +217,18 @@ class FusedMLP:
             for (aw, ab), (gw, gb) in zip(self.acc, sums, strict=True):
                 aw += gw
                 ab += gb
-        r.used, r.times = 0, []
+        r.used = 0
 
     def param_grads(self) -> list[torch.Tensor]:
         """Gradients of ``self.params`` summed over every recorded VJP."""
         self._flush()
-        inv = torch.argsort(torch.as_tensor(self.perm, device=self.wz.device))
         last = len(self.layers) - 1
         grads = [[] for _ in self.layers[0]]
         for i, (w, b) in enumerate(self.acc):
-            w = w * self._scale(i)
+            if i:
+                w = w.mul_(self._scale(i))
             if i == last:
-                w, b = w[inv], b[inv]
+                w, b = w[self.inv_perm], b[self.inv_perm]
             r = c = 0
             for h, lin in enumerate(self.layers[i]):
                 o, n = lin.out_features, lin.in_features
@@ -212,65 +240,49 @@ class FusedMLP:
 
     # ------------------------------------------------------------------------------------ evaluate, VJP
 
-    def __call__(self, z: torch.Tensor, k: int, out: torch.Tensor | None = None):
-        """The field ``(B, C, H)`` at evaluation time index ``k``, and the cache a state-only ``vjp`` needs;
-        ``out`` ``(B, C * H)`` may receive it."""
+    def evaluate(self, z: torch.Tensor, k: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The field ``(B, C, H)`` at evaluation time index ``k``, nothing recorded. Written into ``out``
+        ``(B, C * H)`` if given, else into a buffer that the next ``evaluate`` overwrites."""
+        batch = z.size(0)
         h = torch.addmm(self.bias_t[k], z, self.wz_t)
-        hs, acts = [], []
-        for (kind, _), b, w_t in zip(self.acts, self.bs, self.ws_t, strict=True):
-            a = _silu(h) if kind == "silu" else torch.tanh(h)
-            hs.append(h)
-            acts.append(a)
-            h = torch.addmm(b, a, w_t)
+        for act, b, w_t in zip(self.act_fns, self.bs, self.ws_t, strict=True):
+            h = torch.addmm(b, act(h), w_t)
         if self.final_tanh:
             h = torch.sigmoid(h) if out is None else torch.sigmoid(h, out=out)
             torch.add(self.minus_one, h, alpha=2, out=h)
-        return h.view(z.size(0), self.channels, self.hidden), (hs, acts, h)
+        elif out is not None:
+            h = out.copy_(h)
+        return h.view(batch, self.channels, self.hidden)
 
     def record(self, z: torch.Tensor, k: int, slot: int) -> torch.Tensor:
-        """The field as ``__call__``, recorded in ``slot`` (``z`` may already be ``z_slot(slot)``)."""
+        """The field as ``evaluate``, recorded in ``slot`` (``z`` may already be ``z_slot(slot)``)."""
         r = self.rec
-        r.times.append(k)
-        if z is not r.zs[slot]:
-            r.zs[slot].copy_(z)
-        last = len(self.ws)
-        if last == 0:
-            h = torch.addmm(self.bias_t[k], z, self.wz_t, out=None if self.final_tanh else r.outs[slot])
-        else:
-            h = torch.addmm(self.bias_t[k], z, self.wz_t, out=r.hs[0][slot])
-        for i, (kind, _) in enumerate(self.acts):
-            a = _silu(h, out=r.as_[i][slot]) if kind == "silu" else torch.tanh(h, out=r.as_[i][slot])
-            h = torch.addmm(self.bs[i], a, self.ws_t[i],
-                            out=None if i + 1 == last and self.final_tanh else
-                            (r.outs[slot] if i + 1 == last else r.hs[i + 1][slot]))
+        zs, outs, acts, out, _, out3 = r.slots[slot]
+        r.times[slot] = k
+        if z is not zs and slot != r.cache:  # the cache slot's input is never summed
+            zs.copy_(z)
+        h = torch.addmm(self.bias_t[k], z, self.wz_t, out=outs[0])
+        for i, act in enumerate(self.act_fns):
+            h = torch.addmm(self.bs[i], act(h, out=acts[i]), self.ws_t[i], out=outs[i + 1])
         if self.final_tanh:
-            torch.add(self.minus_one, torch.sigmoid(h, out=r.outs[slot]), alpha=2, out=r.outs[slot])
-        return r.outs3[slot]
+            torch.add(self.minus_one, torch.sigmoid(h, out=out), alpha=2, out=out)
+        return out3
 
-    def vjp(self, grad: torch.Tensor, acc: torch.Tensor | None = None, *, slot: int | None = None,
-            cache=None, beta: float = 1.0) -> torch.Tensor:
-        """``beta * acc + dz`` for the cotangent ``grad`` ``(B, C, H)`` of the field, at the evaluation
-        recorded in ``slot`` (recording the cotangents its parameter gradients need) or of ``cache``."""
+    def vjp(self, grad: torch.Tensor, acc: torch.Tensor | None = None, *, slot: int, beta: float = 1.0,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+        """``beta * acc + dz`` (into ``out`` if given) for the cotangent ``grad`` ``(B, C, H)`` of the field
+        evaluated in ``slot``, recording the cotangents its parameter gradients need (the ``cache`` slot's are
+        never summed)."""
+        _, outs, acts, field, ds, _ = self.rec.slots[slot]
         last = len(self.ws)
         d = grad.view(grad.size(0), -1)
-        if slot is None:
-            hs, acts, f = cache
-            if self.final_tanh:
-                d = _BWD["tanh"][0](d, f)
-            for i in range(last - 1, -1, -1):
-                kind = self.acts[i][0]
-                d = _BWD[kind][0](torch.mm(d, self.ws[i]), hs[i] if kind == "silu" else acts[i])
-        else:
-            r = self.rec
-            if self.final_tanh:
-                d = _BWD["tanh"][1](d, r.outs[slot], grad_input=r.ds[last][slot])
-            else:
-                d = r.ds[last][slot].copy_(d)
-            for i in range(last - 1, -1, -1):
-                kind = self.acts[i][0]
-                x = r.hs[i][slot] if kind == "silu" else r.as_[i][slot]  # silu' needs its input, tanh' its output
-                d = _BWD[kind][1](torch.mm(d, self.ws[i]), x, grad_input=r.ds[i][slot])
-        return torch.mm(d, self.wz) if acc is None else torch.addmm(acc, d, self.wz, beta=beta)
+        d = _BWD["tanh"](d, field, grad_input=ds[last]) if self.final_tanh else ds[last].copy_(d)
+        for i in range(last - 1, -1, -1):
+            d = self.bwd_fns[i](torch.mm(d, self.ws[i]), outs[i] if self.bwd_reads_input[i] else acts[i],
+                                grad_input=ds[i])
+        if acc is None:
+            return torch.mm(d, self.wz, out=out)
+        return torch.addmm(acc, d, self.wz, beta=beta, out=out)
 
 
 def generator_mlp(vf) -> FusedMLP | None:

@@ -2,8 +2,10 @@
 
 Large fresh allocations are expensive on CPU: each one is new pages that the kernel must fault in and zero
 (measured here: records of a batch-1024 solve took about twice as long to write as to compute). Buffers that
-never leave a solve (records, per-chunk outputs) are therefore kept per thread and reused while their shape,
-dtype and device stay the same. Only buffers up to ``MAX_BYTES`` are kept, so long solves do not pin memory.
+never leave a solve (records, per-chunk outputs) are therefore kept per thread and reused: one per name, shape,
+dtype and device (the generator's and the discriminator's solves alternate and keep their own). Only buffers up
+to ``MAX_BYTES`` are kept, and at most ``MAX_BUFFERS`` of them (least recently used dropped first), so long
+solves and changing batch sizes do not pin memory.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import threading
 import torch
 
 MAX_BYTES = 64 * 2 ** 20
+MAX_BUFFERS = 64
 _local = threading.local()
 
 
@@ -23,13 +26,14 @@ def scratch(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tens
     pool = getattr(_local, "pool", None)
     if pool is None:
         pool = _local.pool = {}
-    name = (name, torch.is_inference_mode_enabled())  # inference tensors cannot be written outside that mode
-    buf = pool.get(name)
-    if buf is not None and buf.shape == shape and buf.dtype == like.dtype and buf.device == like.device:
-        return buf
-    buf = like.new_empty(shape)
-    if buf.numel() * buf.element_size() <= MAX_BYTES:
-        pool[name] = buf
-    else:
-        pool.pop(name, None)
+    # inference tensors cannot be written outside inference mode, so that mode is part of the key
+    key = (name, tuple(shape), like.dtype, like.device, torch.is_inference_mode_enabled())
+    buf = pool.pop(key, None)
+    if buf is None:
+        buf = like.new_empty(shape)
+        if buf.numel() * buf.element_size() > MAX_BYTES:
+            return buf
+        if len(pool) >= MAX_BUFFERS:
+            del pool[next(iter(pool))]  # dicts keep insertion order: the least recently used goes
+    pool[key] = buf  # re-inserted: now the most recently used
     return buf
