@@ -77,7 +77,6 @@ class _Records:
 
     def __init__(self, mlp: FusedMLP, batch: int, like: torch.Tensor, size: int):
         widths = [mlp.wz.size(0)] + [w.size(0) for w in mlp.ws]  # outputs of layers 0..L-1
-        last = len(widths) - 1
 
         def buf(name, width):
             return scratch(f"records.{name}", (size + 1, batch, width), like)
