@@ -116,8 +116,9 @@ def _latent_rows(ctx) -> list[dict]:
 def run(ctx) -> list[dict]:
     reps, budget = (4, 25) if ctx.quick else (10, 90)
     overrides = ["data.source.n_paths=512"] if ctx.quick else None
-    rh, real = build_sdegan(ctx.device, overrides, {"method": "reversible_heun"})
-    mid, _ = build_sdegan(ctx.device, overrides, {"method": "midpoint"})
+    # Pinned to torchsde: this row measures the library the paper used (row 8 compares the fast backend).
+    rh, real = build_sdegan(ctx.device, overrides, {"method": "reversible_heun", "backend": "torchsde"})
+    mid, _ = build_sdegan(ctx.device, overrides, {"method": "midpoint", "backend": "torchsde"})
     mid.load_state_dict(rh.state_dict())
     o_rh, o_mid = bare_optimizers(rh), bare_optimizers(mid)
     rows = []

@@ -13,8 +13,10 @@ Eliminating ``y`` gives a leapfrog in ``z`` alone (same values, up to rounding):
 
 with ``z_0 = y_0``, ``c_0 = A_0`` and ``c_j = B_{j-1} + A_j``. A step is then one field evaluation, one broadcast
 product and one GEMM (``_Stepper``); the outputs are formed a chunk at a time (``_Outputs``). The backward pass
-reconstructs ``z_{j-1} = z_{j+1} - F_j c_j`` and takes one hand-written VJP. Per step that is about half of
-midpoint's work (measured: ``make bench``, row 8).
+reconstructs ``z_{j-1} = z_{j+1} - F_j c_j`` and takes one hand-written VJP, a chunk of record slots at a time:
+the cotangents sit in a small ring buffer, and per chunk one GEMM per layer sums the parameter gradients and one
+``bmm`` the CDE's control gradients. Per step the fields cost about half of midpoint's; what is not halved
+(parameter gradients, the averaged outputs, per-solve set-up) is measured in ``make bench``, row 8.
 """
 from __future__ import annotations
 

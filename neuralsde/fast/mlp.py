@@ -11,7 +11,8 @@ on CPU ``torch.tanh`` costs several times ``torch.sigmoid`` plus two in-place sc
 
 Evaluations that will be differentiated are *recorded* in a slot of fixed-size chunk buffers (written in
 place through ``out=``); parameter gradients are summed with one matmul per layer per full chunk, so the
-backward pass holds ``O(chunk)`` records, not ``O(steps)``.
+backward pass holds ``O(chunk)`` records, not ``O(steps)``. One spare slot (``cache``) holds an evaluation whose
+VJP goes to the state only (midpoint's first adjoint stage). Plain evaluations (``evaluate``) record nothing.
 """
 from __future__ import annotations
 
