@@ -496,3 +496,25 @@ def test_probe_runs_once_per_module_until_its_code_changes(monkeypatch):
     assert type(fast_sdeint(field, y0, ts, 1.0, dW).grad_fn).__name__ == "_ReversibleHeunAdjointBackward"
     handle.remove()
     assert type(fast_sdeint(field, y0, ts, 1.0, dW).grad_fn).__name__ == "_FusedAdjointBackward"
+
+
+@pytest.mark.parametrize("perm", [[0, 1, 2, 3], [0, 2, 1, 3]])
+def test_fused_weight_gradient_blocks(perm):
+    # Two heads: their block-diagonal layer's weight gradient is summed block by block when each head's outputs
+    # stay contiguous after the permutation, and as one full product when they interleave.
+    from neuralsde.fast.mlp import FusedMLP
+    torch.manual_seed(0)
+    heads = [nn.Sequential(nn.Linear(1 + H, MLP), nn.SiLU(), nn.Linear(MLP, 2), nn.Tanh()).double() for _ in range(2)]
+    fused = FusedMLP(heads, perm, channels=2, hidden=2)
+    assert (fused._blocks_at[1] is None) == (perm != [0, 1, 2, 3])
+    fused.prepare(torch.zeros(1, dtype=torch.float64))
+    fused.start_records(B, torch.zeros(1, dtype=torch.float64), 1)
+    z = torch.randn(B, H, dtype=torch.float64)
+    cot = torch.randn(B, 2, 2, dtype=torch.float64)
+    fused.record(z, 0, fused.slot())
+    fused.vjp(cot, slot=0)
+    x = torch.cat([torch.zeros(B, 1, dtype=torch.float64), z], 1)
+    out = torch.cat([h(x) for h in heads], 1)[:, perm].view(B, 2, 2)
+    want = torch.autograd.grad(out, fused.params, cot)
+    for got, exp in zip(fused.param_grads(), want, strict=True):
+        assert rel_err(got, exp) < 1e-13

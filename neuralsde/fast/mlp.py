@@ -117,6 +117,7 @@ class FusedMLP:
         n_out = sum(lin.out_features for lin in self.layers[-1])
         if sorted(perm) != list(range(n_out)) or n_out != channels * hidden:
             raise ValueError("bad output permutation")
+        self._blocks_at = [None] + [self._blocks(i) for i in range(1, len(self.layers))]
         self.rec = None
         self._records = {}  # (batch, chunk, dtype, device, inference mode) -> _Records
         self._consts = {}  # per (dtype, device): index tensors and constants that do not change with the weights
@@ -194,29 +195,58 @@ class FusedMLP:
         self.rec.used = used
         self._flush()
 
+    def _blocks(self, i: int) -> list[tuple[int, int, int, int]] | None:
+        """Row and column ranges of the heads' blocks in fused layer ``i >= 1`` (block-diagonal: the weight
+        gradient needs only these); None for one head, or where a head's rows are not contiguous after the output
+        permutation."""
+        if len(self.layers[i]) == 1:
+            return None
+        rows, r = [], 0
+        for lin in self.layers[i]:
+            rows.append((r, r + lin.out_features))
+            r += lin.out_features
+        if i == len(self.layers) - 1:  # fused row f holds the heads' row perm[f]
+            pos = [sorted(f for f, src in enumerate(self.perm) if r0 <= src < r1) for r0, r1 in rows]
+            if any(p[-1] - p[0] + 1 != len(p) for p in pos):
+                return None
+            rows = [(p[0], p[-1] + 1) for p in pos]
+        cols = [0]
+        for lin in self.layers[i]:
+            cols.append(cols[-1] + lin.in_features)
+        return [(r0, r1, c0, c1) for (r0, r1), c0, c1 in zip(rows, cols[:-1], cols[1:], strict=True)]
+
     def _flush(self) -> None:
         r, n = self.rec, self.rec.used
         if n == 0:
             return
-        sums = []
+        first = self.acc is None
+        if first:
+            self.acc = [None] * len(self.layers)
         for i in range(len(self.layers)):
             d = r.d[i][:n]
-            x = (r.z if i == 0 else r.a[i - 1])[:n].reshape(n * d.size(1), -1)
-            gw = d.reshape(-1, d.size(2)).t() @ x
+            d2 = d.reshape(-1, d.size(2))
+            x = (r.z if i == 0 else r.a[i - 1])[:n].reshape(d2.size(0), -1)
+            blocks = self._blocks_at[i] if i else None
             if i == 0:
                 col = d.sum(1)  # (n, O0)
                 tsc = self.tsc[torch.as_tensor(r.times[:n], device=d.device)].to(d.dtype)
-                gw = torch.cat([(tsc @ col).unsqueeze(1), gw], 1)
+                gw = torch.cat([(tsc @ col).unsqueeze(1), d2.t() @ x], 1)
                 gb = col.sum(0)
-            else:
+            elif blocks is None:
+                gw, gb = d2.t() @ x, d.sum((0, 1))
+            else:  # only the heads' diagonal blocks: the off-diagonal ones are structurally zero
+                gw = torch.zeros(d2.size(1), x.size(1), dtype=d.dtype, device=d.device) if first else self.acc[i][0]
+                for r0, r1, c0, c1 in blocks:
+                    gw[r0:r1, c0:c1].addmm_(d2[:, r0:r1].t(), x[:, c0:c1])
                 gb = d.sum((0, 1))
-            sums.append((gw, gb))
-        if self.acc is None:
-            self.acc = sums
-        else:
-            for (aw, ab), (gw, gb) in zip(self.acc, sums, strict=True):
-                aw += gw
-                ab += gb
+                if not first:
+                    self.acc[i][1].add_(gb)
+                    continue
+            if first:
+                self.acc[i] = (gw, gb)
+            else:
+                self.acc[i][0].add_(gw)
+                self.acc[i][1].add_(gb)
         r.used = 0
 
     def param_grads(self) -> list[torch.Tensor]:
