@@ -271,8 +271,8 @@ class FusedMLP:
     # ------------------------------------------------------------------------------------ evaluate, VJP
 
     def evaluate(self, z: torch.Tensor, k: int, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The field ``(B, C, H)`` at evaluation time index ``k``, nothing recorded. Written into ``out``
-        ``(B, C * H)`` if given, else into a buffer that the next ``evaluate`` overwrites."""
+        """The field ``(B, C, H)`` at evaluation time index ``k``, nothing recorded; written into ``out``
+        ``(B, C * H)`` if given."""
         batch = z.size(0)
         h = torch.addmm(self.bias_t[k], z, self.wz_t)
         for act, b, w_t in zip(self.act_fns, self.bs, self.ws_t, strict=True):
