@@ -166,33 +166,36 @@ def _marginal_row(ctx, overrides) -> dict:
 
 @contextmanager
 def _counting():
-    """Count ``FusedMLP`` evaluations (plain and recorded) and VJPs during a step, split into the forward pass
-    and ``backward``."""
+    """Count ``FusedMLP`` evaluations (plain and recorded) and VJPs that the solvers issue during a step (through
+    the per-solve ``evaluator`` and ``kernels``), split into the forward pass and ``backward``."""
     from neuralsde.fast.mlp import FusedMLP
     counts = {"forward": 0, "backward re-evaluations": 0, "VJPs": 0}
     phase = ["forward"]
-    call, record, vjp, backward = FusedMLP.evaluate, FusedMLP.record, FusedMLP.vjp, torch.autograd.backward
+    evaluator, kernels, backward = FusedMLP.evaluator, FusedMLP.kernels, torch.autograd.backward
 
-    def counted(fn):
-        def wrapped(self, *a, **k):
-            counts["forward" if phase[0] == "forward" else "backward re-evaluations"] += 1
-            return fn(self, *a, **k)
+    def counted(fn, key=None):
+        def wrapped(*a, **k):
+            counts[key or ("forward" if phase[0] == "forward" else "backward re-evaluations")] += 1
+            return fn(*a, **k)
         return wrapped
 
-    def counted_vjp(self, *a, **k):
-        counts["VJPs"] += 1
-        return vjp(self, *a, **k)
+    def counted_evaluator(self):
+        return counted(evaluator(self))
+
+    def counted_kernels(self):
+        record, vjp = kernels(self)
+        return counted(record), counted(vjp, "VJPs")
 
     def counted_backward(*a, **k):
         phase[0] = "backward"
         return backward(*a, **k)
 
-    FusedMLP.evaluate, FusedMLP.record, FusedMLP.vjp = counted(call), counted(record), counted_vjp
+    FusedMLP.evaluator, FusedMLP.kernels = counted_evaluator, counted_kernels
     torch.autograd.backward = counted_backward
     try:
         yield counts
     finally:
-        FusedMLP.evaluate, FusedMLP.record, FusedMLP.vjp, torch.autograd.backward = call, record, vjp, backward
+        FusedMLP.evaluator, FusedMLP.kernels, torch.autograd.backward = evaluator, kernels, backward
 
 
 def _count(step) -> dict:
@@ -223,10 +226,14 @@ def _cost_split(step, reps: int = 3) -> dict:
         codes = {inspect.unwrap(f).__code__ for f in fns}  # backward is wrapped by once_differentiable
         keys = {(c.co_filename, c.co_firstlineno, c.co_name) for c in codes}
         return sum(stats[k][3] for k in keys if k in stats) / reps
+
+    def cum_named(*names):  # FusedMLP's methods and the per-solve closures of the same names (kernels, evaluator)
+        mlp_file = inspect.getsourcefile(FusedMLP)
+        return sum(v[3] for (f, _, name), v in stats.items() if f == mlp_file and name in names) / reps
     total = sum(v[2] for v in stats.values()) / reps
     solves = cum(fused._FusedAdjoint.forward, fused._FusedAdjoint.backward, midpoint._FusedMidpointAdjoint.forward,
                  midpoint._FusedMidpointAdjoint.backward, fused.fused_field)
-    out = {"total": total, "evaluations": cum(FusedMLP.evaluate, FusedMLP.record), "VJPs": cum(FusedMLP.vjp),
+    out = {"total": total, "evaluations": cum_named("evaluate", "record"), "VJPs": cum_named("vjp"),
            "parameter-gradient GEMMs": cum(FusedMLP._flush),
            "contractions and outputs": cum(fused._Stepper.__call__, fused._Outputs.flush)}
     out["rest of the solves"] = solves - sum(v for k, v in out.items() if k != "total")

@@ -95,7 +95,7 @@ class _FusedAdjoint(torch.autograd.Function):
         ys[0] = y0
         outputs = _Outputs(mlp, ys, b, obs)
         targets, flush_at, zs, zps = outputs.targets, outputs.flush_at, outputs.zs, outputs.zps
-        evaluate = mlp.evaluate
+        evaluate = mlp.evaluator()
         z_prev = z = y0.detach()
         for j in range(n + 1):
             target = targets.get(j)
@@ -146,7 +146,7 @@ class _FusedAdjoint(torch.autograd.Function):
         ring_at, ring_v = ring.unbind(0), ring.unsqueeze(2).unbind(0)  # (B, H), (B, 1, H)
         acc_buf = ys.new_empty(batch, hid)
         cot = ys.new_empty(batch, mlp.channels, hid)
-        record, vjp = mlp.record, mlp.vjp
+        record, vjp = mlp.kernels()
         if need_ctrl:
             grad_ctrl = ys.new_empty(n + 1, batch, c.size(-1))  # processing order: row r is j = N - r
         z_next, zin = None, z

@@ -161,7 +161,7 @@ class _FusedMidpointAdjoint(torch.autograd.Function):
         is_obs = set(obs)
         y = y0.detach()
         ys = [y]
-        evaluate = mlp.evaluate
+        evaluate = mlp.evaluator()
         for k in range(n):
             y_mid = step(y, ra, k, evaluate(y, 2 * k))
             y = step(y, rb, k, evaluate(y_mid, 2 * k + 1))
@@ -194,7 +194,7 @@ class _FusedMidpointAdjoint(torch.autograd.Function):
         a_buf = scratch("mid.a", (2, batch, hid), ys)  # a, ping-pong
         a_at, a_v = a_buf.unbind(0), a_buf.unsqueeze(2).unbind(0)
         cot = ys.new_empty(batch, mlp.channels, hid)
-        record, vjp = mlp.record, mlp.vjp
+        record, vjp = mlp.kernels()
         y = ys[-1]
         a_at[0].copy_(grad_ys[-1])
         p = 0  # a lives in a_at[p]

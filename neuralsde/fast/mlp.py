@@ -298,6 +298,48 @@ class FusedMLP:
             torch.add(self.minus_one, torch.sigmoid(h, out=out), alpha=2, out=out)
         return out3
 
+    def evaluator(self):
+        """``evaluate`` with the current weights bound once per solve (straight-line code for one hidden layer
+        and a final tanh, as ``kernels``)."""
+        if len(self.ws) != 1 or not self.final_tanh:
+            return self.evaluate
+        bias_t, wz_t, b1, w1_t, act, minus_one = (self.bias_t, self.wz_t, self.bs[0], self.ws_t[0], self.act_fns[0],
+                                                  self.minus_one)
+        channels, hidden, addmm, sigmoid, add = self.channels, self.hidden, torch.addmm, torch.sigmoid, torch.add
+
+        def evaluate(z, k, out=None):
+            h = sigmoid(addmm(b1, act(addmm(bias_t[k], z, wz_t)), w1_t), out=out)
+            return add(minus_one, h, alpha=2, out=h).view(z.size(0), channels, hidden)
+        return evaluate
+
+    def kernels(self):
+        """``(record, vjp)`` for the solver loops, as the methods but with the current weights and record slots
+        bound once per solve: for one hidden layer and a final tanh (the framework's fields) straight-line code,
+        since Python attribute lookups and loops cost a visible share of a step at these sizes."""
+        if len(self.ws) != 1 or not self.final_tanh:
+            return self.record, self.vjp
+        r = self.rec
+        slots, times, cache = r.slots, r.times, r.cache
+        bias_t, wz_t, wz, b1, w1_t, w1 = self.bias_t, self.wz_t, self.wz, self.bs[0], self.ws_t[0], self.ws[0]
+        act, act_bwd, reads_input, minus_one = self.act_fns[0], self.bwd_fns[0], self.bwd_reads_input[0], self.minus_one
+        addmm, sigmoid, add, mm, tanh_bwd = torch.addmm, torch.sigmoid, torch.add, torch.mm, _BWD["tanh"]
+
+        def record(z, k, slot):
+            zs, outs, acts, field, _, field3 = slots[slot]
+            times[slot] = k
+            if z is not zs and slot != cache:
+                zs.copy_(z)
+            h = addmm(bias_t[k], z, wz_t, out=outs[0])
+            add(minus_one, sigmoid(addmm(b1, act(h, out=acts[0]), w1_t, out=outs[1]), out=field), alpha=2, out=field)
+            return field3
+
+        def vjp(grad, acc=None, *, slot, out=None):
+            _, outs, acts, field, ds, _ = slots[slot]
+            d = tanh_bwd(grad.view(grad.size(0), -1), field, grad_input=ds[1])
+            d = act_bwd(mm(d, w1), outs[0] if reads_input else acts[0], grad_input=ds[0])
+            return mm(d, wz, out=out) if acc is None else addmm(acc, d, wz, out=out)
+        return record, vjp
+
     def vjp(self, grad: torch.Tensor, acc: torch.Tensor | None = None, *, slot: int, beta: float = 1.0,
             out: torch.Tensor | None = None) -> torch.Tensor:
         """``beta * acc + dz`` (into ``out`` if given) for the cotangent ``grad`` ``(B, C, H)`` of the field
