@@ -518,3 +518,27 @@ def test_fused_weight_gradient_blocks(perm):
     want = torch.autograd.grad(out, fused.params, cot)
     for got, exp in zip(fused.param_grads(), want, strict=True):
         assert rel_err(got, exp) < 1e-13
+
+
+def test_fused_kernels_equal_the_methods():
+    # evaluator()/kernels() are straight-line copies of evaluate/record/vjp for one hidden layer and a final
+    # tanh: the same ops in the same order, so the same bits; other structures get the methods themselves.
+    for module, fuse in ((generator_field(torch.float64), generator_mlp),
+                         (discriminator_field(torch.float64), cde_mlp)):
+        mlp = fuse(module)
+        mlp.prepare(torch.arange(4, dtype=torch.float64) * module.time_scale)
+        z = torch.randn(B, H, dtype=torch.float64)
+        cot = torch.randn(B, mlp.channels, H, dtype=torch.float64)
+        acc = torch.randn(B, H, dtype=torch.float64)
+        assert torch.equal(mlp.evaluator()(z, 2), mlp.evaluate(z, 2))
+        mlp.start_records(B, z, 4)
+        record, vjp = mlp.kernels()
+        assert record is not mlp.record and vjp is not mlp.vjp
+        got = (record(z, 1, 0).clone(), vjp(cot, acc, slot=0), mlp.rec.d[0][0].clone())
+        want = (mlp.record(z, 1, 1), mlp.vjp(cot, acc, slot=1), mlp.rec.d[0][1])
+        for g, w in zip(got, want, strict=True):
+            assert torch.equal(g, w)
+    two = generator_mlp(generator_field(torch.float64, num_layers=2))
+    two.prepare(torch.zeros(1, dtype=torch.float64))
+    two.start_records(B, z, 1)
+    assert two.kernels() == (two.record, two.vjp) and two.evaluator() == two.evaluate
