@@ -59,7 +59,8 @@ class _Stepper:
 
 class _Outputs:
     """``y_j = (z_j + z_{j-1} + F_j B_{j-1}) / 2`` at the observed ``j >= 1``, a chunk at a time: the solve
-    writes ``F_j`` into ``target(j)`` (a small reused buffer) and calls ``flush`` where ``flush_at`` says."""
+    writes ``F_j`` into ``targets[j]`` (a row of a small reused buffer), appends ``z_j`` and ``z_{j-1}`` to
+    ``zs`` / ``zps``, and calls ``flush(j)`` at the ``j`` in ``flush_at``."""
 
     def __init__(self, mlp: FusedMLP, ys: torch.Tensor, b: torch.Tensor, obs: list[int]):
         self.ys, self.b, self.q = ys, b.unsqueeze(-1), mlp.q  # b: B_{j-1} (N, B, C) -> (N, B, C, 1)
@@ -68,7 +69,7 @@ class _Outputs:
         f_at = self.f.view(k, ys.size(1), -1).unbind(0)
         self.targets = {j: f_at[i % k] for i, j in enumerate(obs[1:])}
         self.flush_at = {j: (i - i % k, i % k + 1) for i, j in enumerate(obs[1:])
-                         if i % k == k - 1 or i == len(obs) - 2}  # j -> (first output - 1, count)
+                         if i % k == k - 1 or i == len(obs) - 2}  # j -> (chunk's first index in obs[1:], count)
         self.obs, self.zs, self.zps = obs, [], []
 
     def flush(self, j: int) -> None:
