@@ -72,13 +72,16 @@ def _fields_row(ctx, model, real) -> dict:
                 for j in range(stages * steps):
                     mlp.evaluate(z, j)
                 mlp.start_records(batch, z, steps)
+                size = mlp.rec.size
                 for j in range(steps):
                     if stages == 2:
                         mlp.record(z, j, mlp.rec.cache)
                         mlp.vjp(g, z, slot=mlp.rec.cache)
-                    s = mlp.slot()
+                    s = j % size
                     mlp.record(z, j, s)
                     mlp.vjp(g, z, slot=s)
+                    if s == size - 1 or j == steps - 1:
+                        mlp.flush(s + 1)
                 mlp.param_grads()
         return fn
     t = interleaved({"rh": work(1), "mid": work(2)}, reps=4 if ctx.quick else 20, device=ctx.device,
@@ -242,7 +245,7 @@ def _cost_split(step, reps: int = 3) -> dict:
     solves = cum(fused._FusedAdjoint.forward, fused._FusedAdjoint.backward, midpoint._FusedMidpointAdjoint.forward,
                  midpoint._FusedMidpointAdjoint.backward, fused.fused_field)
     out = {"total": total, "evaluations": cum_named("evaluate", "record"), "VJPs": cum_named("vjp"),
-           "parameter-gradient GEMMs": cum(FusedMLP._flush),
+           "parameter-gradient GEMMs": cum(FusedMLP.flush),
            "contractions and outputs": cum(fused._Stepper.__call__, fused._Outputs.flush)}
     out["rest of the solves"] = solves - sum(v for k, v in out.items() if k != "total")
     out["outside the solves"] = total - solves

@@ -6,8 +6,8 @@ add exact zeros), output rows permuted so the result is ``(B, C, H)``, control c
 parameters, same maths; only rounding differs from the unfused modules.
 
 A final tanh is evaluated as ``tanh(x) = 2 sigmoid(2 x) - 1`` (the 2 folded into the last layer's weights):
-on CPU ``torch.tanh`` costs several times ``torch.sigmoid`` plus two in-place scalar ops (23 vs 7 us for
-128 x 64 floats here). Its VJP is ``tanh_backward`` of the result, as autograd's.
+on CPU ``torch.tanh`` costs several times ``torch.sigmoid`` plus one in-place affine op (a one-off timing,
+2026-11-30: 30 vs 9 us for 128 x 64 floats). Its VJP is ``tanh_backward`` of the result, as autograd's.
 
 Evaluations that will be differentiated are *recorded* in a slot of fixed-size chunk buffers (written in
 place through ``out=``); parameter gradients are summed with one matmul per layer per full chunk, so the
@@ -19,7 +19,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from neuralsde.fast.scratch import scratch
 from neuralsde.nn import LipSwish
 
 # activation (writing into ``out=``) and its backward (writing a recorded cotangent via ``grad_input=``)
@@ -27,7 +26,7 @@ _FWD = {"tanh": torch.tanh, "silu": torch._C._nn.silu}
 _BWD = {"tanh": torch.ops.aten.tanh_backward.grad_input, "silu": torch.ops.aten.silu_backward.grad_input}
 _ACTIVATIONS = {LipSwish: ("silu", 0.909), nn.SiLU: ("silu", 1.0), nn.Tanh: ("tanh", 1.0)}
 CHUNK = None  # recorded evaluations per parameter-gradient matmul; None: as many as fit in CACHE_BYTES
-CACHE_BYTES = 2 ** 22  # chunk buffers this small stay in cache (measured: 2-4x faster writes than 8 MB buffers)
+CACHE_BYTES = 2 ** 22  # chunk buffers this small stay in the CPU's cache while a chunk is written and summed
 
 
 def chunk_size(bytes_per_slot: int, points: int, fixed: int | None = None, budget: int = CACHE_BYTES) -> int:
@@ -72,24 +71,25 @@ class _Records:
     """Chunk buffers of recorded evaluations: layer inputs and outputs, activations and cotangents.
 
     Each buffer is ``(size + 1, B, width)``: ``size`` slots of a chunk, and one more (``cache``) for an
-    evaluation whose VJP is taken to the state only (its cotangents are never flushed). The per-slot views are
-    made once, as one tuple per slot (indexing and attribute lookups cost as much as a small op).
+    evaluation whose VJP is taken to the state only (its cotangents are never summed). The per-slot views are
+    made once, as one tuple per slot (indexing and attribute lookups cost as much as a small op). A
+    ``FusedMLP`` keeps its records per shape, so they are allocated once and shared with nothing else.
     """
 
     def __init__(self, mlp: FusedMLP, batch: int, like: torch.Tensor, size: int):
         widths = [mlp.wz.size(0)] + [w.size(0) for w in mlp.ws]  # outputs of layers 0..L-1
 
-        def buf(name, width):
-            return scratch(f"records.{name}", (size + 1, batch, width), like)
-        self.size, self.used, self.times = size, 0, [0] * (size + 1)
-        self.z = buf("z", mlp.wz.size(1))
-        self.h = [buf(f"h{i}", w) for i, w in enumerate(widths[:-1])]  # hidden pre-activations
-        self.a = [buf(f"a{i}", w) for i, w in enumerate(widths[:-1])]  # hidden activations
-        self.out = buf("out", widths[-1])
-        self.d = [buf(f"d{i}", w) for i, w in enumerate(widths)]  # cotangents of the layer outputs
+        def buf(width):
+            return like.new_empty(size + 1, batch, width)
+        self.size, self.times = size, [0] * (size + 1)
+        self.z = buf(mlp.wz.size(1))
+        self.h = [buf(w) for w in widths[:-1]]  # hidden pre-activations
+        self.a = [buf(w) for w in widths[:-1]]  # hidden activations
+        self.out = buf(widths[-1])
+        self.d = [buf(w) for w in widths]  # cotangents of the layer outputs
         # The last layer's output goes straight to ``out`` unless a final tanh follows (then its pre-activation
         # is needed only until the sigmoid has read it: one shared buffer).
-        pre = scratch("records.pre", (batch, widths[-1]), like) if mlp.final_tanh else None
+        pre = like.new_empty(batch, widths[-1]) if mlp.final_tanh else None
         outs = self.out.unbind(0)
         self.slots = [(z, [h[s] for h in self.h] + [pre if mlp.final_tanh else outs[s]], [a[s] for a in self.a],
                        outs[s], [d[s] for d in self.d], outs[s].view(batch, mlp.channels, -1))
@@ -172,28 +172,14 @@ class FusedMLP:
         size = chunk_size(batch * sum(widths) * like.element_size(), points, CHUNK)
         key = (batch, size, like.dtype, like.device, torch.is_inference_mode_enabled())
         rec = self._records.get(key)
-        if rec is None:  # the per-slot views cost a few hundred small ops: made once per shape
+        if rec is None:  # buffers and per-slot views (a few hundred small ops): made once per shape
             rec = self._records[key] = _Records(self, batch, like, size)
-        rec.used = 0
         self.rec, self.acc = rec, None
-
-    def slot(self) -> int:
-        """A free record slot; flushes a full chunk into the gradient sums first."""
-        r = self.rec
-        if r.used == r.size:
-            self._flush()
-        r.used += 1
-        return r.used - 1
 
     def z_slot(self, s: int) -> torch.Tensor:
         """Buffer for the input of the evaluation recorded in slot ``s``: write it there with ``out=``."""
         return self.rec.slots[s][0]
 
-    def flush(self, used: int) -> None:
-        """Sum the first ``used`` slots into the gradient sums (for callers that fill slots in chunks
-        themselves rather than through ``slot``)."""
-        self.rec.used = used
-        self._flush()
 
     def _blocks(self, i: int) -> list[tuple[int, int, int, int]] | None:
         """Row and column ranges of the heads' blocks in fused layer ``i >= 1`` (block-diagonal: the weight
@@ -215,10 +201,10 @@ class FusedMLP:
             cols.append(cols[-1] + lin.in_features)
         return [(r0, r1, c0, c1) for (r0, r1), c0, c1 in zip(rows, cols[:-1], cols[1:], strict=True)]
 
-    def _flush(self) -> None:
-        r, n = self.rec, self.rec.used
-        if n == 0:
-            return
+    def flush(self, n: int) -> None:
+        """Sum the parameter gradients of the evaluations recorded in slots ``0 .. n - 1``; the caller fills a
+        chunk of ``rec.size`` slots, flushes, and reuses them."""
+        r = self.rec
         first = self.acc is None
         if first:
             self.acc = [None] * len(self.layers)
@@ -247,11 +233,9 @@ class FusedMLP:
             else:
                 self.acc[i][0].add_(gw)
                 self.acc[i][1].add_(gb)
-        r.used = 0
 
     def param_grads(self) -> list[torch.Tensor]:
-        """Gradients of ``self.params`` summed over every recorded VJP."""
-        self._flush()
+        """Gradients of ``self.params`` summed over every flushed VJP."""
         last = len(self.layers) - 1
         grads = [[] for _ in self.layers[0]]
         for i, (w, b) in enumerate(self.acc):
@@ -340,9 +324,9 @@ class FusedMLP:
             return mm(d, wz, out=out) if acc is None else addmm(acc, d, wz, out=out)
         return record, vjp
 
-    def vjp(self, grad: torch.Tensor, acc: torch.Tensor | None = None, *, slot: int, beta: float = 1.0,
+    def vjp(self, grad: torch.Tensor, acc: torch.Tensor | None = None, *, slot: int,
             out: torch.Tensor | None = None) -> torch.Tensor:
-        """``beta * acc + dz`` (into ``out`` if given) for the cotangent ``grad`` ``(B, C, H)`` of the field
+        """``acc + dz`` (into ``out`` if given) for the cotangent ``grad`` ``(B, C, H)`` of the field
         evaluated in ``slot``, recording the cotangents its parameter gradients need (the ``cache`` slot's are
         never summed)."""
         _, outs, acts, field, ds, _ = self.rec.slots[slot]
@@ -354,7 +338,7 @@ class FusedMLP:
                                 grad_input=ds[i])
         if acc is None:
             return torch.mm(d, self.wz, out=out)
-        return torch.addmm(acc, d, self.wz, beta=beta, out=out)
+        return torch.addmm(acc, d, self.wz, out=out)
 
 
 def generator_mlp(vf) -> FusedMLP | None:

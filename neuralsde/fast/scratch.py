@@ -1,8 +1,8 @@
 """Reusable scratch buffers for the fast solvers' internal temporaries.
 
-Large fresh allocations are expensive on CPU: each one is new pages that the kernel must fault in and zero
-(measured here: records of a batch-1024 solve took about twice as long to write as to compute). Buffers that
-never leave a solve (records, per-chunk outputs) are therefore kept per thread and reused: one per name, shape,
+Large fresh allocations are expensive on CPU: each one is new pages that the kernel must fault in and zero.
+Temporaries that never leave a solve (per-chunk outputs, cotangent rings; the parameter-gradient records are
+kept by each ``FusedMLP`` itself) are therefore kept per thread and reused: one per name, shape,
 dtype and device (the generator's and the discriminator's solves alternate and keep their own). Only buffers up
 to ``MAX_BYTES`` are kept, and at most ``MAX_BUFFERS`` of them (least recently used dropped first), so long
 solves and changing batch sizes do not pin memory.
