@@ -18,12 +18,13 @@ LOGQP_SUPPORTED = {("reversible_heun", True), ("reversible_heun", False), ("midp
 def check_logqp_support(solver: SolverConfig) -> SolverConfig:
     """The solver to use with ``logqp=True``; raise ConfigError before training if there is none.
 
-    The fast backend has no KL path term: it says so and falls back to torchsde (same method and adjoint).
+    The fast backend has the KL path term for reversible Heun (``neuralsde.fast.logqp``); for other methods it
+    says so and falls back to torchsde (same method and adjoint).
     """
-    if solver.backend != "torchsde":
-        warnings.warn("solver.backend=fast has no logqp (KL path) term for the latent SDE; using the torchsde "
-                      "backend with the same method and adjoint. Set solver.backend=torchsde to silence this.",
-                      stacklevel=2)
+    if solver.backend == "fast" and solver.method != "reversible_heun":
+        warnings.warn(f"solver.backend=fast has no logqp (KL path) term for method={solver.method!r} (only for "
+                      "reversible_heun); using the torchsde backend with the same method and adjoint. Set "
+                      "solver.backend=torchsde to silence this.", stacklevel=2)
         solver = dataclasses.replace(solver, backend="torchsde")
     if (solver.method, bool(solver.adjoint)) not in LOGQP_SUPPORTED:
         ok = sorted(f"{m} (adjoint={a})" for m, a in LOGQP_SUPPORTED)

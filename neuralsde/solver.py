@@ -119,8 +119,13 @@ def sdeint(sde, y0: torch.Tensor, ts: torch.Tensor, cfg: SolverConfig, *, entrop
 
     With ``logqp=True`` also returns the log-ratio increments ``(batch, T - 1)`` (torchsde's KL path
     term); the Brownian motion then has one extra channel, as torchsde augments the state.
+    ``cfg.backend=fast`` solves diagonal-noise SDEs by reversible Heun in ``neuralsde.fast`` (same numbers as
+    torchsde on the same increments, drawn on the step grid from ``entropy``); other SDEs, other methods and a
+    given ``bm`` go to torchsde.
     """
     batch = y0.size(0)
+    if bm is None and fast_handles(cfg, sde):
+        return _fast_sdeint(sde, y0, ts, cfg, entropy, adjoint_params, logqp)
     if bm is None:
         noise = sde.noise_size
         size = (batch, noise + 1 if logqp else noise)
@@ -138,3 +143,24 @@ def sdeint(sde, y0: torch.Tensor, ts: torch.Tensor, cfg: SolverConfig, *, entrop
         ys, log_ratio = out
         return ys.transpose(0, 1), log_ratio.transpose(0, 1)
     return out.transpose(0, 1)
+
+
+def fast_handles(cfg: SolverConfig, sde) -> bool:
+    """Whether ``sdeint`` solves ``sde`` on the fast backend: reversible Heun, Stratonovich, diagonal noise.
+    (The SDE-GAN's general-noise generator calls ``neuralsde.fast`` itself, with its fused fields.)"""
+    return (cfg.backend == "fast" and cfg.method == "reversible_heun" and getattr(sde, "sde_type", None) ==
+            "stratonovich" and getattr(sde, "noise_type", None) == "diagonal")
+
+
+def _fast_sdeint(sde, y0, ts, cfg: SolverConfig, entropy, adjoint_params, logqp: bool):
+    from neuralsde.fast import sample_increments
+    from neuralsde.fast.logqp import fast_sdeint_diagonal, fast_sdeint_logqp
+
+    seed = draw_entropy() if entropy is None else entropy
+    noise = sde.noise_size + 1 if logqp else sde.noise_size
+    dW = sample_increments(cfg.num_steps(ts), y0.size(0), noise, cfg.dt,
+                           generator=torch.Generator().manual_seed(seed), dtype=y0.dtype, device=y0.device)
+    if logqp:
+        ys, log_ratio = fast_sdeint_logqp(sde, y0, ts, cfg.dt, dW, cfg.adjoint, adjoint_params)
+        return ys.transpose(0, 1), log_ratio.transpose(0, 1)
+    return fast_sdeint_diagonal(sde, y0, ts, cfg.dt, dW, cfg.adjoint, adjoint_params).transpose(0, 1)

@@ -10,6 +10,7 @@ import pstats
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -141,6 +142,34 @@ def sdegan_step(model, opts, real: torch.Tensor) -> None:
     finally:
         for name in shims:
             object.__delattr__(model, name)
+
+
+def build_latent(ctx, overrides: list[str]):
+    """``(model, optimizer, batch)`` of ``experiment=ou_latent_sde`` with ``overrides``, built as training does."""
+    from neuralsde.training import build
+
+    out = ctx.tmp / "latent"
+    paths = [f"paths.root_dir={ROOT}", f"paths.output_dir={out}", f"paths.log_dir={out}"]
+    dm, model = build(compose(["experiment=ou_latent_sde", *overrides, *paths]))
+    model = model.to(ctx.device)
+    opt = model.configure_optimizers()
+    opt = opt[0] if isinstance(opt, (list, tuple)) else opt
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    batch = [b.to(ctx.device) for b in next(iter(dm.train_dataloader()))]
+    return model, opt, batch
+
+
+def latent_step(model, opt, batch) -> None:
+    """One latent SDE training step without Lightning (automatic optimisation: ``training_step`` returns the loss;
+    ``self.log`` without a Trainer only warns)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loss = model.training_step(batch, 0)
+    loss = loss["loss"] if isinstance(loss, dict) else loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    model.sde.set_context(None)  # what LatentSDE.on_train_batch_end does
 
 
 def fast_available() -> tuple[bool, str]:

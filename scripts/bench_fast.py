@@ -10,11 +10,13 @@ from contextlib import contextmanager
 import torch
 from _bench_utils import (
     bare_optimizers,
+    build_latent,
     build_sdegan,
     describe_profile,
     fast_available,
     fmt_ratio,
     interleaved,
+    latent_step,
     profile_breakdown,
     ratio,
     sdegan_step,
@@ -49,7 +51,26 @@ def run(ctx) -> list[dict]:
     rows.append(_midpoint_solves_row(ctx, overrides, slow, fast, real))
     rows.append(_marginal_row(ctx, overrides))
     rows.append(_fields_row(ctx, fast, real))
+    rows.append(_latent_row(ctx))
     return rows
+
+
+def _latent_row(ctx) -> dict:
+    """The latent SDE's training step (encoder, posterior SDE with its KL term, decoder, Adam), torchsde vs fast.
+    The fast backend solves the posterior through the generic reversible Heun path (autograd per step): no
+    fused networks yet."""
+    what = "latent SDE step (ou_latent_sde, reversible Heun adjoint with logqp): torchsde time / fast time"
+    try:
+        a, b = (build_latent(ctx, [f"solver.backend={x}"]) for x in ("torchsde", "fast"))
+    except Exception as exc:
+        return {"what": what, "result": "skipped", "paper": "", "note": f"not built ({type(exc).__name__}: {exc})"}
+    b[0].load_state_dict(a[0].state_dict())
+    t = interleaved({"torchsde": lambda: latent_step(*a), "fast": lambda: latent_step(*b)},
+                    reps=4 if ctx.quick else 10, device=ctx.device, budget_s=20 if ctx.quick else 60)
+    r = ratio(t["torchsde"], t["fast"])
+    return {"what": what, "result": fmt_ratio(r), "paper": "no target", "data": r,
+            "note": "same numbers on the same increments (tests/test_fast_logqp.py); the posterior's VJPs go through "
+                    "autograd per step (no fused networks for the latent SDE)"}
 
 
 def _fields_row(ctx, model, real) -> dict:

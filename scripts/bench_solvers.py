@@ -72,39 +72,12 @@ def _latent_rows(ctx) -> list[dict]:
         return [{"what": what, "result": "skipped", "paper": PAPER,
                  "note": f"latent_sde.module not importable ({type(exc).__name__}: {exc})"}]
     try:
-        import warnings
+        from _bench_utils import build_latent, latent_step
 
-        from _bench_utils import ROOT, compose
-
-        from neuralsde.training import build
-
-        out = ctx.tmp / "latent"
-        paths = [f"paths.root_dir={ROOT}", f"paths.output_dir={out}", f"paths.log_dir={out}"]
-
-        def make(method):
-            dm, model = build(compose(["experiment=ou_latent_sde", f"solver={method}"] + paths))
-            model = model.to(ctx.device)
-            opt = model.configure_optimizers()
-            opt = opt[0] if isinstance(opt, (list, tuple)) else opt
-            opt = opt["optimizer"] if isinstance(opt, dict) else opt
-            batch = [b.to(ctx.device) for b in next(iter(dm.train_dataloader()))]
-            return model, opt, batch
-
-        def step(model, opt, batch):
-            # Automatic optimisation: training_step returns the loss; self.log without a Trainer only warns.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                loss = model.training_step(batch, 0)
-            loss = loss["loss"] if isinstance(loss, dict) else loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if hasattr(model, "sde") and hasattr(model.sde, "set_context"):
-                model.sde.set_context(None)  # what LatentSDE.on_train_batch_end does
-
-        a, b = make("reversible_heun"), make("midpoint")
+        # pinned to torchsde: this row compares the methods as the paper timed them (row 8 has the fast backend)
+        a, b = (build_latent(ctx, [f"solver={m}", "solver.backend=torchsde"]) for m in ("reversible_heun", "midpoint"))
         b[0].load_state_dict(a[0].state_dict())
-        t = interleaved({"rh": lambda: step(*a), "mid": lambda: step(*b)}, reps=4 if ctx.quick else 10,
+        t = interleaved({"rh": lambda: latent_step(*a), "mid": lambda: latent_step(*b)}, reps=4 if ctx.quick else 10,
                         device=ctx.device, budget_s=20 if ctx.quick else 60)
         r = ratio(t["mid"], t["rh"])
         return [{"what": what, "result": fmt_ratio(r), "paper": PAPER, "note": "", "data": r}]

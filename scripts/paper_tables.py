@@ -35,17 +35,17 @@ from aggregate import AggregateError, aggregate  # noqa: E402
 # Per scale: steps, overrides of the SDE-GAN tables, of the latent SDE table, validation interval.
 # cpu: the paper's OU data (64 times, batch 128) with fewer paths and 400 steps, and the cheaper GRU classifier
 # and shorter TSTR training in the test metrics (the CDE classifier dominates a short run's time): 18 runs in
-# 40-60 minutes on 2 cores. Both SDE-GAN tables use the torchsde backend, the library the papers timed.
+# 40-60 minutes on 2 cores. All tables use the torchsde backend, the library the papers timed.
 CPU_METRICS = "callbacks.metrics.options={classifier:gru,classifier_epochs:5,forecast_epochs:10}"
 SCALES = {
     "cpu": {"steps": 400,
             "sdegan": ["experiment=ou_sdegan", "data.source.n_paths=2048", "solver.backend=torchsde", CPU_METRICS],
-            "latent": ["experiment=ou_latent_sde", "data.source.n_paths=2048", CPU_METRICS],
+            "latent": ["experiment=ou_latent_sde", "data.source.n_paths=2048", "solver.backend=torchsde", CPU_METRICS],
             "interval": 100},
     "paper": {"steps": None,  # the experiment's own (ou_sdegan_paper: 10,000 steps, batch 1024)
               "sdegan": ["experiment=ou_sdegan_paper", "solver.backend=torchsde"],
               "latent": ["experiment=ou_latent_sde", "data.source.n_paths=8192", "data.batch_size=1024",
-                         "model.train_steps=5000"],
+                         "model.train_steps=5000", "solver.backend=torchsde"],
               "interval": None},
 }
 TABLES = {

@@ -91,8 +91,9 @@ def test_missing_values_do_not_change_the_elbo():
     assert all(torch.isfinite(x).all() for x in a)
 
 
-def test_kl_non_negative_and_zero_when_drifts_equal():
-    model = make_model(dtype=torch.float64)
+@pytest.mark.parametrize("backend", ["torchsde", "fast"])
+def test_kl_non_negative_and_zero_when_drifts_equal(backend):
+    model = make_model(dtype=torch.float64, solver=SolverConfig(backend=backend))
     paths, filled = make_batch(torch.float64)
     _, kl_path, kl_z0 = model.posterior(paths, filled, gen())
     assert (kl_path >= 0).all() and (kl_z0 >= 0).all() and kl_path.sum() > 0
@@ -103,8 +104,8 @@ def test_kl_non_negative_and_zero_when_drifts_equal():
     assert kl_normal(mean, log_std, mean, log_std).abs().max() < 1e-12
 
 
-def _grads(adjoint: bool, method: str = "reversible_heun"):
-    model = make_model(torch.float64, solver=SolverConfig(method=method, adjoint=adjoint))
+def _grads(adjoint: bool, method: str = "reversible_heun", backend: str = "torchsde"):
+    model = make_model(torch.float64, solver=SolverConfig(method=method, adjoint=adjoint, backend=backend))
     paths, filled = make_batch(torch.float64)
     log_lik, kl, _ = model.elbo_terms(paths, filled, gen())  # same generator: same z0 noise and Brownian sample
     (kl - log_lik).mean().backward()
@@ -112,20 +113,28 @@ def _grads(adjoint: bool, method: str = "reversible_heun"):
     return torch.cat([p.grad.flatten() for p in model.parameters()]), encoder
 
 
-def test_reversible_heun_adjoint_gradients_are_exact_with_logqp():
-    adjoint, adjoint_encoder = _grads(True)
-    direct, direct_encoder = _grads(False)
+@pytest.mark.parametrize("backend", ["torchsde", "fast"])
+def test_reversible_heun_adjoint_gradients_are_exact_with_logqp(backend):
+    adjoint, adjoint_encoder = _grads(True, backend=backend)
+    direct, direct_encoder = _grads(False, backend=backend)
     assert adjoint_encoder.abs().sum() > 0  # the context carries gradients back into the encoder
     assert ((adjoint - direct).norm() / direct.norm()) < 1e-10
     assert ((adjoint_encoder - direct_encoder).norm() / direct_encoder.norm()) < 1e-10
 
 
-def test_fast_backend_says_so_and_falls_back_to_torchsde(tiny_cfg):
-    with pytest.warns(UserWarning, match="no logqp"):
-        model = make_model(solver=SolverConfig(backend="fast"))
+def test_fast_backend_solves_reversible_heun_and_says_when_it_falls_back(tiny_cfg):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reversible Heun has the KL term on the fast backend: no fallback
+        _, model = build(tiny_cfg(["experiment=ou_latent_sde"]))
+        assert model.solver.backend == "fast" and model.solver.method == "reversible_heun"
+        paths, filled = make_batch()
+        zs, kl_path, _ = make_model(solver=SolverConfig(backend="fast")).posterior(paths, filled, gen())
+        assert zs.shape == (4, T, 3) and (kl_path > 0).all()
+    with pytest.warns(UserWarning, match="no logqp.*midpoint"):
+        model = make_model(solver=SolverConfig(backend="fast", method="midpoint"))
     assert model.solver.backend == "torchsde"
     with pytest.warns(UserWarning, match="no logqp"):
-        _, model = build(tiny_cfg(["experiment=ou_latent_sde", "solver.backend=fast"]))
+        _, model = build(tiny_cfg(["experiment=ou_latent_sde", "solver=midpoint", "solver.backend=fast"]))
     assert model.solver.backend == "torchsde" and model.encoder is not None
 
 
@@ -160,10 +169,11 @@ def test_experiment_fast_dev_run(tiny_cfg, tmp_path, experiment):
     assert (tmp_path / "plots" / "reconstruction.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("override", ["solver=midpoint", "model.encoder.kind=cde", "solver.brownian=tree",
-                                      "model.likelihood.kind=laplace"])
-def test_options_train(tiny_cfg, override):
-    cfg = tiny_cfg(["experiment=ou_latent_sde", override], steps=2)
+@pytest.mark.parametrize("overrides", [["solver=midpoint"], ["model.encoder.kind=cde"],
+                                       ["solver.backend=torchsde", "solver.brownian=tree"],
+                                       ["model.likelihood.kind=laplace"]])
+def test_options_train(tiny_cfg, overrides):
+    cfg = tiny_cfg(["experiment=ou_latent_sde", *overrides], steps=2)
     with open_dict(cfg):
         cfg.test = False
         cfg.callbacks.pop("latent_sde_plot")

@@ -6,7 +6,8 @@ bookkeeping, Brownian queries or flattening of the augmented adjoint state.
 
 The core works on a generic *field* ``field(t, z, u) -> (f, g)``: ``t`` a scalar tensor, ``z`` the
 state ``(B, H)``, ``u`` an optional per-grid-point input (``U[k]``, differentiable, e.g. a CDE's control
-derivative) or ``None``; ``f`` ``(B, H)``; ``g`` ``(B, H, W)`` or ``None`` (no noise term).
+derivative) or ``None``; ``f`` ``(B, H)``; ``g`` ``(B, H, W)`` (general noise), ``(B, H)`` (diagonal noise,
+``W = H``) or ``None`` (no noise term).
 """
 from __future__ import annotations
 
@@ -66,11 +67,30 @@ def _noise_first(dW: torch.Tensor | None) -> torch.Tensor | None:
     return None if dW is None else dW.permute(0, 2, 1).unsqueeze(-1).contiguous()
 
 
-def _integrate(field, y0, t_grid, obs, dt, dW, U):
+class _Noise:
+    """How a diffusion meets its increments: general ``(B, H, W)`` (kept noise-channel-first, see above) or
+    diagonal ``(B, H)`` (elementwise, as torchsde's diagonal ``g_prod``)."""
+
+    def __init__(self, diagonal: bool):
+        self.diagonal = diagonal
+        if diagonal:
+            self.first = self.increments = lambda x: x
+            self.prod = self.outer = torch.mul
+            self.cotangent = lambda a_g: a_g
+        else:
+            self.first, self.increments, self.prod, self.outer = _wfirst, _noise_first, _prod, _outer
+            self.cotangent = lambda a_g: a_g.permute(1, 2, 0)  # (W, B, H) -> (B, H, W)
+
+
+_GENERAL, _DIAGONAL = _Noise(False), _Noise(True)
+
+
+def _integrate(field, y0, t_grid, obs, dt, dW, U, noise: _Noise = _GENERAL):
     """Forward recurrence; records a graph only if grad mode is on. Returns ys ``(T, B, H)``, final (z, f, g)."""
     half_dt = 0.5 * dt
     is_obs = set(obs)
-    dW = _noise_first(dW)
+    _prod, _wfirst = noise.prod, noise.first
+    dW = noise.increments(dW)
     y = z = y0
     f, g = field(t_grid[0], y0, None if U is None else U[0])
     g = None if g is None else _wfirst(g)
@@ -94,19 +114,20 @@ def _integrate(field, y0, t_grid, obs, dt, dW, U):
 class _Local:
     """One re-evaluation of the field with a graph, kept only until its VJP has been taken."""
 
-    def __init__(self, field, t, z, u, need_u):
+    def __init__(self, field, t, z, u, need_u, noise: _Noise):
         self.z = z.detach().requires_grad_(True)
         self.u = None if u is None else u.detach().requires_grad_(need_u)
+        self.noise = noise
         with torch.enable_grad():
             self.f, self.g = field(t, self.z, self.u)
-        self.gt = None if self.g is None else _wfirst(self.g.detach())
+        self.gt = None if self.g is None else noise.first(self.g.detach())
 
     def vjp(self, a_f, a_g, params, need_u):
         """Returns (dz, du or None, [dparam or None])."""
         outs, gouts = [self.f], [a_f]
         if self.g is not None:
             outs.append(self.g)
-            gouts.append(a_g.permute(1, 2, 0))  # (W, B, H) -> (B, H, W)
+            gouts.append(self.noise.cotangent(a_g))
         keep = [i for i, o in enumerate(outs) if o.requires_grad]
         if not keep:
             return None, None, [None] * len(params)
@@ -131,10 +152,10 @@ class _ReversibleHeunAdjoint(torch.autograd.Function):
     """Forward without a graph; backward reconstructs each step algebraically and takes one local VJP."""
 
     @staticmethod
-    def forward(ctx, field, t_grid, obs, dt, dW, U, y0, *params):
+    def forward(ctx, field, noise, t_grid, obs, dt, dW, U, y0, *params):
         y0 = y0.detach()
-        ys, (z, f, g) = _integrate(field, y0, t_grid, obs, dt, dW, U)  # g: (W, B, H)
-        ctx.field, ctx.obs, ctx.dt = field, obs, dt
+        ys, (z, f, g) = _integrate(field, y0, t_grid, obs, dt, dW, U, noise)  # g: (W, B, H) or (B, H)
+        ctx.field, ctx.noise, ctx.obs, ctx.dt = field, noise, obs, dt
         ctx.save_for_backward(ys, z, f, g, t_grid, dW, U, *params)
         return ys
 
@@ -142,22 +163,23 @@ class _ReversibleHeunAdjoint(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_ys):
         ys, z, f, g, t_grid, dW, U, *params = ctx.saved_tensors
-        field, obs, dt = ctx.field, ctx.obs, ctx.dt
-        need_u = U is not None and ctx.needs_input_grad[5]
+        field, noise, obs, dt = ctx.field, ctx.noise, ctx.obs, ctx.dt
+        _prod, _outer = noise.prod, noise.outer
+        need_u = U is not None and ctx.needs_input_grad[6]
         half_dt = 0.5 * dt
         obs_at = {k: i for i, k in enumerate(obs)}
         n = len(t_grid) - 1
 
         grad_U = torch.zeros_like(U) if need_u else None
         grad_p = [torch.zeros_like(p) for p in params]  # torchsde also starts from zeros
-        dW = _noise_first(dW)
+        dW = noise.increments(dW)
         half_dWs = None if dW is None else 0.5 * dW
         a_y = grad_ys[-1]
         a_z = torch.zeros_like(a_y)
         a_f = torch.zeros_like(a_y)
         a_g = None if g is None else torch.zeros_like(g)
         y = ys[-1]
-        local = _Local(field, t_grid[n], z, None if U is None else U[n], need_u)
+        local = _Local(field, t_grid[n], z, None if U is None else U[n], need_u, noise)
         for k in range(n - 1, -1, -1):
             # Mirrors torchsde's AdjointReversibleHeun.step from t_{k+1} back to t_k.
             a_y_half_dt = a_y * half_dt
@@ -177,7 +199,7 @@ class _ReversibleHeunAdjoint(torch.autograd.Function):
                 z_prev = z_prev - _prod(g, dW[k])
             # At t0 torchsde differentiates f_and_g at the true y0, not the reconstructed z0.
             local = _Local(field, t_grid[k], ys[0] if k == 0 else z_prev,
-                           None if U is None else U[k], need_u)
+                           None if U is None else U[k], need_u, noise)
             f_prev = local.f.detach()
             g_prev = local.gt
             y_prev = y - (f + f_prev) * half_dt
@@ -201,33 +223,38 @@ class _ReversibleHeunAdjoint(torch.autograd.Function):
         _accumulate(grad_p, dp)
         if du is not None:
             grad_U[0] += du
-        return (None, None, None, None, None, grad_U, grad_y0, *grad_p)
+        return (None, None, None, None, None, None, grad_U, grad_y0, *grad_p)
 
 
-def checked_grid(ts, dt, y0, dW=None, U=None):
+def checked_grid(ts, dt, y0, dW=None, U=None, diagonal: bool = False):
     """``time_grid(ts, dt)`` after checking that ``dW`` / ``U`` fit it."""
     t_grid, obs = time_grid(ts, dt)
     n = len(t_grid) - 1
     if dW is not None and (dW.dim() != 3 or dW.size(0) != n or dW.size(1) != y0.size(0)):
         raise ValueError(f"dW must have shape ({n}, {y0.size(0)}, noise) for {n} steps, got {tuple(dW.shape)}")
+    if dW is not None and diagonal and dW.size(2) != y0.size(1):
+        raise ValueError(f"diagonal noise needs one Brownian channel per state channel: dW must have shape "
+                         f"({n}, {y0.size(0)}, {y0.size(1)}), got {tuple(dW.shape)}")
     if U is not None and U.size(0) != n + 1:
         raise ValueError(f"U must have {n + 1} rows (one per grid time), got {U.size(0)}")
     return t_grid, obs
 
 
 def solve(field, y0: torch.Tensor, ts: torch.Tensor, dt: float, dW: torch.Tensor | None = None,
-          U: torch.Tensor | None = None, params=(), adjoint: bool = True) -> torch.Tensor:
+          U: torch.Tensor | None = None, params=(), adjoint: bool = True, diagonal: bool = False) -> torch.Tensor:
     """Generic reversible Heun solve of ``field`` (see module docstring) on the ``dt`` grid of ``ts``.
 
-    y0 ``(B, H)``; ts ``(T,)``; dW ``(N, B, W)`` or None; U ``(N + 1, ...)`` or None, with ``N`` the number
-    of steps. ``params``: tensors the field closes over that need gradients (adjoint mode only).
+    y0 ``(B, H)``; ts ``(T,)``; dW ``(N, B, W)`` (diagonal noise: ``W = H``) or None; U ``(N + 1, ...)`` or
+    None, with ``N`` the number of steps. ``params``: tensors the field closes over that need gradients
+    (adjoint mode only). ``diagonal``: the field's diffusion is ``(B, H)`` and acts elementwise.
     Returns ys ``(T, B, H)``.
     """
-    t_grid, obs = checked_grid(ts, dt, y0, dW, U)
+    t_grid, obs = checked_grid(ts, dt, y0, dW, U, diagonal)
+    noise = _DIAGONAL if diagonal else _GENERAL
     if not adjoint:
-        return _integrate(field, y0, t_grid, obs, float(dt), dW, U)[0]
+        return _integrate(field, y0, t_grid, obs, float(dt), dW, U, noise)[0]
     params = tuple(p for p in params if p.requires_grad)
-    return _ReversibleHeunAdjoint.apply(field, t_grid, obs, float(dt), dW, U, y0, *params)
+    return _ReversibleHeunAdjoint.apply(field, noise, t_grid, obs, float(dt), dW, U, y0, *params)
 
 
 def fast_sdeint(vector_field: nn.Module, y0: torch.Tensor, ts: torch.Tensor, dt: float, dW: torch.Tensor,
