@@ -28,8 +28,11 @@ class DiagonalDiffusion(nn.Module):
         self.b_out = nn.Parameter(torch.zeros(latent_size))
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        ty = torch.stack([t.expand_as(y), y], dim=-1)  # (batch, d, 2)
-        hidden = 0.909 * nn.functional.silu(torch.einsum("bdi,dih->bdh", ty, self.w_in) + self.b_in)
+        # [t, y_i] @ w_in[i] per dimension as two broadcast products: a third cheaper forward + backward than
+        # einsum's batched matmul at these sizes (one-off CPU timing, 2026-11-30: 230 vs 320 us), same values up to
+        # rounding.
+        pre = torch.addcmul(self.b_in + t.unsqueeze(-1) * self.w_in[:, 0], y.unsqueeze(-1), self.w_in[:, 1])
+        hidden = 0.909 * nn.functional.silu(pre)  # (batch, d, hidden)
         out = (hidden * self.w_out).sum(-1) + self.b_out
         return self.floor + self.scale * torch.sigmoid(out)
 
