@@ -72,7 +72,6 @@ class _Noise:
     diagonal ``(B, H)`` (elementwise, as torchsde's diagonal ``g_prod``)."""
 
     def __init__(self, diagonal: bool):
-        self.diagonal = diagonal
         if diagonal:
             self.first = self.increments = lambda x: x
             self.prod = self.outer = torch.mul
