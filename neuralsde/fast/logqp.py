@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from neuralsde.fast.reversible_heun import solve
+from neuralsde.fast.reversible_heun import solve, time_grid
 
 STABLE_EPS = 1e-7  # torchsde's stable_division: |g| is held at least this far from zero, keeping its sign
 
@@ -49,14 +49,17 @@ def check_sde(sde: nn.Module) -> None:
 
 
 def fast_sdeint_logqp(sde: nn.Module, y0: torch.Tensor, ts: torch.Tensor, dt: float, dW: torch.Tensor,
-                      adjoint: bool = True, adjoint_params=None) -> tuple[torch.Tensor, torch.Tensor]:
+                      adjoint: bool = True, adjoint_params=None,
+                      fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Reversible Heun solve of ``sde`` with its KL path term; equals torchsde's
     ``sdeint[_adjoint](sde, y0, ts, method="reversible_heun", logqp=True)`` on the same increments.
 
     y0 ``(B, d)``; ts ``(T,)`` on the ``dt`` grid; dW ``(N, B, d + 1)`` (the last channel is the log-ratio's,
     multiplied by zero, as in torchsde). adjoint_params: the tensors to differentiate in adjoint mode (default
-    ``sde.parameters()``; add any tensor the drift reads, such as a context). Returns ys ``(T, B, d)`` and the
-    log-ratio increments ``(T - 1, B)`` (torchsde layout).
+    ``sde.parameters()``; add any tensor the drift reads, such as a context). fused: in adjoint mode, evaluate a
+    ``LatentSDEFunc`` with hand-written VJPs (``neuralsde.fast.latent``); other SDEs, or ``fused=False``, go
+    through autograd per step. Returns ys ``(T, B, d)`` and the log-ratio increments ``(T - 1, B)`` (torchsde
+    layout).
     """
     check_sde(sde)
     if dW.dim() != 3 or dW.size(-1) != y0.size(1) + 1:
@@ -64,7 +67,11 @@ def fast_sdeint_logqp(sde: nn.Module, y0: torch.Tensor, ts: torch.Tensor, dt: fl
                          f"shape {tuple(dW.shape)}")
     params = tuple(sde.parameters()) if adjoint_params is None else tuple(adjoint_params)
     Y0 = torch.cat([y0, y0.new_zeros(y0.size(0), 1)], dim=1)
-    Ys = solve(logqp_field(sde), Y0, ts, dt, dW=dW, params=params, adjoint=adjoint, diagonal=True)
+    field = None
+    if adjoint and fused:  # the fused field keeps no graph: the direct (adjoint=False) solve needs autograd's
+        from neuralsde.fast.latent import fused_latent
+        field = fused_latent(sde, params, time_grid(ts, dt)[0], Y0)
+    Ys = solve(field or logqp_field(sde), Y0, ts, dt, dW=dW, params=params, adjoint=adjoint, diagonal=True)
     ys, log_ratio = Ys[..., :-1], Ys[..., -1]
     return ys, log_ratio[1:] - log_ratio[:-1]
 

@@ -7,7 +7,9 @@ bookkeeping, Brownian queries or flattening of the augmented adjoint state.
 The core works on a generic *field* ``field(t, z, u) -> (f, g)``: ``t`` a scalar tensor, ``z`` the
 state ``(B, H)``, ``u`` an optional per-grid-point input (``U[k]``, differentiable, e.g. a CDE's control
 derivative) or ``None``; ``f`` ``(B, H)``; ``g`` ``(B, H, W)`` (general noise), ``(B, H)`` (diagonal noise,
-``W = H``) or ``None`` (no noise term).
+``W = H``) or ``None`` (no noise term). A field with hand-written VJPs instead provides, by grid index ``k``,
+``at(k, z) -> (f, g)``, ``local(k, z)`` (an object with ``f``, ``gt`` and ``vjp`` as ``_Local``'s, returning no
+parameter gradients) and ``param_grads(params)`` (what its VJPs accumulated), e.g. ``neuralsde.fast.latent``.
 """
 from __future__ import annotations
 
@@ -90,8 +92,9 @@ def _integrate(field, y0, t_grid, obs, dt, dW, U, noise: _Noise = _GENERAL):
     is_obs = set(obs)
     _prod, _wfirst = noise.prod, noise.first
     dW = noise.increments(dW)
+    at = field.at if hasattr(field, "at") else lambda k, z: field(t_grid[k], z, None if U is None else U[k])
     y = z = y0
-    f, g = field(t_grid[0], y0, None if U is None else U[0])
+    f, g = at(0, y0)
     g = None if g is None else _wfirst(g)
     ys = [y0]
     for k in range(len(t_grid) - 1):
@@ -99,7 +102,7 @@ def _integrate(field, y0, t_grid, obs, dt, dW, U, noise: _Noise = _GENERAL):
         z1 = 2 * y - z + f * dt
         if g is not None:
             z1 = z1 + _prod(g, dW[k])
-        f1, g1 = field(t_grid[k + 1], z1, None if U is None else U[k + 1])
+        f1, g1 = at(k + 1, z1)
         g1 = None if g1 is None else _wfirst(g1)
         y1 = y + (f + f1) * half_dt
         if g is not None:
@@ -178,7 +181,12 @@ class _ReversibleHeunAdjoint(torch.autograd.Function):
         a_f = torch.zeros_like(a_y)
         a_g = None if g is None else torch.zeros_like(g)
         y = ys[-1]
-        local = _Local(field, t_grid[n], z, None if U is None else U[n], need_u, noise)
+        if hasattr(field, "local"):
+            make_local = field.local
+        else:
+            def make_local(k, z):
+                return _Local(field, t_grid[k], z, None if U is None else U[k], need_u, noise)
+        local = make_local(n, z)
         for k in range(n - 1, -1, -1):
             # Mirrors torchsde's AdjointReversibleHeun.step from t_{k+1} back to t_k.
             a_y_half_dt = a_y * half_dt
@@ -197,8 +205,7 @@ class _ReversibleHeunAdjoint(torch.autograd.Function):
             if g is not None:
                 z_prev = z_prev - _prod(g, dW[k])
             # At t0 torchsde differentiates f_and_g at the true y0, not the reconstructed z0.
-            local = _Local(field, t_grid[k], ys[0] if k == 0 else z_prev,
-                           None if U is None else U[k], need_u, noise)
+            local = make_local(k, ys[0] if k == 0 else z_prev)
             f_prev = local.f.detach()
             g_prev = local.gt
             y_prev = y - (f + f_prev) * half_dt
@@ -222,6 +229,8 @@ class _ReversibleHeunAdjoint(torch.autograd.Function):
         _accumulate(grad_p, dp)
         if du is not None:
             grad_U[0] += du
+        if hasattr(field, "param_grads"):
+            grad_p = field.param_grads(params)
         return (None, None, None, None, None, None, grad_U, grad_y0, *grad_p)
 
 
