@@ -22,6 +22,7 @@ from neuralsde.fast.mlp import parse, plain
 
 _SILU_BWD = torch.ops.aten.silu_backward
 STABLE_EPS = 1e-7  # as logqp._stable_division (torchsde's)
+DIFFUSION_LIPSWISH = 0.909  # DiagonalDiffusion's activation scale (written in its forward; the probe checks it)
 
 
 def _hidden_scales(acts) -> list[float] | None:
@@ -74,11 +75,11 @@ class FusedLatent:
         self.sde, self.post, self.prior, self.scales = sde, post, prior, scales
         self.d = sde.latent_size
         self.hid = post[0].out_features
-        dt = like.dtype
+        dtype = like.dtype
         context = sde.context
         with torch.no_grad():
             ts = sde.time_scale
-            self.tau = (t_grid * ts).to(dt)  # as LatentSDEFunc._time
+            self.tau = (t_grid * ts).to(dtype)  # as LatentSDEFunc._time
             # as LatentSDEFunc._context_at: the last observation index <= t (with its tolerance)
             self.idx = torch.floor(t_grid.detach() + 1e-6).long().clamp(0, context.size(1) - 1)
             self.tau_at, self.idx_at = self.tau.tolist(), self.idx.tolist()  # per-step scalars, no indexing ops
@@ -110,7 +111,7 @@ class FusedLatent:
             ns = sde.noise_scale
             self.bg = (diff.b_in + self.tau.view(-1, 1, 1) * diff.w_in[:, 0]).unbind(0)  # (d, Hd) per k
             self.w1 = diff.w_in[:, 1]
-            self.w_out = 0.909 * diff.w_out
+            self.w_out = DIFFUSION_LIPSWISH * diff.w_out
             self.b_out = diff.b_out
             self.g0, self.g1 = ns * diff.floor, ns * diff.scale
         self.grads = None
@@ -176,7 +177,7 @@ class FusedLatent:
         d_og = a_g * self.g1 * loc.sig * (1 - loc.sig)
         d_pg = _SILU_BWD(d_og.unsqueeze(-1) * self.w_out, loc.pg)
         dy = (d_pg * self.w1).sum(-1)
-        gr["w_out"] += 0.909 * (d_og.unsqueeze(-1) * loc.sg).sum(0)
+        gr["w_out"] += DIFFUSION_LIPSWISH * (d_og.unsqueeze(-1) * loc.sg).sum(0)
         gr["b_out"] += d_og.sum(0)
         s = d_pg.sum(0)
         gr["b_in"] += s
