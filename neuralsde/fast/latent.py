@@ -18,10 +18,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from neuralsde.fast.fused import _agrees
+from neuralsde.fast.logqp import STABLE_EPS, logqp_field
 from neuralsde.fast.mlp import parse, plain
 
 _SILU_BWD = torch.ops.aten.silu_backward
-STABLE_EPS = 1e-7  # as logqp._stable_division (torchsde's)
 DIFFUSION_LIPSWISH = 0.909  # DiagonalDiffusion's activation scale (written in its forward; the probe checks it)
 
 
@@ -243,8 +244,6 @@ def fused_latent(sde: nn.Module, params, t_grid: torch.Tensor, Y0: torch.Tensor)
     if not {id(p) for p in params if p.requires_grad} <= own or sde.context.size(0) != Y0.size(0):
         return None
     fused = FusedLatent(sde, *found, t_grid, Y0)
-    from neuralsde.fast.fused import _agrees
-    from neuralsde.fast.logqp import logqp_field
     k = len(t_grid) - 1
     with torch.no_grad():  # guards against the module's code differing from what is written out here
         F, G = fused.at(k, Y0.detach())
