@@ -154,7 +154,8 @@ def fast_handles(cfg: SolverConfig, sde) -> bool:
 
 def _fast_sdeint(sde, y0, ts, cfg: SolverConfig, entropy, adjoint_params, logqp: bool):
     from neuralsde.fast import sample_increments
-    from neuralsde.fast.logqp import fast_sdeint_diagonal, fast_sdeint_logqp
+    from neuralsde.fast.logqp import fast_sdeint_logqp
+    from neuralsde.fast.reversible_heun import fast_sdeint_diagonal
 
     seed = draw_entropy() if entropy is None else entropy
     noise = sde.noise_size + 1 if logqp else sde.noise_size

@@ -7,7 +7,8 @@ import torchsde
 from latent_sde.components.sdes import LatentSDEFunc, PriorSDE
 from neuralsde.fast import GridBrownian, sample_increments
 from neuralsde.fast.latent import fused_latent
-from neuralsde.fast.logqp import fast_sdeint_diagonal, fast_sdeint_logqp
+from neuralsde.fast.logqp import fast_sdeint_logqp
+from neuralsde.fast.reversible_heun import fast_sdeint_diagonal
 from neuralsde.solver import SolverConfig, fast_handles, sdeint
 
 B, D, CTX, T = 5, 3, 4, 9

@@ -75,11 +75,3 @@ def fast_sdeint_logqp(sde: nn.Module, y0: torch.Tensor, ts: torch.Tensor, dt: fl
     ys, log_ratio = Ys[..., :-1], Ys[..., -1]
     return ys, log_ratio[1:] - log_ratio[:-1]
 
-
-def fast_sdeint_diagonal(sde: nn.Module, y0: torch.Tensor, ts: torch.Tensor, dt: float, dW: torch.Tensor,
-                         adjoint: bool = True, adjoint_params=None) -> torch.Tensor:
-    """Reversible Heun solve of a Stratonovich diagonal-noise ``sde`` (``f``, ``g``) without the KL term:
-    ys ``(T, B, d)``; dW ``(N, B, d)``."""
-    params = tuple(sde.parameters()) if adjoint_params is None else tuple(adjoint_params)
-    return solve(lambda t, y, u: (sde.f(t, y), sde.g(t, y)), y0, ts, dt, dW=dW, params=params, adjoint=adjoint,
-                 diagonal=True)

@@ -173,7 +173,8 @@ class _ReversibleHeunAdjoint(torch.autograd.Function):
         n = len(t_grid) - 1
 
         grad_U = torch.zeros_like(U) if need_u else None
-        grad_p = [torch.zeros_like(p) for p in params]  # torchsde also starts from zeros
+        own_grads = hasattr(field, "param_grads")
+        grad_p = None if own_grads else [torch.zeros_like(p) for p in params]  # torchsde also starts from zeros
         dW = noise.increments(dW)
         half_dWs = None if dW is None else 0.5 * dW
         a_y = grad_ys[-1]
@@ -197,7 +198,8 @@ class _ReversibleHeunAdjoint(torch.autograd.Function):
                 a_g = a_g + a_y_half_dW
             dz, du, dp = local.vjp(a_f, a_g, params, need_u)
             a_z = _add(a_z, dz)
-            _accumulate(grad_p, dp)
+            if not own_grads:
+                _accumulate(grad_p, dp)
             if du is not None:
                 grad_U[k + 1] += du
 
@@ -226,11 +228,12 @@ class _ReversibleHeunAdjoint(torch.autograd.Function):
         # Initial extra state (f0, g0, z0 = y0) depends on y0 and the parameters.
         dz, du, dp = local.vjp(a_f, a_g, params, need_u)
         grad_y0 = _add(a_y + a_z, dz)
-        _accumulate(grad_p, dp)
         if du is not None:
             grad_U[0] += du
-        if hasattr(field, "param_grads"):
+        if own_grads:
             grad_p = field.param_grads(params)
+        else:
+            _accumulate(grad_p, dp)
         return (None, None, None, None, None, None, grad_U, grad_y0, *grad_p)
 
 
@@ -286,3 +289,12 @@ def fast_sdeint(vector_field: nn.Module, y0: torch.Tensor, ts: torch.Tensor, dt:
         if ys is not None:
             return ys
     return solve(lambda t, y, u: vector_field.f_and_g(t, y), y0, ts, dt, dW=dW, params=params, adjoint=adjoint)
+
+
+def fast_sdeint_diagonal(sde: nn.Module, y0: torch.Tensor, ts: torch.Tensor, dt: float, dW: torch.Tensor,
+                         adjoint: bool = True, adjoint_params=None) -> torch.Tensor:
+    """Stratonovich diagonal-noise ``sde`` (``f``, ``g``, as torchsde's) by reversible Heun, generic path:
+    ys ``(T, B, d)``; dW ``(N, B, d)``. With the latent SDE's KL term: ``neuralsde.fast.logqp``."""
+    params = tuple(sde.parameters()) if adjoint_params is None else tuple(adjoint_params)
+    return solve(lambda t, y, u: (sde.f(t, y), sde.g(t, y)), y0, ts, dt, dW=dW, params=params, adjoint=adjoint,
+                 diagonal=True)
