@@ -58,6 +58,7 @@ def _quiet_known_warnings() -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and test) the configured model; return the final logged metrics as floats."""
+    _check_trainer_limits(cfg)
     _quiet_known_warnings()
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
@@ -86,6 +87,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     result = {k: float(v) for k, v in metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     log.info("Output directory: %s", out_dir)
     return result
+
+
+def _check_trainer_limits(cfg: DictConfig) -> None:
+    """Refuse Lightning's own step limit: under manual optimisation it counts optimiser steps (two per SDE-GAN
+    step) and ends the run without the final validation that ``model.train_steps`` gives."""
+    max_steps = (cfg.get("trainer") or {}).get("max_steps", -1)
+    if max_steps not in (None, -1):
+        raise ConfigError(f"trainer.max_steps={max_steps} is not the training length here: Lightning counts "
+                          "optimiser steps (the SDE-GAN takes two per training step) and stops before the final "
+                          f"validation. Fix: set model.train_steps={max_steps} and leave trainer.max_steps=-1.")
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:

@@ -59,6 +59,14 @@ def test_non_positive_train_steps(tiny_cfg):
         build(cfg)
 
 
+def test_lightning_max_steps_points_to_train_steps(tiny_cfg):
+    cfg = tiny_cfg()
+    with open_dict(cfg):
+        cfg.trainer.max_steps = 30
+    with pytest.raises(ConfigError, match=r"trainer.max_steps=30 .* Fix: set model.train_steps=30"):
+        train(cfg)
+
+
 def test_batch_larger_than_training_set(tiny_cfg):
     cfg = tiny_cfg()
     with open_dict(cfg):
