@@ -6,7 +6,7 @@ from omegaconf import open_dict
 
 from neuralsde.errors import ConfigError
 from neuralsde.solver import SolverConfig
-from neuralsde.training import build, train
+from neuralsde.training import build, metric_for_sweep, train
 from tests.conftest import compose_config
 
 
@@ -65,6 +65,16 @@ def test_lightning_max_steps_points_to_train_steps(tiny_cfg):
         cfg.trainer.max_steps = 30
     with pytest.raises(ConfigError, match=r"trainer.max_steps=30 .* Fix: set model.train_steps=30"):
         train(cfg)
+
+
+def test_missing_optimized_metric_fails_a_sweep_and_warns_a_single_run(caplog):
+    metrics = {"train/g_loss": 1.0, "val/sig_mmd": 0.5}
+    assert metric_for_sweep(metrics, "val/sig_mmd", sweeping=True) == 0.5
+    with pytest.raises(ConfigError, match=r"optimized_metric='val/elbo' was not logged.*'val/sig_mmd'.*Fix"):
+        metric_for_sweep(metrics, "val/elbo", sweeping=True)
+    with caplog.at_level("WARNING"):
+        assert metric_for_sweep(metrics, "val/elbo", sweeping=False) is None
+    assert "val/elbo" in caplog.text and "limit_val_batches" in caplog.text
 
 
 def test_batch_larger_than_training_set(tiny_cfg):
