@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 
 import pytest
 import scipy.stats
@@ -332,3 +333,14 @@ def test_plots_return_figures_and_handle_nan():
         assert buf.tell() > 1000
     with pytest.raises(ConfigError, match="data channel"):
         plot_marginals(real, fake, channel=0)
+
+
+def test_autocorrelation_plot_gives_many_channels_a_panel_each():
+    real, fake = ou(40, channels=9, seed=1), ou(40, channels=9, seed=2)
+    fig = plot_autocorrelation(real, fake, max_lag=5)
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == 9 and all(len(ax.lines) == 3 for ax in shown)  # real, fake, zero line
+    assert [t.get_text() for t in shown[0].get_legend().get_texts()] == ["real", "fake"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns when the layout cannot fit the panels
+        fig.savefig(io.BytesIO(), format="png")

@@ -60,24 +60,46 @@ def plot_marginals(
     return fig
 
 
+SHARED_AXES_CHANNELS = 4  # up to this many channels share one panel; more get one panel each (a legend per line
+# would outgrow the figure)
+
+
 def plot_autocorrelation(real: torch.Tensor, fake: torch.Tensor, *, max_lag: int | None = None) -> Figure:
     """Autocorrelation against lag of each data channel, real (solid) vs fake (dashed).
 
-    real ``(m, T, C)`` (NaN ignored), fake ``(n, T, C)``; see ``marginals.autocorrelation``.
+    real ``(m, T, C)`` (NaN ignored), fake ``(n, T, C)``; see ``marginals.autocorrelation``. Up to
+    ``SHARED_AXES_CHANNELS`` data channels share one panel; more get a grid of panels, one per channel.
     """
     real, fake = check_paths(real, "real").detach().cpu(), check_paths(fake, "fake").detach().cpu()
     check_same_grid(real, fake, ("real", "fake"))
     acf_real, acf_fake = autocorrelation(real, max_lag), autocorrelation(fake, max_lag)
-    fig = _figure(5.0, 3.5)
-    ax = fig.subplots()
     lags = range(acf_real.shape[0])
-    for c in range(acf_real.shape[1]):
-        (line,) = ax.plot(lags, acf_real[:, c].numpy(), label=f"real ch {c + 1}")
-        ax.plot(lags, acf_fake[:, c].numpy(), linestyle="--", color=line.get_color(), label=f"fake ch {c + 1}")
-    ax.set_xlabel("lag (observations)")
-    ax.set_ylabel("autocorrelation")
-    ax.axhline(0, color="grey", linewidth=0.5)
-    ax.legend(fontsize="small")
+    channels = acf_real.shape[1]
+    shared = channels <= SHARED_AXES_CHANNELS
+    cols = 1 if shared else min(6, channels)
+    rows = 1 if shared else -(-channels // cols)
+    fig = _figure(5.0, 3.5) if shared else _figure(2.4 * cols, 2.0 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True).flatten()
+    for c in range(channels):
+        ax = axes[0 if shared else c]
+        name = f" ch {c + 1}" if shared else ""
+        (line,) = ax.plot(lags, acf_real[:, c].numpy(), label=f"real{name}")
+        ax.plot(lags, acf_fake[:, c].numpy(), linestyle="--", color=line.get_color(), label=f"fake{name}")
+        if not shared:
+            ax.set_title(f"channel {c + 1}", fontsize="small")
+            if c + cols >= channels:  # nothing below it: show its lag ticks
+                ax.tick_params(labelbottom=True)
+    for ax in axes[channels:]:
+        ax.set_visible(False)
+    for ax in axes[:channels]:
+        ax.axhline(0, color="grey", linewidth=0.5)
+    if shared:
+        axes[0].set_xlabel("lag (observations)")
+        axes[0].set_ylabel("autocorrelation")
+    else:
+        fig.supxlabel("lag (observations)")
+        fig.supylabel("autocorrelation")
+    axes[0].legend(fontsize="small")
     return fig
 
 
