@@ -109,9 +109,10 @@ def _solve_both(sde, context, y0, ts, dt, seed=4):
     return out
 
 
-@pytest.mark.parametrize("num_layers, dt", [(1, 1.0), (2, 1.0), (2, 0.5)])
+@pytest.mark.parametrize("num_layers, dt, chunk", [(1, 1.0, None), (2, 1.0, None), (2, 0.5, None), (2, 0.5, 3)])
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_fused_latent_field_equals_the_autograd_path(dtype, tol, num_layers, dt):
+def test_fused_latent_field_equals_the_autograd_path(dtype, tol, num_layers, dt, chunk, monkeypatch):
+    monkeypatch.setattr("neuralsde.fast.latent.CHUNK", chunk)  # 3: 17 evaluations make five full chunks and a part
     torch.manual_seed(0)
     sde = LatentSDEFunc(D, CTX, 8, num_layers, 6, 1e-3, 1.0, T).to(dtype)
     context = torch.randn(B, T, CTX, dtype=dtype, requires_grad=True)

@@ -9,9 +9,11 @@ One evaluation at grid index ``k`` of the state ``Y = [y, l]``:
                                 + b_out_i)), all dimensions in one broadcast;
     KL integrand                |v|^2 / 2, v = (f - h) / g (torchsde's stable division),
 
-so ``F = [f, |v|^2 / 2]``, ``G = [g, 0]``. The VJP is written out by hand and accumulates the parameter (and
-context) gradients itself; ``neuralsde.fast.solve`` calls it through its indexed-field protocol, so the reversible
-Heun adjoint around it is the generic one, tested against torchsde. Other structures take the autograd path.
+so ``F = [f, |v|^2 / 2]``, ``G = [g, 0]``. The VJP is written out by hand; what the parameter (and context)
+gradients need from each evaluation is kept in chunk buffers and summed a chunk at a time (one GEMM per layer
+instead of some thirty small accumulations per step). ``neuralsde.fast.solve`` calls it through its indexed-field
+protocol, so the reversible Heun adjoint around it is the generic one, tested against torchsde. Other structures
+take the autograd path.
 """
 from __future__ import annotations
 
@@ -20,9 +22,12 @@ from torch import nn
 
 from neuralsde.fast.fused import _agrees
 from neuralsde.fast.logqp import STABLE_EPS, logqp_field
-from neuralsde.fast.mlp import parse, plain
+from neuralsde.fast.mlp import chunk_size, parse, plain
 
 _SILU_BWD = torch.ops.aten.silu_backward
+_SILU_BWD_INTO = torch.ops.aten.silu_backward.grad_input
+_SILU_INTO = torch._C._nn.silu  # accepts out=
+CHUNK = None  # evaluations per parameter-gradient sum; None: as many as fit in mlp.CACHE_BYTES
 DIFFUSION_LIPSWISH = 0.909  # DiagonalDiffusion's activation scale (written in its forward; the probe checks it)
 
 
@@ -59,17 +64,35 @@ def _supported(sde) -> tuple | None:
 class _Local:
     """An evaluation at grid index ``k`` with what its VJP needs."""
 
-    __slots__ = ("owner", "k", "y", "pres", "acts", "pg", "sg", "sig", "gs", "mask", "v", "f", "gt")
+    __slots__ = ("owner", "k", "slot", "y", "pres", "acts", "pg", "sg", "sig", "gs", "mask", "v", "f", "gt")
 
     def vjp(self, a_f, a_g, params, need_u):
         return self.owner._vjp(self, a_f, a_g), None, [None] * len(params)
+
+
+class _Chunk:
+    """Per-evaluation inputs and cotangents that the parameter gradients read, for ``size`` evaluations."""
+
+    def __init__(self, fl: FusedLatent):
+        batch, d, hd = fl.batch, fl.d, fl.w1.size(-1)
+        widths = [w.size(1) for w in fl.ws] + [w.size(0) for w in fl.ws] + [fl.w0y.size(0), d, d, 2 * d * hd]
+        self.size = chunk_size(batch * sum(widths) * fl.like.element_size(), fl.points, CHUNK)
+
+        def new(*shape):
+            return fl.like.new_empty(self.size, batch, *shape)
+        self.y, self.d_og, self.sg, self.d_pg = new(d), new(d), new(d, hd), new(d, hd)
+        self.acts = [new(w.size(1)) for w in fl.ws]  # inputs of the later layers
+        self.dd = [new(w.size(0)) for w in fl.ws]  # cotangents of the later layers' outputs
+        self.dd0 = new(fl.w0y.size(0))  # cotangents of the first layer's outputs
+        self.ks = [0] * self.size
 
 
 class FusedLatent:
     """``LatentSDEFunc``'s augmented field at the grid ``t_grid``, prepared with the current weights and context.
 
     Build with ``fused_latent``; ``at``, ``local`` and ``param_grads`` are ``neuralsde.fast.solve``'s indexed-field
-    protocol.
+    protocol. A local's VJP is taken before the next local is made (as the adjoint loop does): locals share chunk
+    slots in that order.
     """
 
     def __init__(self, sde, post, prior, scales, t_grid: torch.Tensor, like: torch.Tensor):
@@ -115,23 +138,30 @@ class FusedLatent:
             self.w_out = DIFFUSION_LIPSWISH * diff.w_out
             self.b_out = diff.b_out
             self.g0, self.g1 = ns * diff.floor, ns * diff.scale
-        self.grads = None
+        self.batch, self.points, self.like = batch, len(t_grid), like.detach()  # like: shape, dtype, device of chunks
+        self.grads = self.chunk = None
 
     # ------------------------------------------------------------------------------------- evaluation
 
     def _evaluate(self, k: int, Y: torch.Tensor, keep: _Local | None):
         d = self.d
         y = Y[:, :d]
+        slot = None
+        if keep is not None:  # what the parameter gradients read goes straight into this evaluation's chunk slot
+            if self.chunk is None:
+                self._start()
+            slot = self.filled
+            y = self.chunk.y[slot].copy_(y)
         pre = torch.addmm(self.bias0_at[k], y, self.w0y_t)
         pres, acts = [pre], []
-        for w_t, b in zip(self.ws_t, self.bs, strict=True):
-            a = torch.nn.functional.silu(pre)
+        for i, (w_t, b) in enumerate(zip(self.ws_t, self.bs, strict=True)):
+            a = torch.nn.functional.silu(pre) if slot is None else _SILU_INTO(pre, out=self.chunk.acts[i][slot])
             acts.append(a)
             pre = torch.addmm(b, a, w_t)
             pres.append(pre)
         f, h = pre[:, :d], pre[:, d:]
         pg = torch.addcmul(self.bg[k], y.unsqueeze(-1), self.w1)  # (B, d, Hd)
-        sg = torch.nn.functional.silu(pg)
+        sg = torch.nn.functional.silu(pg) if slot is None else _SILU_INTO(pg, out=self.chunk.sg[slot])
         sig = torch.sigmoid((sg * self.w_out).sum(-1) + self.b_out)
         g = torch.add(self.g0, sig, alpha=self.g1)
         mask = g.abs() > STABLE_EPS
@@ -140,7 +170,7 @@ class FusedLatent:
         F = torch.cat([f, 0.5 * (v * v).sum(1, keepdim=True)], 1)
         G = torch.cat([g, g.new_zeros(g.size(0), 1)], 1)
         if keep is not None:
-            keep.k, keep.y, keep.pres, keep.acts = k, y, pres, acts
+            keep.k, keep.slot, keep.y, keep.pres, keep.acts = k, slot, y, pres, acts
             keep.pg, keep.sg, keep.sig, keep.gs, keep.mask, keep.v = pg, sg, sig, gs, mask, v
             keep.f, keep.gt = F, G
         return F, G
@@ -165,51 +195,67 @@ class FusedLatent:
             "context": zeros(self.context), "w_out": zeros(diff.w_out), "b_out": zeros(diff.b_out),
             "b_in": zeros(diff.b_in), "w_in": zeros(diff.w_in),
         }
+        self.chunk, self.filled = _Chunk(self), 0
 
     def _vjp(self, loc: _Local, a_F: torch.Tensor, a_G: torch.Tensor) -> torch.Tensor:
-        if self.grads is None:
-            self._start()
-        gr, d, h, k = self.grads, self.d, self.hid, loc.k
+        c, d, s = self.chunk, self.d, loc.slot
         a_l = a_F[:, d:]
         w = a_l * loc.v / loc.gs
-        d_out = torch.cat([a_F[:, :d] + w, -w], 1)  # cotangents of f and h
+        dd = torch.cat([a_F[:, :d] + w, -w], 1, out=c.dd[-1][s])  # cotangents of f and h
         a_g = a_G[:, :d] - (w * loc.v) * loc.mask
         # diffusion
-        d_og = a_g * self.g1 * loc.sig * (1 - loc.sig)
-        d_pg = _SILU_BWD(d_og.unsqueeze(-1) * self.w_out, loc.pg)
+        d_og = torch.mul(a_g * (loc.sig * (1 - loc.sig)), self.g1, out=c.d_og[s])
+        d_pg = _SILU_BWD_INTO(d_og.unsqueeze(-1) * self.w_out, loc.pg, grad_input=c.d_pg[s])
         dy = (d_pg * self.w1).sum(-1)
-        gr["w_out"] += DIFFUSION_LIPSWISH * (d_og.unsqueeze(-1) * loc.sg).sum(0)
-        gr["b_out"] += d_og.sum(0)
-        s = d_pg.sum(0)
-        gr["b_in"] += s
-        gr["w_in"][:, 0] += self.tau_at[k] * s
-        gr["w_in"][:, 1] += (loc.y.unsqueeze(-1) * d_pg).sum(0)
         # drifts, last layer first
-        dd = d_out
         for i in range(len(self.ws) - 1, -1, -1):
-            a = loc.acts[i]
-            n_out = dd.size(1) // 2
-            n_in = a.size(1) // 2
-            gw = gr["w"][i]
+            dd = _SILU_BWD_INTO(dd @ self.ws[i], loc.pres[i], grad_input=c.dd[i - 1][s] if i else c.dd0[s])
+        dy = torch.addmm(dy, dd, self.w0y)
+        c.ks[s] = loc.k
+        self.filled += 1
+        if self.filled == c.size:
+            self._flush()
+        return torch.cat([dy, dy.new_zeros(dy.size(0), 1)], 1)
+
+    def _flush(self) -> None:
+        """Sum the parameter and context gradients of the chunk's ``filled`` evaluations."""
+        c, gr, m, h = self.chunk, self.grads, self.filled, self.hid
+        self.filled = 0
+        if m == 0:
+            return
+        ks = torch.as_tensor(c.ks[:m], device=self.tau.device)
+        tau, y = self.tau[ks], c.y[:m]
+        rows = m * y.size(1)
+        # diffusion
+        d_og, d_pg = c.d_og[:m], c.d_pg[:m]
+        gr["w_out"].add_((d_og.unsqueeze(-1) * c.sg[:m]).sum((0, 1)), alpha=DIFFUSION_LIPSWISH)
+        gr["b_out"] += d_og.sum((0, 1))
+        per_k = d_pg.sum(1)  # (m, d, Hd)
+        gr["b_in"] += per_k.sum(0)
+        gr["w_in"][:, 0] += (tau @ per_k.view(m, -1)).view_as(per_k[0])
+        gr["w_in"][:, 1] += (y.unsqueeze(-1) * d_pg).sum((0, 1))
+        # drifts: the heads' diagonal blocks only (the off-diagonal ones are structurally zero)
+        for i, gw in enumerate(gr["w"]):
+            dd, a = c.dd[i][:m].view(rows, -1), c.acts[i][:m].view(rows, -1)
+            n_out, n_in = dd.size(1) // 2, a.size(1) // 2
             gw[:n_out, :n_in].addmm_(dd[:, :n_out].t(), a[:, :n_in])
             gw[n_out:, n_in:].addmm_(dd[:, n_out:].t(), a[:, n_in:])
             gr["b"][i] += dd.sum(0)
-            dd = _SILU_BWD(dd @ self.ws[i], loc.pres[i])
-        col = dd.sum(0)
-        gr["b0"] += col
-        gr["w_t"] += self.tau_at[k] * col
-        gr["w0y"].addmm_(dd.t(), loc.y)
-        dp = dd[:, :h]
-        i = self.idx_at[k]
-        gr["w0c"].addmm_(dp.t(), self.context[:, i])
-        gr["context"][:, i] += dp @ self.w0c
-        dy = torch.addmm(dy, dd, self.w0y)
-        return torch.cat([dy, dy.new_zeros(dy.size(0), 1)], 1)
+        dd0 = c.dd0[:m]  # (m, B, 2H): cotangents of the first layer's outputs
+        col = dd0.sum(1)
+        gr["b0"] += col.sum(0)
+        gr["w_t"] += tau @ col
+        gr["w0y"].addmm_(dd0.view(rows, -1).t(), y.reshape(rows, -1))
+        dp = dd0[..., :h]  # the posterior's: it alone reads the context
+        idx = self.idx[ks]
+        gr["w0c"].addmm_(dp.reshape(rows, h).t(), self.context[:, idx].transpose(0, 1).reshape(rows, -1))
+        gr["context"].index_add_(1, idx, (dp @ self.w0c).transpose(0, 1))
 
     def param_grads(self, params) -> list[torch.Tensor | None]:
         """Gradients of ``params`` (the module's parameters and the context) summed over every VJP."""
-        if self.grads is None:
+        if self.chunk is None:
             self._start()
+        self._flush()
         gr, h = self.grads, self.hid
         ts, last = self.sde.time_scale, len(self.ws)
         out = {}
@@ -230,7 +276,7 @@ class FusedLatent:
         out[id(diff.w_out)], out[id(diff.b_out)] = gr["w_out"], gr["b_out"]
         out[id(diff.b_in)], out[id(diff.w_in)] = gr["b_in"], gr["w_in"]
         out[id(self.sde.context)] = gr["context"]
-        self.grads = None
+        self.grads = self.chunk = None
         return [out.get(id(p)) for p in params]
 
 
