@@ -7,6 +7,7 @@ import torch
 from omegaconf import open_dict
 
 from latent_sde.components.decoder import Decoder
+from latent_sde.components.encoder import Encoder
 from latent_sde.module import DegenerateDiffusionWarning, LatentSDE
 from latent_sde.support import kl_normal
 from neuralsde.data.interpolation import fill_missing
@@ -62,6 +63,26 @@ def test_shapes(kind):
     assert sample.shape == (5, T, 1 + C) and torch.equal(sample[0, :, 0], model.times)
     rec = model.reconstruct(paths)
     assert rec.shape == paths.shape and torch.isfinite(rec).all()
+
+
+@pytest.mark.parametrize("method, adjoint", [("reversible_heun", True), ("reversible_heun", False),
+                                             ("midpoint", True), ("midpoint", False)])
+def test_cde_encoder_on_the_fast_backend_equals_torchcde(method, adjoint, monkeypatch):
+    import torchcde
+    paths, filled = make_batch(torch.float64)
+    out = []
+    for backend in ("torchsde", "fast"):
+        if backend == "fast":  # it must not reach torchcde
+            monkeypatch.setattr(torchcde, "cdeint", lambda *a, **k: pytest.fail("torchcde.cdeint called"))
+        torch.manual_seed(0)
+        solver = SolverConfig(method=method, adjoint=adjoint, backend=backend)
+        encoder = Encoder(C, 4, 3, T, kind="cde", hidden_size=8, solver=solver).double()
+        context, mean, log_std = encoder(paths, filled)
+        loss = (context ** 2).sum() + (mean * log_std).sum()
+        out.append([context, mean, log_std, *torch.autograd.grad(loss, list(encoder.parameters()))])
+    assert out[1][3].abs().sum() > 0
+    for fast, ref in zip(out[1], out[0], strict=True):
+        assert (fast - ref).norm() <= 1e-12 * ref.norm()
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "laplace"])
