@@ -159,16 +159,22 @@ def _continue_wandb_run(cfg: DictConfig, ckpt_path: str) -> None:
             cfg.logger.wandb.resume = "allow"
 
 
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
+
+
 def _group_wandb_sweep(cfg: DictConfig) -> None:
     """In a multirun every job is its own wandb run, grouped by the sweep directory's name."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
-    if wandb_cfg is None or wandb_cfg.get("group") or not HydraConfig.initialized():
+    if wandb_cfg is None or wandb_cfg.get("group"):
         return
-    hc = HydraConfig.get()
-    if str(hc.mode) == "RunMode.MULTIRUN":
+    if _in_multirun():
+        hc = HydraConfig.get()
         with open_dict(cfg):
             # Two path parts: results/cpu/table_a and results/paper/table_a must not share a group.
             cfg.logger.wandb.group = "/".join(Path(hc.sweep.dir).parts[-2:])
@@ -185,8 +191,7 @@ def metric_for_sweep(metrics: dict[str, float], name: str | None, sweeping: bool
     message = (f"optimized_metric={name!r} was not logged. Logged metrics: {sorted(metrics)}. Fix: name one of "
                "them, or let validation run (trainer.limit_val_batches > 0).")
     if sweeping is None:
-        from hydra.core.hydra_config import HydraConfig
-        sweeping = HydraConfig.initialized() and str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
+        sweeping = _in_multirun()
     if sweeping:
         raise ConfigError(message)
     log.warning(message)
