@@ -345,21 +345,3 @@ def test_autocorrelation_plot_gives_many_channels_a_panel_each():
         warnings.simplefilter("error")  # matplotlib warns when the layout cannot fit the panels
         fig.savefig(io.BytesIO(), format="png")
 
-
-def test_signature_mmd_warns_when_a_few_large_paths_dominate_the_kernel(monkeypatch):
-    import neuralsde.metrics.sig_mmd as sm
-
-    monkeypatch.setattr(sm, "_warned", set())
-    real, fake = ou(40, channels=3, seed=1), ou(40, channels=3, seed=2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        signature_mmd(real, fake, n_boot=0)  # normalised-size paths: no warning
-    spiky = real.clone()
-    spiky[0, 5:8, 1:] = 25.0  # one extreme episode, as air quality's worst days
-    with pytest.warns(RuntimeWarning, match=r"dominated.*sig_path_scale.*0\.29 for 3 data channel") as record:
-        signature_mmd(spiky, fake, n_boot=0)
-        signature_mmd(spiky, fake, n_boot=0)  # once per channels and scale, not at every validation
-    assert len(record) == 1
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        signature_mmd(spiky, fake, n_boot=0, path_scale=0.05)  # scaled down: no longer dominated

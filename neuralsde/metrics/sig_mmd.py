@@ -18,14 +18,13 @@ Scaling. Before any signature the paths are prepared the same way for both sampl
    (it grows like the path's length to the 2 * depth, or exponentially for ``pde``) and the estimate becomes
    noise: e.g. Beijing air quality (6 channels) at 1 gives real vs real MMD² -9e3 (-6e4, 1e4). About
    ``1 / (2 sqrt(channels))`` keeps it well behaved (0.002 (-0.02, 0.03) there); the multi-channel experiments
-   set it, and ``signature_mmd`` warns when the real sample's kernel looks dominated (``HEAVY_KERNEL``);
+   set it (``configs/experiment``), and the bootstrap interval shows how noisy an estimate is;
 4. with ``basepoint=True`` a point (t_0, 0, ..., 0) is prepended: signatures only see increments, so
    without it the distribution of the initial value would be invisible to the metric.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass
 
 import pysiglib
@@ -179,27 +178,6 @@ def bootstrap_mmd(
     return within(cx, kxx) + within(cy, kyy) - 2 * torch.einsum("bi,ij,bj->b", cx, kxy, cy) / (m * n)
 
 
-HEAVY_KERNEL = 1e3  # k(x, x) of the real paths: a median above this warns,
-HEAVY_RATIO = 1e3  # and so does a max this many times the median (or 1)
-_warned: set = set()
-
-
-def _warn_if_dominated(diag: torch.Tensor, channels: int, path_scale: float) -> None:
-    """Warn (once per channels and scale) when a few large real paths dominate the kernel: the MMD is then noise."""
-    median, top = float(diag.median()), float(diag.max())
-    if not (median > HEAVY_KERNEL or top > HEAVY_RATIO * max(median, 1.0)) or (channels, path_scale) in _warned:
-        return
-    _warned.add((channels, path_scale))
-    warnings.warn(
-        f"the signature kernel of the real paths is dominated by their size (k(x, x): median {median:.3g}, max "
-        f"{top:.3g} at path_scale={path_scale:g}), so the MMD estimate is mostly noise. Fix: lower path_scale "
-        f"(callbacks.metrics.options.sig_path_scale), e.g. to 1 / (2 sqrt(channels)) = "
-        f"{0.5 / max(channels, 1) ** 0.5:.2g} for {channels} data channel(s).",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-
-
 def signature_mmd(
     real: torch.Tensor,
     fake: torch.Tensor,
@@ -249,7 +227,6 @@ def signature_mmd(
         rbf_sigma=rbf_sigma,
         n_jobs=n_jobs,
     )
-    _warn_if_dominated(kxx.diagonal(), x.shape[2] - 1, path_scale)
     estimate = mmd_unbiased(kxx, kyy, kxy)
     if n_boot == 0:
         return MMDResult(estimate, estimate, estimate)
