@@ -13,6 +13,7 @@ from latent_sde.support import kl_normal
 from neuralsde.data.interpolation import fill_missing
 from neuralsde.data.preprocessing import Normalizer
 from neuralsde.errors import ConfigError
+from neuralsde.fast.fused import _FUSED
 from neuralsde.solver import SolverConfig
 from neuralsde.training import build, train
 
@@ -65,9 +66,10 @@ def test_shapes(kind):
     assert rec.shape == paths.shape and torch.isfinite(rec).all()
 
 
-@pytest.mark.parametrize("method, adjoint", [("reversible_heun", True), ("reversible_heun", False),
-                                             ("midpoint", True), ("midpoint", False)])
-def test_cde_encoder_on_the_fast_backend_equals_torchcde(method, adjoint, monkeypatch):
+@pytest.mark.parametrize("method, adjoint, num_layers", [("reversible_heun", True, 1), ("reversible_heun", True, 2),
+                                                         ("reversible_heun", False, 1), ("midpoint", True, 2),
+                                                         ("midpoint", False, 1)])
+def test_cde_encoder_on_the_fast_backend_equals_torchcde(method, adjoint, num_layers, monkeypatch):
     import torchcde
     paths, filled = make_batch(torch.float64)
     out = []
@@ -76,11 +78,12 @@ def test_cde_encoder_on_the_fast_backend_equals_torchcde(method, adjoint, monkey
             monkeypatch.setattr(torchcde, "cdeint", lambda *a, **k: pytest.fail("torchcde.cdeint called"))
         torch.manual_seed(0)
         solver = SolverConfig(method=method, adjoint=adjoint, backend=backend)
-        encoder = Encoder(C, 4, 3, T, kind="cde", hidden_size=8, solver=solver).double()
+        encoder = Encoder(C, 4, 3, T, kind="cde", hidden_size=8, num_layers=num_layers, solver=solver).double()
         context, mean, log_std = encoder(paths, filled)
         loss = (context ** 2).sum() + (mean * log_std).sum()
         out.append([context, mean, log_std, *torch.autograd.grad(loss, list(encoder.parameters()))])
     assert out[1][3].abs().sum() > 0
+    assert (encoder.cde_func in _FUSED) == adjoint  # the adjoint solve takes the fused hand-written VJPs
     for fast, ref in zip(out[1], out[0], strict=True):
         assert (fast - ref).norm() <= 1e-12 * ref.norm()
 

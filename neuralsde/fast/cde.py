@@ -33,7 +33,8 @@ def fast_cdeint(func: nn.Module, z0: torch.Tensor, X_values: torch.Tensor, ts: t
     (fill them first, e.g. ``torchcde.linear_interpolation_coeffs``). ts ``(T,)`` within ``[0, L - 1]`` on the
     ``dt`` grid (default ``[0, L - 1]``). Returns zs ``(T, B, H)`` (time first, unlike torchcde).
     Gradients reach func's parameters (or ``adjoint_params``), z0 and X_values, in both modes.
-    fused: in adjoint mode, solve sdegan's ``DiscriminatorCDE`` with hand-written VJPs (see ``fast_sdeint``).
+    fused: in adjoint mode, solve sdegan's ``DiscriminatorCDE`` or the latent SDE's CDE encoder field with
+    hand-written VJPs (``neuralsde.fast.mlp.cde_mlp``; see ``fast_sdeint``).
     """
     if X_values.dim() != 3 or X_values.size(1) < 2:
         raise ValueError(f"X_values must have shape (batch, length >= 2, channels), got {tuple(X_values.shape)}")

@@ -234,7 +234,7 @@ def _signature(module, like: torch.Tensor) -> tuple:
 
 
 def fused_field(module, params, times: torch.Tensor, probe_t: torch.Tensor, probe_k: int, z0: torch.Tensor):
-    """``(FusedMLP, keep)`` standing in for sdegan's ``GeneratorSDE`` or ``DiscriminatorCDE`` ``module``, prepared
+    """``(FusedMLP, keep)`` standing in for sdegan's ``GeneratorSDE`` or a known CDE field (``mlp.cde_mlp``), prepared
     for the evaluation ``times``; None (generic path) unless its structure, the adjoint ``params`` and a probe
     evaluation at ``probe_t`` (time index ``probe_k``) all agree. The fused structure and the probe's verdict are
     kept per module while its signature holds (hooks are checked on every call)."""
@@ -248,7 +248,7 @@ def fused_field(module, params, times: torch.Tensor, probe_t: torch.Tensor, prob
     keep = None if mlp is None else _select(mlp, params)
     if keep is None:
         return None
-    mlp.prepare((times * module.time_scale).to(z0.dtype))
+    mlp.prepare((times * getattr(module, "time_scale", 1.0)).to(z0.dtype))
     if probed:
         return mlp, keep
     z = z0.detach()[:PROBE_ROWS]
@@ -259,7 +259,7 @@ def fused_field(module, params, times: torch.Tensor, probe_t: torch.Tensor, prob
             module.nfe = nfe  # callers count the solve's evaluations
             ref, what = torch.cat([f.unsqueeze(1), g.permute(0, 2, 1)], 1), "f_and_g"
         else:
-            ref, what = module(probe_t, z).transpose(1, 2), "DiscriminatorCDE.forward"
+            ref, what = module(probe_t, z).transpose(1, 2), f"{type(module).__name__}.forward"
         if not _agrees(mlp.evaluate(z, probe_k), ref, what):
             _FUSED.pop(module, None)
             return None
@@ -283,7 +283,7 @@ def fused_sdeint(vf, y0, t_grid, obs, dt, dW, params):
 
 
 def fused_cdeint(func, z0, t_grid, obs, dt, U, params):
-    """zs ``(T, B, H)`` via the fused path if ``func`` is an sdegan ``DiscriminatorCDE``, else None."""
+    """zs ``(T, B, H)`` via the fused path if ``func`` is a CDE field ``mlp.cde_mlp`` knows, else None."""
     fused = fused_field(func, params, t_grid, t_grid[-1], -1, z0)
     if fused is None:
         return None

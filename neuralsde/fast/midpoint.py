@@ -25,10 +25,10 @@ backward 2 re-evaluations + 2 VJPs (the first one to the state only). CDE contro
 (left piece) at the first reverse stage, ``v' = dt dX/dt(t')``; X gets its gradient through ``v'`` (torchsde's
 coefficient VJP, likewise discarded at the first stage).
 
-``adjoint=True`` with ``fused``: sdegan's ``GeneratorSDE`` / ``DiscriminatorCDE`` go through ``FusedMLP`` with
-hand-written VJPs, parameter gradients summed once at the end (no double backward). Other fields: the same
-adjoint with ``torch.autograd.grad`` per stage. ``adjoint=False``: plain autograd through the forward loop,
-i.e. the exact gradient of the discretisation (memory O(steps); double backward works there).
+``adjoint=True`` with ``fused``: sdegan's ``GeneratorSDE`` and the CDE fields of ``mlp.cde_mlp`` go through
+``FusedMLP`` with hand-written VJPs, parameter gradients summed once at the end (no double backward). Other
+fields: the same adjoint with ``torch.autograd.grad`` per stage. ``adjoint=False``: plain autograd through the
+forward loop, i.e. the exact gradient of the discretisation (memory O(steps); double backward works there).
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """MLP heads evaluated as one wide network, with a hand-written VJP (no autograd engine per step).
 
 The heads are ``neuralsde.nn.MLP``-shaped ``nn.Sequential``s (Linear, activation, ..., Linear[, Tanh]) that
-all read ``[t * scale, z]``. They are fused: first layers stacked, later layers block-diagonal (zero blocks
-add exact zeros), output rows permuted so the result is ``(B, C, H)``, control channel first. Same
-parameters, same maths; only rounding differs from the unfused modules.
+all read ``[t * scale, z]`` (or ``z`` alone: ``timed=False``). They are fused: first layers stacked, later
+layers block-diagonal (zero blocks add exact zeros), output rows permuted so the result is ``(B, C, H)``,
+control channel first. Same parameters, same maths; only rounding differs from the unfused modules.
 
 A final tanh is evaluated as ``tanh(x) = 2 sigmoid(2 x) - 1`` (the 2 folded into the last layer's weights):
 on CPU ``torch.tanh`` costs several times ``torch.sigmoid`` plus one in-place affine op (a one-off timing,
@@ -103,7 +103,7 @@ class FusedMLP:
     ``perm[i]``: which output of the concatenated heads goes to fused output column ``i``.
     """
 
-    def __init__(self, nets, perm: list[int], channels: int, hidden: int):
+    def __init__(self, nets, perm: list[int], channels: int, hidden: int, timed: bool = True):
         parsed = [parse(n) for n in nets]
         if any(p is None for p in parsed) or len({(len(p[0]), tuple(p[1]), p[2]) for p in parsed}) != 1:
             raise ValueError("heads are not MLPs of one structure")
@@ -113,7 +113,7 @@ class FusedMLP:
         self.bwd_fns = [_BWD[kind] for kind, _ in self.acts]
         self.bwd_reads_input = [kind == "silu" for kind, _ in self.acts]  # silu' needs its input, tanh' its output
         self.params = [t for p in parsed for lin in p[0] for t in (lin.weight, lin.bias)]
-        self.perm, self.channels, self.hidden = perm, channels, hidden
+        self.perm, self.channels, self.hidden, self.timed = perm, channels, hidden, timed
         n_out = sum(lin.out_features for lin in self.layers[-1])
         if sorted(perm) != list(range(n_out)) or n_out != channels * hidden:
             raise ValueError("bad output permutation")
@@ -149,9 +149,12 @@ class FusedMLP:
             perm, self.inv_perm, self.q, self.minus_one = self._constants(w0)
             if last == 0:
                 w0, b0 = w0[perm], b0[perm]
-            self.wz = w0[:, 1:].contiguous()  # (O0, H)
+            self.wz = (w0[:, 1:] if self.timed else w0).contiguous()  # (O0, H)
             f0 = two if last == 0 else 1.0
-            bias = torch.addr(b0 * f0, tsc.to(b0.dtype), w0[:, 0], alpha=f0)  # b0 + t_k * w_t per k
+            if self.timed:
+                bias = torch.addr(b0 * f0, tsc.to(b0.dtype), w0[:, 0], alpha=f0)  # b0 + t_k * w_t per k
+            else:
+                bias = (b0 * f0).expand(tsc.numel(), -1)
             self.wz_t, self.bias_t = (self.wz * f0).t(), bias.unbind(0)
             self.ws, self.bs, self.ws_t = [], [], []
             for i, lins in enumerate(self.layers[1:], start=1):
@@ -215,8 +218,10 @@ class FusedMLP:
             blocks = self._blocks_at[i] if i else None
             if i == 0:
                 col = d.sum(1)  # (n, O0)
-                tsc = self.tsc[torch.as_tensor(r.times[:n], device=d.device)].to(d.dtype)
-                gw = torch.cat([(tsc @ col).unsqueeze(1), d2.t() @ x], 1)
+                gw = d2.t() @ x
+                if self.timed:
+                    tsc = self.tsc[torch.as_tensor(r.times[:n], device=d.device)].to(d.dtype)
+                    gw = torch.cat([(tsc @ col).unsqueeze(1), gw], 1)
                 gb = col.sum(0)
             elif blocks is None:
                 gw, gb = d2.t() @ x, d.sum((0, 1))
@@ -355,13 +360,20 @@ def generator_mlp(vf) -> FusedMLP | None:
         return None
 
 
+# CDE vector fields ``(t, z) -> net(...).view(B, H, C)`` the fused path knows, by their forward: whether the
+# net reads ``[t * time_scale, z]`` (sdegan's discriminator) or ``z`` alone (the latent SDE's CDE encoder)
+_CDE_FIELDS = {("sdegan.components.discriminator", "DiscriminatorCDE.forward"): True,
+               ("latent_sde.components.encoder", "_CDEFunc.forward"): False}
+
+
 def cde_mlp(func) -> FusedMLP | None:
-    """Fused net of ``sdegan``'s ``DiscriminatorCDE`` (matched by its ``forward``), else None."""
+    """Fused net of a CDE field in ``_CDE_FIELDS`` (matched by its ``forward``), else None."""
     fn = getattr(type(func), "forward", None)
-    if getattr(fn, "__qualname__", "") != "DiscriminatorCDE.forward" or "forward" in vars(func) or not plain(func):
+    timed = _CDE_FIELDS.get((getattr(fn, "__module__", ""), getattr(fn, "__qualname__", "")))
+    if timed is None or "forward" in vars(func) or not plain(func):
         return None
     h, c = func.hidden_size, func.channels
     try:
-        return FusedMLP([func.net], [i * c + j for j in range(c) for i in range(h)], c, h)
+        return FusedMLP([func.net], [i * c + j for j in range(c) for i in range(h)], c, h, timed)
     except ValueError:
         return None
