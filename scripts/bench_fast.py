@@ -52,15 +52,19 @@ def run(ctx) -> list[dict]:
     rows.append(_marginal_row(ctx, overrides))
     rows.append(_fields_row(ctx, fast, real))
     rows.append(_latent_row(ctx))
+    rows.append(_latent_row(ctx, encoder="cde"))
     return rows
 
 
-def _latent_row(ctx) -> dict:
+def _latent_row(ctx, encoder: str = "gru") -> dict:
     """The latent SDE's training step (encoder, posterior SDE with its KL term, decoder, Adam), torchsde vs fast
-    (the posterior's fields with hand-written VJPs, ``neuralsde.fast.latent``)."""
-    what = "latent SDE step (ou_latent_sde, reversible Heun adjoint with logqp): torchsde time / fast time"
+    (the posterior's fields with hand-written VJPs, ``neuralsde.fast.latent``; a CDE encoder's field with those of
+    ``neuralsde.fast.fused``)."""
+    what = (f"latent SDE step (ou_latent_sde, {encoder.upper()} encoder, reversible Heun adjoint with logqp): "
+            "torchsde time / fast time")
     try:
-        a, b = (build_latent(ctx, [f"solver.backend={x}"]) for x in ("torchsde", "fast"))
+        a, b = (build_latent(ctx, [f"solver.backend={x}", f"model.encoder.kind={encoder}"])
+                for x in ("torchsde", "fast"))
     except Exception as exc:
         return {"what": what, "result": "skipped", "paper": "", "note": f"not built ({type(exc).__name__}: {exc})"}
     b[0].load_state_dict(a[0].state_dict())
