@@ -42,7 +42,7 @@ class LatentSDE(GenerativeModule):
         super().__init__(times, normalizer, train_steps, skip_nonfinite)
         self.solver = solver if isinstance(solver, SolverConfig) else SolverConfig(**solver)
         self.solver.check_grid(torch.arange(self.t_size, dtype=torch.float32))
-        self.solver = check_logqp_support(self.solver)
+        check_logqp_support(self.solver)
         if self.solver.compile is not None:
             raise bad_option("solver.compile", self.solver.compile, "null for the latent SDE (compiling its "
                              "fields is implemented for the SDE-GAN only)", "set solver.compile=null")

@@ -1,9 +1,6 @@
 """Validation of the latent SDE's options and solver, and the Gaussian KL of z0."""
 from __future__ import annotations
 
-import dataclasses
-import warnings
-
 import torch
 
 from neuralsde.errors import ConfigError, bad_option
@@ -15,22 +12,13 @@ LOGQP_SUPPORTED = {("reversible_heun", True), ("reversible_heun", False), ("midp
                    ("euler_heun", True), ("euler_heun", False)}
 
 
-def check_logqp_support(solver: SolverConfig) -> SolverConfig:
-    """The solver to use with ``logqp=True``; raise ConfigError before training if there is none.
-
-    The fast backend has the KL path term for reversible Heun (``neuralsde.fast.logqp``); for other methods it
-    says so and falls back to torchsde (same method and adjoint).
-    """
-    if solver.backend == "fast" and solver.method != "reversible_heun":
-        warnings.warn(f"solver.backend=fast has no logqp (KL path) term for method={solver.method!r} (only for "
-                      "reversible_heun); using the torchsde backend with the same method and adjoint. Set "
-                      "solver.backend=torchsde to silence this.", stacklevel=2)
-        solver = dataclasses.replace(solver, backend="torchsde")
+def check_logqp_support(solver: SolverConfig) -> None:
+    """Raise ConfigError before training unless ``solver`` supports ``logqp=True``. (The fast backend has the KL
+    path term for both of its methods, ``neuralsde.fast.logqp``.)"""
     if (solver.method, bool(solver.adjoint)) not in LOGQP_SUPPORTED:
         ok = sorted(f"{m} (adjoint={a})" for m, a in LOGQP_SUPPORTED)
         raise ConfigError(f"solver.method={solver.method!r} with solver.adjoint={solver.adjoint} does not support "
                           f"logqp=True in torchsde. Supported: {ok}. Fix: use solver=reversible_heun.")
-    return solver
 
 
 def check_options(*, latent_size, context_size, hidden_size, num_layers, diffusion: dict, optimizer: dict,

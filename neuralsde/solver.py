@@ -119,9 +119,9 @@ def sdeint(sde, y0: torch.Tensor, ts: torch.Tensor, cfg: SolverConfig, *, entrop
 
     With ``logqp=True`` also returns the log-ratio increments ``(batch, T - 1)`` (torchsde's KL path
     term); the Brownian motion then has one extra channel, as torchsde augments the state.
-    ``cfg.backend=fast`` solves diagonal-noise SDEs by reversible Heun in ``neuralsde.fast`` (same numbers as
-    torchsde on the same increments, drawn on the step grid from ``entropy``); other SDEs, other methods and a
-    given ``bm`` go to torchsde.
+    ``cfg.backend=fast`` solves diagonal-noise SDEs by reversible Heun or midpoint in ``neuralsde.fast`` (same
+    numbers as torchsde on the same increments, drawn on the step grid from ``entropy``); other SDEs and a given
+    ``bm`` go to torchsde.
     """
     batch = y0.size(0)
     if bm is None and fast_handles(cfg, sde):
@@ -146,15 +146,16 @@ def sdeint(sde, y0: torch.Tensor, ts: torch.Tensor, cfg: SolverConfig, *, entrop
 
 
 def fast_handles(cfg: SolverConfig, sde) -> bool:
-    """Whether ``sdeint`` solves ``sde`` on the fast backend: reversible Heun, Stratonovich, diagonal noise.
-    (The SDE-GAN's general-noise generator calls ``neuralsde.fast`` itself, with its fused fields.)"""
-    return (cfg.backend == "fast" and cfg.method == "reversible_heun" and getattr(sde, "sde_type", None) ==
-            "stratonovich" and getattr(sde, "noise_type", None) == "diagonal")
+    """Whether ``sdeint`` solves ``sde`` on the fast backend: reversible Heun or midpoint, Stratonovich, diagonal
+    noise. (The SDE-GAN's general-noise generator calls ``neuralsde.fast`` itself, with its fused fields.)"""
+    return (cfg.backend == "fast" and cfg.method in ("reversible_heun", "midpoint") and
+            getattr(sde, "sde_type", None) == "stratonovich" and getattr(sde, "noise_type", None) == "diagonal")
 
 
 def _fast_sdeint(sde, y0, ts, cfg: SolverConfig, entropy, adjoint_params, logqp: bool):
     from neuralsde.fast import sample_increments
     from neuralsde.fast.logqp import fast_sdeint_logqp
+    from neuralsde.fast.midpoint import midpoint_solve
     from neuralsde.fast.reversible_heun import fast_sdeint_diagonal
 
     seed = draw_entropy() if entropy is None else entropy
@@ -162,6 +163,10 @@ def _fast_sdeint(sde, y0, ts, cfg: SolverConfig, entropy, adjoint_params, logqp:
     dW = sample_increments(cfg.num_steps(ts), y0.size(0), noise, cfg.dt,
                            generator=torch.Generator().manual_seed(seed), dtype=y0.dtype, device=y0.device)
     if logqp:
-        ys, log_ratio = fast_sdeint_logqp(sde, y0, ts, cfg.dt, dW, cfg.adjoint, adjoint_params)
+        ys, log_ratio = fast_sdeint_logqp(sde, y0, ts, cfg.dt, dW, cfg.adjoint, adjoint_params, method=cfg.method)
         return ys.transpose(0, 1), log_ratio.transpose(0, 1)
+    if cfg.method == "midpoint":
+        params = tuple(sde.parameters()) if adjoint_params is None else tuple(adjoint_params)
+        return midpoint_solve(lambda t, y, u: (sde.f(t, y), sde.g(t, y)), y0, ts, cfg.dt, dW, params, cfg.adjoint,
+                              diagonal=True).transpose(0, 1)
     return fast_sdeint_diagonal(sde, y0, ts, cfg.dt, dW, cfg.adjoint, adjoint_params).transpose(0, 1)

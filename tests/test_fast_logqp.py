@@ -32,18 +32,19 @@ def _loss(ys, log_ratio):
     return (ys ** 2).sum() + (log_ratio * weights).sum()
 
 
+@pytest.mark.parametrize("method", ["reversible_heun", "midpoint"])
 @pytest.mark.parametrize("adjoint", [True, False])
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_logqp_equals_torchsde(dtype, tol, adjoint):
+def test_logqp_equals_torchsde(dtype, tol, adjoint, method):
     sde, context, y0, ts = make(dtype)
     params = (*sde.parameters(), context)
     dW = sample_increments(T - 1, B, D + 1, 1.0, generator=torch.Generator().manual_seed(1), dtype=dtype)
-    ys, log_ratio = fast_sdeint_logqp(sde, y0, ts, 1.0, dW, adjoint=adjoint, adjoint_params=params)
+    ys, log_ratio = fast_sdeint_logqp(sde, y0, ts, 1.0, dW, adjoint=adjoint, adjoint_params=params, method=method)
     fast = (ys, log_ratio, *torch.autograd.grad(_loss(ys, log_ratio), (y0, *params)))
     solve = torchsde.sdeint_adjoint if adjoint else torchsde.sdeint
-    extra = dict(adjoint_method="adjoint_reversible_heun", adjoint_params=params) if adjoint else {}
-    ys, log_ratio = solve(sde, y0, ts, bm=GridBrownian(dW, 0.0, 1.0), method="reversible_heun", dt=1.0, logqp=True,
-                          **extra)
+    adjoint_method = "adjoint_reversible_heun" if method == "reversible_heun" else "midpoint"
+    extra = dict(adjoint_method=adjoint_method, adjoint_params=params) if adjoint else {}
+    ys, log_ratio = solve(sde, y0, ts, bm=GridBrownian(dW, 0.0, 1.0), method=method, dt=1.0, logqp=True, **extra)
     ref = (ys, log_ratio, *torch.autograd.grad(_loss(ys, log_ratio), (y0, *params)))
     assert ref[-1].abs().sum() > 0  # the context gets a gradient (the encoder learns through it)
     assert log_ratio.shape == (T - 1, B) and (log_ratio >= 0).all()
@@ -67,6 +68,15 @@ def test_diagonal_solve_without_kl_equals_torchsde():
     ys = fast_sdeint_diagonal(prior, y0, ts, 1.0, dW, adjoint=False)
     ref = torchsde.sdeint(prior, y0, ts, bm=GridBrownian(dW, 0.0, 1.0), method="reversible_heun", dt=1.0)
     assert rel(ys, ref) < 1e-13
+    # midpoint, through sdeint's fast dispatch (increments from the entropy), with the continuous adjoint's gradients
+    dW = sample_increments(T - 1, B, D, 1.0, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    mid = SolverConfig(backend="fast", method="midpoint")
+    ys = sdeint(prior, y0, ts, mid, entropy=5)
+    fast = (ys, *torch.autograd.grad((ys ** 2).sum(), (y0, *prior.parameters())))
+    ref = torchsde.sdeint_adjoint(prior, y0, ts, bm=GridBrownian(dW, 0.0, 1.0), method="midpoint", dt=1.0,
+                                  adjoint_method="midpoint").transpose(0, 1)
+    ref = (ref, *torch.autograd.grad((ref ** 2).sum(), (y0, *prior.parameters())))
+    assert max(rel(a, b) for a, b in zip(fast, ref, strict=True)) < 1e-12
 
 
 def test_bad_input_names_the_problem():
@@ -82,7 +92,7 @@ def test_bad_input_names_the_problem():
 def test_sdeint_dispatches_diagonal_reversible_heun_to_the_fast_backend():
     sde, context, y0, ts = make(torch.float64)
     fast = SolverConfig(backend="fast")
-    assert fast_handles(fast, sde) and not fast_handles(SolverConfig(backend="fast", method="midpoint"), sde)
+    assert fast_handles(fast, sde) and fast_handles(SolverConfig(backend="fast", method="midpoint"), sde)
     assert not fast_handles(SolverConfig(backend="torchsde"), sde)
     zs, kl = sdeint(sde, y0, ts, fast, entropy=7, adjoint_params=(*sde.parameters(), context), logqp=True)
     assert zs.shape == (B, T, D) and kl.shape == (B, T - 1)

@@ -146,20 +146,16 @@ def test_reversible_heun_adjoint_gradients_are_exact_with_logqp(backend):
     assert ((adjoint_encoder - direct_encoder).norm() / direct_encoder.norm()) < 1e-10
 
 
-def test_fast_backend_solves_reversible_heun_and_says_when_it_falls_back(tiny_cfg):
+def test_fast_backend_solves_both_methods_without_falling_back(tiny_cfg):
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # reversible Heun has the KL term on the fast backend: no fallback
-        _, model = build(tiny_cfg(["experiment=ou_latent_sde"]))
-        assert model.solver.backend == "fast" and model.solver.method == "reversible_heun"
-        paths, filled = make_batch()
-        zs, kl_path, _ = make_model(solver=SolverConfig(backend="fast")).posterior(paths, filled, gen())
-        assert zs.shape == (4, T, 3) and (kl_path > 0).all()
-    with pytest.warns(UserWarning, match="no logqp.*midpoint"):
-        model = make_model(solver=SolverConfig(backend="fast", method="midpoint"))
-    assert model.solver.backend == "torchsde"
-    with pytest.warns(UserWarning, match="no logqp"):
-        _, model = build(tiny_cfg(["experiment=ou_latent_sde", "solver=midpoint", "solver.backend=fast"]))
-    assert model.solver.backend == "torchsde" and model.encoder is not None
+        warnings.simplefilter("error")  # both methods have the KL term on the fast backend: no fallback
+        for method in ("reversible_heun", "midpoint"):
+            _, model = build(tiny_cfg(["experiment=ou_latent_sde", f"solver={method}", "solver.backend=fast"]))
+            assert model.solver.backend == "fast" and model.solver.method == method
+            paths, filled = make_batch()
+            model = make_model(solver=SolverConfig(backend="fast", method=method))
+            zs, kl_path, _ = model.posterior(paths, filled, gen())
+            assert zs.shape == (4, T, 3) and (kl_path > 0).all()
 
 
 @pytest.mark.parametrize("override, value", [("model.encoder.kind", "transformer"), ("model.latent_size", 0),

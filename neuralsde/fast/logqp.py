@@ -7,7 +7,8 @@ and diffusion ``g`` (``SDELogqp``):
 
 with ``l(t0) = 0`` and one extra Brownian channel that meets a zero diffusion, and returns ``y`` and the
 increments of ``l`` between observation times. The same augmented field solved by ``neuralsde.fast.solve``
-(diagonal noise, exact reversible adjoint) gives the same numbers without torchsde's per-step bookkeeping.
+(diagonal noise, exact reversible adjoint) or ``neuralsde.fast.midpoint.midpoint_solve`` gives the same numbers
+without torchsde's per-step bookkeeping.
 """
 from __future__ import annotations
 
@@ -49,29 +50,35 @@ def check_sde(sde: nn.Module) -> None:
 
 
 def fast_sdeint_logqp(sde: nn.Module, y0: torch.Tensor, ts: torch.Tensor, dt: float, dW: torch.Tensor,
-                      adjoint: bool = True, adjoint_params=None,
-                      fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reversible Heun solve of ``sde`` with its KL path term; equals torchsde's
-    ``sdeint[_adjoint](sde, y0, ts, method="reversible_heun", logqp=True)`` on the same increments.
+                      adjoint: bool = True, adjoint_params=None, fused: bool = True,
+                      method: str = "reversible_heun") -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve of ``sde`` with its KL path term by ``method`` (``reversible_heun`` or ``midpoint``); equals
+    torchsde's ``sdeint[_adjoint](sde, y0, ts, method=method, logqp=True)`` on the same increments.
 
     y0 ``(B, d)``; ts ``(T,)`` on the ``dt`` grid; dW ``(N, B, d + 1)`` (the last channel is the log-ratio's,
     multiplied by zero, as in torchsde). adjoint_params: the tensors to differentiate in adjoint mode (default
-    ``sde.parameters()``; add any tensor the drift reads, such as a context). fused: in adjoint mode, evaluate a
-    ``LatentSDEFunc`` with hand-written VJPs (``neuralsde.fast.latent``); other SDEs, or ``fused=False``, go
-    through autograd per step. Returns ys ``(T, B, d)`` and the log-ratio increments ``(T - 1, B)`` (torchsde
-    layout).
+    ``sde.parameters()``; add any tensor the drift reads, such as a context). fused: in reversible Heun's adjoint
+    mode, evaluate a ``LatentSDEFunc`` with hand-written VJPs (``neuralsde.fast.latent``); other SDEs, midpoint,
+    or ``fused=False`` go through autograd per step (midpoint: torchsde's continuous adjoint). Returns ys
+    ``(T, B, d)`` and the log-ratio increments ``(T - 1, B)`` (torchsde layout).
     """
     check_sde(sde)
     if dW.dim() != 3 or dW.size(-1) != y0.size(1) + 1:
         raise ValueError(f"dW must have d + 1 = {y0.size(1) + 1} channels (the state's and the log-ratio's), got "
                          f"shape {tuple(dW.shape)}")
+    if method not in ("reversible_heun", "midpoint"):
+        raise ValueError(f"method={method!r}: the fast logqp solves reversible_heun or midpoint")
     params = tuple(sde.parameters()) if adjoint_params is None else tuple(adjoint_params)
     Y0 = torch.cat([y0, y0.new_zeros(y0.size(0), 1)], dim=1)
-    field = None
-    if adjoint and fused:  # the fused field keeps no graph: the direct (adjoint=False) solve needs autograd's
-        from neuralsde.fast.latent import fused_latent
-        field = fused_latent(sde, params, time_grid(ts, dt)[0], Y0)
-    Ys = solve(field or logqp_field(sde), Y0, ts, dt, dW=dW, params=params, adjoint=adjoint, diagonal=True)
+    if method == "midpoint":
+        from neuralsde.fast.midpoint import midpoint_solve
+        Ys = midpoint_solve(logqp_field(sde), Y0, ts, dt, dW, params, adjoint, diagonal=True)
+    else:
+        field = None
+        if adjoint and fused:  # the fused field keeps no graph: the direct (adjoint=False) solve needs autograd's
+            from neuralsde.fast.latent import fused_latent
+            field = fused_latent(sde, params, time_grid(ts, dt)[0], Y0)
+        Ys = solve(field or logqp_field(sde), Y0, ts, dt, dW=dW, params=params, adjoint=adjoint, diagonal=True)
     ys, log_ratio = Ys[..., :-1], Ys[..., -1]
     return ys, log_ratio[1:] - log_ratio[:-1]
 

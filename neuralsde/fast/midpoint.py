@@ -61,6 +61,12 @@ def stage_times(t_grid: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------- generic (autograd)
 
+def _g_prod(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """torchsde's ``g_prod``: ``g`` ``(B, H, W)`` times ``v`` ``(B, W)`` (its ``batch_mvp``), or elementwise for a
+    diagonal ``g`` ``(B, H)``."""
+    return g * v if g.dim() == 2 else torch.bmm(g, v.unsqueeze(-1)).squeeze(-1)
+
+
 def _integrate(field, y0, t_grid, obs, dt, dW, U, U_mid):
     """Midpoint recurrence on ``field(t, z, u) -> (f, g or None)``; autograd records whatever grad mode allows."""
     half_dt = 0.5 * dt
@@ -68,16 +74,15 @@ def _integrate(field, y0, t_grid, obs, dt, dW, U, U_mid):
     is_obs = set(obs)
     y, ys = y0, [y0]
     for k in range(len(t_grid) - 1):
-        # Same operation order as torchsde's Midpoint.step (g_prod = bmm, as its batch_mvp).
+        # Same operation order as torchsde's Midpoint.step.
         f, g = field(t_grid[k], y, None if U is None else U[k])
         y_mid = y + half_dt * f
         if g is not None:
-            v = dW[k].unsqueeze(-1)
-            y_mid = y_mid + 0.5 * torch.bmm(g, v).squeeze(-1)
+            y_mid = y_mid + 0.5 * _g_prod(g, dW[k])
         f1, g1 = field(t_mid[k], y_mid, None if U_mid is None else U_mid[k])
         y = y + dt * f1
         if g1 is not None:
-            y = y + torch.bmm(g1, v).squeeze(-1)
+            y = y + _g_prod(g1, dW[k])
         if k + 1 in is_obs:
             ys.append(y)
     return torch.stack(ys)
@@ -107,7 +112,7 @@ class _GenericAdjoint(torch.autograd.Function):
             f, g = field(t, y, u)
             out = dt * f
             if g is not None:
-                out = out + torch.bmm(g, dW[k].unsqueeze(-1)).squeeze(-1)
+                out = out + _g_prod(g, dW[k])
             return out
 
         obs_at = {k: i for i, k in enumerate(ctx.obs)}
@@ -253,6 +258,19 @@ def _fused_cdeint(func, z0, t_grid, obs, dt, U, U_mid, U_next, params):
 
 # ------------------------------------------------------------------------------------------------- public
 
+def midpoint_solve(field, y0: torch.Tensor, ts: torch.Tensor, dt: float, dW: torch.Tensor | None = None,
+                   params=(), adjoint: bool = True, diagonal: bool = False) -> torch.Tensor:
+    """Generic midpoint solve of ``field(t, z, u) -> (f, g)`` (``u`` always None here; see ``reversible_heun.solve``)
+    on the ``dt`` grid of ``ts``, with torchsde's continuous adjoint (``params``: the tensors to differentiate) or
+    plain autograd. ``g`` ``(B, H, W)``, or ``(B, H)`` with ``diagonal`` (then dW ``(N, B, H)``). ys ``(T, B, H)``."""
+    t_grid, obs = checked_grid(ts, dt, y0, dW, diagonal=diagonal)
+    if not adjoint:
+        return _integrate(field, y0, t_grid, obs, float(dt), dW, None, None)
+    params = tuple(p for p in params if p.requires_grad)
+    return _GenericAdjoint.apply(field, t_grid, obs, float(dt), None if dW is None else dW.detach(), None, None,
+                                 None, y0, *params)
+
+
 def midpoint_sdeint(vector_field: nn.Module, y0: torch.Tensor, ts: torch.Tensor, dt: float, dW: torch.Tensor,
                     adjoint: bool = True, adjoint_params=None, fused: bool = True) -> torch.Tensor:
     """Stratonovich SDE (general noise) by the midpoint method; equals torchsde's ``sdeint(method="midpoint")``.
@@ -262,17 +280,13 @@ def midpoint_sdeint(vector_field: nn.Module, y0: torch.Tensor, ts: torch.Tensor,
     backward), fused for sdegan's ``GeneratorSDE`` when ``fused``. adjoint=False: plain autograd through the
     discretisation (exact gradients of the forward solve). Returns ys ``(T, B, H)``.
     """
-    t_grid, obs = checked_grid(ts, dt, y0, dW)
-    field = lambda t, y, u: vector_field.f_and_g(t, y)  # noqa: E731
-    if not adjoint:
-        return _integrate(field, y0, t_grid, obs, float(dt), dW, None, None)
     params = tuple(vector_field.parameters()) if adjoint_params is None else tuple(adjoint_params)
-    if fused:
+    if adjoint and fused:
+        t_grid, obs = checked_grid(ts, dt, y0, dW)
         ys = _fused_sdeint(vector_field, y0, t_grid, obs, float(dt), dW, params)
         if ys is not None:
             return ys
-    params = tuple(p for p in params if p.requires_grad)
-    return _GenericAdjoint.apply(field, t_grid, obs, float(dt), dW.detach(), None, None, None, y0, *params)
+    return midpoint_solve(lambda t, y, u: vector_field.f_and_g(t, y), y0, ts, dt, dW, params, adjoint)
 
 
 def piece_slopes(X_values: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
