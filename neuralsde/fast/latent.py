@@ -24,7 +24,6 @@ from neuralsde.fast.fused import _agrees
 from neuralsde.fast.logqp import STABLE_EPS, logqp_field
 from neuralsde.fast.mlp import chunk_size, parse, plain
 
-_SILU_BWD = torch.ops.aten.silu_backward
 _SILU_BWD_INTO = torch.ops.aten.silu_backward.grad_input
 _SILU_INTO = torch._C._nn.silu  # accepts out=
 CHUNK = None  # evaluations per parameter-gradient sum; None: as many as fit in mlp.CACHE_BYTES
@@ -106,7 +105,6 @@ class FusedLatent:
             self.tau = (t_grid * ts).to(dtype)  # as LatentSDEFunc._time
             # as LatentSDEFunc._context_at: the last observation index <= t (with its tolerance)
             self.idx = torch.floor(t_grid.detach() + 1e-6).long().clamp(0, context.size(1) - 1)
-            self.tau_at, self.idx_at = self.tau.tolist(), self.idx.tolist()  # per-step scalars, no indexing ops
             d, h = self.d, self.hid
             w0p, w0q = post[0].weight, prior[0].weight
             self.w_t = torch.cat([w0p[:, 0], w0q[:, 0]])
