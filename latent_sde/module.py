@@ -162,13 +162,10 @@ class LatentSDE(GenerativeModule):
         diff = self.diffusion_mean(zs)
         self._check_diffusion(float(diff))
         n = paths.size(0)
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n, sync_dist=True)
-        self.log("train/elbo", (log_lik - kl).mean().detach(), batch_size=n, sync_dist=True)
-        self.log("train/log_lik", log_lik.mean().detach(), batch_size=n, sync_dist=True)
-        self.log("train/kl", kl.mean().detach(), batch_size=n, sync_dist=True)
-        self.log("train/kl_weight", beta, batch_size=n, sync_dist=True)
-        self.log("train/diffusion_mean", diff, batch_size=n, sync_dist=True)
-        self.log("train/step", float(int(self.train_step) + 1), batch_size=n, sync_dist=True)
+        self.log_step({"train/loss": loss.detach()}, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log_step({"train/elbo": (log_lik - kl).mean().detach(), "train/log_lik": log_lik.mean().detach(),
+                       "train/kl": kl.mean().detach(), "train/kl_weight": beta, "train/diffusion_mean": diff,
+                       "train/step": float(int(self.train_step) + 1)}, batch_size=n, sync_dist=True)
         return loss
 
     def _eval_step(self, batch, batch_idx, stage: str) -> None:

@@ -137,8 +137,8 @@ class SDEGAN(GenerativeModule):
         losses = {"train/d_loss": d_loss.detach()}
         if g_loss is not None:
             losses["train/g_loss"] = g_loss.detach()
-        self.log_dict(losses, prog_bar=True, sync_dist=True)
-        self.log("train/step", float(step + 1))
+        self.log_step(losses, prog_bar=True, sync_dist=True)
+        self.log_step({"train/step": float(step + 1)})
 
     def _w_dist(self, real: torch.Tensor, batch_idx: int) -> torch.Tensor:
         """Wasserstein estimate of the averaged discriminator on fixed noise: evaluation never draws from

@@ -51,3 +51,34 @@ def test_options_train(tiny_cfg, overrides):
         cfg.test = False
     metrics = train(cfg)
     assert metrics["train/d_loss"] == metrics["train/d_loss"]  # finite, not NaN
+
+
+def test_step_logs_only_on_written_steps_give_the_same_csv(tiny_cfg, tmp_path, monkeypatch):
+    """``log_step`` skips Lightning's ``log`` on steps whose logs are never written: the CSV is what logging every
+    step gives, with far fewer calls."""
+    import pytorch_lightning as pl
+
+    from neuralsde.module_base import GenerativeModule
+
+    calls = []
+    log_dict = pl.LightningModule.log_dict
+    monkeypatch.setattr(pl.LightningModule, "log_dict", lambda self, m, **k: (calls.append(m), log_dict(self, m, **k)))
+    runs = []
+    for every_step in (False, True):
+        if every_step:  # the behaviour before: every step, every key
+            monkeypatch.setattr(GenerativeModule, "log_step", lambda self, m, **k: self.log_dict(m, **k))
+        calls.clear()
+        cfg = tiny_cfg(steps=12)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / f"run{every_step}")
+            cfg.test = False
+            cfg.trainer.log_every_n_steps = 5
+            cfg.trainer.val_check_interval = 12
+        train(cfg)
+        csv = pd.read_csv(tmp_path / f"run{every_step}" / "csv" / "metrics.csv")
+        keep = csv[["step", "train/d_loss", "train/g_loss", "train/step"]].dropna()
+        runs.append((keep, sum("train/d_loss" in m for m in calls)))
+    (sparse, n_sparse), (every, n_every) = runs
+    pd.testing.assert_frame_equal(sparse.reset_index(drop=True), every.reset_index(drop=True))
+    assert sparse["train/step"].tolist() == [5.0, 10.0, 12.0]  # every 5th step and the last
+    assert n_every == 12 and n_sparse <= 4
