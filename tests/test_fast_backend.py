@@ -8,6 +8,7 @@ import torchsde
 from torch import nn
 
 from neuralsde.fast import GridBrownian, fast_cdeint, fast_sdeint, increments_from, sample_increments
+from neuralsde.fast import fused as fused_module
 from neuralsde.fast import mlp as mlp_module
 from neuralsde.fast.midpoint import midpoint_cdeint, midpoint_sdeint
 from neuralsde.fast.mlp import cde_mlp, generator_mlp
@@ -271,8 +272,10 @@ def test_fused_mlp_vjp_equals_autograd(num_layers, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("num_layers,dt", [(1, 1.0), (2, 0.5)])
-def test_fused_generator_matches_torchsde(dtype, num_layers, dt):
+@pytest.mark.parametrize("num_layers,dt,output_bytes", [(1, 1.0, None), (2, 0.5, None), (1, 1.0, 1)])
+def test_fused_generator_matches_torchsde(dtype, num_layers, dt, output_bytes, monkeypatch):
+    if output_bytes is not None:  # two observed steps per output chunk: several flushes mid-solve
+        monkeypatch.setattr(fused_module, "OUTPUT_BYTES", output_bytes)
     field = generator_field(dtype, num_layers)
     _, y0, ts, dW = sde_setup(dtype, dt)
     inputs = (y0, *field.parameters())
@@ -286,6 +289,27 @@ def test_fused_generator_matches_torchsde(dtype, num_layers, dt):
     for got, want in zip(grads(out, inputs), ref_grads, strict=True):
         assert rel_err(got, want) < TOL[dtype]
     assert field.nfe == 2 * (round((T - 1) / dt) + 1)  # counted as the generic path counts
+
+
+def test_fused_generator_at_the_default_experiment_sizes_matches_torchsde():
+    # ou_sdegan's generator: batch 128, hidden 16, noise 3, 63 steps, every step observed. Its observed fields fill
+    # several output chunks without any patching (a flush that ran before the step once corrupted the paths
+    # from the first chunk boundary on, at these sizes only).
+    torch.manual_seed(0)
+    steps, batch = 63, 128
+    field = GeneratorSDE(16, 3, 16, 1, 1.0 / steps).double()
+    y0 = torch.randn(batch, 16, dtype=torch.float64, requires_grad=True)
+    ts = torch.arange(steps + 1, dtype=torch.float64)
+    dW = sample_increments(steps, batch, 3, 1.0, torch.Generator().manual_seed(1), torch.float64)
+    assert batch * 4 * 16 * 8 * steps > fused_module.OUTPUT_BYTES  # 64 KiB per observed step: several chunks
+    inputs = (y0, *field.parameters())
+    ref = torchsde.sdeint_adjoint(field, y0, ts, bm=GridBrownian(dW, 0.0, 1.0), method="reversible_heun",
+                                  adjoint_method="adjoint_reversible_heun", dt=1.0)
+    out = fast_sdeint(field, y0, ts, 1.0, dW)
+    assert type(out.grad_fn).__name__ == "_FusedAdjointBackward"
+    assert rel_err(out, ref) < 1e-12
+    for got, want in zip(grads(out, inputs), grads(ref, inputs), strict=True):
+        assert rel_err(got, want) < 1e-10
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

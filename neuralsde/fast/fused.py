@@ -59,6 +59,9 @@ class _Stepper:
         return torch.addmm(z, self.m2, self.q, alpha=alpha, out=out)
 
 
+OUTPUT_BYTES = 2 ** 20  # the observed fields ``F_j`` buffered per output chunk
+
+
 class _Outputs:
     """``y_j = (z_j + z_{j-1} + F_j B_{j-1}) / 2`` at the observed ``j >= 1``, a chunk at a time: the solve
     writes ``F_j`` into ``targets[j]`` (a row of a small reused buffer), appends ``z_j`` and ``z_{j-1}`` to
@@ -66,7 +69,8 @@ class _Outputs:
 
     def __init__(self, mlp: FusedMLP, ys: torch.Tensor, b: torch.Tensor, obs: list[int]):
         self.ys, self.b, self.q = ys, b.unsqueeze(-1), mlp.q  # b: B_{j-1} (N, B, C) -> (N, B, C, 1)
-        k = chunk_size(ys.size(1) * mlp.channels * mlp.hidden * ys.element_size(), len(obs) - 1, budget=2 ** 20)
+        k = chunk_size(ys.size(1) * mlp.channels * mlp.hidden * ys.element_size(), len(obs) - 1,
+                       budget=OUTPUT_BYTES)
         self.f = scratch("rh.f_obs", (k, ys.size(1), mlp.channels, mlp.hidden), ys)
         f_at = self.f.view(k, ys.size(1), -1).unbind(0)
         self.targets = {j: f_at[i % k] for i, j in enumerate(obs[1:])}
@@ -106,10 +110,10 @@ class _FusedAdjoint(torch.autograd.Function):
             if target is not None:
                 zs.append(z)
                 zps.append(z_prev)
-                if j in flush_at:
-                    outputs.flush(j)
             if j < n:
                 z_prev, z = z, step(z_prev, rows, j, S)
+            if j in flush_at:  # after the step: the flush scales the chunk's F rows, S among them, in place
+                outputs.flush(j)
         ctx.mlp, ctx.obs, ctx.per_point, ctx.keep = mlp, obs, per_point, keep
         ctx.save_for_backward(ys, z, z_prev, c, b)
         return ys
