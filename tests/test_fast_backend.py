@@ -313,8 +313,11 @@ def test_fused_generator_at_the_default_experiment_sizes_matches_torchsde():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("num_layers,dt,all_times", [(1, 1.0, True), (1, 0.5, False), (2, 1.0, False)])
-def test_fused_discriminator_matches_torchcde(dtype, num_layers, dt, all_times):
+@pytest.mark.parametrize("num_layers,dt,all_times,output_bytes", [(1, 1.0, True, None), (1, 0.5, False, None),
+                                                                   (2, 1.0, False, None), (1, 1.0, True, 1)])
+def test_fused_discriminator_matches_torchcde(dtype, num_layers, dt, all_times, output_bytes, monkeypatch):
+    if output_bytes is not None:  # two observed steps per output chunk (as the CDE encoder's context at its sizes)
+        monkeypatch.setattr(fused_module, "OUTPUT_BYTES", output_bytes)
     func = discriminator_field(dtype, num_layers)
     X_values = torch.randn(2 * B, T, C, dtype=dtype).cumsum(1).requires_grad_()
     z0 = torch.randn(2 * B, H, dtype=dtype, requires_grad=True)
