@@ -14,6 +14,19 @@ def test_fast_dev_run(tiny_cfg, tmp_path):
     assert "train/d_loss" in metrics
 
 
+def test_float64_training(tiny_cfg, tmp_path):
+    import torch
+
+    cfg = tiny_cfg(steps=2)
+    with open_dict(cfg):
+        cfg.trainer.precision = "64-true"
+        cfg.test = False
+    metrics = train(cfg)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float64}
+    assert metrics["train/d_loss"] == metrics["train/d_loss"]
+
+
 def test_few_steps_write_checkpoint_metrics_and_plot(tiny_cfg, tmp_path):
     cfg = tiny_cfg(steps=4)
     metrics = train(cfg)
