@@ -572,3 +572,28 @@ def test_fused_kernels_equal_the_methods():
     two.prepare(torch.zeros(1, dtype=torch.float64))
     two.start_records(B, z, 1)
     assert two.kernels() == (two.record, two.vjp) and two.evaluator() == two.evaluate
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_fused_paths_equal_the_generic_path_at_sizes_that_fill_several_chunks(every):
+    # batch 64, hidden 32, 70 steps: several record chunks and (every step observed) several output chunks, with
+    # no patched budgets; the generic path is autograd per step around the same adjoint.
+    torch.manual_seed(0)
+    steps, batch, hidden = 70, 64, 32
+    ts = torch.arange(0, steps + 1, every, dtype=torch.float64)
+    ts = torch.cat([ts, ts.new_tensor([steps])]) if ts[-1] != steps else ts
+    sde = GeneratorSDE(hidden, 3, 16, 1, 1.0 / steps).double()
+    y0 = torch.randn(batch, hidden, dtype=torch.float64, requires_grad=True)
+    dW = sample_increments(steps, batch, 3, 1.0, torch.Generator().manual_seed(1), torch.float64)
+    func = DiscriminatorCDE(2, hidden, 16, 1, 1.0 / steps).double()
+    X_values = torch.randn(batch, steps + 1, 3, dtype=torch.float64).cumsum(1).requires_grad_()
+    cases = [(solve, lambda fused, s=solve: s(sde, y0, ts, 1.0, dW, fused=fused), (y0, *sde.parameters()))
+             for solve in (fast_sdeint, midpoint_sdeint)]
+    cases += [(solve, lambda fused, s=solve: s(func, y0, X_values, ts, 1.0, fused=fused),
+               (y0, X_values, *func.parameters())) for solve in (fast_cdeint, midpoint_cdeint)]
+    for solve, run, inputs in cases:
+        fused, generic = run(True), run(False)
+        assert "Fused" in type(fused.grad_fn).__name__, solve.__name__
+        assert rel_err(fused, generic) < 1e-12, solve.__name__
+        for got, want in zip(grads(fused, inputs), grads(generic, inputs), strict=True):
+            assert rel_err(got, want) < 1e-10, solve.__name__
