@@ -597,3 +597,37 @@ def test_fused_paths_equal_the_generic_path_at_sizes_that_fill_several_chunks(ev
         assert rel_err(fused, generic) < 1e-12, solve.__name__
         for got, want in zip(grads(fused, inputs), grads(generic, inputs), strict=True):
             assert rel_err(got, want) < 1e-10, solve.__name__
+
+
+@pytest.mark.parametrize("method", ["reversible_heun", "midpoint"])
+def test_sdegan_gradients_equal_across_backends_at_the_default_sizes(method, monkeypatch):
+    # ou_sdegan's generator and discriminator (batch 128, 64 times, default widths), float64, the same initial
+    # noise and Brownian increments on both backends: one loss E[D(fake)] - E[D(real)], every parameter's gradient.
+    import copy
+
+    import neuralsde.fast
+    import neuralsde.solver
+    from neuralsde.solver import SolverConfig
+    from sdegan.components.discriminator import Discriminator
+    from sdegan.components.generator import Generator
+
+    batch, length = 128, 64
+    dW = sample_increments(length - 1, batch, 3, 1.0, torch.Generator().manual_seed(1), torch.float64)
+    monkeypatch.setattr(neuralsde.fast, "sample_increments", lambda *a, **k: dW)
+    monkeypatch.setattr(neuralsde.solver, "make_brownian", lambda *a, **k: GridBrownian(dW, 0.0, 1.0))
+    torch.manual_seed(0)
+    gen, disc = Generator(1, t_size=length).double(), Discriminator(1, t_size=length).double()
+    times = torch.linspace(0, 1, length, dtype=torch.float64)
+    real = torch.cat([times.view(1, -1, 1).expand(batch, -1, 1),
+                      torch.randn(batch, length, 1, dtype=torch.float64).cumsum(1) * 0.1], -1)
+    out = {}
+    for backend in ("torchsde", "fast"):
+        g, d = copy.deepcopy(gen), copy.deepcopy(disc)
+        g.solver = d.solver = SolverConfig(method=method, backend=backend)
+        fake = g(times, batch, generator=torch.Generator().manual_seed(2))
+        scores = d(torch.cat([fake, real]))
+        loss = scores[:batch].mean() - scores[batch:].mean()
+        params = [*g.parameters(), *d.parameters()]
+        out[backend] = (fake, *torch.autograd.grad(loss, params))
+    for fast, ref in zip(out["fast"], out["torchsde"], strict=True):  # (the readout bias's gradient is exactly 0)
+        assert (fast - ref).abs().max() <= 1e-10 * ref.abs().max().clamp_min(1e-300)
