@@ -234,3 +234,38 @@ def test_short_run_raises_validation_elbo(tiny_cfg, tmp_path):
     trainer.fit(model, datamodule=datamodule)
     after = trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/elbo"]
     assert after > before + 0.2 * abs(before), (before, after)
+
+
+@pytest.mark.parametrize("method, encoder", [("reversible_heun", "gru"), ("reversible_heun", "cde"),
+                                             ("midpoint", "cde")])
+def test_elbo_gradients_equal_across_backends_at_the_default_sizes(method, encoder, monkeypatch):
+    # ou_latent_sde's networks (batch 128, 64 times), float64, the same z0 noise and Brownian increments on both
+    # backends: the ELBO's every parameter gradient (encoder, posterior, prior, diffusion, decoder).
+    import neuralsde.fast
+    import neuralsde.solver
+    from neuralsde.fast import GridBrownian, sample_increments
+
+    batch, length, latent = 128, 64, 4
+    dW = sample_increments(length - 1, batch, latent + 1, 1.0, torch.Generator().manual_seed(1), torch.float64)
+    monkeypatch.setattr(neuralsde.fast, "sample_increments", lambda *a, **k: dW)
+    monkeypatch.setattr(neuralsde.solver, "make_brownian", lambda *a, **k: GridBrownian(dW, 0.0, 1.0))
+    gen_paths = torch.Generator().manual_seed(0)
+    paths = torch.cat([torch.arange(length, dtype=torch.float64).view(1, -1, 1).expand(batch, -1, 1),
+                       torch.randn(batch, length, 1, generator=gen_paths, dtype=torch.float64).cumsum(1) * 0.1], -1)
+    paths[::7, 5, 1] = float("nan")
+    filled = fill_missing(paths)
+    out = {}
+    for backend in ("torchsde", "fast"):
+        torch.manual_seed(0)
+        model = LatentSDE(torch.arange(length).float(), Normalizer(torch.zeros(1), torch.ones(1)),
+                          SolverConfig(method=method, backend=backend), encoder={"kind": encoder, "hidden_size": 32},
+                          latent_size=latent, context_size=16, hidden_size=32, num_layers=2).double()
+        log_lik, kl, _ = model.elbo_terms(paths, filled, torch.Generator().manual_seed(2))
+        loss = (kl - log_lik).mean()
+        out[backend] = (loss.detach(), *torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad],
+                                                             allow_unused=True))
+    for fast, ref in zip(out["fast"], out["torchsde"], strict=True):
+        if ref is None:
+            assert fast is None
+            continue
+        assert (fast - ref).abs().max() <= 1e-10 * ref.abs().max().clamp_min(1e-300)
