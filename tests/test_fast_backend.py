@@ -476,7 +476,7 @@ def test_solver_config_fast_midpoint():
     assert all(p.grad is not None for p in gen.parameters()) and all(p.grad is not None for p in disc.parameters())
 
 
-@pytest.mark.parametrize("chunk", [2, 3, 5])
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5])
 def test_fused_solves_are_independent_of_the_record_chunk(chunk, monkeypatch):
     # Chunk boundaries carry the cotangent ring, the z reconstruction and the per-chunk control gradients;
     # T - 1 = 15 steps leave a last chunk of 1 (chunk 2, 3, 5 over 16 or 15 records).

@@ -146,7 +146,7 @@ class _FusedAdjoint(torch.autograd.Function):
                 for jj in (j, j - 1):
                     if jj >= 0:
                         extra[jj] = half[i] if extra[jj] is None else extra[jj] + half[i]
-        mlp.start_records(batch, ys, n + 1)
+        mlp.start_records(batch, ys, n + 1, min_size=2)  # the ring carries two cotangents into the next chunk
         size = mlp.rec.size
         ring = scratch("rh.a", (size + 2, batch, hid), ys)  # a_{j+2}, a_{j+1} (carried), then the chunk's a_j
         ring[:2].zero_()

@@ -169,10 +169,11 @@ class FusedMLP:
 
     # ---------------------------------------------------------------------------------------- records
 
-    def start_records(self, batch: int, like: torch.Tensor, points: int) -> None:
-        """Start recording up to ``points`` evaluations (again: a retained graph may be differentiated twice)."""
+    def start_records(self, batch: int, like: torch.Tensor, points: int, min_size: int = 1) -> None:
+        """Start recording up to ``points`` evaluations (again: a retained graph may be differentiated twice), in
+        chunks of at least ``min_size`` slots (where the caller carries that many results across chunks)."""
         widths = [self.wz.size(1)] + [w.size(0) for w in self.ws] * 3 + [self.wz.size(0)] * 3
-        size = chunk_size(batch * sum(widths) * like.element_size(), points, CHUNK)
+        size = max(min_size, chunk_size(batch * sum(widths) * like.element_size(), points, CHUNK))
         key = (batch, size, like.dtype, like.device, torch.is_inference_mode_enabled())
         rec = self._records.get(key)
         if rec is None:  # buffers and per-slot views (a few hundred small ops): made once per shape
