@@ -53,7 +53,24 @@ def run(ctx) -> list[dict]:
     rows.append(_fields_row(ctx, fast, real))
     rows.append(_latent_row(ctx))
     rows.append(_latent_row(ctx, encoder="cde"))
+    rows.append(_latent_methods_row(ctx))
     return rows
+
+
+def _latent_methods_row(ctx) -> dict:
+    """The latent SDE's training step on the fast backend, midpoint against reversible Heun (both with the
+    posterior's hand-written VJPs; midpoint's adjoint is the continuous one)."""
+    what = "latent SDE step (ou_latent_sde), fast backend: time(midpoint) / time(reversible Heun)"
+    try:
+        a, b = (build_latent(ctx, [f"solver={m}", "solver.backend=fast"]) for m in ("midpoint", "reversible_heun"))
+    except Exception as exc:
+        return {"what": what, "result": "skipped", "paper": "", "note": f"not built ({type(exc).__name__}: {exc})"}
+    b[0].load_state_dict(a[0].state_dict())
+    t = interleaved({"mid": lambda: latent_step(*a), "rh": lambda: latent_step(*b)},
+                    reps=4 if ctx.quick else 10, device=ctx.device, budget_s=20 if ctx.quick else 60)
+    r = ratio(t["mid"], t["rh"])
+    return {"what": what, "result": fmt_ratio(r), "paper": "up to 1.98x", "data": r,
+            "note": "encoder (GRU), decoder and optimiser are shared work; row 1 has the same ratio through torchsde"}
 
 
 def _latent_row(ctx, encoder: str = "gru") -> dict:

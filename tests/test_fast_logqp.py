@@ -6,7 +6,7 @@ import torchsde
 
 from latent_sde.components.sdes import LatentSDEFunc, PriorSDE
 from neuralsde.fast import GridBrownian, sample_increments
-from neuralsde.fast.latent import fused_latent
+from neuralsde.fast.latent import FusedLatent, fused_latent
 from neuralsde.fast.logqp import fast_sdeint_logqp
 from neuralsde.fast.reversible_heun import fast_sdeint_diagonal
 from neuralsde.solver import SolverConfig, fast_handles, sdeint
@@ -106,7 +106,14 @@ def test_sdeint_dispatches_diagonal_reversible_heun_to_the_fast_backend():
 
 # ---------------------------------------------------------------- the fused field (hand-written VJPs)
 
-def _solve_both(sde, context, y0, ts, dt, seed=4):
+def _counted(fn, calls):
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+    return wrapped
+
+
+def _solve_both(sde, context, y0, ts, dt, seed=4, method="reversible_heun"):
     dtype = y0.dtype
     n = round(float(ts[-1] - ts[0]) / dt)
     dW = sample_increments(n, y0.size(0), y0.size(1) + 1, dt, generator=torch.Generator().manual_seed(seed),
@@ -114,14 +121,18 @@ def _solve_both(sde, context, y0, ts, dt, seed=4):
     params = (*sde.parameters(), context)
     out = []
     for fused in (True, False):
-        ys, log_ratio = fast_sdeint_logqp(sde, y0, ts, dt, dW, adjoint_params=params, fused=fused)
+        ys, log_ratio = fast_sdeint_logqp(sde, y0, ts, dt, dW, adjoint_params=params, fused=fused, method=method)
         out.append((ys, log_ratio, *torch.autograd.grad(_loss(ys, log_ratio), (y0, *params))))
     return out
 
 
-@pytest.mark.parametrize("num_layers, dt, chunk", [(1, 1.0, None), (2, 1.0, None), (2, 0.5, None), (2, 0.5, 3)])
+@pytest.mark.parametrize("num_layers, dt, chunk, method", [(1, 1.0, None, "reversible_heun"),
+                                                          (2, 1.0, None, "reversible_heun"),
+                                                          (2, 0.5, None, "reversible_heun"),
+                                                          (2, 0.5, 3, "reversible_heun"), (1, 1.0, None, "midpoint"),
+                                                          (2, 0.5, 3, "midpoint")])
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_fused_latent_field_equals_the_autograd_path(dtype, tol, num_layers, dt, chunk, monkeypatch):
+def test_fused_latent_field_equals_the_autograd_path(dtype, tol, num_layers, dt, chunk, method, monkeypatch):
     monkeypatch.setattr("neuralsde.fast.latent.CHUNK", chunk)  # 3: 17 evaluations make five full chunks and a part
     torch.manual_seed(0)
     sde = LatentSDEFunc(D, CTX, 8, num_layers, 6, 1e-3, 1.0, T).to(dtype)
@@ -131,7 +142,10 @@ def test_fused_latent_field_equals_the_autograd_path(dtype, tol, num_layers, dt,
     ts = torch.arange(T, dtype=dtype)
     Y0 = torch.cat([y0, torch.zeros(B, 1, dtype=dtype)], 1)
     assert fused_latent(sde, (*sde.parameters(), context), torch.arange(0, T - 0.5, dt, dtype=dtype), Y0)
-    fused, generic = _solve_both(sde, context, y0, ts, dt)
+    calls = []
+    monkeypatch.setattr(FusedLatent, "param_grads", _counted(FusedLatent.param_grads, calls))
+    fused, generic = _solve_both(sde, context, y0, ts, dt, method=method)
+    assert calls == [1]  # the fused field ran (once: the generic solve does not use it)
     assert generic[-1].abs().sum() > 0 and all(g is not None for g in fused)
     errors = [rel(a, b) for a, b in zip(fused, generic, strict=True)]
     assert max(errors) < tol, errors

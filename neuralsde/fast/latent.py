@@ -24,6 +24,7 @@ from neuralsde.fast.fused import _agrees
 from neuralsde.fast.logqp import STABLE_EPS, logqp_field
 from neuralsde.fast.mlp import chunk_size, parse, plain
 
+_SILU_BWD = torch.ops.aten.silu_backward.default
 _SILU_BWD_INTO = torch.ops.aten.silu_backward.grad_input
 _SILU_INTO = torch._C._nn.silu  # accepts out=
 CHUNK = None  # evaluations per parameter-gradient sum; None: as many as fit in mlp.CACHE_BYTES
@@ -69,6 +70,10 @@ class _Local:
         return self.owner._vjp(self, a_f, a_g), None, [None] * len(params)
 
 
+def _silu_bwd(grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    return _SILU_BWD(grad, x) if out is None else _SILU_BWD_INTO(grad, x, grad_input=out)
+
+
 class _Chunk:
     """Per-evaluation inputs and cotangents that the parameter gradients read, for ``size`` evaluations."""
 
@@ -87,14 +92,16 @@ class _Chunk:
 
 
 class FusedLatent:
-    """``LatentSDEFunc``'s augmented field at the grid ``t_grid``, prepared with the current weights and context.
+    """``LatentSDEFunc``'s augmented field at the evaluation ``times`` (indexed by position), prepared with the
+    current weights and context.
 
     Build with ``fused_latent``; ``at``, ``local`` and ``param_grads`` are ``neuralsde.fast.solve``'s indexed-field
-    protocol. A local's VJP is taken before the next local is made (as the adjoint loop does): locals share chunk
-    slots in that order.
+    protocol. A recorded local's VJP is taken before the next local is made (as the adjoint loops do): such locals
+    share chunk slots in that order. ``local(k, Y, record=False)`` is a VJP to the state only (midpoint's first
+    adjoint stage): its parameter gradients are not summed.
     """
 
-    def __init__(self, sde, post, prior, scales, t_grid: torch.Tensor, like: torch.Tensor):
+    def __init__(self, sde, post, prior, scales, times: torch.Tensor, like: torch.Tensor):
         self.sde, self.post, self.prior, self.scales = sde, post, prior, scales
         self.d = sde.latent_size
         self.hid = post[0].out_features
@@ -102,9 +109,9 @@ class FusedLatent:
         context = sde.context
         with torch.no_grad():
             ts = sde.time_scale
-            self.tau = (t_grid * ts).to(dtype)  # as LatentSDEFunc._time
+            self.tau = (times * ts).to(dtype)  # as LatentSDEFunc._time
             # as LatentSDEFunc._context_at: the last observation index <= t (with its tolerance)
-            self.idx = torch.floor(t_grid.detach() + 1e-6).long().clamp(0, context.size(1) - 1)
+            self.idx = torch.floor(times.detach() + 1e-6).long().clamp(0, context.size(1) - 1)
             d, h = self.d, self.hid
             w0p, w0q = post[0].weight, prior[0].weight
             self.w_t = torch.cat([w0p[:, 0], w0q[:, 0]])
@@ -136,16 +143,16 @@ class FusedLatent:
             self.w_out = DIFFUSION_LIPSWISH * diff.w_out
             self.b_out = diff.b_out
             self.g0, self.g1 = ns * diff.floor, ns * diff.scale
-        self.batch, self.points, self.like = batch, len(t_grid), like.detach()  # like: shape, dtype, device of chunks
+        self.batch, self.points, self.like = batch, len(times), like.detach()  # like: shape, dtype, device of chunks
         self.grads = self.chunk = None
 
     # ------------------------------------------------------------------------------------- evaluation
 
-    def _evaluate(self, k: int, Y: torch.Tensor, keep: _Local | None):
+    def _evaluate(self, k: int, Y: torch.Tensor, keep: _Local | None, record: bool = True):
         d = self.d
         y = Y[:, :d]
         slot = None
-        if keep is not None:  # what the parameter gradients read goes straight into this evaluation's chunk slot
+        if keep is not None and record:  # what the parameter gradients read goes straight into its chunk slot
             if self.chunk is None:
                 self._start()
             slot = self.filled
@@ -176,10 +183,10 @@ class FusedLatent:
     def at(self, k: int, Y: torch.Tensor):
         return self._evaluate(k, Y, None)
 
-    def local(self, k: int, Y: torch.Tensor) -> _Local:
+    def local(self, k: int, Y: torch.Tensor, record: bool = True) -> _Local:
         loc = _Local()
         loc.owner = self
-        self._evaluate(k, Y, loc)
+        self._evaluate(k, Y, loc, record)
         return loc
 
     # ------------------------------------------------------------------------------------------- VJP
@@ -197,22 +204,24 @@ class FusedLatent:
 
     def _vjp(self, loc: _Local, a_F: torch.Tensor, a_G: torch.Tensor) -> torch.Tensor:
         c, d, s = self.chunk, self.d, loc.slot
+        rec = s is not None  # recorded: the cotangents the parameter gradients read go into its chunk slot
         a_l = a_F[:, d:]
         w = a_l * loc.v / loc.gs
-        dd = torch.cat([a_F[:, :d] + w, -w], 1, out=c.dd[-1][s])  # cotangents of f and h
+        dd = torch.cat([a_F[:, :d] + w, -w], 1, out=c.dd[-1][s] if rec else None)  # cotangents of f and h
         a_g = a_G[:, :d] - (w * loc.v) * loc.mask
         # diffusion
-        d_og = torch.mul(a_g * (loc.sig * (1 - loc.sig)), self.g1, out=c.d_og[s])
-        d_pg = _SILU_BWD_INTO(d_og.unsqueeze(-1) * self.w_out, loc.pg, grad_input=c.d_pg[s])
+        d_og = torch.mul(a_g * (loc.sig * (1 - loc.sig)), self.g1, out=c.d_og[s] if rec else None)
+        d_pg = _silu_bwd(d_og.unsqueeze(-1) * self.w_out, loc.pg, c.d_pg[s] if rec else None)
         dy = (d_pg * self.w1).sum(-1)
         # drifts, last layer first
         for i in range(len(self.ws) - 1, -1, -1):
-            dd = _SILU_BWD_INTO(dd @ self.ws[i], loc.pres[i], grad_input=c.dd[i - 1][s] if i else c.dd0[s])
+            dd = _silu_bwd(dd @ self.ws[i], loc.pres[i], (c.dd[i - 1][s] if i else c.dd0[s]) if rec else None)
         dy = torch.addmm(dy, dd, self.w0y)
-        c.ks[s] = loc.k
-        self.filled += 1
-        if self.filled == c.size:
-            self._flush()
+        if rec:
+            c.ks[s] = loc.k
+            self.filled += 1
+            if self.filled == c.size:
+                self._flush()
         return torch.cat([dy, dy.new_zeros(dy.size(0), 1)], 1)
 
     def _flush(self) -> None:
@@ -278,20 +287,21 @@ class FusedLatent:
         return [out.get(id(p)) for p in params]
 
 
-def fused_latent(sde: nn.Module, params, t_grid: torch.Tensor, Y0: torch.Tensor) -> FusedLatent | None:
-    """A ``FusedLatent`` for ``sde`` if it is a plain ``LatentSDEFunc`` whose differentiated tensors (``params``)
-    are its own parameters and context, and a probe evaluation agrees with the module; else None."""
+def fused_latent(sde: nn.Module, params, times: torch.Tensor, Y0: torch.Tensor) -> FusedLatent | None:
+    """A ``FusedLatent`` for ``sde`` at the evaluation ``times`` if it is a plain ``LatentSDEFunc`` whose
+    differentiated tensors (``params``) are its own parameters and context, and a probe evaluation agrees with the
+    module; else None."""
     found = _supported(sde)
     if found is None:
         return None
     own = {id(p) for p in sde.parameters()} | {id(sde.context)}
     if not {id(p) for p in params if p.requires_grad} <= own or sde.context.size(0) != Y0.size(0):
         return None
-    fused = FusedLatent(sde, *found, t_grid, Y0)
-    k = len(t_grid) - 1
+    fused = FusedLatent(sde, *found, times, Y0)
+    k = len(times) - 1
     with torch.no_grad():  # guards against the module's code differing from what is written out here
         F, G = fused.at(k, Y0.detach())
-        F_ref, G_ref = logqp_field(sde)(t_grid[k], Y0.detach(), None)
+        F_ref, G_ref = logqp_field(sde)(times[k], Y0.detach(), None)
         if not (_agrees(F, F_ref, "LatentSDEFunc's logqp field") and _agrees(G, G_ref, "LatentSDEFunc's diffusion")):
             return None
     return fused

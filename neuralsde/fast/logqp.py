@@ -57,10 +57,10 @@ def fast_sdeint_logqp(sde: nn.Module, y0: torch.Tensor, ts: torch.Tensor, dt: fl
 
     y0 ``(B, d)``; ts ``(T,)`` on the ``dt`` grid; dW ``(N, B, d + 1)`` (the last channel is the log-ratio's,
     multiplied by zero, as in torchsde). adjoint_params: the tensors to differentiate in adjoint mode (default
-    ``sde.parameters()``; add any tensor the drift reads, such as a context). fused: in reversible Heun's adjoint
-    mode, evaluate a ``LatentSDEFunc`` with hand-written VJPs (``neuralsde.fast.latent``); other SDEs, midpoint,
-    or ``fused=False`` go through autograd per step (midpoint: torchsde's continuous adjoint). Returns ys
-    ``(T, B, d)`` and the log-ratio increments ``(T - 1, B)`` (torchsde layout).
+    ``sde.parameters()``; add any tensor the drift reads, such as a context). fused: in adjoint mode, evaluate a
+    ``LatentSDEFunc`` with hand-written VJPs (``neuralsde.fast.latent``); other SDEs, or ``fused=False``, go through
+    autograd per step. Midpoint's adjoint is torchsde's continuous one. Returns ys ``(T, B, d)`` and the log-ratio
+    increments ``(T - 1, B)`` (torchsde layout).
     """
     check_sde(sde)
     if dW.dim() != 3 or dW.size(-1) != y0.size(1) + 1:
@@ -70,14 +70,16 @@ def fast_sdeint_logqp(sde: nn.Module, y0: torch.Tensor, ts: torch.Tensor, dt: fl
         raise ValueError(f"method={method!r}: the fast logqp solves reversible_heun or midpoint")
     params = tuple(sde.parameters()) if adjoint_params is None else tuple(adjoint_params)
     Y0 = torch.cat([y0, y0.new_zeros(y0.size(0), 1)], dim=1)
+    field = None
+    if adjoint and fused:  # the fused field keeps no graph: the direct (adjoint=False) solve needs autograd's
+        from neuralsde.fast.latent import fused_latent
+        from neuralsde.fast.midpoint import evaluation_times
+        t_grid = time_grid(ts, dt)[0]
+        field = fused_latent(sde, params, evaluation_times(t_grid) if method == "midpoint" else t_grid, Y0)
     if method == "midpoint":
         from neuralsde.fast.midpoint import midpoint_solve
-        Ys = midpoint_solve(logqp_field(sde), Y0, ts, dt, dW, params, adjoint, diagonal=True)
+        Ys = midpoint_solve(field or logqp_field(sde), Y0, ts, dt, dW, params, adjoint, diagonal=True)
     else:
-        field = None
-        if adjoint and fused:  # the fused field keeps no graph: the direct (adjoint=False) solve needs autograd's
-            from neuralsde.fast.latent import fused_latent
-            field = fused_latent(sde, params, time_grid(ts, dt)[0], Y0)
         Ys = solve(field or logqp_field(sde), Y0, ts, dt, dW=dW, params=params, adjoint=adjoint, diagonal=True)
     ys, log_ratio = Ys[..., :-1], Ys[..., -1]
     return ys, log_ratio[1:] - log_ratio[:-1]

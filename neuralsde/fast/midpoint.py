@@ -229,14 +229,62 @@ class _FusedMidpointAdjoint(torch.autograd.Function):
         return (None, None, None, None, None, g_b, None, a, *grads)
 
 
-def _times(t_grid: torch.Tensor) -> torch.Tensor:
-    """Evaluation times in the order ``_FusedMidpointAdjoint`` indexes them."""
+def evaluation_times(t_grid: torch.Tensor) -> torch.Tensor:
+    """Evaluation times in the order the fused and indexed midpoint adjoints index them: ``2k`` / ``2k + 1`` the
+    forward stages of step ``k``, ``2N + k`` its end ``t_{k+1}``, ``3N + k`` the reverse midpoint time."""
     return torch.cat([stage_times(t_grid), t_grid[1:], reverse_mid_times(t_grid)])
+
+
+class _IndexedAdjoint(torch.autograd.Function):
+    """The continuous midpoint adjoint (module docstring) for a diagonal-noise field with hand-written VJPs, by
+    evaluation index (``evaluation_times``; ``reversible_heun``'s indexed-field protocol: ``at``, ``local``,
+    ``param_grads``). The first reverse stage's local is not recorded: its VJP goes to the state only."""
+
+    @staticmethod
+    def forward(ctx, field, obs, dt, dW, y0, *params):
+        half_dt = 0.5 * dt
+        is_obs = set(obs)
+        y = y0.detach()
+        ys = [y]
+        for k in range(dW.size(0)):  # the operation order of _integrate (torchsde's)
+            f, g = field.at(2 * k, y)
+            y_mid = y + half_dt * f
+            y_mid = y_mid + 0.5 * (g * dW[k])
+            f1, g1 = field.at(2 * k + 1, y_mid)
+            y = y + dt * f1
+            y = y + g1 * dW[k]
+            if k + 1 in is_obs:
+                ys.append(y)
+        ys = torch.stack(ys)
+        ctx.field, ctx.obs, ctx.dt = field, obs, dt
+        ctx.save_for_backward(ys, dW, *params)
+        return ys
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_ys):
+        ys, dW, *params = ctx.saved_tensors
+        field, dt, n = ctx.field, ctx.dt, dW.size(0)
+        obs_at = {k: i for i, k in enumerate(ctx.obs)}
+        y, a = ys[-1], grad_ys[-1]
+        for k in range(n - 1, -1, -1):  # the operation order of _GenericAdjoint.backward
+            loc = field.local(2 * n + k, y, record=False)
+            i1 = dt * loc.f + loc.gt * dW[k]
+            a_mid = a + 0.5 * loc.vjp(a * dt, a * dW[k], params, False)[0]
+            loc = field.local(3 * n + k, y - 0.5 * i1)
+            i2 = dt * loc.f + loc.gt * dW[k]
+            dz = loc.vjp(a_mid * dt, a_mid * dW[k], params, False)[0]
+            y = y - i2
+            a = a + dz
+            if k in obs_at:
+                y = ys[obs_at[k]]
+                a = a + grad_ys[obs_at[k]]
+        return (None, None, None, None, a, *field.param_grads(params))
 
 
 def _fused_sdeint(vf, y0, t_grid, obs, dt, dW, params):
     # probed at a half-step time (index 1), so that the time input is checked too
-    fused = fused_field(vf, params, _times(t_grid), mid_times(t_grid)[0], 1, y0)
+    fused = fused_field(vf, params, evaluation_times(t_grid), mid_times(t_grid)[0], 1, y0)
     if fused is None:
         return None
     n = len(t_grid) - 1
@@ -249,7 +297,7 @@ def _fused_sdeint(vf, y0, t_grid, obs, dt, dW, params):
 
 
 def _fused_cdeint(func, z0, t_grid, obs, dt, U, U_mid, U_next, params):
-    fused = fused_field(func, params, _times(t_grid), mid_times(t_grid)[0], 1, z0)
+    fused = fused_field(func, params, evaluation_times(t_grid), mid_times(t_grid)[0], 1, z0)
     if fused is None:
         return None
     return _FusedMidpointAdjoint.apply(fused[0], obs, fused[1], None, (U * dt).detach(), U_mid * dt,
@@ -262,11 +310,15 @@ def midpoint_solve(field, y0: torch.Tensor, ts: torch.Tensor, dt: float, dW: tor
                    params=(), adjoint: bool = True, diagonal: bool = False) -> torch.Tensor:
     """Generic midpoint solve of ``field(t, z, u) -> (f, g)`` (``u`` always None here; see ``reversible_heun.solve``)
     on the ``dt`` grid of ``ts``, with torchsde's continuous adjoint (``params``: the tensors to differentiate) or
-    plain autograd. ``g`` ``(B, H, W)``, or ``(B, H)`` with ``diagonal`` (then dW ``(N, B, H)``). ys ``(T, B, H)``."""
+    plain autograd. ``g`` ``(B, H, W)``, or ``(B, H)`` with ``diagonal`` (then dW ``(N, B, H)``). ys ``(T, B, H)``.
+    A field with hand-written VJPs (``at``, ``local``, ``param_grads``, prepared at ``evaluation_times``; diagonal
+    noise, adjoint mode) is solved by index instead."""
     t_grid, obs = checked_grid(ts, dt, y0, dW, diagonal=diagonal)
     if not adjoint:
         return _integrate(field, y0, t_grid, obs, float(dt), dW, None, None)
     params = tuple(p for p in params if p.requires_grad)
+    if hasattr(field, "local"):
+        return _IndexedAdjoint.apply(field, obs, float(dt), dW.detach(), y0, *params)
     return _GenericAdjoint.apply(field, t_grid, obs, float(dt), None if dW is None else dW.detach(), None, None,
                                  None, y0, *params)
 
