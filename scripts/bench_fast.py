@@ -57,20 +57,27 @@ def run(ctx) -> list[dict]:
     return rows
 
 
-def _latent_methods_row(ctx) -> dict:
-    """The latent SDE's training step on the fast backend, midpoint against reversible Heun (both with the
-    posterior's hand-written VJPs; midpoint's adjoint is the continuous one)."""
-    what = "latent SDE step (ou_latent_sde), fast backend: time(midpoint) / time(reversible Heun)"
+def _latent_ratio(ctx, what: str, slow: list[str], fast: list[str]) -> dict:
+    """A row: interleaved ``ou_latent_sde`` training steps of two builds (``slow`` and ``fast`` overrides, the
+    second with the first's weights), time(slow) / time(fast); "skipped" with the reason if one does not build."""
     try:
-        a, b = (build_latent(ctx, [f"solver={m}", "solver.backend=fast"]) for m in ("midpoint", "reversible_heun"))
+        a, b = build_latent(ctx, slow), build_latent(ctx, fast)
     except Exception as exc:
         return {"what": what, "result": "skipped", "paper": "", "note": f"not built ({type(exc).__name__}: {exc})"}
     b[0].load_state_dict(a[0].state_dict())
-    t = interleaved({"mid": lambda: latent_step(*a), "rh": lambda: latent_step(*b)},
+    t = interleaved({"slow": lambda: latent_step(*a), "fast": lambda: latent_step(*b)},
                     reps=4 if ctx.quick else 10, device=ctx.device, budget_s=20 if ctx.quick else 60)
-    r = ratio(t["mid"], t["rh"])
-    return {"what": what, "result": fmt_ratio(r), "paper": "up to 1.98x", "data": r,
-            "note": "encoder (GRU), decoder and optimiser are shared work; row 1 has the same ratio through torchsde"}
+    r = ratio(t["slow"], t["fast"])
+    return {"what": what, "result": fmt_ratio(r), "data": r}
+
+
+def _latent_methods_row(ctx) -> dict:
+    """The latent SDE's training step on the fast backend, midpoint against reversible Heun (both with the
+    posterior's hand-written VJPs; midpoint's adjoint is the continuous one)."""
+    row = _latent_ratio(ctx, "latent SDE step (ou_latent_sde), fast backend: time(midpoint) / time(reversible Heun)",
+                        ["solver=midpoint", "solver.backend=fast"], ["solver=reversible_heun", "solver.backend=fast"])
+    return {"paper": "up to 1.98x", "note": "encoder (GRU), decoder and optimiser are shared work; row 1 has the "
+                                            "same ratio through torchsde", **row}
 
 
 def _latent_row(ctx, encoder: str = "gru") -> dict:
@@ -79,18 +86,11 @@ def _latent_row(ctx, encoder: str = "gru") -> dict:
     ``neuralsde.fast.fused``)."""
     what = (f"latent SDE step (ou_latent_sde, {encoder.upper()} encoder, reversible Heun adjoint with logqp): "
             "torchsde time / fast time")
-    try:
-        a, b = (build_latent(ctx, [f"solver.backend={x}", f"model.encoder.kind={encoder}"])
-                for x in ("torchsde", "fast"))
-    except Exception as exc:
-        return {"what": what, "result": "skipped", "paper": "", "note": f"not built ({type(exc).__name__}: {exc})"}
-    b[0].load_state_dict(a[0].state_dict())
-    t = interleaved({"torchsde": lambda: latent_step(*a), "fast": lambda: latent_step(*b)},
-                    reps=4 if ctx.quick else 10, device=ctx.device, budget_s=20 if ctx.quick else 60)
-    r = ratio(t["torchsde"], t["fast"])
-    return {"what": what, "result": fmt_ratio(r), "paper": "no target", "data": r,
-            "note": "same numbers on the same increments (tests/test_fast_logqp.py); the posterior's drifts, "
-                    "diffusion and KL integrand evaluated with hand-written VJPs (neuralsde/fast/latent.py)"}
+    row = _latent_ratio(ctx, what, ["solver.backend=torchsde", f"model.encoder.kind={encoder}"],
+                        ["solver.backend=fast", f"model.encoder.kind={encoder}"])
+    return {"paper": "no target", "note": "same numbers on the same increments (tests/test_fast_logqp.py); the "
+            "posterior's drifts, diffusion and KL integrand evaluated with hand-written VJPs "
+            "(neuralsde/fast/latent.py)", **row}
 
 
 def _fields_row(ctx, model, real) -> dict:
