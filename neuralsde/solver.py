@@ -155,7 +155,6 @@ def fast_handles(cfg: SolverConfig, sde) -> bool:
 def _fast_sdeint(sde, y0, ts, cfg: SolverConfig, entropy, adjoint_params, logqp: bool):
     from neuralsde.fast import sample_increments
     from neuralsde.fast.logqp import fast_sdeint_logqp
-    from neuralsde.fast.midpoint import midpoint_solve
     from neuralsde.fast.reversible_heun import fast_sdeint_diagonal
 
     seed = draw_entropy() if entropy is None else entropy
@@ -165,8 +164,4 @@ def _fast_sdeint(sde, y0, ts, cfg: SolverConfig, entropy, adjoint_params, logqp:
     if logqp:
         ys, log_ratio = fast_sdeint_logqp(sde, y0, ts, cfg.dt, dW, cfg.adjoint, adjoint_params, method=cfg.method)
         return ys.transpose(0, 1), log_ratio.transpose(0, 1)
-    if cfg.method == "midpoint":
-        params = tuple(sde.parameters()) if adjoint_params is None else tuple(adjoint_params)
-        return midpoint_solve(lambda t, y, u: (sde.f(t, y), sde.g(t, y)), y0, ts, cfg.dt, dW, params, cfg.adjoint,
-                              diagonal=True).transpose(0, 1)
-    return fast_sdeint_diagonal(sde, y0, ts, cfg.dt, dW, cfg.adjoint, adjoint_params).transpose(0, 1)
+    return fast_sdeint_diagonal(sde, y0, ts, cfg.dt, dW, cfg.adjoint, adjoint_params, cfg.method).transpose(0, 1)

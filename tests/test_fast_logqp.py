@@ -84,6 +84,8 @@ def test_bad_input_names_the_problem():
     dW = torch.zeros(T - 1, B, D, dtype=torch.float64)
     with pytest.raises(ValueError, match="d \\+ 1 = 4 channels"):
         fast_sdeint_logqp(sde, y0, ts, 1.0, dW)
+    with pytest.raises(ValueError, match="method='euler_heun'.*reversible_heun or midpoint"):
+        fast_sdeint_logqp(sde, y0, ts, 1.0, torch.zeros(T - 1, B, D + 1, dtype=torch.float64), method="euler_heun")
     sde.noise_type = "general"
     with pytest.raises(ValueError, match="diagonal noise.*backend=torchsde"):
         fast_sdeint_logqp(sde, y0, ts, 1.0, torch.zeros(T - 1, B, D + 1, dtype=torch.float64))

@@ -1,6 +1,6 @@
 """The latent SDE's augmented field (``logqp.logqp_field`` of a ``LatentSDEFunc``) with hand-written VJPs.
 
-One evaluation at grid index ``k`` of the state ``Y = [y, l]``:
+One evaluation at evaluation-time index ``k`` of the state ``Y = [y, l]``:
 
     posterior and prior drifts  [f, h] = two MLPs, run as one: first layers stacked (the posterior's time and
                                 context columns folded into a per-step bias, computed for all steps at once),
@@ -11,9 +11,9 @@ One evaluation at grid index ``k`` of the state ``Y = [y, l]``:
 
 so ``F = [f, |v|^2 / 2]``, ``G = [g, 0]``. The VJP is written out by hand; what the parameter (and context)
 gradients need from each evaluation is kept in chunk buffers and summed a chunk at a time (one GEMM per layer
-instead of some thirty small accumulations per step). ``neuralsde.fast.solve`` calls it through its indexed-field
-protocol, so the reversible Heun adjoint around it is the generic one, tested against torchsde. Other structures
-take the autograd path.
+instead of some thirty small accumulations per step). The solvers call it through their indexed-field protocol
+(``neuralsde.fast.solve``; ``midpoint.midpoint_solve`` at ``midpoint.evaluation_times``), so the adjoints around
+it are the generic ones, tested against torchsde. Other structures take the autograd path.
 """
 from __future__ import annotations
 
@@ -22,11 +22,10 @@ from torch import nn
 
 from neuralsde.fast.fused import _agrees
 from neuralsde.fast.logqp import STABLE_EPS, logqp_field
-from neuralsde.fast.mlp import chunk_size, parse, plain
+from neuralsde.fast.mlp import _BWD, _FWD, chunk_size, parse, plain
 
 _SILU_BWD = torch.ops.aten.silu_backward.default
-_SILU_BWD_INTO = torch.ops.aten.silu_backward.grad_input
-_SILU_INTO = torch._C._nn.silu  # accepts out=
+_SILU_BWD_INTO, _SILU_INTO = _BWD["silu"], _FWD["silu"]  # the forms that write into out= / grad_input=
 CHUNK = None  # evaluations per parameter-gradient sum; None: as many as fit in mlp.CACHE_BYTES
 DIFFUSION_LIPSWISH = 0.909  # DiagonalDiffusion's activation scale (written in its forward; the probe checks it)
 

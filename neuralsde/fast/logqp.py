@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from neuralsde.fast.reversible_heun import solve, time_grid
+from neuralsde.fast.reversible_heun import method_solve, time_grid
 
 STABLE_EPS = 1e-7  # torchsde's stable_division: |g| is held at least this far from zero, keeping its sign
 
@@ -66,8 +66,7 @@ def fast_sdeint_logqp(sde: nn.Module, y0: torch.Tensor, ts: torch.Tensor, dt: fl
     if dW.dim() != 3 or dW.size(-1) != y0.size(1) + 1:
         raise ValueError(f"dW must have d + 1 = {y0.size(1) + 1} channels (the state's and the log-ratio's), got "
                          f"shape {tuple(dW.shape)}")
-    if method not in ("reversible_heun", "midpoint"):
-        raise ValueError(f"method={method!r}: the fast logqp solves reversible_heun or midpoint")
+    solve = method_solve(method)
     params = tuple(sde.parameters()) if adjoint_params is None else tuple(adjoint_params)
     Y0 = torch.cat([y0, y0.new_zeros(y0.size(0), 1)], dim=1)
     field = None
@@ -76,11 +75,7 @@ def fast_sdeint_logqp(sde: nn.Module, y0: torch.Tensor, ts: torch.Tensor, dt: fl
         from neuralsde.fast.midpoint import evaluation_times
         t_grid = time_grid(ts, dt)[0]
         field = fused_latent(sde, params, evaluation_times(t_grid) if method == "midpoint" else t_grid, Y0)
-    if method == "midpoint":
-        from neuralsde.fast.midpoint import midpoint_solve
-        Ys = midpoint_solve(field or logqp_field(sde), Y0, ts, dt, dW, params, adjoint, diagonal=True)
-    else:
-        Ys = solve(field or logqp_field(sde), Y0, ts, dt, dW=dW, params=params, adjoint=adjoint, diagonal=True)
+    Ys = solve(field or logqp_field(sde), Y0, ts, dt, dW=dW, params=params, adjoint=adjoint, diagonal=True)
     ys, log_ratio = Ys[..., :-1], Ys[..., -1]
     return ys, log_ratio[1:] - log_ratio[:-1]
 

@@ -68,18 +68,24 @@ def _g_prod(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def _integrate(field, y0, t_grid, obs, dt, dW, U, U_mid):
-    """Midpoint recurrence on ``field(t, z, u) -> (f, g or None)``; autograd records whatever grad mode allows."""
+    """Midpoint recurrence on ``field(t, z, u) -> (f, g or None)``, or on a field with ``at(index, z)`` indexed as
+    ``evaluation_times``; autograd records whatever grad mode allows."""
     half_dt = 0.5 * dt
     t_mid = mid_times(t_grid)
+    if hasattr(field, "at"):
+        first, second = (lambda k, y: field.at(2 * k, y)), (lambda k, y: field.at(2 * k + 1, y))
+    else:
+        first = lambda k, y: field(t_grid[k], y, None if U is None else U[k])  # noqa: E731
+        second = lambda k, y: field(t_mid[k], y, None if U_mid is None else U_mid[k])  # noqa: E731
     is_obs = set(obs)
     y, ys = y0, [y0]
     for k in range(len(t_grid) - 1):
         # Same operation order as torchsde's Midpoint.step.
-        f, g = field(t_grid[k], y, None if U is None else U[k])
+        f, g = first(k, y)
         y_mid = y + half_dt * f
         if g is not None:
             y_mid = y_mid + 0.5 * _g_prod(g, dW[k])
-        f1, g1 = field(t_mid[k], y_mid, None if U_mid is None else U_mid[k])
+        f1, g1 = second(k, y_mid)
         y = y + dt * f1
         if g1 is not None:
             y = y + _g_prod(g1, dW[k])
@@ -241,21 +247,8 @@ class _IndexedAdjoint(torch.autograd.Function):
     ``param_grads``). The first reverse stage's local is not recorded: its VJP goes to the state only."""
 
     @staticmethod
-    def forward(ctx, field, obs, dt, dW, y0, *params):
-        half_dt = 0.5 * dt
-        is_obs = set(obs)
-        y = y0.detach()
-        ys = [y]
-        for k in range(dW.size(0)):  # the operation order of _integrate (torchsde's)
-            f, g = field.at(2 * k, y)
-            y_mid = y + half_dt * f
-            y_mid = y_mid + 0.5 * (g * dW[k])
-            f1, g1 = field.at(2 * k + 1, y_mid)
-            y = y + dt * f1
-            y = y + g1 * dW[k]
-            if k + 1 in is_obs:
-                ys.append(y)
-        ys = torch.stack(ys)
+    def forward(ctx, field, t_grid, obs, dt, dW, y0, *params):
+        ys = _integrate(field, y0.detach(), t_grid, obs, dt, dW, None, None)
         ctx.field, ctx.obs, ctx.dt = field, obs, dt
         ctx.save_for_backward(ys, dW, *params)
         return ys
@@ -279,7 +272,7 @@ class _IndexedAdjoint(torch.autograd.Function):
             if k in obs_at:
                 y = ys[obs_at[k]]
                 a = a + grad_ys[obs_at[k]]
-        return (None, None, None, None, a, *field.param_grads(params))
+        return (None, None, None, None, None, a, *field.param_grads(params))
 
 
 def _fused_sdeint(vf, y0, t_grid, obs, dt, dW, params):
@@ -318,7 +311,7 @@ def midpoint_solve(field, y0: torch.Tensor, ts: torch.Tensor, dt: float, dW: tor
         return _integrate(field, y0, t_grid, obs, float(dt), dW, None, None)
     params = tuple(p for p in params if p.requires_grad)
     if hasattr(field, "local"):
-        return _IndexedAdjoint.apply(field, obs, float(dt), dW.detach(), y0, *params)
+        return _IndexedAdjoint.apply(field, t_grid, obs, float(dt), dW.detach(), y0, *params)
     return _GenericAdjoint.apply(field, t_grid, obs, float(dt), None if dW is None else dW.detach(), None, None,
                                  None, y0, *params)
 

@@ -184,7 +184,6 @@ class FusedMLP:
         """Buffer for the input of the evaluation recorded in slot ``s``: write it there with ``out=``."""
         return self.rec.slots[s][0]
 
-
     def _blocks(self, i: int) -> list[tuple[int, int, int, int]] | None:
         """Row and column ranges of the heads' blocks in fused layer ``i >= 1`` (block-diagonal: the weight
         gradient needs only these); None for one head, or where a head's rows are not contiguous after the output

@@ -291,10 +291,22 @@ def fast_sdeint(vector_field: nn.Module, y0: torch.Tensor, ts: torch.Tensor, dt:
     return solve(lambda t, y, u: vector_field.f_and_g(t, y), y0, ts, dt, dW=dW, params=params, adjoint=adjoint)
 
 
+def method_solve(method: str):
+    """The generic solve of ``method``: ``solve`` (reversible Heun) or ``midpoint.midpoint_solve``, called alike
+    as ``(field, y0, ts, dt, dW=, params=, adjoint=, diagonal=)``."""
+    if method == "reversible_heun":
+        return solve
+    if method == "midpoint":
+        from neuralsde.fast.midpoint import midpoint_solve
+        return midpoint_solve
+    raise ValueError(f"method={method!r}: the fast backend solves reversible_heun or midpoint")
+
+
 def fast_sdeint_diagonal(sde: nn.Module, y0: torch.Tensor, ts: torch.Tensor, dt: float, dW: torch.Tensor,
-                         adjoint: bool = True, adjoint_params=None) -> torch.Tensor:
-    """Stratonovich diagonal-noise ``sde`` (``f``, ``g``, as torchsde's) by reversible Heun, generic path:
-    ys ``(T, B, d)``; dW ``(N, B, d)``. With the latent SDE's KL term: ``neuralsde.fast.logqp``."""
+                         adjoint: bool = True, adjoint_params=None, method: str = "reversible_heun") -> torch.Tensor:
+    """Stratonovich diagonal-noise ``sde`` (``f``, ``g``, as torchsde's) by ``method`` (reversible Heun or
+    midpoint), generic path: ys ``(T, B, d)``; dW ``(N, B, d)``. With the latent SDE's KL term:
+    ``neuralsde.fast.logqp``."""
     params = tuple(sde.parameters()) if adjoint_params is None else tuple(adjoint_params)
-    return solve(lambda t, y, u: (sde.f(t, y), sde.g(t, y)), y0, ts, dt, dW=dW, params=params, adjoint=adjoint,
-                 diagonal=True)
+    return method_solve(method)(lambda t, y, u: (sde.f(t, y), sde.g(t, y)), y0, ts, dt, dW=dW, params=params,
+                                adjoint=adjoint, diagonal=True)
