@@ -1,6 +1,10 @@
 """Every experiment, at its own sizes and on a batch of its own data: the fast backend's training loss and every
 parameter gradient equal torchsde's (float64, the same initial noise and Brownian increments).
 
+Tolerance 1e-9: both adjoints rebuild the solve backwards, which costs energy's discriminator (26 data channels,
+hidden 64) up to 9e-11 relative between the backends over 12 seeds; against direct backpropagation the fast
+adjoint is the closer of the two there (2e-11 vs 4e-11 to 8e-11). Elsewhere the backends agree to 5e-12.
+
 The per-solver tests use small or default OU sizes; the experiments differ in ways the fused kernels care about
 (two hidden layers, 8 noise channels, 26 data channels, batch 1024, 100 steps, NaN-filled paths)."""
 import dataclasses
@@ -73,6 +77,7 @@ def test_backends_agree_on_each_experiment(name, tmp_path, monkeypatch):
         if "cache_dir" in cfg.data.source:
             cfg.data.source.cache_dir = str(tmp_path / "cache")
     assert cfg.solver.backend == "fast" and cfg.solver.method == "reversible_heun"
+    torch.manual_seed(0)  # the weights and the shuffled batch
     datamodule, model = build(cfg)
     batch = [x.double() for x in next(iter(datamodule.train_dataloader()))]
     _same_noise(monkeypatch)
@@ -91,4 +96,4 @@ def test_backends_agree_on_each_experiment(name, tmp_path, monkeypatch):
             assert fast is None, what
             continue
         scale = ref.abs().max().clamp_min(1e-300)
-        assert (fast - ref).abs().max() <= 1e-10 * scale, (what, float((fast - ref).abs().max() / scale))
+        assert (fast - ref).abs().max() <= 1e-9 * scale, (what, float((fast - ref).abs().max() / scale))
