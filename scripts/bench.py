@@ -27,7 +27,8 @@ ROWS = {1: ("bench_solvers", "Reversible Heun vs midpoint"),
         5: ("bench_memory", "Peak memory: direct vs adjoint"),
         6: ("bench_overhead", "Framework overhead: Lightning vs bare loop"),
         7: ("bench_throughput", "Throughput (absolute, machine-specific)"),
-        8: ("bench_fast", "Fast backend vs torchsde")}
+        8: ("bench_fast", "Fast backend vs torchsde"),
+        9: ("bench_contractions", "Fast backend: field-control contraction by shape vs channel-summing GEMM")}
 
 
 def parse(argv=None):

@@ -1,6 +1,8 @@
 """The fast backend (reversible Heun, midpoint) equals torchsde / torchcde (values and gradients) on the same noise."""
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 import torchcde
@@ -574,10 +576,12 @@ def test_fused_kernels_equal_the_methods():
     assert two.kernels() == (two.record, two.vjp) and two.evaluator() == two.evaluate
 
 
-@pytest.mark.parametrize("every", [1, 3])
-def test_fused_paths_equal_the_generic_path_at_sizes_that_fill_several_chunks(every):
+@pytest.mark.parametrize("every, contraction", [(1, None), (3, None), (1, "gemm"), (1, "sum"), (1, "addcmul")])
+def test_fused_paths_equal_the_generic_path_at_sizes_that_fill_several_chunks(every, contraction, monkeypatch):
     # batch 64, hidden 32, 70 steps: several record chunks and (every step observed) several output chunks, with
-    # no patched budgets; the generic path is autograd per step around the same adjoint.
+    # no patched budgets; the generic path is autograd per step around the same adjoint. Each way of contracting
+    # the field with its control, forced; None: as chosen by shape.
+    monkeypatch.setattr(fused_module, "CONTRACTION", contraction)
     torch.manual_seed(0)
     steps, batch, hidden = 70, 64, 32
     ts = torch.arange(0, steps + 1, every, dtype=torch.float64)
@@ -631,3 +635,22 @@ def test_sdegan_gradients_equal_across_backends_at_the_default_sizes(method, mon
         out[backend] = (fake, *torch.autograd.grad(loss, params))
     for fast, ref in zip(out["fast"], out["torchsde"], strict=True):  # (the readout bias's gradient is exactly 0)
         assert (fast - ref).abs().max() <= 1e-10 * ref.abs().max().clamp_min(1e-300)
+
+
+@pytest.mark.parametrize("batch, channels, hidden", [(5, 4, 16), (300, 2, 16), (256, 9, 32), (128, 27, 64)])
+def test_contractions_agree(batch, channels, hidden, monkeypatch):
+    # z + alpha sum_c F[:, c] c[:, c], every mode against einsum (float64), into a given out and a new tensor.
+    mlp = types.SimpleNamespace(channels=channels, hidden=hidden,
+                                q=torch.eye(hidden, dtype=torch.float64).repeat(channels, 1))
+    gen = torch.Generator().manual_seed(0)
+    F, ctrl, z = (torch.randn(*s, generator=gen, dtype=torch.float64)
+                  for s in ((batch, channels, hidden), (batch, channels, 1), (batch, hidden)))
+    want = z - 0.5 * torch.einsum("bch,bc->bh", F, ctrl[..., 0])
+    for mode in ("gemm", "sum", "addcmul"):
+        monkeypatch.setattr(fused_module, "CONTRACTION", mode)
+        contract = fused_module._Contract(mlp, batch, z)
+        assert contract.mode == mode
+        out = torch.empty_like(z)
+        assert contract(z, ctrl, F, alpha=-0.5, out=out) is out
+        assert torch.allclose(out, want, rtol=1e-13, atol=1e-13), mode
+        assert torch.allclose(contract(z, ctrl, F.clone(), -0.5, prod=F.clone()), want, rtol=1e-13, atol=1e-13)

@@ -11,11 +11,11 @@ Eliminating ``y`` gives a leapfrog in ``z`` alone (same values, up to rounding):
 
     z_1 = z_0 + F_0 c_0,    z_{j+1} = z_{j-1} + F_j c_j,    y_j = (z_j + z_{j-1} + F_j B_{j-1}) / 2,
 
-with ``z_0 = y_0``, ``c_0 = A_0`` and ``c_j = B_{j-1} + A_j``. A step is then one field evaluation, one broadcast
-product and one GEMM (``_Stepper``); the outputs are formed a chunk at a time (``_Outputs``). The backward pass
-reconstructs ``z_{j-1} = z_{j+1} - F_j c_j`` and takes one hand-written VJP, a chunk of record slots at a time:
-the cotangents sit in a small ring buffer, and per chunk one GEMM per layer sums the parameter gradients and one
-``bmm`` the CDE's control gradients. Per step the fields cost about half of midpoint's; what is not halved
+with ``z_0 = y_0``, ``c_0 = A_0`` and ``c_j = B_{j-1} + A_j``. A step is then one field evaluation and one
+contraction with the control (``_Stepper``, its kernels chosen by shape); the outputs are formed a chunk at a
+time (``_Outputs``). The backward pass reconstructs ``z_{j-1} = z_{j+1} - F_j c_j`` and takes one hand-written
+VJP, a chunk of record slots at a time: the cotangents sit in a small ring buffer, and per chunk one GEMM per
+layer sums the parameter gradients and one ``bmm`` the CDE's control gradients. Per step the fields cost about half of midpoint's; what is not halved
 (parameter gradients, the averaged outputs, per-solve set-up) is measured in ``make bench``, row 8.
 """
 from __future__ import annotations
@@ -43,20 +43,53 @@ def _rows(c: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return c.unsqueeze(-1).unbind(0)
 
 
-class _Stepper:
-    """``z + alpha F_j c_j`` as one broadcast product and one GEMM (``q`` sums the channels). One-off CPU
-    timings (2026-11-30): at the generator's 4 channels 10.8 us against 11.5 per-channel ``addcmul`` and 25.5
-    ``baddbmm``; at the discriminator's 2 channels per-channel ``addcmul`` would be faster (7.1 vs 11.1 us),
-    a gain not taken yet."""
+CONTRACTION = None  # None: by shape (``contraction_mode``); or "gemm", "sum", "addcmul" everywhere (tests, benches)
 
-    def __init__(self, mlp: FusedMLP, batch: int, like: torch.Tensor):
-        self.q = mlp.q
-        self.m = like.new_empty(batch, mlp.channels, mlp.hidden)
-        self.m2 = self.m.view(batch, -1)
+
+def contraction_mode(batch: int, channels: int, hidden: int, device: torch.device) -> str:
+    """How ``z + alpha sum_c F[:, c] ctrl[:, c]`` is formed for a field ``(batch, channels, hidden)``: by the
+    shape, never by timing, so that a seeded run rounds the same way every time. The channel-summing GEMM does
+    ``hidden`` times the arithmetic needed and pays only while ``channels * hidden`` is tiny; per-channel
+    ``addcmul`` pays once the batch is large against the channels; elsewhere a product and a sum over channels.
+    The thresholds come from CPU timings over batch 128-2048, 2-27 channels, hidden 16-64; bench row 9
+    (``scripts/bench_contractions.py``) times the choice against the GEMM at each experiment's sizes. Other
+    devices keep the GEMM (fewest kernels)."""
+    if CONTRACTION is not None:
+        return CONTRACTION
+    if device.type != "cpu" or (channels * hidden <= 64 and batch <= 512):
+        return "gemm"
+    return "addcmul" if batch >= 128 * channels else "sum"
+
+
+class _Contract:
+    """``z + alpha F c`` for fields ``F`` ``(batch, C, H)`` and controls ``c`` ``(batch, C, 1)``, in the mode
+    ``contraction_mode`` picks for ``batch`` rows. With ``own_product=False`` the caller passes the buffer for
+    ``F * c`` (``F`` itself, when ``F`` is not needed afterwards)."""
+
+    def __init__(self, mlp: FusedMLP, batch: int, like: torch.Tensor, own_product: bool = True):
+        self.mode = contraction_mode(batch, mlp.channels, mlp.hidden, like.device)
+        self.q, self.channels = mlp.q, mlp.channels
+        self.m = like.new_empty(batch, mlp.channels, mlp.hidden) if own_product and self.mode != "addcmul" else None
+        self.s = like.new_empty(batch, mlp.hidden) if self.mode == "sum" else None
+
+    def __call__(self, z, ctrl, F, alpha: float = 1.0, out=None, prod=None):
+        if self.mode == "addcmul":
+            out = torch.addcmul(z, F[:, 0], ctrl[:, 0], value=alpha, out=out)
+            for i in range(1, self.channels):
+                out.addcmul_(F[:, i], ctrl[:, i], value=alpha)
+            return out
+        m = torch.mul(F, ctrl, out=self.m if prod is None else prod)
+        if self.mode == "sum":
+            s = torch.sum(m, 1, out=self.s if self.s.size(0) == m.size(0) else None)
+            return torch.add(z, s, alpha=alpha, out=out)
+        return torch.addmm(z, m.view(m.size(0), -1), self.q, alpha=alpha, out=out)
+
+
+class _Stepper(_Contract):
+    """``z + alpha F_j c_j`` with the control rows of a solve (``_rows``)."""
 
     def __call__(self, z, rows, j, F, alpha: float = 1.0, out=None):
-        torch.mul(F, rows[j], out=self.m)
-        return torch.addmm(z, self.m2, self.q, alpha=alpha, out=out)
+        return super().__call__(z, rows[j], F, alpha, out)
 
 
 OUTPUT_BYTES = 2 ** 20  # the observed fields ``F_j`` buffered per output chunk
@@ -68,9 +101,10 @@ class _Outputs:
     ``zs`` / ``zps``, and calls ``flush(j)`` at the ``j`` in ``flush_at``."""
 
     def __init__(self, mlp: FusedMLP, ys: torch.Tensor, b: torch.Tensor, obs: list[int]):
-        self.ys, self.b, self.q = ys, b.unsqueeze(-1), mlp.q  # b: B_{j-1} (N, B, C) -> (N, B, C, 1)
+        self.ys, self.b = ys, b.unsqueeze(-1)  # b: B_{j-1} (N, B, C) -> (N, B, C, 1)
         k = chunk_size(ys.size(1) * mlp.channels * mlp.hidden * ys.element_size(), len(obs) - 1,
                        budget=OUTPUT_BYTES)
+        self.contract = _Contract(mlp, k * ys.size(1), ys, own_product=False)  # the product goes into F's rows
         self.f = scratch("rh.f_obs", (k, ys.size(1), mlp.channels, mlp.hidden), ys)
         f_at = self.f.view(k, ys.size(1), -1).unbind(0)
         self.targets = {j: f_at[i % k] for i, j in enumerate(obs[1:])}
@@ -81,11 +115,10 @@ class _Outputs:
     def flush(self, j: int) -> None:
         i0, m = self.flush_at[j]
         rows = torch.as_tensor(self.obs[1 + i0:1 + i0 + m], device=self.ys.device)
-        f = self.f[:m].mul_(self.b[rows - 1])
-        out = self.ys[i0 + 1:i0 + 1 + m]
-        z = torch.add(torch.stack(self.zs), torch.stack(self.zps))
-        torch.addmm(z.view(-1, z.size(-1)), f.view(z.size(0) * z.size(1), -1), self.q, beta=0.5, alpha=0.5,
-                    out=out.view(-1, out.size(-1)))
+        f, ctrl = self.f[:m].flatten(0, 1), self.b[rows - 1].flatten(0, 1)
+        out = self.ys[i0 + 1:i0 + 1 + m].flatten(0, 1)
+        z = torch.add(torch.stack(self.zs), torch.stack(self.zps)).flatten(0, 1)
+        self.contract(z, ctrl, f, out=out, prod=f).mul_(0.5)
         self.zs.clear()  # the solve holds these lists
         self.zps.clear()
 
