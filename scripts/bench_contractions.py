@@ -53,7 +53,7 @@ def run(ctx) -> list[dict]:
         model, real = _build(ctx, name)
         opts = bare_optimizers(model)
 
-        def step(mode):
+        def step(mode, model=model, opts=opts, real=real):
             def fn():
                 fused.CONTRACTION = mode
                 sdegan_step(model, opts, real)

@@ -275,7 +275,7 @@ def _fmt_counts(c: dict) -> str:
 
 def _cost_split(step, reps: int = 3) -> dict:
     """cProfile of ``step``, seconds per step: field evaluations, their VJPs, parameter-gradient GEMMs,
-    contractions and outputs (``_Stepper``, ``_Outputs``), the rest of the two solves (cotangent products,
+    contractions and outputs (``_Contract``, ``_Outputs``), the rest of the two solves (cotangent products,
     record bookkeeping, set-up, probes), and everything outside them (optimisers, clipping, averaging, readouts)."""
     from neuralsde.fast import fused, midpoint
     from neuralsde.fast.mlp import FusedMLP
@@ -286,10 +286,15 @@ def _cost_split(step, reps: int = 3) -> dict:
     prof.disable()
     stats = pstats.Stats(prof).stats
 
+    def key(f):
+        c = inspect.unwrap(f).__code__  # backward is wrapped by once_differentiable
+        return c.co_filename, c.co_firstlineno, c.co_name
+
     def cum(*fns):
-        codes = {inspect.unwrap(f).__code__ for f in fns}  # backward is wrapped by once_differentiable
-        keys = {(c.co_filename, c.co_firstlineno, c.co_name) for c in codes}
-        return sum(stats[k][3] for k in keys if k in stats) / reps
+        return sum(stats[k][3] for k in {key(f) for f in fns} if k in stats) / reps
+
+    def nested(fn, caller):  # the time of ``fn``'s calls from ``caller``, which cum(caller) already holds
+        return stats.get(key(fn), (0, 0, 0, 0, {}))[4].get(key(caller), (0, 0, 0, 0))[3] / reps
 
     def cum_named(*names):  # FusedMLP's methods and the per-solve closures of the same names (kernels, evaluator)
         mlp_file = inspect.getsourcefile(FusedMLP)
@@ -299,7 +304,8 @@ def _cost_split(step, reps: int = 3) -> dict:
                  midpoint._FusedMidpointAdjoint.backward, fused.fused_field)
     out = {"total": total, "evaluations": cum_named("evaluate", "record"), "VJPs": cum_named("vjp"),
            "parameter-gradient GEMMs": cum(FusedMLP.flush),
-           "contractions and outputs": cum(fused._Stepper.__call__, fused._Outputs.flush)}
+           "contractions and outputs": cum(fused._Contract.__call__, fused._Outputs.flush)
+           - nested(fused._Contract.__call__, fused._Outputs.flush)}
     out["rest of the solves"] = solves - sum(v for k, v in out.items() if k != "total")
     out["outside the solves"] = total - solves
     return out

@@ -12,11 +12,12 @@ Eliminating ``y`` gives a leapfrog in ``z`` alone (same values, up to rounding):
     z_1 = z_0 + F_0 c_0,    z_{j+1} = z_{j-1} + F_j c_j,    y_j = (z_j + z_{j-1} + F_j B_{j-1}) / 2,
 
 with ``z_0 = y_0``, ``c_0 = A_0`` and ``c_j = B_{j-1} + A_j``. A step is then one field evaluation and one
-contraction with the control (``_Stepper``, its kernels chosen by shape); the outputs are formed a chunk at a
+contraction with the control (``_Contract``, its kernels chosen by shape); the outputs are formed a chunk at a
 time (``_Outputs``). The backward pass reconstructs ``z_{j-1} = z_{j+1} - F_j c_j`` and takes one hand-written
 VJP, a chunk of record slots at a time: the cotangents sit in a small ring buffer, and per chunk one GEMM per
-layer sums the parameter gradients and one ``bmm`` the CDE's control gradients. Per step the fields cost about half of midpoint's; what is not halved
-(parameter gradients, the averaged outputs, per-solve set-up) is measured in ``make bench``, row 8.
+layer sums the parameter gradients and one ``bmm`` the CDE's control gradients. Per step the fields cost about
+half of midpoint's; what is not halved (parameter gradients, the averaged outputs, per-solve set-up) is measured
+in ``make bench``, row 8.
 """
 from __future__ import annotations
 
@@ -85,13 +86,6 @@ class _Contract:
         return torch.addmm(z, m.view(m.size(0), -1), self.q, alpha=alpha, out=out)
 
 
-class _Stepper(_Contract):
-    """``z + alpha F_j c_j`` with the control rows of a solve (``_rows``)."""
-
-    def __call__(self, z, rows, j, F, alpha: float = 1.0, out=None):
-        return super().__call__(z, rows[j], F, alpha, out)
-
-
 OUTPUT_BYTES = 2 ** 20  # the observed fields ``F_j`` buffered per output chunk
 
 
@@ -130,7 +124,7 @@ class _FusedAdjoint(torch.autograd.Function):
         c, b = _leapfrog_controls(ctrl, per_point)
         rows = _rows(c)
         n = c.size(0) - 1
-        step = _Stepper(mlp, y0.size(0), y0)
+        step = _Contract(mlp, y0.size(0), y0)
         ys = y0.new_empty(len(obs), *y0.shape)
         ys[0] = y0
         outputs = _Outputs(mlp, ys, b, obs)
@@ -144,7 +138,7 @@ class _FusedAdjoint(torch.autograd.Function):
                 zs.append(z)
                 zps.append(z_prev)
             if j < n:
-                z_prev, z = z, step(z_prev, rows, j, S)
+                z_prev, z = z, step(z_prev, rows[j], S)
             if j in flush_at:  # after the step: the flush scales the chunk's F rows, S among them, in place
                 outputs.flush(j)
         ctx.mlp, ctx.obs, ctx.per_point, ctx.keep = mlp, obs, per_point, keep
@@ -160,7 +154,7 @@ class _FusedAdjoint(torch.autograd.Function):
         mlp, obs = ctx.mlp, ctx.obs
         n, batch, hid = c.size(0) - 1, z.size(0), z.size(1)
         rows = _rows(c)
-        step = _Stepper(mlp, batch, ys)
+        step = _Contract(mlp, batch, ys)
         need_ctrl = ctx.per_point and ctx.needs_input_grad[4]
         half = torch.mul(grad_ys, 0.5, out=scratch("rh.half", grad_ys.shape, grad_ys))
         # In-loop products are cheaper than one doubly-broadcast product over all steps.
@@ -212,7 +206,7 @@ class _FusedAdjoint(torch.autograd.Function):
                     if j == n:
                         z_next, zin = zin, z_prev
                     else:
-                        z_next, zin = zin, step(z_next, rows, j, S, alpha=-1.0, out=mlp.z_slot((i + 1) % size))
+                        z_next, zin = zin, step(z_next, rows[j], S, alpha=-1.0, out=mlp.z_slot((i + 1) % size))
                 elif j == 1:
                     zin = ys[0]  # at t0 the field is differentiated at the true y0, as torchsde does
         grad_y0 = ring_at[m + 1] + ring_at[m] + half[0]  # z_0 = y_0 also feeds z_1 directly, and is y_0 itself

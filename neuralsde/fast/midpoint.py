@@ -37,7 +37,7 @@ from torch import nn
 
 from neuralsde.fast.cde import _field as _cde_field
 from neuralsde.fast.cde import knot_derivatives
-from neuralsde.fast.fused import _rows, _Stepper, fused_field, sde_controls
+from neuralsde.fast.fused import _Contract, _rows, fused_field, sde_controls
 from neuralsde.fast.reversible_heun import checked_grid, time_grid
 from neuralsde.fast.scratch import scratch
 
@@ -168,14 +168,14 @@ class _FusedMidpointAdjoint(torch.autograd.Function):
     def forward(ctx, mlp, obs, keep, on_backward, ca, cb, cc, y0, *params):
         n = ca.size(0)
         ra, rb = _rows(0.5 * ca), _rows(ca if cb is None else cb)
-        step = _Stepper(mlp, y0.size(0), y0)
+        step = _Contract(mlp, y0.size(0), y0)
         is_obs = set(obs)
         y = y0.detach()
         ys = [y]
         evaluate = mlp.evaluator()
         for k in range(n):
-            y_mid = step(y, ra, k, evaluate(y, 2 * k))
-            y = step(y, rb, k, evaluate(y_mid, 2 * k + 1))
+            y_mid = step(y, ra[k], evaluate(y, 2 * k))
+            y = step(y, rb[k], evaluate(y_mid, 2 * k + 1))
             if k + 1 in is_obs:
                 ys.append(y)
         ys = torch.stack(ys)
@@ -192,7 +192,7 @@ class _FusedMidpointAdjoint(torch.autograd.Function):
         b = ca if cb is None else cb
         rc = _rows(0.5 * (ca if cc is None else cc))
         rb = _rows(b)  # (B, C, 1) each: also the factors of the field's cotangents (outer products with a)
-        step = _Stepper(mlp, batch, ys)
+        step = _Contract(mlp, batch, ys)
         need_b = cb is not None and ctx.needs_input_grad[5]
         if need_b:
             ub = ys.new_empty(n, batch, b.size(-1))  # F(y')^T a', in processing order (k descending)
@@ -214,10 +214,10 @@ class _FusedMidpointAdjoint(torch.autograd.Function):
             for i in range(m):
                 k = n - 1 - r0 - i
                 S = record(y, 2 * n + k, cache)  # at t_{k+1}; its VJP goes to the state only
-                y_mid = step(y, rc, k, S, alpha=-1.0, out=mlp.z_slot(i))
+                y_mid = step(y, rc[k], S, alpha=-1.0, out=mlp.z_slot(i))
                 vjp(torch.mul(rc[k], a_v[p], out=cot), a_at[p], slot=cache, out=a_mid_at[i])  # a'
                 S = record(y_mid, 3 * n + k, i)  # at t'
-                y = step(y, rb, k, S, alpha=-1.0)
+                y = step(y, rb[k], S, alpha=-1.0)
                 a = vjp(torch.mul(rb[k], a_mid_v[i], out=cot), a_at[p], slot=i, out=a_at[1 - p])
                 p = 1 - p
                 if k in obs_at:
