@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -11,7 +12,7 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from neuralsde.errors import CheckpointError, ConfigError, DataError
+from neuralsde.errors import CheckpointError, ConfigError, DataError, bad_option
 from neuralsde.solver import SolverConfig
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,31 @@ def _quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
 
 
+@contextmanager
+def torch_threads(n):
+    """torch's intra-op threads set to ``n`` inside the block (None: torch's default), restored after it."""
+    if n is None:
+        yield
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise bad_option("threads", n, "a positive integer, or null for torch's default (one per core)",
+                         "e.g. threads=1 for small networks on CPU")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and test) the configured model; return the final logged metrics as floats."""
     _check_trainer_limits(cfg)
+    with torch_threads(cfg.get("threads")):
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict[str, float]:
     _quiet_known_warnings()
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)

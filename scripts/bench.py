@@ -28,7 +28,8 @@ ROWS = {1: ("bench_solvers", "Reversible Heun vs midpoint"),
         6: ("bench_overhead", "Framework overhead: Lightning vs bare loop"),
         7: ("bench_throughput", "Throughput (absolute, machine-specific)"),
         8: ("bench_fast", "Fast backend vs torchsde"),
-        9: ("bench_contractions", "Fast backend: field-control contraction by shape vs channel-summing GEMM")}
+        9: ("bench_contractions", "Fast backend: field-control contraction by shape vs channel-summing GEMM"),
+        10: ("bench_threads", "CPU threads: one vs one per core")}
 
 
 def parse(argv=None):

@@ -95,3 +95,33 @@ def test_step_logs_only_on_written_steps_give_the_same_csv(tiny_cfg, tmp_path, m
     pd.testing.assert_frame_equal(sparse.reset_index(drop=True), every.reset_index(drop=True))
     assert sparse["train/step"].tolist() == [5.0, 10.0, 12.0]  # every 5th step and the last
     assert n_every == 12 and n_sparse <= 4
+
+
+def test_threads_are_set_for_the_run_and_restored(tiny_cfg, monkeypatch):
+    # threads=N holds inside training (the module's step sees it) and the caller's count comes back afterwards;
+    # the default experiment asks for one (small networks: see configs/experiment/ou_sdegan.yaml).
+    import torch
+
+    from neuralsde.errors import ConfigError
+    from sdegan.module import SDEGAN
+
+    cfg = tiny_cfg(steps=2)
+    assert cfg.threads == 1
+    seen, train_batch = [], SDEGAN.train_batch
+    monkeypatch.setattr(SDEGAN, "train_batch", lambda self, batch: (seen.append(torch.get_num_threads()),
+                                                                    train_batch(self, batch))[1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with open_dict(cfg):
+            cfg.test = False
+        train(cfg)
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+        for bad in (0, "two", 1.5):
+            with open_dict(cfg):
+                cfg.threads = bad
+            with pytest.raises(ConfigError, match=r"threads=.*positive integer.*Fix"):
+                train(cfg)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
