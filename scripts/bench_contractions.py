@@ -16,7 +16,8 @@ SHAPES = {"ou_sdegan": (1, 64), "ou_sdegan_paper": (1, 64), "air_quality_sdegan"
           "stocks_sdegan": (6, 24), "energy_sdegan": (26, 24)}
 
 
-def _build(ctx, name: str):
+def build_at_sizes(ctx, name: str):
+    """``(SDEGAN, real batch)`` with experiment ``name``'s model, solver and batch size, on synthetic paths."""
     import hydra
     from omegaconf import OmegaConf
 
@@ -50,7 +51,7 @@ def run(ctx) -> list[dict]:
     rows = []
     names = ["ou_sdegan"] if ctx.quick else list(SHAPES)
     for name in names:
-        model, real = _build(ctx, name)
+        model, real = build_at_sizes(ctx, name)
         opts = bare_optimizers(model)
 
         def step(mode, model=model, opts=opts, real=real):

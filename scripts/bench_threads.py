@@ -12,8 +12,8 @@ import warnings
 
 import pytorch_lightning as pl
 import torch
-from _bench_utils import ROOT, Skip, bare_optimizers, compose, fmt_ratio, interleaved, ratio, sdegan_step
-from bench_contractions import SHAPES, _build
+from _bench_utils import ROOT, bare_optimizers, compose, fmt_ratio, interleaved, ratio, sdegan_step
+from bench_contractions import SHAPES, build_at_sizes
 
 STEPS = 4
 
@@ -63,17 +63,16 @@ def _lightning_row(ctx, many: int) -> dict:
 
 
 def run(ctx) -> list[dict]:
-    if ctx.device.type != "cpu":
-        raise Skip("threads matter on CPU only")
     many = os.cpu_count() or 1  # torch's default is one per core; the driver's --threads may have changed it
-    if many < 2:
-        raise Skip("one core: nothing to compare")
+    if ctx.device.type != "cpu" or many < 2:
+        why = "threads matter on CPU only" if ctx.device.type != "cpu" else "one core: nothing to compare"
+        return [{"what": "CPU threads", "result": "skipped", "paper": "", "note": why}]
     before = torch.get_num_threads()
     rows = [_lightning_row(ctx, many)]
     names = ["ou_sdegan"] if ctx.quick else list(SHAPES)
     try:
         for name in names:
-            model, real = _build(ctx, name)
+            model, real = build_at_sizes(ctx, name)
             opts = bare_optimizers(model)
 
             def step(n, model=model, opts=opts, real=real):
