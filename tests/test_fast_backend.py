@@ -654,3 +654,15 @@ def test_contractions_agree(batch, channels, hidden, monkeypatch):
         assert contract(z, ctrl, F, alpha=-0.5, out=out) is out
         assert torch.allclose(out, want, rtol=1e-13, atol=1e-13), mode
         assert torch.allclose(contract(z, ctrl, F.clone(), -0.5, prod=F.clone()), want, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("rows, channels, hidden", [(40, 2, 16), (40, 27, 64)])
+def test_transpose_contraction_both_ways(rows, channels, hidden):
+    # F^T a per row: the batched product (narrow fields) and the product-and-sum (wide ones) against einsum.
+    gen = torch.Generator().manual_seed(0)
+    F = torch.randn(rows, channels, hidden, generator=gen, dtype=torch.float64)
+    a = torch.randn(rows, hidden, generator=gen, dtype=torch.float64)
+    assert (channels * hidden > fused_module.BMM_MAX) == (channels == 27)
+    out = torch.empty(rows, channels, dtype=torch.float64)
+    fused_module.transpose_contract(F, a, out)
+    assert torch.allclose(out, torch.einsum("rch,rh->rc", F, a), rtol=1e-13, atol=1e-13)

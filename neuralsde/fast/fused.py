@@ -229,7 +229,19 @@ def _chunk_ctrl_grads(mlp: FusedMLP, out, ring, h_at: dict, j_first: int, n: int
         if j in h_at:
             v[i] += h_at[j]
     F = mlp.rec.out[:m].view(m * batch, mlp.channels, -1)
-    torch.bmm(F, v.view(m * batch, -1, 1), out=out.view(m * batch, -1, 1))
+    transpose_contract(F, v.view(m * batch, -1), out.view(m * batch, -1))
+
+
+BMM_MAX = 128  # channels x hidden up to which a batched product beats a product and a sum for F^T a
+
+
+def transpose_contract(F: torch.Tensor, a: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out[r, c] = sum_h F[r, c, h] a[r, h]`` for fields ``F`` ``(R, C, H)``: one ``bmm`` of tiny matrices for
+    narrow fields, a product and a sum over ``H`` for wide ones. One-off CPU timings (1 thread, 2026-11-30): bmm
+    1.5 ms vs 0.38 ms at 1024 x 27 x 64, 0.12 vs 0.29 ms at 8192 x 2 x 16; energy's SDE-GAN step 4% faster."""
+    if F.size(1) * F.size(2) <= BMM_MAX or F.device.type != "cpu":
+        return torch.bmm(F, a.unsqueeze(-1), out=out.unsqueeze(-1)).squeeze(-1)
+    return torch.sum(torch.mul(F, a.unsqueeze(1), out=scratch("ctrl.prod", F.shape, F)), -1, out=out)
 
 
 def _select(mlp: FusedMLP, params) -> list[bool] | None:

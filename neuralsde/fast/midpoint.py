@@ -37,7 +37,7 @@ from torch import nn
 
 from neuralsde.fast.cde import _field as _cde_field
 from neuralsde.fast.cde import knot_derivatives
-from neuralsde.fast.fused import _Contract, _rows, fused_field, sde_controls
+from neuralsde.fast.fused import _Contract, _rows, fused_field, sde_controls, transpose_contract
 from neuralsde.fast.reversible_heun import checked_grid, time_grid
 from neuralsde.fast.scratch import scratch
 
@@ -225,7 +225,7 @@ class _FusedMidpointAdjoint(torch.autograd.Function):
                     a.add_(grad_ys[obs_at[k]])
             if need_b:  # one product and one sum per chunk instead of per step
                 F = mlp.rec.out[:m].view(m * batch, mlp.channels, hid)
-                torch.bmm(F, a_mids[:m].view(m * batch, hid, 1), out=ub[r0:r0 + m].view(m * batch, -1, 1))
+                transpose_contract(F, a_mids[:m].view(m * batch, hid), ub[r0:r0 + m].view(m * batch, -1))
             mlp.flush(m)
         a = a_at[p].clone()
         g_b = ub.flip(0) if need_b else None
