@@ -8,6 +8,7 @@ adjoint is the closer of the two there (2e-11 vs 4e-11 to 8e-11). Elsewhere the 
 The per-solver tests use small or default OU sizes; the experiments differ in ways the fused kernels care about
 (two hidden layers, 8 noise channels, 26 data channels, batch 1024, 100 steps, NaN-filled paths)."""
 import dataclasses
+import sys
 
 import pytest
 import torch
@@ -18,6 +19,9 @@ import neuralsde.solver
 from neuralsde.fast import GridBrownian
 from neuralsde.training import build
 from tests.conftest import ROOT, SHARED_DATA, compose_config
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_contractions import SHAPES  # noqa: E402
 
 DATA = {"air_quality": "beijing_air_quality", "energy": "energy_appliances", "lobster": "lobster_goog",
         "stocks": "stock_goog_daily"}
@@ -80,6 +84,8 @@ def test_backends_agree_on_each_experiment(name, tmp_path, monkeypatch):
     torch.manual_seed(0)  # the weights and the shuffled batch
     datamodule, model = build(cfg)
     batch = [x.double() for x in next(iter(datamodule.train_dataloader()))]
+    if name in SHAPES:  # bench row 9 and 10 build these experiments on synthetic paths of the recorded shape
+        assert tuple(batch[1].shape[1:]) == (SHAPES[name][1], 1 + SHAPES[name][0]), name
     _same_noise(monkeypatch)
     model = model.double()
     out = {}

@@ -15,9 +15,9 @@ with ``z_0 = y_0``, ``c_0 = A_0`` and ``c_j = B_{j-1} + A_j``. A step is then on
 contraction with the control (``_Contract``, its kernels chosen by shape); the outputs are formed a chunk at a
 time (``_Outputs``). The backward pass reconstructs ``z_{j-1} = z_{j+1} - F_j c_j`` and takes one hand-written
 VJP, a chunk of record slots at a time: the cotangents sit in a small ring buffer, and per chunk one GEMM per
-layer sums the parameter gradients and one ``bmm`` the CDE's control gradients. Per step the fields cost about
-half of midpoint's; what is not halved (parameter gradients, the averaged outputs, per-solve set-up) is measured
-in ``make bench``, row 8.
+layer sums the parameter gradients and one contraction (``transpose_contract``) the CDE's control gradients.
+Per step the fields cost about half of midpoint's; what is not halved (parameter gradients, the averaged
+outputs, per-solve set-up) is measured in ``make bench``, row 8.
 """
 from __future__ import annotations
 
@@ -219,7 +219,7 @@ def _chunk_ctrl_grads(mlp: FusedMLP, out, ring, h_at: dict, j_first: int, n: int
     """CDE control gradients ``out`` ``(m, B, C)`` of a chunk (processing order, ``j = j_first, j_first - 1, ...``).
     With ``c_0 = w_0``, ``c_j = 2 w_j`` (``0 < j < N``), ``c_N = 0`` and ``B_{j-1} = w_j``: ``dL/dw_j = F_j^T v_j``,
     ``v_j = k_j a_{j+1} + gy_j / 2`` with ``k`` 1, 2, 0 at ``j = 0``, inside, ``N`` (``y_0`` does not read
-    ``F_0``). One batched product per chunk instead of two ops per step."""
+    ``F_0``). One contraction per chunk instead of two ops per step."""
     m, batch = out.size(0), out.size(1)
     v = torch.mul(ring[1:m + 1], 2)  # a_{j+1}, from the ring of the chunk's cotangents
     for i in range(m):
