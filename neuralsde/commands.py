@@ -29,16 +29,18 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps({"checkpoint": str(cfg.ckpt_path), "family": model.family,
                                                   "metrics": values}, indent=2))
-    _print_table(values, f"{model.family} — {cfg.ckpt_path}")
+    _print_table(values, model.family, str(cfg.ckpt_path))
     log.info("Wrote %s", out / "metrics.json")
     return values
 
 
-def _print_table(values: dict[str, float], title: str) -> None:
+def _print_table(values: dict[str, float], title: str, source: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    # the checkpoint path goes on its own line: as a title rich wraps it to the table's narrow width
+    Console().print(f"{title}: {source}", soft_wrap=True)
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in values.items():
