@@ -28,7 +28,8 @@ class TimeSeriesDataModule(pl.LightningDataModule):
     computed once here because it costs more than a discriminator evaluation when done per batch.
 
     After ``setup()``: ``times`` ``(T,)`` (the time channel), ``data_size`` ``C``, ``channel_names``,
-    ``normalizer`` (fitted on the training split only), and ``train``/``val``/``test`` tensors.
+    ``normalizer`` (fitted on the training split only), and ``train``/``val``/``test`` tensors, each in a
+    seeded random order whatever ``split_by`` (so that a prefix of a split is a random sample of it).
     """
 
     def __init__(self, source, batch_size: int = 128, split_fractions=(0.8, 0.1, 0.1), split_by: str = "series",
@@ -57,7 +58,12 @@ class TimeSeriesDataModule(pl.LightningDataModule):
             if raw.window_start is None:
                 raise ConfigError("data.split_by=time needs windows cut from one long series, but this source gives "
                                   "independent series. Fix: set data.split_by=series.")
-            idx = split_by_time(raw.window_start, t_size, self.fractions)
+            # Time decides which split a window is in, not its place in the split: each split comes in a seeded
+            # random order, as split_by_series gives, since evaluation and plots read a prefix of a split as a
+            # random sample of it (in time order the first 256 stride-1 windows of stocks span one year of 15).
+            gen = torch.Generator().manual_seed(self.seed)
+            idx = tuple(i[torch.randperm(len(i), generator=gen)]
+                        for i in split_by_time(raw.window_start, t_size, self.fractions))
         train_raw = raw.values[idx[0]]
         if len(idx[0]) == 0:
             raise DataError(f"The training split is empty ({n} series, fractions {self.fractions}). "
