@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from neuralsde.checkpoints import load_model
 from neuralsde.errors import ConfigError
@@ -21,9 +21,9 @@ OUTPUT_FORMATS = (".csv", ".npz", ".parquet")
 def run_eval(cfg: DictConfig) -> dict[str, float]:
     """Full metric suite on a checkpoint; prints a table and writes ``metrics.json`` in the run directory."""
     names = check_metric_names(cfg.metrics)
-    model, datamodule, _ = load_model(cfg.ckpt_path, list(cfg.cfg_overrides))
+    model, datamodule, train_cfg = load_model(cfg.ckpt_path, list(cfg.cfg_overrides))
     values, _ = evaluate(model, datamodule, metrics=names, n_samples=int(cfg.n_samples), seed=int(cfg.seed),
-                         options=dict(cfg.options))
+                         options=metric_options(train_cfg, cfg.options), reference=True)
     values = {f"test/{k}": v for k, v in values.items() if v is not None}
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -32,6 +32,16 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     _print_table(values, model.family, str(cfg.ckpt_path))
     log.info("Wrote %s", out / "metrics.json")
     return values
+
+
+def metric_options(train_cfg: DictConfig, overrides) -> dict:
+    """The metric options the run was trained with (its experiment's kernel and path scale: at path scale 1
+    air quality's real-vs-real signature MMD² is -9e3), updated by ``overrides`` (eval.py's ``options``)."""
+    metrics = OmegaConf.select(train_cfg, "callbacks.metrics.options", default=None)
+    options = OmegaConf.to_container(metrics, resolve=True) if metrics is not None else {}
+    options.update(OmegaConf.to_container(overrides, resolve=True) if isinstance(overrides, DictConfig)
+                   else dict(overrides or {}))
+    return options
 
 
 def _print_table(values: dict[str, float], title: str, source: str) -> None:
@@ -43,8 +53,14 @@ def _print_table(values: dict[str, float], title: str, source: str) -> None:
     table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
+    table.add_column("training data", justify="right")  # the ref_ score: what reproducing the training split gets
     for key, value in values.items():
-        table.add_row(key, f"{value:.5g}")
+        stage, _, name = key.rpartition("/")
+        if name.startswith("ref_") or name == "trtr_loss":
+            continue
+        ref_name = "trtr_loss" if name == "tstr_loss" else f"ref_{name}"  # TRTR: the forecaster trained on real data
+        ref = values.get(f"{stage}/{ref_name}" if stage else ref_name)
+        table.add_row(key, f"{value:.5g}", "" if ref is None else f"{ref:.5g}")
     Console().print(table)
 
 

@@ -13,17 +13,27 @@ from neuralsde.metrics.suite import make_options
 
 
 def evaluate(model, datamodule, *, metrics, n_samples: int, seed: int, options: dict | None = None,
-             split: str = "test") -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+             split: str = "test", reference: bool = False) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Sample from ``model`` and compute the named metrics against the real ``split``.
 
     Returns the metrics and the paths used (``real_train``, ``real_test``, ``fake_train``, ``fake_test``, each
     ``(n, T, 1 + C)`` in normalised units). Metrics that train a classifier or a forecaster use up to
     ``n_samples`` training paths of each kind; the others compare ``real_test`` with ``fake_test``.
+    ``reference``: also ``ref_<key>`` for those others, with training paths (NaNs filled, as the model is trained
+    on them) in place of generated ones: the score of a model that reproduced its training data, which is far
+    from zero where the split differs from the training split (a later period for windows split by time).
     """
     names = check_metric_names(metrics)
     # Lightning's test loop runs under inference mode; the classifier and forecaster need autograd.
     with torch.inference_mode(False), torch.enable_grad():
-        return _evaluate(model, datamodule, names, n_samples, seed, options, split)
+        values, paths = _evaluate(model, datamodule, names, n_samples, seed, options, split)
+        if reference and len(getattr(datamodule, split)):
+            cheap = [n for n in names if not METRICS[n].trains]
+            train = datamodule.filled["train"][:len(paths["real_test"])]
+            ref = compute_metrics(cheap, None, paths["real_test"], None, train, seed=seed,
+                                  options=make_options(**(options or {})))
+            values.update({f"ref_{k}": v for k, v in ref.items()})
+    return values, paths
 
 
 def _evaluate(model, datamodule, names, n_samples, seed, options, split):
@@ -76,7 +86,7 @@ class MetricsCallback(pl.Callback):
 
     def on_test_epoch_end(self, trainer, module) -> None:
         values, paths = evaluate(module, trainer.datamodule, metrics=self.test_metrics, n_samples=self.n_samples,
-                                 seed=self.seed, options=self.options, split="test")
+                                 seed=self.seed, options=self.options, split="test", reference=True)
         self._log(module, "test", values)
         self._plots(trainer, paths["real_test"], paths["fake_test"])
 

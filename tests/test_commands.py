@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 from neuralsde.checkpoints import load_model, read_checkpoint
-from neuralsde.commands import run_eval, run_sample
+from neuralsde.commands import metric_options, run_eval, run_sample
 from neuralsde.errors import CheckpointError, ConfigError
 from neuralsde.training import train
 from tests.conftest import ROOT, compose_config, shrink
@@ -44,6 +44,21 @@ def test_eval_writes_metrics_json(sdegan_run, tmp_path):
     for key in ("test/sig_mmd", "test/real_fake_acc", "test/tstr_loss", "test/trtr_loss", "test/marginal_w1"):
         assert key in values and np.isfinite(values[key])
     assert saved["metrics"] == values
+
+
+def test_eval_uses_the_runs_metric_options_under_its_own(sdegan_run):
+    """eval.py scores a checkpoint with the kernel and path scale its experiment trained with (energy's PDE kernel,
+    air quality's path scale), not the defaults; its own ``options`` win where given."""
+    train_cfg = compose_config(["experiment=energy_sdegan"])
+    options = metric_options(train_cfg, OmegaConf.create({"n_boot": 10, "sig_path_scale": 0.5}))
+    assert options["sig_kind"] == "pde" and options["sig_path_scale"] == 0.5 and options["n_boot"] == 10
+    assert metric_options(train_cfg, {})["sig_path_scale"] == 0.1
+    _, _, ou_cfg = load_model(sdegan_run / "checkpoints" / "last.ckpt")
+    assert metric_options(ou_cfg, {"n_boot": 5}) == {**OmegaConf.to_container(ou_cfg.callbacks.metrics.options),
+                                                     "n_boot": 5}
+    with open_dict(ou_cfg):
+        del ou_cfg.callbacks["metrics"]  # a run without the metrics callback: eval's options alone
+    assert metric_options(ou_cfg, {"n_boot": 5}) == {"n_boot": 5}
 
 
 @pytest.mark.parametrize("ext", [".csv", ".npz", ".parquet"])

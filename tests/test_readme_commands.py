@@ -1,6 +1,7 @@
 """Every ``python train.py`` / ``eval.py`` / ``sample.py`` command the README shows composes: no documented override
 is stale."""
 import re
+import shlex
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -19,7 +20,8 @@ def readme_commands() -> list[tuple[str, list[str]]]:
     text = (ROOT / "README.md").read_text()
     commands = []
     for match in re.finditer(r"python (train|eval|sample)\.py([^`\n]*)", text):
-        args = re.sub(r"<[^>]+>", "RUN", match.group(2).split("#")[0]).split()  # <run> placeholders
+        # <run> placeholders; quoted arguments split as a shell splits them
+        args = shlex.split(re.sub(r"<[^>]+>", "RUN", match.group(2).split("#")[0]))
         overrides = []
         for arg in args:
             if arg == "-m":
