@@ -84,6 +84,14 @@ def test_stocks_windows():
     small = GoogDailySource(str(data), stride=24, drop_adj_close=True, log_volume=True).load()
     assert small.values.shape == ((3685 - 24) // 24 + 1, 24, 5) and "Adj_Close" not in small.channel_names
     assert small.values[0, 0, -1].item() == pytest.approx(torch.tensor(44994500.0).log().item())
+    rebased = GoogDailySource(str(data), rebase=True).load()
+    assert rebased.channel_names == [f"{c}_rel" for c in ("Open", "High", "Low", "Close", "Adj_Close", "Volume")]
+    assert torch.allclose(rebased.values[:, 0, 0], torch.ones(len(rebased.values)))  # every window opens at 1
+    assert torch.allclose(rebased.values[:, :, :5] * raw.values[:, :1, :1], raw.values[:, :, :5], rtol=1e-5)
+    assert torch.allclose(rebased.values[..., 5] * raw.values[:, :1, 5], raw.values[..., 5], rtol=1e-5)
+    logs = GoogDailySource(str(data), log_volume=True, rebase=True).load()
+    assert torch.equal(logs.values[:, 0, 5], torch.zeros(len(logs.values)))  # log volume less its first day's
+    assert logs.values[..., 5].abs().max() < 10 < rebased.values[..., 5].max()  # ratios reach 864: log tames them
 
 
 def test_lobster_bars(tmp_path):

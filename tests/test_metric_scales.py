@@ -10,8 +10,9 @@ from neuralsde.metrics.suite import MetricOptions
 from tests.conftest import SHARED_DATA, compose_config
 
 # experiment -> (data folder, whether real vs real is far from zero at scale 1)
-EXPERIMENTS = {"air_quality_sdegan": ("beijing_air_quality", True), "stocks_sdegan": ("stock_goog_daily", False),
-               "lobster_sdegan": ("lobster_goog", False), "energy_sdegan": ("energy_appliances", True)}
+EXPERIMENTS = {"air_quality_sdegan": ("beijing_air_quality", True), "stocks_sdegan": ("stock_goog_daily", True),
+               "lobster_sdegan": ("lobster_goog", False), "energy_sdegan": ("energy_appliances", True),
+               "weights_sdegan": ("weights", False)}
 
 
 @pytest.mark.parametrize("experiment", list(EXPERIMENTS))

@@ -51,7 +51,10 @@ class GoogDailySource:
     Options: ``window_length`` trading days (default 24, as TimeGAN), ``stride`` (default 1),
     ``drop_adj_close`` (default False: keep all 6 columns, although Adj_Close equals Close in every
     row; dropping it removes a perfectly collinear channel), ``log_volume`` (default False: replace
-    Volume by log(Volume), whose scale is far better behaved).
+    Volume by log(Volume), whose scale is far better behaved), ``rebase`` (default False: each window
+    relative to its first day, prices divided by that day's Open and Volume divided by its Volume, or
+    log(Volume) less its log(Volume); the shape of a window rather than the price level, which over
+    fifteen years rose twenty-fold, so that a later test period is not outside the training range).
 
     ``load()`` returns values ``(N, window_length, C)`` with ``N = (3685 - window_length) // stride + 1``
     and ``C`` = 6 (5 if dropping Adj_Close), times ``0..window_length-1`` (trading days), and window_start
@@ -59,12 +62,13 @@ class GoogDailySource:
     """
 
     def __init__(self, data_dir: str = "datasets", window_length: int = 24, stride: int = 1,
-                 drop_adj_close: bool = False, log_volume: bool = False):
+                 drop_adj_close: bool = False, log_volume: bool = False, rebase: bool = False):
         self.data_dir = data_dir
         self.window_length = int(window_length)
         self.stride = int(stride)
         self.drop_adj_close = drop_adj_close
         self.log_volume = log_volume
+        self.rebase = rebase
 
     def load(self) -> RawSeries:
         """Read the file (downloading it if absent) and cut windows; shapes in the class docstring."""
@@ -81,6 +85,21 @@ class GoogDailySource:
             keep = [i for i, n in enumerate(names) if n != "Adj_Close"]
             table, names = table[:, keep], [names[i] for i in keep]
         windows, starts = sliding_windows(table, self.window_length, self.stride, what=str(path))
+        if self.rebase:
+            windows = _rebase(windows, names)
+            names = [f"{n}_rel" for n in names]
         return RawSeries(times=torch.arange(self.window_length, dtype=torch.float32), values=windows,
                          channel_names=names, window_start=starts,
                          meta={"time_unit": "trading day", "series_length": table.shape[0]}).validate(NAME)
+
+
+def _rebase(windows: torch.Tensor, names: list[str]) -> torch.Tensor:
+    """Windows ``(N, T, C)`` relative to their first day: prices / first Open, Volume / first Volume,
+    log_Volume - first log_Volume."""
+    first = windows[:, :1]
+    out = windows.clone()
+    prices = [i for i, n in enumerate(names) if n not in ("Volume", "log_Volume")]
+    out[..., prices] = windows[..., prices] / first[..., names.index("Open")].unsqueeze(-1)
+    v = len(names) - 1  # the volume column comes last
+    out[..., v] = windows[..., v] - first[..., v] if names[v] == "log_Volume" else windows[..., v] / first[..., v]
+    return out
