@@ -53,3 +53,23 @@ def test_air_quality_recipe_moves_the_generator(tmp_path):
         pytest.skip(f"shared data folder {SHARED_DATA / 'beijing_air_quality'} is absent")
     first, last = _val_w1(tmp_path, [])
     assert last < 0.75 * first
+
+
+@pytest.mark.parametrize("lr", [2e-4, 1e-2])
+def test_adadelta_moves_a_parameter_as_the_laptop_recipe_says(lr):
+    """configs/model/sdegan_laptop.yaml's reason for 50x the paper's rates: below a rate of 1 Adadelta moves a
+    parameter by at most about lr * sqrt((1 - rho) eps) * (2/3) t^1.5 in t steps, reached by any steady gradient
+    well above sqrt(eps) = 1e-3 however large; smaller gradients move it less."""
+    import torch
+
+    bound = lr * (0.1 * 1e-6) ** 0.5 * 2 / 3 * 2000 ** 1.5
+    moved = {}
+    for grad in (1e-3, 0.1, 10.0):
+        p = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.Adadelta([p], lr=lr)
+        for _ in range(2000):
+            p.grad = torch.full((1,), grad)
+            opt.step()
+        moved[grad] = -p.item()
+    assert moved[0.1] == pytest.approx(bound, rel=0.1) and moved[10.0] == pytest.approx(bound, rel=0.1)
+    assert moved[1e-3] < 0.2 * bound
