@@ -104,6 +104,11 @@ def test_lobster_bars(tmp_path):
     windows = LobsterSource(str(data), cache_dir=str(tmp_path)).load()
     assert windows.values.shape == (361, 30, 2) and windows.times[-1].item() == 29
     assert torch.equal(windows.values[5], raw.values[0, 5:35])
+    rebased = LobsterSource(str(data), cache_dir=str(tmp_path), rebase=True).load()
+    assert rebased.channel_names == ["midpoint_change", "log_spread"]
+    assert torch.equal(rebased.values[:, 0, 0], torch.zeros(361))  # each window starts at no change
+    assert torch.allclose(rebased.values[..., 0] + windows.values[:, :1, 0], windows.values[..., 0])
+    assert torch.equal(rebased.values[..., 1], windows.values[..., 1])
 
 
 def test_lobster_missing_files_say_where(tmp_path):

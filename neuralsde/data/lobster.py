@@ -82,13 +82,16 @@ class LobsterSource:
     times ``bar_minutes * (0..window_length-1)`` (minutes), window_start ``(N,)`` = bar index of each
     window's first bar. One 1-minute day has 390 bars, so 361 windows of 30 at stride 1; use
     ``split_by: time``. ``window_length: 390, stride: 390`` gives the whole day as one series.
+    ``rebase`` (default False): the midpoint less the window's first observed midpoint (channel
+    ``midpoint_change``), so that windows from a later part of the day are not at another price level.
     """
 
     def __init__(self, data_dir: str = "datasets", bar_minutes: float = 1, window_length: int = 30,
                  stride: int = 1, session_start_s: float = 34200, session_end_s: float = 57600,
                  message_file: str = MESSAGE, orderbook_file: str = ORDERBOOK,
-                 cache_dir: str | None = None, use_cache: bool = True):
+                 cache_dir: str | None = None, use_cache: bool = True, rebase: bool = False):
         self.data_dir = data_dir
+        self.rebase = rebase
         self.cache_dir = cache_dir if cache_dir is not None else data_dir
         self.bar_minutes = float(bar_minutes)
         self.window_length = int(window_length)
@@ -116,9 +119,11 @@ class LobsterSource:
         options = {"bar_minutes": self.bar_minutes, "window_length": self.window_length, "stride": self.stride,
                    "session": self.session, "files": self.files}
         build = lambda: self._build(message, orderbook)
-        if not self.use_cache:
-            return build().validate(NAME)
-        return cached(cache_path(self.cache_dir, NAME, options), VERSION, build, options).validate(NAME)
+        raw = build() if not self.use_cache else cached(cache_path(self.cache_dir, NAME, options), VERSION, build,
+                                                        options)
+        if self.rebase:
+            raw = _rebase_midpoint(raw)
+        return raw.validate(NAME)
 
     def _build(self, message: Path, orderbook: Path) -> RawSeries:
         msg, book = _read(message, 6), _read(orderbook, 4)
@@ -138,3 +143,14 @@ class LobsterSource:
         return RawSeries(times=torch.arange(self.window_length, dtype=torch.float32) * self.bar_minutes,
                          values=windows, channel_names=["midpoint", "log_spread"], window_start=starts,
                          meta={"time_unit": "minute", "n_bars": int(series.shape[0])})
+
+
+def _rebase_midpoint(raw: RawSeries) -> RawSeries:
+    """The midpoint channel less each window's first observed midpoint (NaN stays NaN)."""
+    mid = raw.values[..., 0]
+    observed = ~torch.isnan(mid)
+    first = mid.gather(1, observed.float().argmax(1, keepdim=True))  # the first observed bar of each window
+    values = raw.values.clone()
+    values[..., 0] = mid - first
+    return RawSeries(times=raw.times, values=values, channel_names=["midpoint_change", *raw.channel_names[1:]],
+                     window_start=raw.window_start, meta=raw.meta)
