@@ -52,6 +52,9 @@ class SDEGAN(GenerativeModule):
                 if (key.endswith("_size") or key == "num_layers") and not int(value) > 0:
                     raise bad_option(f"model.{group}.{key}", value, "a positive integer",
                                      f"e.g. model.{group}.{key}=16")
+                if key == "initial_scale" and not float(value) > 0:
+                    raise bad_option(f"model.{group}.{key}", value, "a positive factor",
+                                     f"e.g. model.{group}.{key}=1 (PyTorch's initialisation)")
         self.save_hyperparameters({"solver": dataclasses.asdict(self.solver), "generator": dict(generator),
                                    "discriminator": dict(discriminator), "optimizer": self.optimizer_cfg,
                                    "train_steps": train_steps, "swa_start": swa_start, "lipschitz": lipschitz,

@@ -54,13 +54,20 @@ class Generator(nn.Module):
     """Maps initial noise and a Brownian motion to paths ``(batch, T, 1 + data_size)`` (time in channel 0)."""
 
     def __init__(self, data_size: int, initial_noise_size: int = 5, noise_size: int = 3, hidden_size: int = 16,
-                 mlp_size: int = 16, num_layers: int = 1, t_size: int = 64, solver: SolverConfig | None = None):
+                 mlp_size: int = 16, num_layers: int = 1, t_size: int = 64, solver: SolverConfig | None = None,
+                 initial_scale: float = 1.0):
         super().__init__()
         self.initial_noise_size = initial_noise_size
         self.solver = solver or SolverConfig()
         self.initial = MLP(initial_noise_size, hidden_size, mlp_size, num_layers, tanh=False)
         self.sde = GeneratorSDE(hidden_size, noise_size, mlp_size, num_layers, time_scale=1.0 / max(t_size - 1, 1))
         self.readout = nn.Linear(hidden_size, data_size)
+        if initial_scale != 1.0:
+            # PyTorch's default initialisation leaves y0's spread at a few hundredths of the data's, and a clipped
+            # critic gives no signal to widen it (README, "real-data SDE-GANs"): scale the last layer at the start.
+            with torch.no_grad():
+                self.initial[-1].weight.mul_(initial_scale)
+                self.initial[-1].bias.mul_(initial_scale)
 
     def forward(self, time_values: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
                 solver: SolverConfig | None = None) -> torch.Tensor:
