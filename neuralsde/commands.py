@@ -45,6 +45,8 @@ def metric_options(train_cfg: DictConfig, overrides) -> dict:
 
 
 def _print_table(values: dict[str, float], title: str, source: str) -> None:
+    """``values`` keyed ``stage/name``; a ``stage/ref_name`` (for TSTR, TRTR) goes in that row's "training data"
+    column."""
     from rich.console import Console
     from rich.table import Table
 
@@ -59,7 +61,7 @@ def _print_table(values: dict[str, float], title: str, source: str) -> None:
         if name.startswith("ref_") or name == "trtr_loss":
             continue
         ref_name = "trtr_loss" if name == "tstr_loss" else f"ref_{name}"  # TRTR: the forecaster trained on real data
-        ref = values.get(f"{stage}/{ref_name}" if stage else ref_name)
+        ref = values.get(f"{stage}/{ref_name}")
         table.add_row(key, f"{value:.5g}", "" if ref is None else f"{ref:.5g}")
     Console().print(table)
 
