@@ -110,7 +110,7 @@ class GenerativeModule(pl.LightningModule):
         """``n`` generated paths ``(n, T, 1 + C)`` with the normalisation undone."""
         chunks = [self.sample(min(batch_size, n - i), generator) for i in range(0, n, batch_size)]
         paths = torch.cat(chunks).cpu()
-        return torch.cat([paths[..., :1], self.normalizer.cpu().inverse(paths[..., 1:])], dim=-1)
+        return torch.cat([paths[..., :1], self.normalizer.inverse(paths[..., 1:])], dim=-1)
 
     # --- checkpoints -------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -39,9 +39,10 @@ class SolverConfig:
         discretisation through plain autograd (memory O(steps), double backward possible). ``euler_heun``
         needs ``torchsde``.
     compile: ``None`` (eager) or a ``torch.compile`` mode for the SDE-GAN's vector-field networks
-        (``reduce-overhead`` adds CUDA-graph capture on CUDA). Compiled fields run through the module path
-        (torchsde, or the fast backend's generic autograd path), not the fast backend's fused hand-written one.
-        Off by default: on CPU it is slower (``make bench``, row 8).
+        (``reduce-overhead`` and ``max-autotune`` capture CUDA graphs, and are refused on CUDA inputs: see
+        ``neuralsde.compiling``). Compiled fields run through the module path (torchsde, or the fast backend's
+        generic autograd path), not the fast backend's fused hand-written one. Off by default: slower on a CPU
+        and on an H200 (``make bench`` and ``scripts/bench_gpu.sh``, row 8).
     """
 
     method: str = "reversible_heun"

@@ -46,14 +46,14 @@ def run(ctx) -> list[dict]:
     rows = [{"what": "SDE-GAN step (reversible Heun, adjoint): torchsde time / fast time", "result": fmt_ratio(r),
              "paper": f"target >= {TARGET}x", "data": r, "note": note}]
     rows.append(_midpoint_row(ctx, overrides, slow, fast, o_fast, real))
-    if not ctx.quick or ctx.device.type == "cuda":  # on CUDA the compile rows measure CUDA-graph capture
-        rows.extend(_compile_rows(ctx, overrides, slow, real))
     rows.append(_midpoint_solves_row(ctx, overrides, slow, fast, real))
     rows.append(_marginal_row(ctx, overrides))
     rows.append(_fields_row(ctx, fast, real))
     rows.append(_latent_row(ctx))
     rows.append(_latent_row(ctx, encoder="cde"))
     rows.append(_latent_methods_row(ctx))
+    if not ctx.quick or ctx.device.type == "cuda":  # last: compiling leaves state behind (guards, caches)
+        rows.extend(_compile_rows(ctx, overrides, slow, real))
     return rows
 
 
@@ -359,34 +359,43 @@ def _midpoint_row(ctx, overrides, slow, fast, o_fast, real) -> dict:
 
 
 def _compile_rows(ctx, overrides, ref, real) -> list[dict]:
-    """``solver.compile`` (torch.compile of the vector fields; on CUDA ``reduce-overhead`` adds CUDA graphs) against
-    eager, on each backend; the first compiled step's extra time is reported apart (it is paid once per run)."""
+    """``solver.compile=default`` (torch.compile of the vector fields) against eager, on each backend; the first
+    compiled step's extra time is reported apart (it is paid once per run). The CUDA-graph modes are refused on
+    CUDA (``neuralsde.compiling``; ``tests/test_cuda.py`` shows the failure they avoid). A variant that fails
+    becomes a row saying how, so that the rows before it are kept."""
+    rows = []
+    for backend in ("torchsde", "fast"):
+        what = f"solver.compile=default, backend={backend}: compiled step time / eager step time (below 1 is a gain)"
+        try:
+            rows.append(_compile_row(ctx, overrides, ref, real, backend, "default") | {"what": what})
+        except Exception as exc:  # reported as the row's finding
+            rows.append({"what": what, "result": "failed", "paper": "kept only where it gains",
+                         "note": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"})
+    return rows
+
+
+def _compile_row(ctx, overrides, ref, real, backend: str, mode: str) -> dict:
     import time
 
     from _bench_utils import sync
-    mode = "reduce-overhead" if ctx.device.type == "cuda" else "default"
-    rows = []
-    for backend in ("torchsde", "fast"):
-        eager, _ = build_sdegan(ctx.device, overrides, {"backend": backend})
-        comp, _ = build_sdegan(ctx.device, overrides, {"backend": backend, "compile": mode})
-        eager.load_state_dict(ref.state_dict())
-        comp.load_state_dict(ref.state_dict())
-        o_eager, o_comp = bare_optimizers(eager), bare_optimizers(comp)
-        sync(ctx.device)
-        t0 = time.perf_counter()
-        sdegan_step(comp, o_comp, real)  # compiles
-        sync(ctx.device)
-        first = time.perf_counter() - t0
-        t = interleaved({"eager": lambda m=eager, o=o_eager: sdegan_step(m, o, real),
-                         "compiled": lambda m=comp, o=o_comp: sdegan_step(m, o, real)},
-                        reps=8, warmup=2, device=ctx.device, budget_s=60)
-        r = ratio(t["compiled"], t["eager"])
-        r["first_step_s"] = first
-        gain = r["median"] < 1.0
-        rows.append({"what": f"solver.compile={mode}, backend={backend}: compiled step time / eager step time "
-                             "(below 1 is a gain)", "result": fmt_ratio(r), "paper": "kept only where it gains",
-                     "data": r, "note": f"first compiled step {first:.1f} s (compilation); "
-                                        + ("a gain here" if gain else "no gain here: leave solver.compile=null")
-                                        + ("; on the fast backend compiled fields take the generic autograd path, "
-                                           "not the fused one" if backend == "fast" else "")})
-    return rows
+    eager, _ = build_sdegan(ctx.device, overrides, {"backend": backend})
+    comp, _ = build_sdegan(ctx.device, overrides, {"backend": backend, "compile": mode})
+    eager.load_state_dict(ref.state_dict())
+    comp.load_state_dict(ref.state_dict())
+    o_eager, o_comp = bare_optimizers(eager), bare_optimizers(comp)
+    sync(ctx.device)
+    t0 = time.perf_counter()
+    sdegan_step(comp, o_comp, real)  # compiles
+    sync(ctx.device)
+    first = time.perf_counter() - t0
+    t = interleaved({"eager": lambda m=eager, o=o_eager: sdegan_step(m, o, real),
+                     "compiled": lambda m=comp, o=o_comp: sdegan_step(m, o, real)},
+                    reps=6 if ctx.quick else 8, warmup=2, device=ctx.device, budget_s=20 if ctx.quick else 60)
+    r = ratio(t["compiled"], t["eager"])
+    r["first_step_s"] = first
+    gain = r["median"] < 1.0
+    return {"result": fmt_ratio(r), "paper": "kept only where it gains", "data": r,
+            "note": f"first compiled step {first:.1f} s (compilation); "
+                    + ("a gain here" if gain else "no gain here: leave solver.compile=null")
+                    + ("; on the fast backend compiled fields take the generic autograd path, not the fused one"
+                       if backend == "fast" else "")}

@@ -13,5 +13,5 @@ if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 "$PY" -c "import torch; print('bench_gpu: device', torch.cuda.get_device_name(0))"
 # Row 5 measures torch.cuda.max_memory_allocated in one subprocess per setting; rows 6-7 use the GPU trainer;
-# row 8 compares both backends and solver.compile=reduce-overhead (torch.compile with CUDA graphs) against eager.
+# row 8 compares both backends, reversible Heun against midpoint, and solver.compile=default against eager.
 exec timeout 590 "$PY" scripts/bench.py --device cuda --quick --out bench/results_gpu "$@"

@@ -1,8 +1,11 @@
 """solver.compile: torch.compile of the SDE-GAN's vector fields, behind a validated flag."""
+import types
+
 import pytest
 import torch
 
 from latent_sde.module import LatentSDE
+from neuralsde.compiling import CUDA_GRAPH_MODES, compiled
 from neuralsde.data.preprocessing import Normalizer
 from neuralsde.errors import ConfigError
 from neuralsde.fast import fast_sdeint, sample_increments
@@ -62,3 +65,12 @@ def test_compiled_generator_equals_eager():
     assert torch.allclose(outs[0][0], outs[1][0], atol=1e-5)
     for a, b in zip(outs[0][1], outs[1][1], strict=True):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_cuda_graph_modes_are_refused_on_cuda_inputs():
+    # A stand-in for a CUDA tensor (CI has no GPU; tests/test_cuda.py checks the real thing on one).
+    cuda_like = types.SimpleNamespace(is_cuda=True)
+    for mode in CUDA_GRAPH_MODES:
+        with pytest.raises(ConfigError, match=rf"solver\.compile='{mode}'.*CUDA graphs.*solver\.compile=null"):
+            compiled(torch.nn.Linear(2, 2), mode)(cuda_like)
+    assert compiled(torch.nn.Linear(2, 2), None) is None

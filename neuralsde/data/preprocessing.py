@@ -46,7 +46,8 @@ def split_by_time(window_start: torch.Tensor, window_length: int, fractions) -> 
 class Normalizer(torch.nn.Module):
     """Per-channel affine map fitted on training data only; ``inverse`` maps back to data units.
 
-    Buffers, so it travels inside model checkpoints. Values: ``(..., C)``.
+    Buffers, so it travels inside model checkpoints. Values: ``(..., C)``, on any device: the datamodule and the
+    model share one normalizer, and moving the model to a GPU moves its buffers while data stays on the CPU.
     """
 
     def __init__(self, shift: torch.Tensor, scale: torch.Tensor):
@@ -75,10 +76,10 @@ class Normalizer(torch.nn.Module):
         return cls(shift, torch.where(scale > 0, scale, torch.ones_like(scale)))
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
-        return (values - self.shift) / self.scale
+        return (values - self.shift.to(values.device)) / self.scale.to(values.device)
 
     def inverse(self, values: torch.Tensor) -> torch.Tensor:
-        return values * self.scale + self.shift
+        return values * self.scale.to(values.device) + self.shift.to(values.device)
 
 
 def time_channel(times: torch.Tensor, unit: str) -> torch.Tensor:
