@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from neuralsde.checkpoints import load_model
 from neuralsde.errors import ConfigError
-from neuralsde.evaluation import evaluate
+from neuralsde.evaluation import evaluate, print_metrics_table
 from neuralsde.metrics import check_metric_names
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps({"checkpoint": str(cfg.ckpt_path), "family": model.family,
                                                   "metrics": values}, indent=2))
-    _print_table(values, model.family, str(cfg.ckpt_path))
+    print_metrics_table(values, f"{model.family}: {cfg.ckpt_path}")
     log.info("Wrote %s", out / "metrics.json")
     return values
 
@@ -42,28 +42,6 @@ def metric_options(train_cfg: DictConfig, overrides) -> dict:
     options.update(OmegaConf.to_container(overrides, resolve=True) if isinstance(overrides, DictConfig)
                    else dict(overrides or {}))
     return options
-
-
-def _print_table(values: dict[str, float], title: str, source: str) -> None:
-    """``values`` keyed ``stage/name``; a ``stage/ref_name`` (for TSTR, TRTR) goes in that row's "training data"
-    column."""
-    from rich.console import Console
-    from rich.table import Table
-
-    # the checkpoint path goes on its own line: as a title rich wraps it to the table's narrow width
-    Console().print(f"{title}: {source}", soft_wrap=True)
-    table = Table()
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_column("training data", justify="right")  # the ref_ score: what reproducing the training split gets
-    for key, value in values.items():
-        stage, _, name = key.rpartition("/")
-        if name.startswith("ref_") or name == "trtr_loss":
-            continue
-        ref_name = "trtr_loss" if name == "tstr_loss" else f"ref_{name}"  # TRTR: the forecaster trained on real data
-        ref = values.get(f"{stage}/{ref_name}")
-        table.add_row(key, f"{value:.5g}", "" if ref is None else f"{ref:.5g}")
-    Console().print(table)
 
 
 def check_output(out: str, overwrite: bool) -> Path:

@@ -55,6 +55,28 @@ def _evaluate(model, datamodule, names, n_samples, seed, options, split):
     return values, paths
 
 
+def print_metrics_table(values: dict[str, float], heading: str) -> None:
+    """Print ``values`` (keyed ``stage/name``) as a table under ``heading``; a ``stage/ref_name`` (for TSTR,
+    TRTR) goes in that row's "training data" column: what reproducing the training split scores."""
+    from rich.console import Console
+    from rich.table import Table
+
+    # the heading goes on its own line: as a title rich wraps it to the table's narrow width
+    Console().print(heading, soft_wrap=True)
+    table = Table()
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("training data", justify="right")
+    for key, value in values.items():
+        stage, _, name = key.rpartition("/")
+        if name.startswith("ref_") or name == "trtr_loss":
+            continue
+        ref_name = "trtr_loss" if name == "tstr_loss" else f"ref_{name}"  # TRTR: the forecaster trained on real data
+        ref = values.get(f"{stage}/{ref_name}")
+        table.add_row(key, f"{value:.5g}", "" if ref is None else f"{ref:.5g}")
+    Console().print(table)
+
+
 class MetricsCallback(pl.Callback):
     """Cheap metrics (``val/...``) at each validation, on a fixed validation sample and a fixed generator
     seed, from the averaged generator; the full suite (``test/...``) at ``trainer.test``; plots of

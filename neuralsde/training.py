@@ -13,6 +13,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from neuralsde.errors import CheckpointError, ConfigError, DataError, bad_option
+from neuralsde.evaluation import print_metrics_table
 from neuralsde.solver import SolverConfig
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,9 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     finally:
         _finish_wandb(loggers)
     result = {k: float(v) for k, v in metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    tested = {k: v for k, v in result.items() if k.startswith("test/")}
+    if tested and trainer.is_global_zero:
+        print_metrics_table(tested, f"{model.family}, test split, after {int(model.train_step)} steps")
     log.info("Output directory: %s", out_dir)
     return result
 

@@ -35,7 +35,7 @@ def _cmd_cfg(kind: str, out_dir, **values):
     return cfg
 
 
-def test_eval_writes_metrics_json(sdegan_run, tmp_path):
+def test_eval_writes_metrics_json(sdegan_run, tmp_path, capsys):
     cfg = _cmd_cfg("eval", tmp_path, ckpt_path=str(sdegan_run / "checkpoints" / "last.ckpt"), n_samples=64,
                    options={"classifier_epochs": 2, "forecast_epochs": 2, "n_boot": 20})
     values = run_eval(cfg)
@@ -44,6 +44,12 @@ def test_eval_writes_metrics_json(sdegan_run, tmp_path):
     for key in ("test/sig_mmd", "test/real_fake_acc", "test/tstr_loss", "test/trtr_loss", "test/marginal_w1"):
         assert key in values and np.isfinite(values[key])
     assert saved["metrics"] == values
+    # the printed table: TSTR's row carries TRTR in its training-data column, which has no row of its own
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:4]]
+            for line in capsys.readouterr().out.splitlines() if line.count("│") == 4}
+    assert rows["test/tstr_loss"] == [f"{values['test/tstr_loss']:.5g}", f"{values['test/trtr_loss']:.5g}"]
+    assert "test/trtr_loss" not in rows and "test/ref_marginal_w1" not in rows
+    assert rows["test/marginal_w1"][1] == f"{values['test/ref_marginal_w1']:.5g}"
 
 
 def test_eval_uses_the_runs_metric_options_under_its_own(sdegan_run):

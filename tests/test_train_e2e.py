@@ -27,9 +27,12 @@ def test_float64_training(tiny_cfg, tmp_path):
     assert metrics["train/d_loss"] == metrics["train/d_loss"]
 
 
-def test_few_steps_write_checkpoint_metrics_and_plot(tiny_cfg, tmp_path):
+def test_few_steps_write_checkpoint_metrics_and_plot(tiny_cfg, tmp_path, capsys):
     cfg = tiny_cfg(steps=4)
     metrics = train(cfg)
+    printed = capsys.readouterr().out  # the test metrics, as a table at the end of the run
+    assert "sdegan, test split, after 4 steps" in printed
+    assert any("test/w_dist" in line and f"{metrics['test/w_dist']:.5g}" in line for line in printed.splitlines())
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     csv = pd.read_csv(tmp_path / "csv" / "metrics.csv")
     assert {"train/d_loss", "train/g_loss", "val/w_dist"} <= set(csv.columns)
