@@ -56,6 +56,14 @@ def _quiet_known_warnings() -> None:
     # Checkpoints after the optimiser step are what resume needs; the pytree notice is Lightning-internal.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if _no_cloud_tip not in rank_zero.filters:
+        rank_zero.addFilter(_no_cloud_tip)
+
+
+def _no_cloud_tip(record: logging.LogRecord) -> bool:
+    """Drop Lightning's advertisement for its cloud logger at every start: runs here log offline."""
+    return "litlogger" not in str(record.msg)
 
 
 @contextmanager

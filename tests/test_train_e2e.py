@@ -6,12 +6,16 @@ from omegaconf import open_dict
 from neuralsde.training import train
 
 
-def test_fast_dev_run(tiny_cfg, tmp_path):
+def test_fast_dev_run(tiny_cfg, tmp_path, caplog):
     cfg = tiny_cfg()
     with open_dict(cfg):
         cfg.trainer.fast_dev_run = True
-    metrics = train(cfg)
+    with caplog.at_level("INFO"):
+        metrics = train(cfg)
     assert "train/d_loss" in metrics
+    # Lightning's own start-up lines still come through; its cloud-logger advertisement does not
+    assert any("GPU available" in r.getMessage() for r in caplog.records)
+    assert not any("litlogger" in r.getMessage() for r in caplog.records)
 
 
 def test_float64_training(tiny_cfg, tmp_path):
