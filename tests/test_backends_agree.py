@@ -30,15 +30,16 @@ EXPERIMENTS = ["ou_sdegan_paper", "air_quality_sdegan", "energy_sdegan", "lobste
                "weights_sdegan", "air_quality_latent_sde", "lorenz_latent_sde"]
 
 
-def _same_noise(monkeypatch):
-    """Both backends draw the same increments for a solve of the same shape."""
+def _same_noise(monkeypatch, device=None):
+    """Both backends draw the same increments for a solve of the same shape (drawn on the CPU, moved to
+    ``device``; None: stay there)."""
     drawn = {}
 
     def increments(n, batch, width, dt, dtype):
         if (n, batch, width) not in drawn:
             gen = torch.Generator().manual_seed(n * 7919 + batch * 31 + width)
             drawn[n, batch, width] = torch.randn(n, batch, width, generator=gen, dtype=torch.float64)
-        return drawn[n, batch, width].to(dtype) * dt ** 0.5
+        return drawn[n, batch, width].to(device=device, dtype=dtype) * dt ** 0.5
 
     monkeypatch.setattr(neuralsde.fast, "sample_increments",
                         lambda n, b, w, dt, generator=None, dtype=torch.float32, device=None:

@@ -6,33 +6,12 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-import neuralsde.fast
-import neuralsde.solver
 from neuralsde.errors import ConfigError
-from neuralsde.fast import GridBrownian
 from neuralsde.training import build, train
 from tests.conftest import ROOT, SHARED_DATA, compose_config
-from tests.test_backends_agree import _loss, _on_backend
+from tests.test_backends_agree import _loss, _on_backend, _same_noise
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
-
-
-def _same_noise_on(monkeypatch, device):
-    """Every solve of a shape gets the same increments, on ``device``, whichever backend asks."""
-    drawn = {}
-
-    def increments(n, batch, width, dt, dtype):
-        if (n, batch, width) not in drawn:
-            gen = torch.Generator().manual_seed(n * 7919 + batch * 31 + width)
-            drawn[n, batch, width] = torch.randn(n, batch, width, generator=gen, dtype=torch.float64)
-        return (drawn[n, batch, width] * dt ** 0.5).to(device=device, dtype=dtype)
-
-    monkeypatch.setattr(neuralsde.fast, "sample_increments",
-                        lambda n, b, w, dt, generator=None, dtype=torch.float32, device=None:
-                        increments(n, b, w, dt, dtype))
-    monkeypatch.setattr(neuralsde.solver, "make_brownian",
-                        lambda kind, t0, t1, size, dt, entropy, dtype, device, **kw:
-                        GridBrownian(increments(round((t1 - t0) / dt), *size, dt, dtype), t0, dt))
 
 
 def _loss_and_grads(model, batch, backend):
@@ -58,10 +37,10 @@ def test_fast_backend_on_cuda_matches_torchsde_and_the_cpu(dtype, tol, tmp_path,
     datamodule, model = build(cfg)
     batch = [x.to(dtype) for x in next(iter(datamodule.train_dataloader()))]
     model = model.to(dtype)
-    _same_noise_on(monkeypatch, "cpu")
+    _same_noise(monkeypatch, "cpu")
     on_cpu = _loss_and_grads(model, batch, "fast")
     model, batch = model.cuda(), [x.cuda() for x in batch]
-    _same_noise_on(monkeypatch, "cuda")
+    _same_noise(monkeypatch, "cuda")
     fast = _loss_and_grads(model, batch, "fast")
     ref = _loss_and_grads(model, batch, "torchsde")
     # float32: both adjoints rebuild the path backwards, each with its own rounding (measured 8e-4 on the CPU
