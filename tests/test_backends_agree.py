@@ -70,20 +70,26 @@ def _loss(model, batch):
     return (kl - log_lik).mean()
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_backends_agree_on_each_experiment(name, tmp_path, monkeypatch):
-    folder = next((f for prefix, f in DATA.items() if name.startswith(prefix)), None)
-    if folder and not (SHARED_DATA / folder).is_dir():
-        pytest.skip(f"shared data folder {SHARED_DATA / folder} is absent")
-    cfg = compose_config([f"experiment={name}"])
+def built(name: str, tmp_path, *overrides: str):
+    """``(cfg, datamodule, model)`` of ``experiment=name`` with ``overrides``, data from ../shared/data, outputs
+    under ``tmp_path``, seeded (the weights and the shuffled batches)."""
+    cfg = compose_config([f"experiment={name}", *overrides])
     with open_dict(cfg):
         cfg.paths.root_dir, cfg.paths.data_dir = str(ROOT), str(SHARED_DATA)
         cfg.paths.output_dir = cfg.paths.log_dir = str(tmp_path)
         if "cache_dir" in cfg.data.source:
             cfg.data.source.cache_dir = str(tmp_path / "cache")
+    torch.manual_seed(0)
+    return (cfg, *build(cfg))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_backends_agree_on_each_experiment(name, tmp_path, monkeypatch):
+    folder = next((f for prefix, f in DATA.items() if name.startswith(prefix)), None)
+    if folder and not (SHARED_DATA / folder).is_dir():
+        pytest.skip(f"shared data folder {SHARED_DATA / folder} is absent")
+    cfg, datamodule, model = built(name, tmp_path)
     assert cfg.solver.backend == "fast" and cfg.solver.method == "reversible_heun"
-    torch.manual_seed(0)  # the weights and the shuffled batch
-    datamodule, model = build(cfg)
     batch = [x.double() for x in next(iter(datamodule.train_dataloader()))]
     if name in SHAPES:  # bench row 9 and 10 build these experiments on synthetic paths of the recorded shape
         assert tuple(batch[1].shape[1:]) == (SHAPES[name][1], 1 + SHAPES[name][0]), name
@@ -111,12 +117,7 @@ def test_float32_adjoint_gradients_stay_near_the_exact_ones(tmp_path, monkeypatc
     # discretisation (direct backpropagation), on the same noise. Measured 2.2e-4 globally (float32 direct
     # backpropagation 2.3e-6; torchsde's float32 adjoint about 7e-4, one-off): the backward reconstruction's
     # rounding, which grows with the number of steps (see the README on adjoint accuracy).
-    cfg = compose_config(["experiment=ou_sdegan"])
-    with open_dict(cfg):
-        cfg.paths.root_dir, cfg.paths.data_dir = str(ROOT), str(SHARED_DATA)
-        cfg.paths.output_dir = cfg.paths.log_dir = str(tmp_path)
-    torch.manual_seed(0)
-    datamodule, model = build(cfg)
+    cfg, datamodule, model = built("ou_sdegan", tmp_path)
     batch = next(iter(datamodule.train_dataloader()))
     _same_noise(monkeypatch)
     randn = torch.randn  # the initial noise too: drawn in float32 for both precisions

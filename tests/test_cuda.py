@@ -7,9 +7,8 @@ import torch
 from omegaconf import open_dict
 
 from neuralsde.errors import ConfigError
-from neuralsde.training import build, train
-from tests.conftest import ROOT, SHARED_DATA, compose_config
-from tests.test_backends_agree import _loss, _on_backend, _same_noise
+from neuralsde.training import train
+from tests.test_backends_agree import _loss, _on_backend, _same_noise, built
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -29,12 +28,7 @@ def _rel(a, b):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 5e-3)])
 def test_fast_backend_on_cuda_matches_torchsde_and_the_cpu(dtype, tol, tmp_path, monkeypatch):
-    cfg = compose_config(["experiment=ou_sdegan"])
-    with open_dict(cfg):
-        cfg.paths.root_dir, cfg.paths.data_dir = str(ROOT), str(SHARED_DATA)
-        cfg.paths.output_dir = cfg.paths.log_dir = str(tmp_path)
-    torch.manual_seed(0)
-    datamodule, model = build(cfg)
+    _, datamodule, model = built("ou_sdegan", tmp_path)
     batch = [x.to(dtype) for x in next(iter(datamodule.train_dataloader()))]
     model = model.to(dtype)
     _same_noise(monkeypatch, "cpu")
@@ -61,12 +55,7 @@ def test_lightning_trains_on_the_gpu(tiny_cfg, tmp_path):
 
 
 def _ou_sdegan_on_cuda(tmp_path, backend):
-    cfg = compose_config(["experiment=ou_sdegan", f"solver.backend={backend}"])
-    with open_dict(cfg):
-        cfg.paths.root_dir, cfg.paths.data_dir = str(ROOT), str(SHARED_DATA)
-        cfg.paths.output_dir = cfg.paths.log_dir = str(tmp_path)
-    torch.manual_seed(0)
-    datamodule, model = build(cfg)
+    _, datamodule, model = built("ou_sdegan", tmp_path, f"solver.backend={backend}")
     return model.cuda(), [x.cuda() for x in next(iter(datamodule.train_dataloader()))]
 
 
