@@ -2,14 +2,21 @@
 from __future__ import annotations
 
 from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
 
 
 class StepProgressBar(TQDMProgressBar):
     """Shows ``train_step / train_steps`` with the logged losses and the speed in steps per second.
 
     Lightning's default bar counts batches per epoch and prints an epoch total of -1 when training is
-    bounded by steps, as here.
+    bounded by steps, as here. While fitting, validation (one batch every ``val_check_interval`` steps) gets no
+    bar of its own: it finished at once and left a line in the log each time; its metrics join the main bar.
     """
+
+    def init_validation_tqdm(self) -> Tqdm:
+        if self.trainer.state.fn != "fit":
+            return super().init_validation_tqdm()
+        return Tqdm(disable=True)
 
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)

@@ -132,3 +132,16 @@ def test_threads_are_set_for_the_run_and_restored(tiny_cfg, monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_progress_bar_counts_training_steps(tiny_cfg, tmp_path, capsys):
+    cfg = tiny_cfg(steps=3)
+    with open_dict(cfg):
+        cfg.trainer.enable_progress_bar = True
+        cfg.callbacks.progress_bar = {"_target_": "neuralsde.progress.StepProgressBar", "refresh_rate": 1}
+        cfg.test = False
+    train(cfg)
+    out = capsys.readouterr().out.replace("\r", "\n")
+    assert "sdegan: 100%" in out and "3/3" in out and "step/s" in out  # steps, not batches or epochs
+    assert "val/" in out  # the validation metrics join the main bar ...
+    assert "Validation" not in out  # ... which is the only bar while fitting
