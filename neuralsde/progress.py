@@ -1,6 +1,8 @@
 """A progress bar over the model's own training steps (not epochs, not optimiser steps)."""
 from __future__ import annotations
 
+import sys
+
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
 
@@ -18,13 +20,13 @@ class StepProgressBar(TQDMProgressBar):
             return super().init_validation_tqdm()
         return Tqdm(disable=True)
 
-    def on_train_start(self, trainer, pl_module) -> None:
-        super().on_train_start(trainer, pl_module)
-        bar = self.train_progress_bar
-        bar.reset(total=pl_module.train_steps)
-        bar.initial = bar.n = int(pl_module.train_step)  # a resumed run starts where it stopped
-        bar.unit = "step"
-        bar.set_description(pl_module.family)
+    def init_train_tqdm(self) -> Tqdm:
+        module = self.trainer.lightning_module
+        # made with its steps and name (Lightning's is made as "Training", then reset: two lines in a log);
+        # a resumed run starts where it stopped
+        return Tqdm(desc=module.family, total=module.train_steps, initial=int(module.train_step), unit="step",
+                    position=2 * self.process_position, disable=self.is_disabled, leave=True, dynamic_ncols=True,
+                    file=sys.stdout, smoothing=0, bar_format=self.BAR_FORMAT)
 
     def on_train_epoch_start(self, trainer, *_) -> None:
         pass  # one bar for the whole run

@@ -144,4 +144,4 @@ def test_progress_bar_counts_training_steps(tiny_cfg, tmp_path, capsys):
     out = capsys.readouterr().out.replace("\r", "\n")
     assert "sdegan: 100%" in out and "3/3" in out and "step/s" in out  # steps, not batches or epochs
     assert "val/" in out  # the validation metrics join the main bar ...
-    assert "Validation" not in out  # ... which is the only bar while fitting
+    assert "Validation" not in out and "Training" not in out  # ... which is the only bar while fitting
