@@ -367,19 +367,19 @@ def _compile_rows(ctx, overrides, ref, real) -> list[dict]:
     for backend in ("torchsde", "fast"):
         what = f"solver.compile=default, backend={backend}: compiled step time / eager step time (below 1 is a gain)"
         try:
-            rows.append(_compile_row(ctx, overrides, ref, real, backend, "default") | {"what": what})
+            rows.append(_compile_row(ctx, overrides, ref, real, backend) | {"what": what})
         except Exception as exc:  # reported as the row's finding
             rows.append({"what": what, "result": "failed", "paper": "kept only where it gains",
                          "note": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"})
     return rows
 
 
-def _compile_row(ctx, overrides, ref, real, backend: str, mode: str) -> dict:
+def _compile_row(ctx, overrides, ref, real, backend: str) -> dict:
     import time
 
     from _bench_utils import sync
     eager, _ = build_sdegan(ctx.device, overrides, {"backend": backend})
-    comp, _ = build_sdegan(ctx.device, overrides, {"backend": backend, "compile": mode})
+    comp, _ = build_sdegan(ctx.device, overrides, {"backend": backend, "compile": "default"})
     eager.load_state_dict(ref.state_dict())
     comp.load_state_dict(ref.state_dict())
     o_eager, o_comp = bare_optimizers(eager), bare_optimizers(comp)

@@ -100,6 +100,6 @@ def _rebase(windows: torch.Tensor, names: list[str]) -> torch.Tensor:
     out = windows.clone()
     prices = [i for i, n in enumerate(names) if n not in ("Volume", "log_Volume")]
     out[..., prices] = windows[..., prices] / first[..., names.index("Open")].unsqueeze(-1)
-    v = len(names) - 1  # the volume column comes last
+    v = next(i for i, n in enumerate(names) if n in ("Volume", "log_Volume"))
     out[..., v] = windows[..., v] - first[..., v] if names[v] == "log_Volume" else windows[..., v] / first[..., v]
     return out

@@ -63,8 +63,9 @@ class Generator(nn.Module):
         self.sde = GeneratorSDE(hidden_size, noise_size, mlp_size, num_layers, time_scale=1.0 / max(t_size - 1, 1))
         self.readout = nn.Linear(hidden_size, data_size)
         if initial_scale != 1.0:
-            # PyTorch's default initialisation leaves y0's spread at a few hundredths of the data's, and a clipped
-            # critic gives no signal to widen it (README, "real-data SDE-GANs"): scale the last layer at the start.
+            # PyTorch's default initialisation leaves y0's spread at a few hundredths of the data's; with gradient
+            # penalty a wider start keeps the t = 0 marginal's spread, under clipping it does not help (README,
+            # "real-data SDE-GANs"). Scaling the last layer at the start widens it.
             with torch.no_grad():
                 self.initial[-1].weight.mul_(initial_scale)
                 self.initial[-1].bias.mul_(initial_scale)
