@@ -23,7 +23,7 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     names = check_metric_names(cfg.metrics)
     model, datamodule, train_cfg = load_model(cfg.ckpt_path, list(cfg.cfg_overrides))
     values, _ = evaluate(model, datamodule, metrics=names, n_samples=int(cfg.n_samples), seed=int(cfg.seed),
-                         options=metric_options(train_cfg, cfg.options), reference=True)
+                         options=metric_options(train_cfg, cfg.options), reference=True, progress=True)
     values = {f"test/{k}": v for k, v in values.items() if v is not None}
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)

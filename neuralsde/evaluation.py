@@ -13,7 +13,8 @@ from neuralsde.metrics.suite import make_options
 
 
 def evaluate(model, datamodule, *, metrics, n_samples: int, seed: int, options: dict | None = None,
-             split: str = "test", reference: bool = False) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+             split: str = "test", reference: bool = False,
+             progress: bool = False) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Sample from ``model`` and compute the named metrics against the real ``split``.
 
     Returns the metrics and the paths used (``real_train``, ``real_test``, ``fake_train``, ``fake_test``, each
@@ -22,11 +23,12 @@ def evaluate(model, datamodule, *, metrics, n_samples: int, seed: int, options: 
     ``reference``: also ``ref_<key>`` for those others, with training paths (NaNs filled, as the model is trained
     on them) in place of generated ones: the score of a model that reproduced its training data, which is far
     from zero where the split differs from the training split (a later period for windows split by time).
+    ``progress``: a bar over the metrics (see ``compute_metrics``).
     """
     names = check_metric_names(metrics)
     # Lightning's test loop runs under inference mode; the classifier and forecaster need autograd.
     with torch.inference_mode(False), torch.enable_grad():
-        values, paths = _evaluate(model, datamodule, names, n_samples, seed, options, split)
+        values, paths = _evaluate(model, datamodule, names, n_samples, seed, options, split, progress)
         if reference and len(getattr(datamodule, split)):
             cheap = [n for n in names if not METRICS[n].trains]
             train = datamodule.filled["train"][:len(paths["real_test"])]
@@ -36,7 +38,7 @@ def evaluate(model, datamodule, *, metrics, n_samples: int, seed: int, options: 
     return values, paths
 
 
-def _evaluate(model, datamodule, names, n_samples, seed, options, split):
+def _evaluate(model, datamodule, names, n_samples, seed, options, split, progress):
     gen = torch.Generator().manual_seed(seed)
     real_test = getattr(datamodule, split)[:n_samples]
     if len(real_test) == 0:
@@ -50,7 +52,7 @@ def _evaluate(model, datamodule, names, n_samples, seed, options, split):
         fake_train = model.sample(len(real_train), generator=gen).cpu() if trains else None
     model.train(was_training)
     values = compute_metrics(names, real_train, real_test, fake_train, fake_test, seed=seed,
-                             options=make_options(**(options or {})))
+                             options=make_options(**(options or {})), progress=progress)
     paths = {"real_train": real_train, "real_test": real_test, "fake_train": fake_train, "fake_test": fake_test}
     return values, paths
 
@@ -107,8 +109,10 @@ class MetricsCallback(pl.Callback):
         self._log(module, "val", values)
 
     def on_test_epoch_end(self, trainer, module) -> None:
+        bar = trainer.progress_bar_callback  # the full suite takes seconds to minutes: show which metric runs
         values, paths = evaluate(module, trainer.datamodule, metrics=self.test_metrics, n_samples=self.n_samples,
-                                 seed=self.seed, options=self.options, split="test", reference=True)
+                                 seed=self.seed, options=self.options, split="test", reference=True,
+                                 progress=trainer.is_global_zero and bar is not None and not bar.is_disabled)
         self._log(module, "test", values)
         self._plots(trainer, paths["real_test"], paths["fake_test"])
 

@@ -53,3 +53,13 @@ def test_reference_is_the_score_of_reproducing_the_training_data(drifting):
     assert values["ref_marginal_w1"] == direct["marginal_w1"]
     plain, _ = evaluate(_Replays(drifting), drifting, metrics=["marginal_w1"], n_samples=128, seed=0)
     assert set(plain) == {"marginal_w1"}  # off unless asked for (validation does not pay for it)
+
+
+def test_progress_names_each_metric_and_changes_no_value(drifting, capsys):
+    real, fake = drifting.test[:64], drifting.filled["train"][:64]
+    names, options = ["marginal_w1", "acf_error"], make_options(n_boot=10)
+    quiet = compute_metrics(names, None, real, None, fake, options=options)
+    assert capsys.readouterr().err == ""  # off by default: validation runs every few hundred steps
+    shown = compute_metrics(names, None, real, None, fake, options=options, progress=True)
+    err = capsys.readouterr().err
+    assert shown == quiet and "metrics" in err and "0/2" in err and all(name in err for name in names)

@@ -138,10 +138,25 @@ def test_progress_bar_counts_training_steps(tiny_cfg, tmp_path, capsys):
     cfg = tiny_cfg(steps=3)
     with open_dict(cfg):
         cfg.trainer.enable_progress_bar = True
-        cfg.callbacks.progress_bar = {"_target_": "neuralsde.progress.StepProgressBar", "refresh_rate": 1}
+        cfg.callbacks.progress_bar = {"_target_": "neuralsde.progress.StepProgressBar", "refresh_rate": 1,
+                                      "refresh_interval_s": 0}
         cfg.test = False
     train(cfg)
     out = capsys.readouterr().out.replace("\r", "\n")
     assert "sdegan: 100%" in out and "3/3" in out and "step/s" in out  # steps, not batches or epochs
+    assert [f"{i}/3 [" in out for i in (1, 2, 3)] == [True] * 3
+    assert out.count("2/3 [") == 1  # one draw per update (set_postfix drew it a second time)
     assert "val/" in out  # the validation metrics join the main bar ...
     assert "Validation" not in out and "Training" not in out  # ... which is the only bar while fitting
+
+
+def test_progress_bar_in_a_file_redraws_at_most_every_interval(tiny_cfg, capsys):
+    cfg = tiny_cfg(steps=3)
+    with open_dict(cfg):
+        cfg.trainer.enable_progress_bar = True
+        cfg.callbacks.progress_bar = {"_target_": "neuralsde.progress.StepProgressBar", "refresh_rate": 1}
+        cfg.test = False
+    train(cfg)  # captured output is not a terminal: the default interval is 10 s
+    out = capsys.readouterr().out.replace("\r", "\n")
+    assert "1/3 [" in out and "2/3 [" not in out  # the first step is drawn, the next not within 10 s ...
+    assert out.count("3/3 [") == 1 and "train/g_loss" in out.split("3/3 [")[1]  # ... closing draws the last

@@ -170,17 +170,24 @@ def compute_metrics(
     *,
     seed: int | torch.Generator = 0,
     options: MetricOptions | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Compute the named metrics and merge their keys into one flat ``dict[str, float]``.
 
     Paths are ``(batch, time, channels)`` tensors (channel 0 time, real may hold NaN); ``real_train`` and
     ``fake_train`` may be None when no named metric trains a model. Every metric gets the same int seed.
+    ``progress``: a bar over the metrics naming the one being computed (those that train a classifier or a
+    forecaster take seconds to minutes).
     """
+    from tqdm.auto import tqdm
+
     names = check_metric_names(names)
     options = options or MetricOptions()
     seed = seed_int(seed)
     out: dict[str, float] = {}
-    for name in names:
+    bar = tqdm(names, desc="metrics", unit="metric", disable=not progress, leave=False, dynamic_ncols=True)
+    for name in bar:
+        bar.set_postfix_str(name)
         metric = METRICS[name]
         if metric.trains and (real_train is None or fake_train is None):
             raise ConfigError(
