@@ -110,8 +110,7 @@ class SDEGAN(GenerativeModule):
             if not self.check_finite("train/d_loss", d_loss):
                 return
             self.manual_backward(d_loss + self._penalty(real, fake))
-            for p in self.generator.parameters():
-                p.grad.neg_()
+            torch._foreach_neg_([p.grad for p in self.generator.parameters()])  # one kernel, not one per tensor
             opt_g.step()
             opt_d.step()
             self._clip()

@@ -51,3 +51,17 @@ def test_bench_driver_writes_results(tmp_path):
     assert row["row"] == 2 and not row.get("error") and row["entries"]
     assert all({"what", "result"} <= set(e) for e in row["entries"])
     assert out.with_suffix(".md").exists()
+
+
+def test_dispatch_census_no_host_reads_per_step_and_half_of_midpoints_dispatches():
+    # What a launch-bound GPU pays for: kernels per solver step, and host reads (each one a device sync).
+    from profile_launches import split
+
+    res = {m: split(m, (9, 17), torch.device("cpu"), batch=16, foreach=True) for m in ("reversible_heun", "midpoint")}
+    rh, mid = res["reversible_heun"], res["midpoint"]
+    assert rh["host_reads"][0] == 0 and mid["host_reads"][0] == 0  # no sync inside the solver loops
+    # per training step: the solver's step count, the CDE's NaN check and knot range (2), the loss check, the
+    # step counter
+    assert rh["host_reads"][1] <= 6
+    assert 1.85 <= mid["dispatches"][0] / rh["dispatches"][0] <= 2.0  # the fused steps: about half of midpoint's
+    assert abs(mid["dispatches"][1] - rh["dispatches"][1]) <= 0.05 * rh["dispatches"][1]  # shared set-up
