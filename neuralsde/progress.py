@@ -5,7 +5,7 @@ import sys
 import time
 
 from pytorch_lightning.callbacks import TQDMProgressBar
-from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
+from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -43,6 +43,21 @@ class StepProgressBar(TQDMProgressBar):
         return Tqdm(desc=module.family, total=module.train_steps, initial=int(module.train_step), unit="step",
                     position=2 * self.process_position, disable=self.is_disabled, leave=True, dynamic_ncols=True,
                     file=sys.stdout, smoothing=0, bar_format=self.BAR_FORMAT)
+
+    def init_test_tqdm(self) -> Tqdm:
+        batches = self.trainer.num_test_batches
+        if len(batches) != 1:
+            return super().init_test_tqdm()
+        # one loader: made with its total (Lightning's is made without, then reset and renamed "DataLoader 0":
+        # three lines in a log before the first batch)
+        return Tqdm(desc=self.test_description, total=convert_inf(batches[0]), position=2 * self.process_position,
+                    disable=self.is_disabled, leave=True, dynamic_ncols=True, file=sys.stdout,
+                    bar_format=self.BAR_FORMAT)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx: int = 0) -> None:
+        if len(trainer.num_test_batches) != 1:
+            return super().on_test_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
+        self.has_dataloader_changed(dataloader_idx)  # keeps Lightning's tracker as its own hook would
 
     def on_train_epoch_start(self, trainer, *_) -> None:
         pass  # one bar for the whole run

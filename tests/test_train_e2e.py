@@ -160,3 +160,17 @@ def test_progress_bar_in_a_file_redraws_at_most_every_interval(tiny_cfg, capsys)
     out = capsys.readouterr().out.replace("\r", "\n")
     assert "1/3 [" in out and "2/3 [" not in out  # the first step is drawn, the next not within 10 s ...
     assert out.count("3/3 [") == 1 and "train/g_loss" in out.split("3/3 [")[1]  # ... closing draws the last
+
+
+def test_test_phase_shows_one_test_bar_and_names_each_metric(tiny_cfg, capsys):
+    cfg = tiny_cfg(steps=1)
+    with open_dict(cfg):
+        cfg.trainer.enable_progress_bar = True
+        cfg.callbacks.progress_bar = {"_target_": "neuralsde.progress.StepProgressBar", "refresh_rate": 1}
+        cfg.callbacks.metrics.test_metrics = ["marginal_w1", "acf_error"]
+    train(cfg)
+    captured = capsys.readouterr()
+    out = captured.out.replace("\r", "\n")
+    assert "Testing:   0%" in out and "Testing: 100%" in out  # made with its total ...
+    assert "0/?" not in out and "DataLoader" not in out  # ... not reset and renamed after it was drawn
+    assert "metrics" in captured.err and "marginal_w1" in captured.err and "acf_error" in captured.err
