@@ -12,7 +12,7 @@ if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
     exit 0
 fi
 "$PY" -c "import torch; print('bench_gpu: device', torch.cuda.get_device_name(0))"
-# Kernels, syncs and dispatches per training step, RH vs midpoint (counts; about 30 s; not yet run on a GPU).
+# Kernels, syncs and dispatches per training step, RH vs midpoint (counts; 16 s on the CPU; not yet run on a GPU).
 timeout 120 "$PY" scripts/profile_launches.py --device cuda || echo "bench_gpu: dispatch census failed (exit $?)"
 # Row 5 measures torch.cuda.max_memory_allocated in one subprocess per setting; rows 6-7 use the GPU trainer;
 # row 8 compares both backends, reversible Heun against midpoint, and solver.compile=default against eager.
