@@ -185,7 +185,8 @@ def compute_metrics(
     options = options or MetricOptions()
     seed = seed_int(seed)
     out: dict[str, float] = {}
-    bar = tqdm(names, desc="metrics", unit="metric", disable=not progress, leave=False, dynamic_ncols=True)
+    # position 0: nested under Lightning's open test bar it wrote cursor-up codes into logs; it clears its line
+    bar = tqdm(names, desc="metrics", unit="metric", disable=not progress, leave=False, dynamic_ncols=True, position=0)
     for name in bar:
         bar.set_postfix_str(name)
         metric = METRICS[name]
