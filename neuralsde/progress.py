@@ -25,11 +25,7 @@ class StepProgressBar(TQDMProgressBar):
         super().__init__(refresh_rate=refresh_rate, process_position=process_position, leave=leave)
         self.refresh_interval_s = refresh_interval_s
         self._last_draw = float("-inf")
-
-    def _interval(self) -> float:
-        if self.refresh_interval_s is not None:
-            return float(self.refresh_interval_s)
-        return 0.1 if sys.stdout.isatty() else 10.0
+        self._interval = 0.0  # set with the bar, when its output stream is known
 
     def init_validation_tqdm(self) -> Tqdm:
         if self.trainer.state.fn != "fit":
@@ -40,6 +36,8 @@ class StepProgressBar(TQDMProgressBar):
         module = self.trainer.lightning_module
         # made with its steps and name (Lightning's is made as "Training", then reset: two lines in a log);
         # a resumed run starts where it stopped
+        interval = self.refresh_interval_s
+        self._interval = float(interval) if interval is not None else 0.1 if sys.stdout.isatty() else 10.0
         return Tqdm(desc=module.family, total=module.train_steps, initial=int(module.train_step), unit="step",
                     position=2 * self.process_position, disable=self.is_disabled, leave=True, dynamic_ncols=True,
                     file=sys.stdout, smoothing=0, bar_format=self.BAR_FORMAT)
@@ -69,7 +67,7 @@ class StepProgressBar(TQDMProgressBar):
         n = int(pl_module.train_step)  # already advanced by training_step
         bar.n = n  # always counted: closing the bar draws the last count and metrics
         now = time.monotonic()
-        if n < bar.total and self._should_update(n, bar.total) and now - self._last_draw >= self._interval():
+        if n < bar.total and self._should_update(n, bar.total) and now - self._last_draw >= self._interval:
             bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)  # one draw per update, not two
             bar.refresh()
             self._last_draw = now
