@@ -26,14 +26,14 @@ def evaluate(model, datamodule, *, metrics, n_samples: int, seed: int, options: 
     ``progress``: a bar over the metrics (see ``compute_metrics``).
     """
     names = check_metric_names(metrics)
+    options = make_options(**(options or {}))
     # Lightning's test loop runs under inference mode; the classifier and forecaster need autograd.
     with torch.inference_mode(False), torch.enable_grad():
         values, paths = _evaluate(model, datamodule, names, n_samples, seed, options, split, progress)
         if reference and len(getattr(datamodule, split)):
             cheap = [n for n in names if not METRICS[n].trains]
             train = datamodule.filled["train"][:len(paths["real_test"])]
-            ref = compute_metrics(cheap, None, paths["real_test"], None, train, seed=seed,
-                                  options=make_options(**(options or {})))
+            ref = compute_metrics(cheap, None, paths["real_test"], None, train, seed=seed, options=options)
             values.update({f"ref_{k}": v for k, v in ref.items()})
     return values, paths
 
@@ -51,8 +51,8 @@ def _evaluate(model, datamodule, names, n_samples, seed, options, split, progres
         fake_test = model.sample(len(real_test), generator=gen).cpu()
         fake_train = model.sample(len(real_train), generator=gen).cpu() if trains else None
     model.train(was_training)
-    values = compute_metrics(names, real_train, real_test, fake_train, fake_test, seed=seed,
-                             options=make_options(**(options or {})), progress=progress)
+    values = compute_metrics(names, real_train, real_test, fake_train, fake_test, seed=seed, options=options,
+                             progress=progress)
     paths = {"real_train": real_train, "real_test": real_test, "fake_train": fake_train, "fake_test": fake_test}
     return values, paths
 

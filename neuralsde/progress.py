@@ -38,9 +38,7 @@ class StepProgressBar(TQDMProgressBar):
         # a resumed run starts where it stopped
         interval = self.refresh_interval_s
         self._interval = float(interval) if interval is not None else 0.1 if sys.stdout.isatty() else 10.0
-        return Tqdm(desc=module.family, total=module.train_steps, initial=int(module.train_step), unit="step",
-                    position=2 * self.process_position, disable=self.is_disabled, leave=True, dynamic_ncols=True,
-                    file=sys.stdout, smoothing=0, bar_format=self.BAR_FORMAT)
+        return self._bar(module.family, module.train_steps, initial=int(module.train_step), unit="step", smoothing=0)
 
     def init_test_tqdm(self) -> Tqdm:
         batches = self.trainer.num_test_batches
@@ -48,9 +46,12 @@ class StepProgressBar(TQDMProgressBar):
             return super().init_test_tqdm()
         # one loader: made with its total (Lightning's is made without, then reset and renamed "DataLoader 0":
         # three lines in a log before the first batch)
-        return Tqdm(desc=self.test_description, total=convert_inf(batches[0]), position=2 * self.process_position,
-                    disable=self.is_disabled, leave=True, dynamic_ncols=True, file=sys.stdout,
-                    bar_format=self.BAR_FORMAT)
+        return self._bar(self.test_description, convert_inf(batches[0]))
+
+    def _bar(self, desc: str, total, **kwargs) -> Tqdm:
+        """A bar made with its name and total, placed and formatted as Lightning's own."""
+        return Tqdm(desc=desc, total=total, position=2 * self.process_position, disable=self.is_disabled, leave=True,
+                    dynamic_ncols=True, file=sys.stdout, bar_format=self.BAR_FORMAT, **kwargs)
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx: int = 0) -> None:
         if len(trainer.num_test_batches) != 1:
