@@ -52,6 +52,7 @@ def run(ctx) -> list[dict]:
     rows.append(_latent_row(ctx))
     rows.append(_latent_row(ctx, encoder="cde"))
     rows.append(_latent_methods_row(ctx))
+    rows.extend(_graph_rows(ctx, overrides, slow, real))
     if not ctx.quick or ctx.device.type == "cuda":  # last: compiling leaves state behind (guards, caches)
         rows.extend(_compile_rows(ctx, overrides, slow, real))
     return rows
@@ -356,6 +357,41 @@ def _midpoint_row(ctx, overrides, slow, fast, o_fast, real) -> dict:
                  f"{split(p_mid)}; reversible Heun {split(p_rh)}")
     return {"what": what, "result": fmt_ratio(r), "paper": f"target >= {MID_TARGET}x (paper: up to 1.98x)",
             "data": r, "note": note}
+
+
+def _graph_rows(ctx, overrides, ref, real) -> list[dict]:
+    """``model.cuda_graph=true`` (the step's solves and backward pass replayed as one CUDA graph): its gain over
+    the eager step with reversible Heun, and midpoint / reversible Heun with both graphed, where launch overhead is
+    gone and what is left is the kernels themselves. CUDA only; a failure becomes the rows' finding."""
+    whats = ("model.cuda_graph=true, reversible Heun: eager step time / graphed step time",
+             "fast backend, both steps graphed (model.cuda_graph=true): time(midpoint) / time(reversible Heun)")
+    if ctx.device.type != "cuda":
+        return [{"what": w, "result": "skipped", "paper": "", "note": "needs a CUDA device"} for w in whats]
+    try:
+        models = {}
+        for name, method, graphed in (("rh", "reversible_heun", False), ("rh_graph", "reversible_heun", True),
+                                      ("mid_graph", "midpoint", True)):
+            m, _ = build_sdegan(ctx.device, overrides, {"backend": "fast", "method": method})
+            m.load_state_dict(ref.state_dict())
+            m.cuda_graph = graphed
+            models[name] = (m, bare_optimizers(m))
+        steps = {name: (lambda m=m, o=o: sdegan_step(m, o, real)) for name, (m, o) in models.items()}
+        for _ in range(4):  # three eager warm-up steps, then the capture
+            for name in ("rh_graph", "mid_graph"):
+                steps[name]()
+        t = interleaved(steps, reps=6 if ctx.quick else 20, warmup=1, device=ctx.device,
+                        budget_s=25 if ctx.quick else 60)
+    except Exception as exc:  # reported as the rows' finding
+        note = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        return [{"what": w, "result": "failed", "paper": "", "note": note} for w in whats]
+    gain, mid = ratio(t["rh"], t["rh_graph"]), ratio(t["mid_graph"], t["rh_graph"])
+    ms = {name: 1e3 * sorted(v)[len(v) // 2] for name, v in t.items()}
+    return [{"what": whats[0], "result": fmt_ratio(gain), "paper": "kept only where it gains", "data": gain,
+             "note": f"median step: eager {ms['rh']:.2f} ms, graphed {ms['rh_graph']:.2f} ms; optimiser steps, "
+                     "clipping and averaging stay eager"},
+            {"what": whats[1], "result": fmt_ratio(mid), "paper": f"target >= {MID_TARGET}x (paper: up to 1.98x)",
+             "data": mid, "note": f"median graphed step: midpoint {ms['mid_graph']:.2f} ms, reversible Heun "
+                                  f"{ms['rh_graph']:.2f} ms"}]
 
 
 def _compile_rows(ctx, overrides, ref, real) -> list[dict]:

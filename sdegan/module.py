@@ -25,6 +25,8 @@ class SDEGAN(GenerativeModule):
     gradients negated, both optimisers stepped. ``update=alternating``: a discriminator step every batch and a
     generator step every ``n_critic`` batches. After each discriminator step its weights are clipped
     (``lipschitz=clip``), or a gradient penalty is added to its loss (``lipschitz=gradient_penalty``).
+    ``cuda_graph``: the simultaneous update's solves and backward pass run as one captured CUDA graph
+    (``neuralsde.cuda_graphs``); the optimiser steps, clipping and averaging stay eager.
     """
 
     family = "sdegan"
@@ -32,7 +34,8 @@ class SDEGAN(GenerativeModule):
     def __init__(self, times: torch.Tensor, normalizer: Normalizer, solver: SolverConfig | dict,
                  generator: dict, discriminator: dict, optimizer: dict, train_steps: int = 500,
                  swa_start: int = 250, lipschitz: str = "clip", gp_lambda: float = 10.0,
-                 update: str = "simultaneous", n_critic: int = 5, skip_nonfinite: bool = False):
+                 update: str = "simultaneous", n_critic: int = 5, skip_nonfinite: bool = False,
+                 cuda_graph: bool = False):
         super().__init__(times, normalizer, train_steps, skip_nonfinite)
         if update not in UPDATES:
             raise bad_option("model.update", update, f"one of {UPDATES}", "set model.update=simultaneous")
@@ -74,6 +77,34 @@ class SDEGAN(GenerativeModule):
             self.discriminator.func.compile_fields(self.solver.compile)
         # The penalty needs a double backward, which torchsde's reversible-Heun adjoint cannot do.
         self.direct_solver = dataclasses.replace(self.solver, adjoint=False)
+        self.cuda_graph = bool(cuda_graph)
+        if self.cuda_graph:
+            self._check_graphable()
+        self._graphed = None
+
+    def _check_graphable(self) -> None:
+        needs = (("solver.backend", self.solver.backend, "fast", "set solver.backend=fast (torchsde reads tensors "
+                  "on the host every step)"),
+                 ("solver.adjoint", self.solver.adjoint, True, "set solver.adjoint=true"),
+                 ("solver.compile", self.solver.compile, None, "set solver.compile=null"),
+                 ("model.lipschitz", self.lipschitz, "clip", "set model.lipschitz=clip (the penalty's double "
+                  "backward leaves the fast path)"),
+                 ("model.update", self.update, "simultaneous", "set model.update=simultaneous"),
+                 ("model.discriminator.interpolation", self.discriminator.interpolation, "linear",
+                  "set model.discriminator.interpolation=linear"))
+        for key, value, wanted, fix in needs:
+            if value != wanted:
+                raise bad_option(key, value, f"{wanted!r} with model.cuda_graph=true", f"{fix}, or set "
+                                 "model.cuda_graph=false")
+
+    def on_fit_start(self) -> None:
+        if self.cuda_graph:
+            if self.device.type != "cuda":
+                raise bad_option("model.cuda_graph", True, f"false on a {self.device.type} device (it captures "
+                                 "CUDA kernels)", "train on a GPU (trainer=gpu), or set model.cuda_graph=false")
+            if self.trainer.world_size > 1:
+                raise bad_option("model.cuda_graph", True, "false with more than one process (the captured step "
+                                 "has no gradient all-reduce)", "set model.cuda_graph=false, or train on one device")
 
     def configure_optimizers(self):
         cfg = dict(self.optimizer_cfg)
@@ -98,19 +129,51 @@ class SDEGAN(GenerativeModule):
         if self.lipschitz == "clip":
             clip_weights(self.discriminator)
 
+    def _losses(self, real: torch.Tensor, draws: tuple | None = None) -> tuple[torch.Tensor, ...]:
+        """``(d_loss, fake_score, fake)`` of the simultaneous update: one CDE solve over fake and real together
+        (per-step overhead, not arithmetic, dominates here). ``real``: the datamodule's NaN-filled paths."""
+        fake = self.generator(self.times, real.size(0), draws=draws)
+        scores = self.discriminator(torch.cat([fake, real]), filled=True)
+        fake_score = scores[: fake.size(0)].mean()
+        return fake_score - scores[fake.size(0):].mean(), fake_score, fake
+
+    def _negate_generator_grads(self) -> None:
+        torch._foreach_neg_([p.grad for p in self.generator.parameters()])  # one kernel, not one per tensor
+
+    def _graph_step(self, real: torch.Tensor, noise: torch.Tensor, dw: torch.Tensor) -> tuple:
+        """What ``model.cuda_graph`` captures: the losses and their backward pass, from drawn noise."""
+        d_loss, fake_score, _ = self._losses(real, (noise, dw))
+        d_loss.backward()
+        self._negate_generator_grads()
+        return d_loss.detach(), fake_score.detach()
+
+    def _graphed_losses(self, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._graphed is None:
+            from neuralsde.cuda_graphs import GraphedStep
+            self._graphed = GraphedStep(self._graph_step, self.parameters_with_grads())
+        # copies: the graph's outputs are overwritten by the next replay, and the logs may hold these
+        return tuple(t.clone() for t in self._graphed(real, *self.generator.draw(self.times, real.size(0))))
+
+    def parameters_with_grads(self) -> list[torch.nn.Parameter]:
+        return [*self.generator.parameters(), *self.discriminator.parameters()]
+
     def train_batch(self, batch):
         _, real = batch  # the NaN-filled paths: the discriminator reads their interpolation
         opt_g, opt_d = self.optimizers()
-        fake = self.generator(self.times, real.size(0))
-        if self.update == "simultaneous":
-            # One CDE solve over fake and real together: per-step overhead, not arithmetic, dominates here.
-            scores = self.discriminator(torch.cat([fake, real]))
-            fake_score = scores[: fake.size(0)].mean()
-            d_loss = fake_score - scores[fake.size(0):].mean()
+        if self.cuda_graph:
+            d_loss, fake_score = self._graphed_losses(real)
+            if not self.check_finite("train/d_loss", d_loss):  # nothing applied yet: the batch can still be skipped
+                return
+            opt_g.step()
+            opt_d.step()
+            self._clip()
+            g_loss = -fake_score
+        elif self.update == "simultaneous":
+            d_loss, fake_score, fake = self._losses(real)
             if not self.check_finite("train/d_loss", d_loss):
                 return
             self.manual_backward(d_loss + self._penalty(real, fake))
-            torch._foreach_neg_([p.grad for p in self.generator.parameters()])  # one kernel, not one per tensor
+            self._negate_generator_grads()
             opt_g.step()
             opt_d.step()
             self._clip()
@@ -118,7 +181,8 @@ class SDEGAN(GenerativeModule):
             opt_d.zero_grad(set_to_none=True)
             g_loss = -fake_score.detach()
         else:
-            scores = self.discriminator(torch.cat([fake.detach(), real]))
+            fake = self.generator(self.times, real.size(0))
+            scores = self.discriminator(torch.cat([fake.detach(), real]), filled=True)
             d_loss = scores[: fake.size(0)].mean() - scores[fake.size(0):].mean()
             if not self.check_finite("train/d_loss", d_loss):
                 return
@@ -128,7 +192,7 @@ class SDEGAN(GenerativeModule):
             self._clip()
             g_loss = None
             if int(self.train_step) % self.n_critic == 0:
-                g_loss = -self.discriminator(self.generator(self.times, real.size(0))).mean()
+                g_loss = -self.discriminator(self.generator(self.times, real.size(0)), filled=True).mean()
                 opt_g.zero_grad(set_to_none=True)
                 self.manual_backward(g_loss)
                 opt_g.step()

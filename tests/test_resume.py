@@ -75,8 +75,8 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monke
     forward = disc_mod.Discriminator.forward
     calls = {"n": 0}
 
-    def poisoned(self, paths, solver=None):
-        out = forward(self, paths, solver)
+    def poisoned(self, paths, solver=None, **kw):
+        out = forward(self, paths, solver, **kw)
         calls["n"] += 1
         return out * float("nan") if calls["n"] > 4 else out  # one discriminator call (fake and real) per step
 
@@ -97,9 +97,9 @@ def test_skip_nonfinite_option_skips_bad_batches(tmp_path, monkeypatch):
     forward = disc_mod.Discriminator.forward
     calls = {"n": 0}
 
-    def poisoned(self, paths, solver=None):
+    def poisoned(self, paths, solver=None, **kw):
         calls["n"] += 1
-        out = forward(self, paths, solver)
+        out = forward(self, paths, solver, **kw)
         return out * float("nan") if calls["n"] in (3, 4) else out
 
     monkeypatch.setattr(disc_mod.Discriminator, "forward", poisoned)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from neuralsde.fast.reversible_heun import solve, time_grid
+from neuralsde.fast.reversible_heun import knot_grid, solve
 
 
 def knot_derivatives(X_values: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
@@ -40,11 +40,8 @@ def fast_cdeint(func: nn.Module, z0: torch.Tensor, X_values: torch.Tensor, ts: t
         raise ValueError(f"X_values must have shape (batch, length >= 2, channels), got {tuple(X_values.shape)}")
     length = X_values.size(1)
     knots = torch.linspace(0, length - 1, length, dtype=X_values.dtype, device=X_values.device)
-    if ts is None:
-        ts = knots[[0, -1]]
-    if float(ts[0]) < 0 or float(ts[-1]) > length - 1:
-        raise ValueError(f"ts must lie within the knots [0, {length - 1}], got [{float(ts[0])}, {float(ts[-1])}]")
-    t_grid, obs = time_grid(ts, dt)
+    ts = (0.0, length - 1.0) if ts is None else ts  # Python numbers: no tensor is read
+    t_grid, obs = knot_grid(ts, dt, X_values)
     # Index of the piece torchcde's LinearInterpolation.derivative picks at each grid time.
     piece = torch.bucketize(t_grid.to(X_values.dtype), knots).sub(1).clamp(0, length - 2)
     U = knot_derivatives(X_values, knots).transpose(0, 1)[piece]  # (N + 1, B, C)

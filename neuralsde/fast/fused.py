@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from neuralsde.fast.mlp import FusedMLP, cde_mlp, chunk_size, generator_mlp, plain
-from neuralsde.fast.scratch import scratch
+from neuralsde.fast.scratch import index_tensor, scratch
 
 
 def _leapfrog_controls(ctrl: torch.Tensor, per_point: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,8 +108,10 @@ class _Outputs:
 
     def flush(self, j: int) -> None:
         i0, m = self.flush_at[j]
-        rows = torch.as_tensor(self.obs[1 + i0:1 + i0 + m], device=self.ys.device)
-        f, ctrl = self.f[:m].flatten(0, 1), self.b[rows - 1].flatten(0, 1)
+        rows = self.obs[1 + i0:1 + i0 + m]  # B_{j-1} of these j: a slice where they are consecutive
+        prev = (self.b[rows[0] - 1:rows[-1]] if rows[-1] - rows[0] == m - 1
+                else self.b[index_tensor(tuple(r - 1 for r in rows), self.b.device)])
+        f, ctrl = self.f[:m].flatten(0, 1), prev.flatten(0, 1)
         out = self.ys[i0 + 1:i0 + 1 + m].flatten(0, 1)
         z = torch.add(torch.stack(self.zs), torch.stack(self.zps)).flatten(0, 1)
         self.contract(z, ctrl, f, out=out, prod=f).mul_(0.5)

@@ -38,7 +38,7 @@ from torch import nn
 from neuralsde.fast.cde import _field as _cde_field
 from neuralsde.fast.cde import knot_derivatives
 from neuralsde.fast.fused import _Contract, _rows, fused_field, sde_controls, transpose_contract
-from neuralsde.fast.reversible_heun import checked_grid, time_grid
+from neuralsde.fast.reversible_heun import checked_grid, knot_grid
 from neuralsde.fast.scratch import scratch
 
 
@@ -350,12 +350,7 @@ def midpoint_cdeint(func: nn.Module, z0: torch.Tensor, X_values: torch.Tensor, t
     ``adjoint=True`` (continuous adjoint, X_values among its ``adjoint_params``), adjoint=False exact."""
     if X_values.dim() != 3 or X_values.size(1) < 2:
         raise ValueError(f"X_values must have shape (batch, length >= 2, channels), got {tuple(X_values.shape)}")
-    length = X_values.size(1)
-    if ts is None:
-        ts = torch.tensor([0.0, length - 1.0], dtype=X_values.dtype, device=X_values.device)
-    if float(ts[0]) < 0 or float(ts[-1]) > length - 1:
-        raise ValueError(f"ts must lie within the knots [0, {length - 1}], got [{float(ts[0])}, {float(ts[-1])}]")
-    t_grid, obs = time_grid(ts, dt)
+    t_grid, obs = knot_grid(ts, dt, X_values)
     U, U_mid = piece_slopes(X_values, t_grid[:-1]), piece_slopes(X_values, mid_times(t_grid))
     field = _cde_field(func)
     if not adjoint:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from neuralsde.fast.scratch import index_tensor
 from neuralsde.nn import LipSwish
 
 # activation (writing into ``out=``) and its backward (writing a recorded cotangent via ``grad_input=``)
@@ -220,7 +221,7 @@ class FusedMLP:
                 col = d.sum(1)  # (n, O0)
                 gw = d2.t() @ x
                 if self.timed:
-                    tsc = self.tsc[torch.as_tensor(r.times[:n], device=d.device)].to(d.dtype)
+                    tsc = self.tsc[index_tensor(tuple(r.times[:n]), d.device)].to(d.dtype)
                     gw = torch.cat([(tsc @ col).unsqueeze(1), gw], 1)
                 gb = col.sum(0)
             elif blocks is None:

@@ -16,18 +16,30 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+_GRIDS: dict = {}  # (t0, steps, dt, dtype, device) -> grid; never pruned: a captured CUDA graph may read one
 
-def time_grid(ts: torch.Tensor, dt: float) -> tuple[torch.Tensor, list[int]]:
-    """Step grid ``t0, t0 + dt, ..., ts[-1]`` ``(N + 1,)`` (dtype of ``ts``) and the step index of each ``ts[i]``.
 
+def time_grid(ts, dt: float, like: torch.Tensor | None = None) -> tuple[torch.Tensor, list[int]]:
+    """Step grid ``t0, t0 + dt, ..., ts[-1]`` ``(N + 1,)`` and the step index of each ``ts[i]``.
+
+    ``ts``: a tensor ``(T,)`` (the grid takes its dtype and device), or a sequence of floats with ``like`` giving
+    them (no tensor is read: nothing waits on a GPU, and a CUDA graph can capture the solve). Grid tensors are
+    made once per grid; do not write to them.
     Raises ValueError unless every ``ts[i]`` lies exactly on the grid: otherwise torchsde interpolates
     between steps and the reversible adjoint is no longer exact.
     """
-    if ts.dim() != 1 or ts.numel() < 2:
-        raise ValueError(f"ts must have shape (T,) with T >= 2, got {tuple(ts.shape)}")
+    if isinstance(ts, torch.Tensor):
+        if ts.dim() != 1 or ts.numel() < 2:
+            raise ValueError(f"ts must have shape (T,) with T >= 2, got {tuple(ts.shape)}")
+        values, dtype, device = ts.detach().cpu().tolist(), ts.dtype, ts.device
+    else:
+        values = [float(t) for t in ts]
+        if len(values) < 2 or like is None:
+            raise ValueError(f"ts must hold T >= 2 times (got {len(values)}), and a sequence needs like= for its "
+                             "dtype and device")
+        dtype, device = like.dtype, like.device
     if not dt > 0:
         raise ValueError(f"dt must be positive, got {dt}")
-    values = ts.detach().cpu().tolist()
     t0 = values[0]
     obs = []
     for t in values:
@@ -38,9 +50,24 @@ def time_grid(ts: torch.Tensor, dt: float) -> tuple[torch.Tensor, list[int]]:
         if obs and k <= obs[-1]:
             raise ValueError("ts must be strictly increasing")
         obs.append(k)
-    # t0 + k*dt is exact for such grids, so it equals torchsde's repeated addition.
-    grid = torch.tensor([t0 + k * dt for k in range(obs[-1] + 1)], dtype=ts.dtype, device=ts.device)
+    key = (t0, obs[-1], float(dt), dtype, device)
+    grid = _GRIDS.get(key)
+    if grid is None:
+        # t0 + k*dt is exact for such grids, so it equals torchsde's repeated addition.
+        grid = _GRIDS[key] = torch.tensor([t0 + k * dt for k in range(obs[-1] + 1)], dtype=dtype, device=device)
     return grid, obs
+
+
+def knot_grid(ts, dt: float, X_values: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """``time_grid`` of a CDE's output times ``ts`` on the knots ``0 .. L - 1`` of ``X_values`` ``(B, L, C)``;
+    ``ts=None`` is ``[0, L - 1]``, taken without reading a tensor."""
+    last = X_values.size(1) - 1
+    if ts is None:
+        ts = (0.0, float(last))
+    lo, hi = (float(ts[0]), float(ts[-1])) if not isinstance(ts, torch.Tensor) else ts[[0, -1]].tolist()
+    if lo < 0 or hi > last:
+        raise ValueError(f"ts must lie within the knots [0, {last}], got [{lo}, {hi}]")
+    return time_grid(ts, dt, like=X_values)
 
 
 # Diffusions are kept noise-channel-first, (W, B, H) contiguous: with W ~ 3 innermost, bmm and broadcast
@@ -238,8 +265,8 @@ class _ReversibleHeunAdjoint(torch.autograd.Function):
 
 
 def checked_grid(ts, dt, y0, dW=None, U=None, diagonal: bool = False):
-    """``time_grid(ts, dt)`` after checking that ``dW`` / ``U`` fit it."""
-    t_grid, obs = time_grid(ts, dt)
+    """``time_grid(ts, dt, like=y0)`` after checking that ``dW`` / ``U`` fit it."""
+    t_grid, obs = time_grid(ts, dt, like=y0)
     n = len(t_grid) - 1
     if dW is not None and (dW.dim() != 3 or dW.size(0) != n or dW.size(1) != y0.size(0)):
         raise ValueError(f"dW must have shape ({n}, {y0.size(0)}, noise) for {n} steps, got {tuple(dW.shape)}")

@@ -54,17 +54,20 @@ class Discriminator(nn.Module):
         self.func = DiscriminatorCDE(data_size, hidden_size, mlp_size, num_layers, time_scale=1.0 / max(t_size - 1, 1))
         self.readout = nn.Linear(hidden_size, 1)
 
-    def forward(self, paths: torch.Tensor, solver: SolverConfig | None = None) -> torch.Tensor:
+    def forward(self, paths: torch.Tensor, solver: SolverConfig | None = None, filled: bool = False) -> torch.Tensor:
+        """``filled``: the caller knows ``paths`` hold no NaN (generated paths, the datamodule's filled ones), so
+        none is looked for: the look reads a tensor on the host, which waits for a GPU and which a CUDA graph
+        cannot capture."""
         solver = solver or self.solver
-        coeffs = torchcde.linear_interpolation_coeffs(paths) if torch.isnan(paths).any() else paths
+        coeffs = paths if filled or not torch.isnan(paths).any() else torchcde.linear_interpolation_coeffs(paths)
         z0 = self.initial(coeffs[:, 0])
-        ts = torch.arange(paths.size(1), device=paths.device, dtype=paths.dtype)
         if solver.backend == "fast" and self.interpolation == "linear":
             from neuralsde.fast import fast_cdeint, midpoint_cdeint
             solve = midpoint_cdeint if solver.method == "midpoint" else fast_cdeint
-            zs = solve(self.func, z0, coeffs, ts[[0, -1]], solver.dt, adjoint=solver.adjoint)  # the score reads z(T)
+            zs = solve(self.func, z0, coeffs, None, solver.dt, adjoint=solver.adjoint)  # ts [0, T - 1]: reads z(T)
             z_last = zs[-1]
         else:
+            ts = torch.arange(paths.size(1), device=paths.device, dtype=paths.dtype)
             if self.interpolation == "hermite":
                 coeffs = torchcde.hermite_cubic_coefficients_with_backward_differences(coeffs, t=ts)
                 path = torchcde.CubicSpline(coeffs, t=ts)

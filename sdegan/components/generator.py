@@ -70,21 +70,41 @@ class Generator(nn.Module):
                 self.initial[-1].weight.mul_(initial_scale)
                 self.initial[-1].bias.mul_(initial_scale)
 
-    def forward(self, time_values: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
-                solver: SolverConfig | None = None) -> torch.Tensor:
-        """time_values ``(T,)``: the time channel; the SDE is solved on the index grid ``0..T-1``."""
+    def draw(self, time_values: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
+             solver: SolverConfig | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The random inputs of a solve, drawn as ``forward`` draws them: the initial noise ``(batch, noise)``
+        (drawn on the CPU, so a seed gives the same paths on any device) and, on the fast backend, the Brownian
+        increments ``(steps, batch, noise)`` (else None: torchsde samples its own)."""
         solver = solver or self.solver
         device, dtype = self.readout.weight.device, self.readout.weight.dtype
-        ts = torch.arange(time_values.numel(), device=device, dtype=dtype)
         noise = torch.randn(batch_size, self.initial_noise_size, generator=generator, dtype=dtype).to(device)
+        if solver.backend != "fast":
+            return noise, None
+        from neuralsde.fast import sample_increments
+        steps = solver.num_steps((0.0, time_values.numel() - 1.0))
+        return noise, sample_increments(steps, batch_size, self.sde.noise_size, solver.dt, generator=generator,
+                                        dtype=dtype, device=device)
+
+    def forward(self, time_values: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
+                solver: SolverConfig | None = None, draws: tuple | None = None) -> torch.Tensor:
+        """time_values ``(T,)``: the time channel; the SDE is solved on the index grid ``0..T-1``. ``draws``: the
+        random inputs (``draw``'s) to use instead of drawing them (the fast backend; reads no tensor on the host,
+        so that a CUDA graph can capture it)."""
+        solver = solver or self.solver
+        device, dtype = self.readout.weight.device, self.readout.weight.dtype
+        if draws is None:
+            draws = self.draw(time_values, batch_size, generator, solver)
+        noise, dw = draws
         y0 = self.initial(noise)
         if solver.backend == "fast":
-            from neuralsde.fast import fast_sdeint, midpoint_sdeint, sample_increments
-            dw = sample_increments(solver.num_steps(ts), batch_size, self.sde.noise_size, solver.dt,
-                                   generator=generator, dtype=dtype, device=device)
+            from neuralsde.fast import fast_sdeint, midpoint_sdeint
+            ts = [float(k) for k in range(time_values.numel())]  # the index grid, as Python numbers
             solve = midpoint_sdeint if solver.method == "midpoint" else fast_sdeint
             hs = solve(self.sde, y0, ts, solver.dt, dw, adjoint=solver.adjoint).transpose(0, 1)
         else:
+            if draws[1] is not None:
+                raise ValueError("Brownian increments are drawn by torchsde on solver.backend=torchsde")
+            ts = torch.arange(time_values.numel(), device=device, dtype=dtype)
             hs = sdeint(self.sde, y0, ts, solver, entropy=draw_entropy(generator),
                         adjoint_params=tuple(self.sde.parameters()))
         values = self.readout(hs)
