@@ -99,12 +99,16 @@ class SDEGAN(GenerativeModule):
 
     def on_fit_start(self) -> None:
         if self.cuda_graph:
-            if self.device.type != "cuda":
-                raise bad_option("model.cuda_graph", True, f"false on a {self.device.type} device (it captures "
-                                 "CUDA kernels)", "train on a GPU (trainer=gpu), or set model.cuda_graph=false")
+            if str(self.trainer.precision) not in ("32-true", "64-true"):
+                raise bad_option("trainer.precision", self.trainer.precision, "32-true or 64-true with "
+                                 "model.cuda_graph=true (the captured backward pass is not loss-scaled)",
+                                 "set trainer.precision=32-true, or model.cuda_graph=false")
             if self.trainer.world_size > 1:
                 raise bad_option("model.cuda_graph", True, "false with more than one process (the captured step "
                                  "has no gradient all-reduce)", "set model.cuda_graph=false, or train on one device")
+            if self.device.type != "cuda":
+                raise bad_option("model.cuda_graph", True, f"false on a {self.device.type} device (it captures "
+                                 "CUDA kernels)", "train on a GPU (trainer=gpu), or set model.cuda_graph=false")
 
     def configure_optimizers(self):
         cfg = dict(self.optimizer_cfg)

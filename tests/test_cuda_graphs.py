@@ -9,6 +9,7 @@ import contextlib
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -123,6 +124,13 @@ def test_what_cannot_be_captured_is_refused_with_the_fix(override, key, tmp_path
 
 def test_a_cpu_run_is_refused_with_the_fix(tmp_path):
     model, real = _model(tmp_path, "reversible_heun", "model.cuda_graph=true")
+    model._trainer = SimpleNamespace(precision="16-mixed", world_size=1)
+    with pytest.raises(ConfigError, match=r"trainer\.precision='16-mixed'.*not loss-scaled.*precision=32-true"):
+        model.on_fit_start()
+    model._trainer = SimpleNamespace(precision="32-true", world_size=2)
+    with pytest.raises(ConfigError, match=r"more than one process.*model\.cuda_graph=false"):
+        model.on_fit_start()
+    model._trainer = SimpleNamespace(precision="32-true", world_size=1)
     with pytest.raises(ConfigError, match=r"model\.cuda_graph=True.*false on a cpu device.*trainer=gpu"):
         model.on_fit_start()
     with pytest.raises(ConfigError, match=r"inputs are on cpu.*trainer=gpu.*model\.cuda_graph=false"):

@@ -226,8 +226,10 @@ def _chunk_ctrl_grads(mlp: FusedMLP, out, ring, h_at: dict, j_first: int, n: int
     v = torch.mul(ring[1:m + 1], 2)  # a_{j+1}, from the ring of the chunk's cotangents
     for i in range(m):
         j = j_first - i
-        if j == n or j == 0:
-            v[i] = 0 if j == n else ring[i + 1]
+        if j == n:
+            v[i].zero_()  # not ``v[i] = 0``: on a GPU that goes through a host-side scalar tensor
+        elif j == 0:
+            v[i].copy_(ring[i + 1])
         if j in h_at:
             v[i] += h_at[j]
     F = mlp.rec.out[:m].view(m * batch, mlp.channels, -1)
