@@ -34,9 +34,10 @@ def time_grid(ts, dt: float, like: torch.Tensor | None = None) -> tuple[torch.Te
         values, dtype, device = ts.detach().cpu().tolist(), ts.dtype, ts.device
     else:
         values = [float(t) for t in ts]
-        if len(values) < 2 or like is None:
-            raise ValueError(f"ts must hold T >= 2 times (got {len(values)}), and a sequence needs like= for its "
-                             "dtype and device")
+        if len(values) < 2:
+            raise ValueError(f"ts must hold T >= 2 times, got {len(values)}")
+        if like is None:
+            raise ValueError("ts given as Python numbers needs like= (a tensor of the grid's dtype and device)")
         dtype, device = like.dtype, like.device
     if not dt > 0:
         raise ValueError(f"dt must be positive, got {dt}")
