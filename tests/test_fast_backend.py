@@ -202,6 +202,7 @@ def test_increments_statistics_match_brownian_interval(dt):
     assert abs(ours.var().item() - theirs.var().item()) / dt < 6 * (4 / ours.numel()) ** 0.5
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     field, y0, ts, dW = sde_setup(torch.float64, 1.0)
