@@ -24,7 +24,11 @@ class GraphedStep:
 
     ``fn`` must read no tensor on the host, copy nothing from the host and draw no random numbers; the
     parameters must stay the same tensors (a model moved after capture would leave the graph writing elsewhere).
+    The first replay is checked against an eager call on the same inputs (outputs and gradients within ``rtol``
+    in norm): a capture that froze a value or lost a write fails loudly instead of training on wrong gradients.
     """
+
+    rtol = 1e-4
 
     def __init__(self, fn: Callable, params: Iterable[torch.nn.Parameter], warmup: int = 3):
         self.fn, self.params, self.warmup = fn, list(params), int(warmup)
@@ -53,13 +57,18 @@ class GraphedStep:
             self.outputs = self.fn(*self.inputs)
         self.graph, self.grads = graph, [p.grad for p in self.params]
 
-    def __call__(self, *inputs: torch.Tensor) -> tuple:
+    @staticmethod
+    def _require_cuda(inputs) -> None:
         if not inputs or any(not x.is_cuda for x in inputs):
             raise ConfigError("model.cuda_graph=true captures CUDA kernels, but the step's inputs are on "
                               f"{inputs[0].device if inputs else 'no device'}. Fix: train on a GPU (trainer=gpu), "
                               "or set model.cuda_graph=false.")
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple:
+        self._require_cuda(inputs)
         shapes = tuple((x.shape, x.dtype) for x in inputs)
-        if self.graph is None:
+        first = self.graph is None
+        if first:
             if self.eager_calls < self.warmup:
                 return self._eager(inputs)
             self.shapes = shapes
@@ -69,6 +78,26 @@ class GraphedStep:
         for static, x in zip(self.inputs, inputs, strict=True):
             static.copy_(x)
         self.graph.replay()
+        if first:
+            self._check_against_eager(inputs)
         for p, g in zip(self.params, self.grads, strict=True):
             p.grad = g  # where the graph writes them, whatever was assigned since
         return self.outputs
+
+    def _check_against_eager(self, inputs) -> None:
+        replayed = [_flat(self.outputs), _flat(self.grads)]
+        outputs = self._eager(inputs)
+        eager = [_flat(outputs), _flat([p.grad for p in self.params])]
+        # relative to each group's size, with a floor: a loss near zero is compared absolutely
+        worst = max(float((a - b).norm() / max(float(b.norm()), 1e-3)) if a.shape == b.shape else float("inf")
+                    for a, b in zip(replayed, eager, strict=True))
+        if not worst <= self.rtol:
+            raise RuntimeError(f"model.cuda_graph: the captured step's first replay differs from the eager step "
+                               f"on the same inputs (largest relative difference {worst:.3g}, allowed {self.rtol:g}): "
+                               "the capture lost something. Fix: set model.cuda_graph=false (and please report it).")
+
+
+def _flat(tensors) -> torch.Tensor:
+    """The tensors that are not None, flattened into one float64 vector."""
+    parts = [t.detach().reshape(-1).double() for t in tensors if t is not None]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)

@@ -1,8 +1,10 @@
 """``model.cuda_graph``: the SDE-GAN step's solves and backward pass captured as one CUDA graph.
 
 On the CPU: what is captured reads no tensor on the host and copies nothing from it (a capture would fail, or
-worse, freeze a value), it computes exactly the eager step from the same noise, and every combination it cannot
-capture is refused with the fix. On a CUDA device (skipped without one): graphed training follows eager training,
+worse, freeze a value), it computes exactly the eager step from the same noise, every combination it cannot
+capture is refused with the fix, and ``GraphedStep``'s bookkeeping (warm-up, capture, inputs copied in, gradients
+handed back after an eager short batch, the first replay checked against the eager step) holds with CPU
+stand-ins for the graph and streams. On a CUDA device (skipped without one): graphed training follows eager training,
 replays see new data and noise, and eager solves between replays leave them alone.
 """
 import contextlib
@@ -135,6 +137,86 @@ def test_a_cpu_run_is_refused_with_the_fix(tmp_path):
         model.on_fit_start()
     with pytest.raises(ConfigError, match=r"inputs are on cpu.*trainer=gpu.*model\.cuda_graph=false"):
         GraphedStep(model._graph_step, model.parameters_with_grads())(real, *model.generator.draw(model.times, 2))
+
+
+# ------------------------------------------------------------------ GraphedStep's bookkeeping, on the CPU
+
+class _FakeGraph:
+    """``torch.cuda.CUDAGraph`` on the CPU, with a replay's memory semantics: the captured function runs again
+    and its results are written into the tensors the capture returned (outputs and gradients). ``lossy``: the
+    replay loses the gradients' writes, as a capture that missed them would."""
+
+    lossy = False
+
+    def replay(self):
+        step = self.step
+        if self.lossy:
+            for g in step.grads:
+                g.zero_()
+            return
+        for p in step.params:
+            p.grad = None
+        for dst, src in zip(step.outputs, step.fn(*step.inputs), strict=True):
+            dst.copy_(src)
+        for g, p in zip(step.grads, step.params, strict=True):
+            g.copy_(p.grad)
+
+
+class _FakeStream:
+    def __init__(self, device=None):
+        pass
+
+    def wait_stream(self, other):
+        pass
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """GraphedStep's CUDA calls replaced by CPU stand-ins (``_FakeGraph``)."""
+    capture = GraphedStep._capture
+
+    def capture_and_link(self, inputs):
+        capture(self, inputs)
+        self.graph.step = self
+    monkeypatch.setattr(GraphedStep, "_capture", capture_and_link)
+    monkeypatch.setattr(GraphedStep, "_require_cuda", staticmethod(lambda inputs: None))
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Stream", _FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _FakeStream())
+    return _FakeGraph
+
+
+def _eager_and_graphed(tmp_path, method="reversible_heun"):
+    """Training of the same model eager and through GraphedStep: 3 warm-up steps, the capture, replays, a short
+    batch (eager) between replays, a sampling solve after every step. Losses and final parameters of each."""
+    runs = []
+    for graphed in (False, True):
+        model, real = _model(tmp_path, method)
+        model.cuda_graph = graphed
+        batches = [real.roll(k, 0) for k in range(8)]
+        batches.insert(5, batches[4][:-3])
+        losses = _train(model, batches, seed=3)
+        runs.append((losses, [p.detach().clone() for p in model.parameters_with_grads()]))
+    return runs, model._graphed
+
+
+def test_graphed_step_bookkeeping_follows_eager_training(fake_cuda, tmp_path):
+    # With replays that compute what a graph would, training is the eager training exactly: the replays see each
+    # new batch and noise, gradients come back to the parameters after the eager short batch, outputs are copied.
+    ((eager_losses, eager_params), (graph_losses, graph_params)), graphed = _eager_and_graphed(tmp_path)
+    assert graphed.graph is not None and graphed.eager_calls == 5  # 3 warm-ups, the replay's check, the short batch
+    assert len(set(graph_losses[3:])) == len(graph_losses) - 3
+    assert graph_losses == eager_losses
+    for a, b in zip(graph_params, eager_params, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_capture_that_loses_writes_fails_on_its_first_replay(fake_cuda, tmp_path):
+    fake_cuda.lossy = True
+    with pytest.raises(RuntimeError, match=r"first replay differs from the eager step.*model\.cuda_graph=false"):
+        _eager_and_graphed(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ on a GPU
