@@ -188,12 +188,32 @@ def fake_cuda(monkeypatch):
     return _FakeGraph
 
 
-def _eager_and_graphed(tmp_path, method="reversible_heun"):
+def _train(model, batches, seed):
+    """The module's own training step (Lightning's services shimmed, as the benchmarks do) over ``batches``, with
+    an eager sampling solve (its own scratch buffers and batch size) after each step; the logged losses."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from _bench_utils import bare_optimizers, sdegan_step
+
+    opts = bare_optimizers(model)
+    torch.manual_seed(seed)
+    losses, logged = [], {}
+    model.log_step = lambda metrics, **kw: logged.update(metrics)
+    for real in batches:
+        sdegan_step(model, opts, real)
+        losses.append(float(logged["train/d_loss"]))
+        with torch.no_grad():
+            model.sample(37, generator=torch.Generator().manual_seed(1))
+    return losses
+
+
+def _eager_and_graphed(tmp_path, method="reversible_heun", device="cpu"):
     """Training of the same model eager and through GraphedStep: 3 warm-up steps, the capture, replays, a short
-    batch (eager) between replays, a sampling solve after every step. Losses and final parameters of each."""
+    batch (eager) between replays, a sampling solve after every step. ``[(losses, final parameters)]`` of each,
+    and the GraphedStep."""
     runs = []
     for graphed in (False, True):
         model, real = _model(tmp_path, method)
+        model, real = model.to(device), real.to(device)
         model.cuda_graph = graphed
         batches = [real.roll(k, 0) for k in range(8)]
         batches.insert(5, batches[4][:-3])
@@ -221,40 +241,14 @@ def test_a_capture_that_loses_writes_fails_on_its_first_replay(fake_cuda, tmp_pa
 
 # ------------------------------------------------------------------------------------------------ on a GPU
 
-def _train(model, batches, seed):
-    """The module's own training step (Lightning's services shimmed, as the benchmarks do) over ``batches``, with
-    an eager sampling solve (its own scratch buffers and batch size) after each step; the logged losses."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from _bench_utils import bare_optimizers, sdegan_step
-
-    opts = bare_optimizers(model)
-    torch.manual_seed(seed)
-    losses, logged = [], {}
-    model.log_step = lambda metrics, **kw: logged.update(metrics)
-    for real in batches:
-        sdegan_step(model, opts, real)
-        losses.append(float(logged["train/d_loss"]))
-        with torch.no_grad():
-            model.sample(37, generator=torch.Generator().manual_seed(1))
-    return losses
-
-
 @cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("method", ["reversible_heun", "midpoint"])
 def test_graphed_training_follows_eager_training(method, tmp_path):
-    # 3 eager warm-up steps, the capture, replays; a short batch (run eagerly) between replays, and sampling
-    # after every step: the graph's memory and gradient buffers must be its own.
-    runs = []
-    for graphed in (False, True):
-        model, real = _model(tmp_path, method)
-        model = model.cuda()
-        model.cuda_graph = graphed
-        batches = [real.cuda().roll(k, 0) for k in range(8)]
-        batches.insert(5, batches[4][:-3])
-        losses = _train(model, batches, seed=3)
-        runs.append((losses, [p.detach().clone() for p in model.parameters_with_grads()]))
-    (eager_losses, eager_params), (graph_losses, graph_params) = runs
+    # the same run as the CPU bookkeeping test, with a real capture: the graph's memory and gradient buffers must
+    # be its own through replays, an eager short batch and sampling
+    ((eager_losses, eager_params), (graph_losses, graph_params)), graphed = _eager_and_graphed(tmp_path, method, "cuda")
+    assert graphed.graph is not None
     assert len(set(graph_losses[3:])) == len(graph_losses) - 3  # every replay saw its own batch and noise
     torch.testing.assert_close(graph_losses, eager_losses, rtol=1e-5, atol=1e-6)
     for a, b in zip(graph_params, eager_params, strict=True):
@@ -267,7 +261,7 @@ def test_train_py_runs_graphed_on_the_gpu(tiny_cfg, tmp_path):
     from omegaconf import open_dict
 
     from neuralsde.training import train
-    cfg = tiny_cfg(["model.cuda_graph=true"], steps=8)  # 4 batches per epoch: a capture, replays, a new epoch
+    cfg = tiny_cfg(["model.cuda_graph=true"], steps=8)  # warm-up, capture, replays, epochs ending in short batches
     with open_dict(cfg):
         cfg.trainer.accelerator, cfg.trainer.devices = "gpu", 1
         cfg.test = False
