@@ -208,15 +208,7 @@ def _marginal_row(ctx, overrides) -> dict:
         runs[f"rh{t_size}"] = (lambda m=rh, x=real: _solves(m, x))
         runs[f"mid{t_size}"] = (lambda m=mid, x=real: _solves(m, x))
     t = interleaved(runs, reps=4 if ctx.quick else 15, device=ctx.device, budget_s=25 if ctx.quick else 75)
-    steps = [n - 1 for n in lengths]
-    mean_n = sum(steps) / len(steps)
-    slope, fixed = {}, {}
-    for m in ("rh", "mid"):
-        best = [min(t[f"{m}{n}"]) for n in lengths]
-        mean_t = sum(best) / len(best)
-        slope[m] = (sum((n - mean_n) * (b - mean_t) for n, b in zip(steps, best, strict=True))
-                    / sum((n - mean_n) ** 2 for n in steps))
-        fixed[m] = mean_t - slope[m] * mean_n
+    slope, fixed = _per_step_fit(t, lengths)
     r = {"median": slope["mid"] / slope["rh"], "min": float("nan"), "max": float("nan"),
          "slope_us": {m: v * 1e6 for m, v in slope.items()}, "fixed_ms": {m: v * 1e3 for m, v in fixed.items()}}
     return {"what": "fast backend: cost of one more solver step (generator SDE + discriminator CDE, forward + "
@@ -227,6 +219,21 @@ def _marginal_row(ctx, overrides) -> dict:
                     f"fixed per solve pair (weights fused, parameter-gradient GEMMs, outputs, set-up): reversible "
                     f"Heun {r['fixed_ms']['rh']:.1f} ms, midpoint {r['fixed_ms']['mid']:.1f} ms, which is what holds "
                     "the whole-solve ratio below the per-step one"}
+
+
+def _per_step_fit(t: dict, lengths) -> tuple[dict, dict]:
+    """``(slope, intercept)`` per method (``rh``, ``mid``) of the fastest time of ``t[f"{method}{length}"]``
+    against the number of solver steps, by least squares: seconds per solver step and fixed seconds."""
+    steps = [n - 1 for n in lengths]
+    mean_n = sum(steps) / len(steps)
+    slope, fixed = {}, {}
+    for m in ("rh", "mid"):
+        best = [min(t[f"{m}{n}"]) for n in lengths]
+        mean_t = sum(best) / len(best)
+        slope[m] = (sum((n - mean_n) * (b - mean_t) for n, b in zip(steps, best, strict=True))
+                    / sum((n - mean_n) ** 2 for n in steps))
+        fixed[m] = mean_t - slope[m] * mean_n
+    return slope, fixed
 
 
 @contextmanager
@@ -359,13 +366,14 @@ def _midpoint_row(ctx, overrides, slow, fast, o_fast, real) -> dict:
             "data": r, "note": note}
 
 
-def _graph_rows(ctx, overrides, ref, real) -> list[dict]:
+def _graph_rows(ctx, overrides, ref, real, require_cuda: bool = True) -> list[dict]:
     """``model.cuda_graph=true`` (the step's solves and backward pass replayed as one CUDA graph): its gain over
     the eager step with reversible Heun, and midpoint / reversible Heun with both graphed, where launch overhead is
-    gone and what is left is the kernels themselves. CUDA only; a failure becomes the rows' finding."""
+    gone and what is left is the kernels themselves. CUDA only (``require_cuda=False``: the test suite runs them
+    with CPU stand-ins for the graph); a failure becomes the rows' finding."""
     whats = ("model.cuda_graph=true, reversible Heun: eager step time / graphed step time",
              "fast backend, both steps graphed (model.cuda_graph=true): time(midpoint) / time(reversible Heun)")
-    if ctx.device.type != "cuda":
+    if require_cuda and ctx.device.type != "cuda":
         return [{"what": w, "result": "skipped", "paper": "", "note": "needs a CUDA device"} for w in whats]
     try:
         models = {}
@@ -385,13 +393,41 @@ def _graph_rows(ctx, overrides, ref, real) -> list[dict]:
         note = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
         return [{"what": w, "result": "failed", "paper": "", "note": note} for w in whats]
     gain, mid = ratio(t["rh"], t["rh_graph"]), ratio(t["mid_graph"], t["rh_graph"])
+    per_step = _graph_per_step(ctx, overrides)
     ms = {name: 1e3 * sorted(v)[len(v) // 2] for name, v in t.items()}
     return [{"what": whats[0], "result": fmt_ratio(gain), "paper": "kept only where it gains", "data": gain,
              "note": f"median step: eager {ms['rh']:.2f} ms, graphed {ms['rh_graph']:.2f} ms; optimiser steps, "
                      "clipping and averaging stay eager"},
             {"what": whats[1], "result": fmt_ratio(mid), "paper": f"target >= {MID_TARGET}x (paper: up to 1.98x)",
              "data": mid, "note": f"median graphed step: midpoint {ms['mid_graph']:.2f} ms, reversible Heun "
-                                  f"{ms['rh_graph']:.2f} ms"}]
+                                  f"{ms['rh_graph']:.2f} ms; one more solver step, both graphed: {per_step}"}]
+
+
+def _graph_per_step(ctx, overrides) -> str:
+    """Cost of one more solver step with both methods' steps graphed (slope over three series lengths, as the
+    eager ``_marginal_row``), as a note: what the paper's half-the-evaluations argument predicts once launches
+    are gone."""
+    lengths = (17, 41, 65)
+    try:
+        runs = {}
+        for t_size in lengths:
+            ov = [*overrides, f"data.source.t_size={t_size}"]
+            rh, real = build_sdegan(ctx.device, ov, {"backend": "fast"})
+            mid, _ = build_sdegan(ctx.device, ov, {"backend": "fast", "method": "midpoint"})
+            mid.load_state_dict(rh.state_dict())
+            for name, m in (("rh", rh), ("mid", mid)):
+                m.cuda_graph = True
+                opts = bare_optimizers(m)
+                step = (lambda m=m, o=opts, x=real: sdegan_step(m, o, x))
+                for _ in range(4):  # warm-up steps and the capture
+                    step()
+                runs[f"{name}{t_size}"] = step
+        t = interleaved(runs, reps=6 if ctx.quick else 15, device=ctx.device, budget_s=25 if ctx.quick else 60)
+    except Exception as exc:  # reported in the note
+        return f"failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    slope, fixed = _per_step_fit(t, lengths)
+    return (f"{slope['mid'] / slope['rh']:.2f}x ({slope['mid'] * 1e6:.0f} vs {slope['rh'] * 1e6:.0f} us per step, "
+            f"fixed {fixed['mid'] * 1e3:.2f} vs {fixed['rh'] * 1e3:.2f} ms; T = {', '.join(map(str, lengths))})")
 
 
 def _compile_rows(ctx, overrides, ref, real) -> list[dict]:

@@ -8,6 +8,7 @@ stand-ins for the graph and streams. On a CUDA device (skipped without one): gra
 replays see new data and noise, and eager solves between replays leave them alone.
 """
 import contextlib
+import re
 import sys
 import threading
 from pathlib import Path
@@ -172,7 +173,8 @@ class _FakeStream:
 
 @pytest.fixture
 def fake_cuda(monkeypatch):
-    """GraphedStep's CUDA calls replaced by CPU stand-ins (``_FakeGraph``)."""
+    """GraphedStep's CUDA calls replaced by CPU stand-ins: returns this test's own ``_FakeGraph`` class."""
+    graph_class = type("FakeGraph", (_FakeGraph,), {})  # a test may set ``lossy`` on it
     capture = GraphedStep._capture
 
     def capture_and_link(self, inputs):
@@ -180,12 +182,12 @@ def fake_cuda(monkeypatch):
         self.graph.step = self
     monkeypatch.setattr(GraphedStep, "_capture", capture_and_link)
     monkeypatch.setattr(GraphedStep, "_require_cuda", staticmethod(lambda inputs: None))
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", graph_class)
     monkeypatch.setattr(torch.cuda, "graph", lambda graph: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "Stream", _FakeStream)
     monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _FakeStream())
-    return _FakeGraph
+    return graph_class
 
 
 def _train(model, batches, seed):
@@ -237,6 +239,23 @@ def test_a_capture_that_loses_writes_fails_on_its_first_replay(fake_cuda, tmp_pa
     fake_cuda.lossy = True
     with pytest.raises(RuntimeError, match=r"first replay differs from the eager step.*model\.cuda_graph=false"):
         _eager_and_graphed(tmp_path)
+
+
+def test_the_benchmark_graph_rows_run_with_stand_ins(fake_cuda, tmp_path):
+    # Bench row 8's graph rows only run on a GPU: run them here with the stand-ins, so that the first GPU session
+    # measures instead of debugging them.
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_fast
+    from _bench_utils import Ctx, build_sdegan
+
+    ctx = Ctx(device=torch.device("cpu"), quick=True, tmp=tmp_path)
+    overrides = ["data.source.n_paths=256", "data.batch_size=32"]
+    ref, real = build_sdegan(ctx.device, overrides, {"backend": "fast"})
+    rows = bench_fast._graph_rows(ctx, overrides, ref, real, require_cuda=False)
+    assert len(rows) == 2
+    for row in rows:
+        assert re.fullmatch(r"\d+\.\d\dx \(\d+\.\d\d-\d+\.\d\d\)", row["result"]), row
+    assert re.search(r"one more solver step, both graphed: \d+\.\d\dx \(", rows[1]["note"]), rows[1]["note"]
 
 
 # ------------------------------------------------------------------------------------------------ on a GPU
