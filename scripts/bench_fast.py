@@ -193,18 +193,28 @@ def _midpoint_solves_row(ctx, overrides, slow, fast, real) -> dict:
                     "argument is about; the full-step row above adds work both methods share"}
 
 
+LENGTHS = (17, 41, 65)  # series lengths of the per-solver-step fits
+
+
+def _method_pairs(ctx, overrides):
+    """``(t_size, reversible Heun model, midpoint model with the same weights, real batch)`` at each of
+    ``LENGTHS``, on the fast backend."""
+    for t_size in LENGTHS:
+        ov = [*overrides, f"data.source.t_size={t_size}"]
+        rh, real = build_sdegan(ctx.device, ov, {"backend": "fast"})
+        mid, _ = build_sdegan(ctx.device, ov, {"backend": "fast", "method": "midpoint"})
+        mid.load_state_dict(rh.state_dict())
+        yield t_size, rh, mid, real
+
+
 def _marginal_row(ctx, overrides) -> dict:
     """Cost of one more solver step: solves-only times at three series lengths, interleaved; the least-squares
     slope is the per-step cost (the paper's half-the-evaluations argument), the intercept the fixed per-solve
     cost. A difference of absolute times is what machine noise hits hardest, so each length's time is the fastest
     of its repetitions (noise only adds), not the median."""
-    lengths = (17, 41, 65)
+    lengths = LENGTHS
     runs = {}
-    for t_size in lengths:
-        ov = [*overrides, f"data.source.t_size={t_size}"]
-        rh, real = build_sdegan(ctx.device, ov, {"backend": "fast"})
-        mid, _ = build_sdegan(ctx.device, ov, {"backend": "fast", "method": "midpoint"})
-        mid.load_state_dict(rh.state_dict())
+    for t_size, rh, mid, real in _method_pairs(ctx, overrides):
         runs[f"rh{t_size}"] = (lambda m=rh, x=real: _solves(m, x))
         runs[f"mid{t_size}"] = (lambda m=mid, x=real: _solves(m, x))
     t = interleaved(runs, reps=4 if ctx.quick else 15, device=ctx.device, budget_s=25 if ctx.quick else 75)
@@ -407,14 +417,10 @@ def _graph_per_step(ctx, overrides) -> str:
     """Cost of one more solver step with both methods' steps graphed (slope over three series lengths, as the
     eager ``_marginal_row``), as a note: what the paper's half-the-evaluations argument predicts once launches
     are gone."""
-    lengths = (17, 41, 65)
+    lengths = LENGTHS
     try:
         runs = {}
-        for t_size in lengths:
-            ov = [*overrides, f"data.source.t_size={t_size}"]
-            rh, real = build_sdegan(ctx.device, ov, {"backend": "fast"})
-            mid, _ = build_sdegan(ctx.device, ov, {"backend": "fast", "method": "midpoint"})
-            mid.load_state_dict(rh.state_dict())
+        for t_size, rh, mid, real in _method_pairs(ctx, overrides):
             for name, m in (("rh", rh), ("mid", mid)):
                 m.cuda_graph = True
                 opts = bare_optimizers(m)
