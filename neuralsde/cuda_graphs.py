@@ -1,7 +1,7 @@
 """A training step's solves and backward pass captured once as a CUDA graph and replayed (``model.cuda_graph``).
 
 At the framework's sizes a GPU step is thousands of tiny kernels, and each costs a launch from Python whatever it
-computes (bench row 8 on an H200: the default experiment ran no faster than on 2 CPU cores). A graph replays the
+computes (bench row 7 on an H200: the default experiment ran no faster than on 2 CPU cores). A graph replays the
 recorded kernels without Python or launch overhead. What is captured must be free of host reads and host-to-device
 copies (``neuralsde.fast`` solves on Python time grids and cached index tensors for this) and of random draws: the
 caller draws the noise eagerly and passes it in, so a replay computes exactly what the eager step would.
