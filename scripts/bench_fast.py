@@ -152,9 +152,7 @@ def _fields_row(ctx, model, real) -> dict:
 def _solves(model, real):
     """Generator SDE and discriminator CDE, forward and adjoint backward: the solver work of a step, without
     the optimiser steps, clipping and weight averaging that both methods share."""
-    fake = model.generator(model.times, real.size(0))
-    scores = model.discriminator(torch.cat([fake, real]))
-    (scores[: fake.size(0)].mean() - scores[fake.size(0):].mean()).backward()
+    model.losses(real)[0].backward()
     model.zero_grad(set_to_none=True)
 
 

@@ -133,20 +133,27 @@ class SDEGAN(GenerativeModule):
         if self.lipschitz == "clip":
             clip_weights(self.discriminator)
 
-    def _losses(self, real: torch.Tensor, draws: tuple | None = None) -> tuple[torch.Tensor, ...]:
-        """``(d_loss, fake_score, fake)`` of the simultaneous update: one CDE solve over fake and real together
-        (per-step overhead, not arithmetic, dominates here). ``real``: the datamodule's NaN-filled paths."""
-        fake = self.generator(self.times, real.size(0), draws=draws)
-        scores = self.discriminator(torch.cat([fake, real]), filled=True)
-        fake_score = scores[: fake.size(0)].mean()
-        return fake_score - scores[fake.size(0):].mean(), fake_score, fake
+    @staticmethod
+    def _mean_scores(disc, first: torch.Tensor, second: torch.Tensor, solver: SolverConfig | None = None):
+        """Mean scores of ``first`` and ``second`` (NaN-free paths: generated, or the datamodule's filled ones)
+        from one CDE solve over both: per-step overhead, not arithmetic, dominates here."""
+        scores = disc(torch.cat([first, second]), solver, filled=True)
+        return scores[: first.size(0)].mean(), scores[first.size(0):].mean()
+
+    def losses(self, real: torch.Tensor, draws: tuple | None = None,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+        """``(d_loss, fake_score, fake)`` of the simultaneous update, for the datamodule's NaN-filled ``real``
+        paths; the generator's random inputs from ``draws`` (``Generator.draw``) or drawn from ``generator``."""
+        fake = self.generator(self.times, real.size(0), generator=generator, draws=draws)
+        fake_score, real_score = self._mean_scores(self.discriminator, fake, real)
+        return fake_score - real_score, fake_score, fake
 
     def _negate_generator_grads(self) -> None:
         torch._foreach_neg_([p.grad for p in self.generator.parameters()])  # one kernel, not one per tensor
 
     def _graph_step(self, real: torch.Tensor, noise: torch.Tensor, dw: torch.Tensor) -> tuple:
         """What ``model.cuda_graph`` captures: the losses and their backward pass, from drawn noise."""
-        d_loss, fake_score, _ = self._losses(real, (noise, dw))
+        d_loss, fake_score, _ = self.losses(real, (noise, dw))
         d_loss.backward()
         self._negate_generator_grads()
         return d_loss.detach(), fake_score.detach()
@@ -173,7 +180,7 @@ class SDEGAN(GenerativeModule):
             self._clip()
             g_loss = -fake_score
         elif self.update == "simultaneous":
-            d_loss, fake_score, fake = self._losses(real)
+            d_loss, fake_score, fake = self.losses(real)
             if not self.check_finite("train/d_loss", d_loss):
                 return
             self.manual_backward(d_loss + self._penalty(real, fake))
@@ -186,8 +193,8 @@ class SDEGAN(GenerativeModule):
             g_loss = -fake_score.detach()
         else:
             fake = self.generator(self.times, real.size(0))
-            scores = self.discriminator(torch.cat([fake.detach(), real]), filled=True)
-            d_loss = scores[: fake.size(0)].mean() - scores[fake.size(0):].mean()
+            fake_score, real_score = self._mean_scores(self.discriminator, fake.detach(), real)
+            d_loss = fake_score - real_score
             if not self.check_finite("train/d_loss", d_loss):
                 return
             opt_d.zero_grad(set_to_none=True)
@@ -217,8 +224,8 @@ class SDEGAN(GenerativeModule):
         with torch.no_grad():
             disc = self.averaged_discriminator.current
             fake = self.sample(real.size(0), generator=gen)
-            scores = disc(torch.cat([real, fake]), self.direct_solver)
-            return scores[: real.size(0)].mean() - scores[real.size(0):].mean()
+            real_score, fake_score = self._mean_scores(disc, real, fake, self.direct_solver)
+            return real_score - fake_score
 
     def validation_step(self, batch, batch_idx):
         _, real = batch

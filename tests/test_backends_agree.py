@@ -61,10 +61,7 @@ def _on_backend(model, backend: str):
 def _loss(model, batch):
     gen = torch.Generator().manual_seed(2)
     if model.family == "sdegan":
-        _, real = batch
-        fake = model.generator(model.times, real.size(0), generator=gen)
-        scores = model.discriminator(torch.cat([fake, real]))
-        return scores[: real.size(0)].mean() - scores[real.size(0):].mean()
+        return model.losses(batch[1], generator=gen)[0]
     paths, filled = batch
     log_lik, kl, _ = model.elbo_terms(paths, filled, gen)
     return (kl - log_lik).mean()
