@@ -29,5 +29,5 @@ class LatentSDEPlotCallback(pl.Callback):
         module.train(was_training)
         to_units = dm.to_data_units
         fig = plot_reconstruction(to_units(paths), to_units(rec.cpu()), to_units(prior.cpu()), dm.channel_names,
-                                  title=f"{module.family}, step {int(module.train_step)}")
+                                  title=f"{module.family}, step {module.steps_taken}")
         log_figure(trainer, fig, self.name, self.out_dir)

@@ -132,7 +132,7 @@ class LatentSDE(GenerativeModule):
     def kl_weight(self) -> float:
         if self.kl_anneal_steps <= 0:
             return 1.0
-        return min(1.0, float(self.train_step) / self.kl_anneal_steps)
+        return min(1.0, float(self.steps_taken) / self.kl_anneal_steps)
 
     def diffusion_mean(self, zs: torch.Tensor) -> torch.Tensor:
         """Mean diffusion along latent paths ``(batch, T, latent)``: the collapse diagnostic."""
@@ -145,7 +145,7 @@ class LatentSDE(GenerativeModule):
             self._warned_degenerate = True
             warnings.warn(
                 f"train/diffusion_mean={value:.3g} fell below model.diffusion_warn_threshold="
-                f"{self.diffusion_warn_threshold} at training step {int(self.train_step)}: the latent SDE is "
+                f"{self.diffusion_warn_threshold} at training step {self.steps_taken}: the latent SDE is "
                 "degenerating to an ODE. Usual remedies: a larger fixed floor (model.diffusion.floor=0.05), a longer "
                 "KL annealing (model.kl_anneal_steps), a lower learning rate for the diffusion "
                 "(model.optimizer.diffusion_lr_factor=0.1), or more observation noise (model.likelihood.scale, or "
@@ -159,13 +159,14 @@ class LatentSDE(GenerativeModule):
         loss = -(log_lik - beta * kl).mean()
         if not self.check_finite("train/loss", loss):
             return None
-        diff = self.diffusion_mean(zs)
-        self._check_diffusion(float(diff))
-        n = paths.size(0)
-        self.log_step({"train/loss": loss.detach()}, prog_bar=True, batch_size=n, sync_dist=True)
-        self.log_step({"train/elbo": (log_lik - kl).mean().detach(), "train/log_lik": log_lik.mean().detach(),
-                       "train/kl": kl.mean().detach(), "train/kl_weight": beta, "train/diffusion_mean": diff,
-                       "train/step": float(int(self.train_step) + 1)}, batch_size=n, sync_dist=True)
+        if self.writes_logs():  # the diagnostic costs a diffusion evaluation over every path and a host read
+            diff = self.diffusion_mean(zs)
+            self._check_diffusion(float(diff))
+            n = paths.size(0)
+            self.log_dict({"train/loss": loss.detach()}, prog_bar=True, batch_size=n, sync_dist=True)
+            self.log_dict({"train/elbo": (log_lik - kl).mean().detach(), "train/log_lik": log_lik.mean().detach(),
+                           "train/kl": kl.mean().detach(), "train/kl_weight": beta, "train/diffusion_mean": diff,
+                           "train/step": float(self.steps_taken + 1)}, batch_size=n, sync_dist=True)
         return loss
 
     def _eval_step(self, batch, batch_idx, stage: str) -> None:

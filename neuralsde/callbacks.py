@@ -39,11 +39,11 @@ class SamplePlotCallback(pl.Callback):
             fake = module.sample(self.n_paths, generator=torch.Generator().manual_seed(self.seed))
         to_units = trainer.datamodule.to_data_units
         fig = plot_samples(to_units(real), to_units(fake.cpu()), trainer.datamodule.channel_names,
-                           title=f"{module.family}, step {int(module.train_step)}")
+                           title=f"{module.family}, step {module.steps_taken}")
         log_figure(trainer, fig, name, self.out_dir)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        step = int(module.train_step)
+        step = module.steps_taken
         if self.every_n_steps and step % self.every_n_steps == 0:
             self._plot(trainer, module, f"samples_step{step:06d}")
 

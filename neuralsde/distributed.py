@@ -31,8 +31,8 @@ class RankConsistencyCheck(pl.Callback):
         for rank, other in enumerate(gathered):
             if not torch.equal(other, mine):
                 raise RuntimeError(f"Rank {dist.get_rank()} and rank {rank} hold different parameters after training "
-                                   f"step {int(pl_module.train_step)}.")
+                                   f"step {pl_module.steps_taken}.")
         self.checked += 1
         if self.out_file and trainer.is_global_zero:
             with open(self.out_file, "a") as f:
-                f.write(f"{int(pl_module.train_step)} {dist.get_world_size()} {float(mine.sum())!r}\n")
+                f.write(f"{pl_module.steps_taken} {dist.get_world_size()} {float(mine.sum())!r}\n")

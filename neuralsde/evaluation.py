@@ -94,7 +94,7 @@ class MetricsCallback(pl.Callback):
         self.history: dict[str, list[tuple[int, float]]] = {}
 
     def _log(self, module, stage: str, values: dict[str, float]) -> None:
-        step = int(module.train_step)
+        step = module.steps_taken
         for key, value in values.items():
             if value is None:
                 continue

@@ -20,7 +20,8 @@ class GenerativeModule(pl.LightningModule):
 
     Subclasses set ``family`` and implement ``train_batch(batch)`` (one training step) and
     ``sample(n, generator=None) -> (n, T, 1 + C)`` in normalised units. ``train_step`` counts training
-    batches (Lightning's ``global_step`` counts optimiser steps); training stops after ``train_steps``.
+    batches (Lightning's ``global_step`` counts optimiser steps) and ``steps_taken`` reads it; training stops
+    after ``train_steps``.
     Checkpoints carry the run config, every RNG state and the wandb run id, so a resumed run continues
     exactly as an uninterrupted one would on CPU.
     """
@@ -36,10 +37,20 @@ class GenerativeModule(pl.LightningModule):
         self.skip_nonfinite = bool(skip_nonfinite)
         self.register_buffer("times", times.float().clone())
         self.normalizer = normalizer
-        self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("train_step", torch.zeros((), dtype=torch.long))  # in the checkpoint's state dict
+        self._steps_taken: int | None = 0  # its value on the host; None: read it again (after loading weights)
+        self.register_load_state_dict_post_hook(_forget_steps_taken)
         self.run_config: dict | None = None  # set by neuralsde.training.build
         self._pending_rng: dict | None = None
         self._batch_start = 0.0
+
+    @property
+    def steps_taken(self) -> int:
+        """``train_step`` as a Python int, kept on the host: reading the buffer on a GPU waits for the device,
+        and the step loop asks for it several times per step."""
+        if self._steps_taken is None:
+            self._steps_taken = int(self.train_step)
+        return self._steps_taken
 
     @property
     def t_size(self) -> int:
@@ -61,6 +72,7 @@ class GenerativeModule(pl.LightningModule):
         out = self.train_batch(batch)
         # Counted here, not in on_train_batch_end: checkpoint callbacks run before the module's hooks.
         self.train_step += 1
+        self._steps_taken = self.steps_taken + 1
         return out
 
     def on_train_start(self) -> None:
@@ -73,20 +85,25 @@ class GenerativeModule(pl.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         elapsed = time.perf_counter() - self._batch_start
-        if int(self.train_step) >= self.train_steps:
+        if self.steps_taken >= self.train_steps:
             self.trainer.should_stop = True  # first: the last step's logs are written
         # Seconds per training step (tables take its median) and the dashboard's speed, in one logging call.
         self.log_step({"train/step_time": elapsed, "train/steps_per_s": 1.0 / max(elapsed, 1e-9)})
 
-    def log_step(self, metrics: dict, **kwargs) -> None:
-        """``log_dict`` of per-step training scalars, called only on the steps whose logs Lightning writes (every
-        ``trainer.log_every_n_steps``, and the last): on the others a value would only be overwritten, and
-        Lightning's ``log`` costs enough per key to be 7% of a fast-backend SDE-GAN step (bench row 6). The
-        progress bar shows the values of the last written step."""
+    def writes_logs(self) -> bool:
+        """True on the training steps whose logs Lightning writes (every ``trainer.log_every_n_steps``, and the
+        last): on the others a logged value would only be overwritten, so per-step diagnostics can skip their
+        work there."""
         trainer = self._trainer
         connector = None if trainer is None else getattr(trainer, "_logger_connector", None)
-        if (connector is None or trainer.fast_dev_run or connector.should_update_logs
-                or int(self.train_step) + 1 >= self.train_steps):
+        return (connector is None or trainer.fast_dev_run or connector.should_update_logs
+                or self.steps_taken + 1 >= self.train_steps)
+
+    def log_step(self, metrics: dict, **kwargs) -> None:
+        """``log_dict`` of per-step training scalars on the steps that ``writes_logs``: Lightning's ``log`` costs
+        enough per key to be 7% of a fast-backend SDE-GAN step (bench row 6). The progress bar shows the values
+        of the last written step."""
+        if self.writes_logs():
             self.log_dict(metrics, **kwargs)
 
     def check_finite(self, name: str, value: torch.Tensor) -> bool:
@@ -94,7 +111,7 @@ class GenerativeModule(pl.LightningModule):
         if torch.isfinite(value).all():
             return True
         message = (f"{name} is {value.item() if value.numel() == 1 else 'non-finite'} at training step "
-                   f"{int(self.train_step)}. Likely causes: a learning rate too high, Lipschitz control off, "
+                   f"{self.steps_taken}. Likely causes: a learning rate too high, Lipschitz control off, "
                    "or NaNs reaching the model from the data.")
         if self.skip_nonfinite:
             rank_zero_warn(message + " Skipping this batch (model.skip_nonfinite=true).")
@@ -116,7 +133,7 @@ class GenerativeModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The run's resolved config travels with the weights, so eval.py and sample.py can rebuild the model.
         checkpoint["neuralsde"] = {"family": self.family, "format": CHECKPOINT_FORMAT,
-                                   "train_step": int(self.train_step), "config": self.run_config,
+                                   "train_step": self.steps_taken, "config": self.run_config,
                                    "rng": _get_rng_states(), "wandb_id": self._wandb_id()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -135,6 +152,10 @@ class GenerativeModule(pl.LightningModule):
             if type(logger).__name__ == "WandbLogger":
                 return logger.experiment.id
         return None
+
+
+def _forget_steps_taken(module: GenerativeModule, incompatible_keys) -> None:
+    module._steps_taken = None  # the buffer may have been replaced: read it on next use
 
 
 def _get_rng_states() -> dict:

@@ -38,7 +38,7 @@ class StepProgressBar(TQDMProgressBar):
         # a resumed run starts where it stopped
         interval = self.refresh_interval_s
         self._interval = float(interval) if interval is not None else 0.1 if sys.stdout.isatty() else 10.0
-        return self._bar(module.family, module.train_steps, initial=int(module.train_step), unit="step", smoothing=0)
+        return self._bar(module.family, module.train_steps, initial=module.steps_taken, unit="step", smoothing=0)
 
     def init_test_tqdm(self) -> Tqdm:
         batches = self.trainer.num_test_batches
@@ -65,7 +65,7 @@ class StepProgressBar(TQDMProgressBar):
         bar = self.train_progress_bar
         if bar is None or bar.disable:
             return
-        n = int(pl_module.train_step)  # already advanced by training_step
+        n = pl_module.steps_taken  # already advanced by training_step
         bar.n = n  # always counted: closing the bar draws the last count and metrics
         now = time.monotonic()
         if n < bar.total and self._should_update(n, bar.total) and now - self._last_draw >= self._interval:

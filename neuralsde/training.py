@@ -119,7 +119,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     result = {k: float(v) for k, v in metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     tested = {k: v for k, v in result.items() if k.startswith("test/")}
     if tested and trainer.is_global_zero:
-        print_metrics_table(tested, f"{model.family}, test split, after {int(model.train_step)} steps")
+        print_metrics_table(tested, f"{model.family}, test split, after {model.steps_taken} steps")
     log.info("Output directory: %s", out_dir)
     return result
 

@@ -202,13 +202,13 @@ class SDEGAN(GenerativeModule):
             opt_d.step()
             self._clip()
             g_loss = None
-            if int(self.train_step) % self.n_critic == 0:
+            if self.steps_taken % self.n_critic == 0:
                 g_loss = -self.discriminator(self.generator(self.times, real.size(0)), filled=True).mean()
                 opt_g.zero_grad(set_to_none=True)
                 self.manual_backward(g_loss)
                 opt_g.step()
                 opt_d.zero_grad(set_to_none=True)
-        step = int(self.train_step)
+        step = self.steps_taken
         self.averaged_generator.update(step)
         self.averaged_discriminator.update(step)
         losses = {"train/d_loss": d_loss.detach()}

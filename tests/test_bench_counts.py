@@ -60,7 +60,8 @@ def test_dispatch_census_no_host_reads_per_step_and_half_of_midpoints_dispatches
     res = {m: split(m, (9, 17), torch.device("cpu"), batch=16, foreach=True) for m in ("reversible_heun", "midpoint")}
     rh, mid = res["reversible_heun"], res["midpoint"]
     assert rh["host_reads"][0] == 0 and mid["host_reads"][0] == 0  # no sync inside the solver loops
-    # per training step: the loss check and the step counter (the solves read nothing: model.cuda_graph)
-    assert rh["host_reads"][1] <= 2
+    # per training step: the loss check only (the solves read nothing: model.cuda_graph; the step counter is
+    # kept on the host: GenerativeModule.steps_taken)
+    assert rh["host_reads"][1] <= 1 and mid["host_reads"][1] <= 1
     assert 1.85 <= mid["dispatches"][0] / rh["dispatches"][0] <= 2.0  # the fused steps: about half of midpoint's
     assert abs(mid["dispatches"][1] - rh["dispatches"][1]) <= 0.05 * rh["dispatches"][1]  # shared set-up

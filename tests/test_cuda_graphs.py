@@ -89,7 +89,7 @@ def test_the_captured_step_reads_nothing_on_the_host(method, tmp_path):
         d_loss, _ = model._graph_step(real, *draws)
     assert seen == []
     assert torch.isfinite(d_loss)
-    # nor do the eager step's solves (its loss check and step counter read, outside them)
+    # nor do the eager step's solves (its loss check reads, outside them)
     with no_host_transfers() as seen:
         model.losses(real)
     assert seen == []

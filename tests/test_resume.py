@@ -27,6 +27,22 @@ def _run(tmp_path, name, steps, ckpt_path=None, overrides=()):
     return log, state
 
 
+def test_host_step_count_follows_the_buffer_through_steps_and_loads(tmp_path):
+    # steps_taken mirrors the train_step buffer on the host (a read of the buffer waits for a GPU); loading weights
+    # (resume, eval.py) must refresh it, or a resumed run would restart its data and its stopping count at zero.
+    from neuralsde.training import build
+
+    _, model = build(shrink(compose_config([]), tmp_path, steps=5))
+    _, other = build(shrink(compose_config([]), tmp_path, steps=5))
+    model.train_batch = lambda batch: None  # the counting is the base class's, around any step
+    for _ in range(3):
+        model.training_step(None, 0)
+    assert model.steps_taken == 3 and int(model.train_step) == 3
+    assert other.steps_taken == 0
+    other.load_state_dict(model.state_dict())
+    assert other.steps_taken == 3
+
+
 ALTERNATING = pytest.param(("model.update=alternating", "model.n_critic=2"), marks=pytest.mark.slow)
 
 

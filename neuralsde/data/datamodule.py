@@ -92,7 +92,7 @@ class TimeSeriesDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # Endless and resumable: a resumed run continues from the model's own step counter.
         module = self.trainer.lightning_module if self.trainer is not None else None
-        start = int(getattr(module, "train_step", 0))
+        start = getattr(module, "steps_taken", 0)
         data = StepBatches((self.train, self.filled["train"]), self.batch_size, self.seed, start)
         return DataLoader(data, batch_size=None, num_workers=0,  # in memory; workers would repeat batches
                           generator=_private_generator(self.seed))
