@@ -2,6 +2,8 @@
 import hydra
 from omegaconf import DictConfig
 
+import neuralsde  # noqa: F401  (registers the config resolvers)
+
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> None:

@@ -24,9 +24,9 @@ TINY = ["data.source.n_paths=64", "data.source.t_size=16", "data.batch_size=16",
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "2"}
 
 
-def train_py(*overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=timeout)
+def train_py(*overrides: str, timeout: int = 600, cwd=ROOT) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -45,8 +45,11 @@ def hydra_cfg(overrides: list[str]):
 # --- a real multirun (basic launcher) and its aggregation ------------------------------------------------
 @pytest.fixture(scope="module")
 def multirun(tmp_path_factory):
-    sweep = tmp_path_factory.mktemp("multirun") / "sweep"
-    train_py("-m", "seed=0,1", *TINY, f"hydra.sweep.dir={sweep}")
+    # As a user types it, from the directory the runs go under: no sweep directory given, so the sweeper resolves
+    # the default one (under paths.root_dir) before any job has a Hydra config.
+    start = tmp_path_factory.mktemp("multirun")
+    train_py("-m", "seed=0,1", *TINY, cwd=start)
+    (sweep,) = (start / "logs" / "train" / "multiruns").iterdir()
     return sweep
 
 
