@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from neuralsde.errors import CheckpointError
 
@@ -34,6 +35,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` always ends as the final weights: Lightning rewrites it
+    only beside a periodic save, so the steps after the last ``every_n_train_steps`` were in no checkpoint, and
+    eval.py, sample.py and a resume read another model than the one the test stage scored."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        super().on_train_end(trainer, pl_module)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

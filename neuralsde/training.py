@@ -94,6 +94,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     _quiet_known_warnings()
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
+    _refuse_used_run_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     if cfg.get("extras", {}).get("print_config"):
@@ -122,6 +123,21 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         print_metrics_table(tested, f"{model.family}, test split, after {model.steps_taken} steps")
     log.info("Output directory: %s", out_dir)
     return result
+
+
+def _refuse_used_run_dir(out_dir: Path) -> None:
+    """Runs never overwrite each other: a run directory given by hand (``hydra.run.dir``) that already holds a run
+    would get its config and metrics replaced while its checkpoints stayed beside new ones (``last-v1.ckpt``)."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # DDP's other processes start in the directory the first one has just set up
+        return
+    used = [p.name for p in (out_dir / "config.yaml", out_dir / "checkpoints") if p.exists()]
+    if used:
+        raise ConfigError(f"The run directory {str(out_dir)!r} already holds a run ({', '.join(used)}). Runs never "
+                          "overwrite each other. Fix: choose a new hydra.run.dir (left unset, every run gets its own "
+                          "timestamped directory) or delete the old run; to continue it, pass "
+                          f"ckpt_path={out_dir / 'checkpoints' / 'last.ckpt'} with another hydra.run.dir.")
 
 
 def _check_trainer_limits(cfg: DictConfig) -> None:
@@ -161,6 +177,11 @@ def _check_resume_compatible(ckpt_path: str, model) -> None:
     if ckpt["neuralsde"]["family"] != model.family:
         raise CheckpointError(f"{ckpt_path!r} holds a {ckpt['neuralsde']['family']!r} model but this config builds "
                               f"a {model.family!r} model. Fix: resume with the experiment that wrote it.")
+    done = int(ckpt["neuralsde"].get("train_step", 0))
+    if done >= model.train_steps:
+        raise ConfigError(f"{ckpt_path!r} has already trained {done} steps and model.train_steps={model.train_steps}: "
+                          f"nothing is left to train. Fix: raise model.train_steps (e.g. model.train_steps="
+                          f"{2 * done}) to train further, or evaluate it with python eval.py ckpt_path={ckpt_path}.")
     own, theirs = model.state_dict(), ckpt["state_dict"]
     differ = [k for k in own if k not in theirs or theirs[k].shape != own[k].shape]
     data_changed = "times" in theirs and (theirs["times"].shape != own["times"].shape

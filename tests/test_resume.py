@@ -7,7 +7,7 @@ import torch
 from omegaconf import open_dict
 
 from neuralsde.checkpoints import AtomicCheckpointIO, read_checkpoint
-from neuralsde.errors import CheckpointError, TrainingDivergedError
+from neuralsde.errors import CheckpointError, ConfigError, TrainingDivergedError
 from neuralsde.training import train
 from tests.conftest import compose_config, shrink
 
@@ -107,6 +107,20 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monke
     assert int(read_checkpoint(tmp_path / "checkpoints" / "step000008.ckpt")["state_dict"]["train_step"]) == 4
 
 
+def test_last_checkpoint_holds_the_final_weights(tmp_path):
+    # A periodic save at training step 4 (8 optimiser steps), then one more step: last.ckpt must be step 5's, the
+    # weights the test stage scores and eval.py, sample.py and a resume read.
+    cfg = shrink(compose_config(), tmp_path, steps=5)
+    with open_dict(cfg):
+        cfg.test = False
+        cfg.trainer.val_check_interval = 1000
+        cfg.callbacks.model_checkpoint.every_n_train_steps = 8
+    train(cfg)
+    last = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert int(last["state_dict"]["train_step"]) == 5 and last["global_step"] == 10
+    assert int(read_checkpoint(tmp_path / "checkpoints" / "step000008.ckpt")["state_dict"]["train_step"]) == 4
+
+
 def test_skip_nonfinite_option_skips_bad_batches(tmp_path, monkeypatch):
     from sdegan.components import discriminator as disc_mod
 
@@ -127,6 +141,18 @@ def test_skip_nonfinite_option_skips_bad_batches(tmp_path, monkeypatch):
         train(cfg)
     for p in read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["state_dict"].values():
         assert torch.isfinite(p.float()).all()
+
+
+def test_a_used_run_dir_and_a_finished_checkpoint_are_refused(tmp_path):
+    _run(tmp_path, "a", 2)
+    before = (tmp_path / "a" / "csv" / "metrics.csv").read_text()
+    with pytest.raises(ConfigError, match="already holds a run .*hydra.run.dir"):  # the same directory again
+        _run(tmp_path, "a", 2)
+    assert (tmp_path / "a" / "csv" / "metrics.csv").read_text() == before
+    assert sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir()) == ["last.ckpt"]
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match="already trained 2 steps .*nothing is left to train.*train_steps=4"):
+        _run(tmp_path, "b", 2, last)
 
 
 def test_resume_refuses_other_model_size(tmp_path):
