@@ -45,6 +45,7 @@ class SDEGAN(GenerativeModule):
         self.solver.check_grid(torch.arange(self.t_size, dtype=torch.float32))
         self.lipschitz, self.gp_lambda = check_method(lipschitz), float(gp_lambda)
         self.update, self.n_critic = update, int(n_critic)
+        self._last_g_loss: torch.Tensor | None = None
         self.optimizer_cfg = dict(optimizer)
         for key in ("g_lr", "d_lr"):
             if not float(self.optimizer_cfg.get(key, 0)) > 0:
@@ -211,9 +212,11 @@ class SDEGAN(GenerativeModule):
         step = self.steps_taken
         self.averaged_generator.update(step)
         self.averaged_discriminator.update(step)
-        losses = {"train/d_loss": d_loss.detach()}
         if g_loss is not None:
-            losses["train/g_loss"] = g_loss.detach()
+            self._last_g_loss = g_loss.detach()
+        losses = {"train/d_loss": d_loss.detach()}
+        if self._last_g_loss is not None:  # alternating: the latest generator step's, or a written step may have none
+            losses["train/g_loss"] = self._last_g_loss
         self.log_step(losses, prog_bar=True, sync_dist=True)
         self.log_step({"train/step": float(step + 1)})
 

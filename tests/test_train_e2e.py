@@ -73,6 +73,17 @@ def test_options_train(tiny_cfg, overrides):
     assert metrics["train/d_loss"] == metrics["train/d_loss"]  # finite, not NaN
 
 
+def test_alternating_updates_log_the_latest_generator_loss(tiny_cfg, tmp_path):
+    # The generator steps on steps 0, 3, 6 and logs are written after steps 2, 5 (never a generator step).
+    cfg = tiny_cfg(["model.update=alternating", "model.n_critic=3"], steps=6)
+    with open_dict(cfg):
+        cfg.test = False
+        cfg.trainer.log_every_n_steps = 3
+    train(cfg)
+    log = pd.read_csv(tmp_path / "csv" / "metrics.csv")
+    assert log["train/g_loss"].notna().sum() == log["train/d_loss"].notna().sum() >= 2
+
+
 def test_step_logs_only_on_written_steps_give_the_same_csv(tiny_cfg, tmp_path, monkeypatch):
     """``log_step`` skips Lightning's ``log`` on steps whose logs are never written: the CSV is what logging every
     step gives, with far fewer calls."""
