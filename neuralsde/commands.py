@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from neuralsde.checkpoints import load_model
 from neuralsde.errors import ConfigError
-from neuralsde.evaluation import evaluate, print_metrics_table
+from neuralsde.evaluation import check_n_samples, evaluate, print_metrics_table
 from neuralsde.metrics import check_metric_names
 
 log = logging.getLogger(__name__)
@@ -21,8 +21,9 @@ OUTPUT_FORMATS = (".csv", ".npz", ".parquet")
 def run_eval(cfg: DictConfig) -> dict[str, float]:
     """Full metric suite on a checkpoint; prints a table and writes ``metrics.json`` in the run directory."""
     names = check_metric_names(cfg.metrics)
+    n_samples = check_n_samples(cfg.n_samples, "n_samples")
     model, datamodule, train_cfg = load_model(cfg.ckpt_path, list(cfg.cfg_overrides))
-    values, _ = evaluate(model, datamodule, metrics=names, n_samples=int(cfg.n_samples), seed=int(cfg.seed),
+    values, _ = evaluate(model, datamodule, metrics=names, n_samples=n_samples, seed=int(cfg.seed),
                          options=metric_options(train_cfg, cfg.options), reference=True, progress=True)
     values = {f"test/{k}": v for k, v in values.items() if v is not None}
     out = Path(cfg.paths.output_dir)

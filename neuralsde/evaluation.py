@@ -8,6 +8,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 
 from neuralsde.callbacks import log_figure
+from neuralsde.errors import bad_option
 from neuralsde.metrics import CHEAP_METRICS, METRICS, check_metric_names, compute_metrics
 from neuralsde.metrics.suite import make_options
 
@@ -36,6 +37,13 @@ def evaluate(model, datamodule, *, metrics, n_samples: int, seed: int, options: 
             ref = compute_metrics(cheap, None, paths["real_test"], None, train, seed=seed, options=options)
             values.update({f"ref_{k}": v for k, v in ref.items()})
     return values, paths
+
+
+def check_n_samples(value, option: str) -> int:
+    """``value`` as a path count of at least 2 (an unbiased MMD and a held-out split need two paths a side)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise bad_option(option, value, "an integer of at least 2 (paths per evaluation)", f"e.g. {option}=256")
+    return value
 
 
 def _evaluate(model, datamodule, names, n_samples, seed, options, split, progress):
@@ -89,7 +97,8 @@ class MetricsCallback(pl.Callback):
         self.out_dir = out_dir
         self.val_metrics = check_metric_names(val_metrics, allow_training=False)
         self.test_metrics = check_metric_names(test_metrics)
-        self.n_samples, self.seed, self.options = n_samples, seed, dict(options or {})
+        self.n_samples = check_n_samples(n_samples, "callbacks.metrics.n_samples")
+        self.seed, self.options = seed, dict(options or {})
         make_options(**self.options)  # unknown options fail at construction, not mid-run
         self.history: dict[str, list[tuple[int, float]]] = {}
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
@@ -116,9 +117,17 @@ class GenerativeModule(pl.LightningModule):
         if self.skip_nonfinite:
             rank_zero_warn(message + " Skipping this batch (model.skip_nonfinite=true).")
             return False
-        raise TrainingDivergedError(message + " The last good checkpoint is kept in the run's checkpoints/ folder; "
-                                    "resume from it with ckpt_path=... after lowering the learning rate, or set "
-                                    "model.skip_nonfinite=true to skip such batches.")
+        last = self._last_checkpoint()
+        where = (f" The last checkpoint written before this step is kept: resume from it with ckpt_path={last} after "
+                 "lowering the learning rate," if last else " No checkpoint was written before this step. Fix: lower "
+                 "the learning rate and train again,")
+        raise TrainingDivergedError(message + where + " or set model.skip_nonfinite=true to skip such batches.")
+
+    def _last_checkpoint(self) -> str | None:
+        """The newest checkpoint this run has written, if any."""
+        callback = None if self._trainer is None else self._trainer.checkpoint_callback
+        path = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+        return path if path and Path(path).is_file() else None
 
     # --- sampling ----------------------------------------------------------------------------------
     @torch.no_grad()

@@ -109,6 +109,16 @@ def test_eval_refuses_unknown_metric(sdegan_run, tmp_path):
         run_eval(cfg)
 
 
+def test_too_few_evaluation_paths_are_refused_before_any_work(sdegan_run, tmp_path):
+    from neuralsde.evaluation import MetricsCallback
+
+    cfg = _cmd_cfg("eval", tmp_path, ckpt_path=str(sdegan_run / "checkpoints" / "last.ckpt"), n_samples=1)
+    with pytest.raises(ConfigError, match="n_samples=1 is not valid: expected an integer of at least 2"):
+        run_eval(cfg)
+    with pytest.raises(ConfigError, match="callbacks.metrics.n_samples=0 is not valid"):  # before training starts
+        MetricsCallback(str(tmp_path), n_samples=0)
+
+
 def test_checkpoint_errors(sdegan_run, tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "nope.ckpt")

@@ -43,6 +43,14 @@ def test_host_step_count_follows_the_buffer_through_steps_and_loads(tmp_path):
     assert other.steps_taken == 3
 
 
+def test_divergence_before_any_checkpoint_does_not_point_at_one(tmp_path):
+    from neuralsde.training import build
+
+    _, model = build(shrink(compose_config([]), tmp_path))
+    with pytest.raises(TrainingDivergedError, match="No checkpoint was written before this step. Fix: lower"):
+        model.check_finite("train/d_loss", torch.tensor(float("nan")))
+
+
 ALTERNATING = pytest.param(("model.update=alternating", "model.n_critic=2"), marks=pytest.mark.slow)
 
 
@@ -102,7 +110,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monke
         cfg.test = False
         cfg.trainer.val_check_interval = 1000
         cfg.callbacks.model_checkpoint.every_n_train_steps = 2
-    with pytest.raises(TrainingDivergedError, match="at training step 4"):
+    with pytest.raises(TrainingDivergedError, match="at training step 4.*resume from it with ckpt_path=.*last.ckpt"):
         train(cfg)
     assert int(read_checkpoint(tmp_path / "checkpoints" / "step000008.ckpt")["state_dict"]["train_step"]) == 4
 
