@@ -72,12 +72,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
 def checkpoint_config(ckpt: dict, overrides: list[str] | None = None) -> DictConfig:
     """The training config stored in a checkpoint, with dotlist ``overrides`` (e.g. ``paths.data_dir=...``)."""
-    saved = ckpt["neuralsde"].get("config")
+    meta = ckpt["neuralsde"]
+    saved = meta.get("config_source") or meta.get("config")  # older checkpoints: the resolved config only
     if saved is None:
         raise CheckpointError("The checkpoint holds no training config. Fix: use a checkpoint from `train.py`.")
     cfg = OmegaConf.create(saved)
     if overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    OmegaConf.resolve(cfg)  # overrides reach the values interpolated from them (paths.data_dir -> data.source)
     target = cfg.model.get("_target_")
     family = ckpt["neuralsde"]["family"]
     if target != FAMILY_TARGETS[family]:

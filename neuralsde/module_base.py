@@ -41,7 +41,8 @@ class GenerativeModule(pl.LightningModule):
         self.register_buffer("train_step", torch.zeros((), dtype=torch.long))  # in the checkpoint's state dict
         self._steps_taken: int | None = 0  # its value on the host; None: read it again (after loading weights)
         self.register_load_state_dict_post_hook(_forget_steps_taken)
-        self.run_config: dict | None = None  # set by neuralsde.training.build
+        self.run_config: dict | None = None  # set by neuralsde.training.build, resolved
+        self.run_config_source: dict | None = None  # the same with interpolations kept (training.config_source)
         self._pending_rng: dict | None = None
         self._batch_start = 0.0
 
@@ -143,6 +144,7 @@ class GenerativeModule(pl.LightningModule):
         # The run's resolved config travels with the weights, so eval.py and sample.py can rebuild the model.
         checkpoint["neuralsde"] = {"family": self.family, "format": CHECKPOINT_FORMAT,
                                    "train_step": self.steps_taken, "config": self.run_config,
+                                   "config_source": self.run_config_source,
                                    "rng": _get_rng_states(), "wandb_id": self._wandb_id()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

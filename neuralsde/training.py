@@ -49,7 +49,18 @@ def build(cfg: DictConfig):
     model = instantiate(cfg.model, times=datamodule.times, normalizer=datamodule.normalizer,
                                     solver=solver, _convert_="all")
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    model.run_config_source = config_source(cfg)
     return datamodule, model
+
+
+def config_source(cfg: DictConfig) -> dict:
+    """``cfg`` with its interpolations kept, except under ``paths`` (Hydra's run-time values, resolved): what a
+    checkpoint needs so that ``eval.py``'s ``cfg_overrides=["paths.data_dir=..."]`` reaches every value derived
+    from it, as the same override does on the command line."""
+    source = OmegaConf.to_container(cfg, resolve=False)
+    if "paths" in cfg:
+        source["paths"] = OmegaConf.to_container(cfg.paths, resolve=True)
+    return source
 
 
 def _quiet_known_warnings() -> None:

@@ -103,6 +103,19 @@ def test_sample_refuses_bad_input(sdegan_run, tmp_path):
     assert existing.read_text() == "precious\n"
 
 
+def test_checkpoint_config_overrides_reach_what_is_derived_from_them(sdegan_run, tmp_path):
+    from neuralsde.checkpoints import checkpoint_config
+    from neuralsde.training import config_source
+
+    ckpt = read_checkpoint(sdegan_run / "checkpoints" / "last.ckpt")
+    assert OmegaConf.to_container(checkpoint_config(ckpt)) == ckpt["neuralsde"]["config"]  # same run without overrides
+    # the README's eval.py cfg_overrides=["paths.data_dir=/elsewhere"] on a run whose data come from data_dir
+    cfg = shrink(compose_config(["experiment=air_quality_sdegan"]), tmp_path)
+    ckpt = {"neuralsde": {"family": "sdegan", "config_source": config_source(cfg)}}
+    moved = checkpoint_config(ckpt, ["paths.data_dir=/elsewhere"])
+    assert moved.data.source.data_dir == "/elsewhere" and moved.paths.data_dir == "/elsewhere"
+
+
 def test_eval_refuses_unknown_metric(sdegan_run, tmp_path):
     cfg = _cmd_cfg("eval", tmp_path, ckpt_path=str(sdegan_run / "checkpoints" / "last.ckpt"), metrics=["fid"])
     with pytest.raises(ConfigError, match="fid"):
