@@ -63,6 +63,7 @@ def run_sample(cfg: DictConfig) -> Path:
     path = check_output(cfg.out, bool(cfg.overwrite))
     model, datamodule, _ = load_model(cfg.ckpt_path, list(cfg.cfg_overrides))
     paths = _sample_with_progress(model, int(cfg.n), int(cfg.batch_size), int(cfg.seed))
+    paths[..., 0] = datamodule.source_times.to(paths.dtype)  # the model's time channel -> the data's own times
     write_paths(path, paths, datamodule.channel_names)
     log.info("Wrote %d paths to %s", len(paths), path)
     return path

@@ -146,6 +146,25 @@ def test_checkpoint_errors(sdegan_run, tmp_path):
         load_model(sdegan_run / "checkpoints" / "last.ckpt", ["model.generator.hidden_size=7"])
 
 
+def test_samples_carry_the_datas_own_times(tmp_path):
+    # A CSV observed every half hour: samples come back at 0, 0.5, ..., 3.5 whether the model's time channel is
+    # the observation index or the source's times in units of their gap.
+    rows = [f"{i},{0.5 * k},{np.sin(i + k):.4f}" for i in range(40) for k in range(8)]
+    data = tmp_path / "half_hourly.csv"
+    data.write_text("id,t,v\n" + "\n".join(rows) + "\n")
+    for unit in ("index", "source"):
+        cfg = shrink(compose_config(["data=csv", f"data.source.path={data}", "data.source.time_column=t",
+                                     "data.source.id_column=id", f"data.time_unit={unit}"]), tmp_path / unit)
+        with open_dict(cfg):
+            cfg.test = False
+            cfg.callbacks.pop("metrics")
+        train(cfg)
+        out = tmp_path / f"{unit}.npz"
+        run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=str(tmp_path / unit / "checkpoints" / "last.ckpt"), n=3,
+                            out=str(out)))
+        assert np.allclose(np.load(out)["times"], np.arange(8) * 0.5)
+
+
 def test_eval_entry_point_runs(sdegan_run, tmp_path):
     # The real command line, as a user types it (Hydra parses the overrides).
     ckpt = sdegan_run / "checkpoints" / "last.ckpt"

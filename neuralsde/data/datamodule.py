@@ -27,7 +27,8 @@ class TimeSeriesDataModule(pl.LightningDataModule):
     data with NaNs filled by linear interpolation in time (torchcde's ``linear_interpolation_coeffs``),
     computed once here because it costs more than a discriminator evaluation when done per batch.
 
-    After ``setup()``: ``times`` ``(T,)`` (the time channel), ``data_size`` ``C``, ``channel_names``,
+    After ``setup()``: ``times`` ``(T,)`` (the time channel), ``source_times`` ``(T,)`` (the same observation
+    times in the source's units, e.g. the CSV's), ``data_size`` ``C``, ``channel_names``,
     ``normalizer`` (fitted on the training split only), and ``train``/``val``/``test`` tensors, each in a
     seeded random order whatever ``split_by`` (so that a prefix of a split is a random sample of it).
     """
@@ -71,6 +72,7 @@ class TimeSeriesDataModule(pl.LightningDataModule):
         check_batch_size(self.batch_size, len(idx[0]))
         self.normalizer = Normalizer.fit(train_raw, self.normalize)
         self.times = time_channel(raw.times, self.time_unit)
+        self.source_times = raw.times.double().clone()  # the observation times in the data's own units
         self.data_size, self.channel_names = c, list(raw.channel_names)
         self.split_indices = dict(zip(("train", "val", "test"), idx, strict=False))
         self.train, self.val, self.test = (self._with_time(self.normalizer(raw.values[i])) for i in idx)
