@@ -51,6 +51,10 @@ class RunCheckpoint(ModelCheckpoint):
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load a checkpoint file onto the CPU, or raise a CheckpointError saying what is wrong with it."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        inside = next((p for p in (path / "checkpoints" / "last.ckpt", path / "last.ckpt") if p.is_file()), None)
+        hint = f"e.g. {inside}" if inside else "e.g. logs/train/runs/<run>/checkpoints/last.ckpt"
+        raise CheckpointError(f"Checkpoint {str(path)!r} is a directory. Fix: pass a .ckpt file, {hint}.")
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {str(path)!r} does not exist. Fix: pass the path of a .ckpt file, e.g. "
                               "logs/train/runs/<run>/checkpoints/last.ckpt.")

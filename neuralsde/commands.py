@@ -50,6 +50,8 @@ def check_output(out: str, overwrite: bool) -> Path:
     if path.suffix not in OUTPUT_FORMATS:
         raise ConfigError(f"out={out!r} has extension {path.suffix!r}; expected one of {OUTPUT_FORMATS}. "
                           "Fix: name the file e.g. samples.csv, samples.npz or samples.parquet.")
+    if path.is_dir():
+        raise ConfigError(f"out={out!r} is a directory. Fix: name a file, e.g. out={path / ('samples' + path.suffix)}.")
     if path.exists() and not overwrite:
         raise ConfigError(f"out={out!r} already exists and would be overwritten. Fix: choose another file name or "
                           "pass overwrite=true.")

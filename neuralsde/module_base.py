@@ -11,7 +11,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
 from neuralsde.data.preprocessing import Normalizer
-from neuralsde.errors import CheckpointError, TrainingDivergedError
+from neuralsde.errors import CheckpointError, TrainingDivergedError, bad_option
 
 CHECKPOINT_FORMAT = 1
 
@@ -32,8 +32,8 @@ class GenerativeModule(pl.LightningModule):
     def __init__(self, times: torch.Tensor, normalizer: Normalizer, train_steps: int,
                  skip_nonfinite: bool = False):
         super().__init__()
-        if int(train_steps) < 1:
-            raise ValueError(f"model.train_steps={train_steps} must be a positive integer. Fix: e.g. 500.")
+        if isinstance(train_steps, bool) or not isinstance(train_steps, int) or train_steps < 1:
+            raise bad_option("model.train_steps", train_steps, "a positive integer", "e.g. model.train_steps=500")
         self.train_steps = int(train_steps)
         self.skip_nonfinite = bool(skip_nonfinite)
         self.register_buffer("times", times.float().clone())

@@ -103,7 +103,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def _train(cfg: DictConfig) -> dict[str, float]:
     _quiet_known_warnings()
-    pl.seed_everything(cfg.seed, workers=True)
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise bad_option("seed", seed, "an integer", "e.g. seed=0")
+    pl.seed_everything(seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     _refuse_used_run_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

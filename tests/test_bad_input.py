@@ -4,7 +4,7 @@ import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 
-from neuralsde.errors import ConfigError
+from neuralsde.errors import CheckpointError, ConfigError
 from neuralsde.solver import SolverConfig
 from neuralsde.training import build, metric_for_sweep, train
 from tests.conftest import compose_config
@@ -56,10 +56,29 @@ def test_non_positive_train_steps(tiny_cfg):
     cfg = tiny_cfg()
     with open_dict(cfg):
         cfg.model.train_steps = 0
-    with pytest.raises(ValueError, match="model.train_steps=0 must be a positive integer. Fix"):
+    with pytest.raises(ConfigError, match="model.train_steps=0 is not valid: expected a positive integer. Fix"):
         build(cfg)
 
 
+def test_non_integer_seed(tiny_cfg):
+    cfg = tiny_cfg()
+    with open_dict(cfg):
+        cfg.seed = "abc"
+    with pytest.raises(ConfigError, match="seed='abc' is not valid: expected an integer. Fix: e.g. seed=0"):
+        train(cfg)
+
+
+def test_a_run_directory_or_folder_given_for_a_file(tmp_path):
+    from neuralsde.checkpoints import read_checkpoint
+    from neuralsde.commands import check_output
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="is a directory. Fix: pass a .ckpt file, e.g. .*run/checkpoints/last"):
+        read_checkpoint(tmp_path / "run")
+    (tmp_path / "d.csv").mkdir()
+    with pytest.raises(ConfigError, match="out=.*d.csv' is a directory. Fix: name a file"):
+        check_output(str(tmp_path / "d.csv"), overwrite=True)
 
 
 def test_missing_optimized_metric_fails_a_sweep_and_warns_a_single_run(caplog):
