@@ -8,8 +8,10 @@ import neuralsde  # noqa: F401  (registers the config resolvers)
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
     from neuralsde.commands import run_eval
+    from neuralsde.training import reported_plainly
 
-    run_eval(cfg)
+    with reported_plainly():
+        run_eval(cfg)
 
 
 if __name__ == "__main__":

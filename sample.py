@@ -8,8 +8,10 @@ import neuralsde  # noqa: F401  (registers the config resolvers)
 @hydra.main(version_base="1.3", config_path="configs", config_name="sample")
 def main(cfg: DictConfig) -> None:
     from neuralsde.commands import run_sample
+    from neuralsde.training import reported_plainly
 
-    run_sample(cfg)
+    with reported_plainly():
+        run_sample(cfg)
 
 
 if __name__ == "__main__":

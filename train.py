@@ -7,10 +7,11 @@ import neuralsde  # noqa: F401  (registers the config resolvers)
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from neuralsde.training import metric_for_sweep, train
+    from neuralsde.training import metric_for_sweep, reported_plainly, train
 
-    metrics = train(cfg)
-    return metric_for_sweep(metrics, cfg.get("optimized_metric"))
+    with reported_plainly():
+        metrics = train(cfg)
+        return metric_for_sweep(metrics, cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -210,7 +211,6 @@ def _check_resume_compatible(ckpt_path: str, model) -> None:
 
 
 def ckpt_allows_change() -> bool:
-    import os
     return os.environ.get("NEURALSDE_ALLOW_RESUME_CHANGE") == "1"
 
 
@@ -227,6 +227,20 @@ def _continue_wandb_run(cfg: DictConfig, ckpt_path: str) -> None:
         with open_dict(cfg):
             cfg.logger.wandb.id = run_id
             cfg.logger.wandb.resume = "allow"
+
+
+@contextmanager
+def reported_plainly():
+    """Around a command's work: an error of ours already names the problem and the fix, so a single run prints
+    that line alone and exits with status 2 instead of a traceback above it (``HYDRA_FULL_ERROR=1`` keeps the
+    traceback; a multirun keeps Hydra's handling, where a failed job is the sweeper's business)."""
+    try:
+        yield
+    except (ConfigError, DataError, CheckpointError) as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
+            raise
+        log.error("%s: %s", type(err).__name__, err)
+        raise SystemExit(2) from None
 
 
 def _in_multirun() -> bool:

@@ -68,6 +68,23 @@ def test_non_integer_seed(tiny_cfg):
         train(cfg)
 
 
+def test_the_command_line_prints_our_errors_without_a_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    res = subprocess.run([sys.executable, str(ROOT / "train.py"), "seed=abc", f"hydra.run.dir={tmp_path}"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out[-2000:]
+    assert "ConfigError: seed='abc' is not valid: expected an integer. Fix: e.g. seed=0" in out
+    assert "Traceback" not in out
+
+
 def test_a_run_directory_or_folder_given_for_a_file(tmp_path):
     from neuralsde.checkpoints import read_checkpoint
     from neuralsde.commands import check_output
