@@ -38,7 +38,9 @@ class StepProgressBar(TQDMProgressBar):
         # a resumed run starts where it stopped
         interval = self.refresh_interval_s
         self._interval = float(interval) if interval is not None else 0.1 if sys.stdout.isatty() else 10.0
-        return self._bar(module.family, module.train_steps, initial=module.steps_taken, unit="step", smoothing=0)
+        dev_run = int(self.trainer.fast_dev_run)  # True: one batch, N: N batches, then it stops
+        total = module.steps_taken + dev_run if dev_run else module.train_steps
+        return self._bar(module.family, total, initial=module.steps_taken, unit="step", smoothing=0)
 
     def init_test_tqdm(self) -> Tqdm:
         batches = self.trainer.num_test_batches

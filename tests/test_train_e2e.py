@@ -161,6 +161,20 @@ def test_progress_bar_counts_training_steps(tiny_cfg, tmp_path, capsys):
     assert "Validation" not in out and "Training" not in out  # ... which is the only bar while fitting
 
 
+def test_progress_bar_of_a_fast_dev_run_counts_its_one_step(tiny_cfg, capsys):
+    cfg = tiny_cfg(steps=1000)
+    with open_dict(cfg):
+        cfg.trainer.enable_progress_bar = True
+        cfg.trainer.fast_dev_run = True
+        cfg.callbacks.progress_bar = {"_target_": "neuralsde.progress.StepProgressBar", "refresh_rate": 1,
+                                      "refresh_interval_s": 0}
+        cfg.callbacks.pop("metrics")
+        cfg.test = False
+    train(cfg)
+    out = capsys.readouterr().out.replace("\r", "\n")
+    assert "sdegan: 100%" in out and "1/1 [" in out and "/1000" not in out
+
+
 def test_progress_bar_in_a_file_redraws_at_most_every_interval(tiny_cfg, capsys):
     cfg = tiny_cfg(steps=3)
     with open_dict(cfg):

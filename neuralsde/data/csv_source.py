@@ -145,8 +145,8 @@ class CSVSource:
         if (steps <= 0).any():
             i = int(np.flatnonzero(steps <= 0)[0])
             kind = "repeats" if steps[i] == 0 else "goes backwards"
-            raise DataError(f"{self.path}: {what}: time {kind} at line {lines[i + 1]} ({times[i + 1]!r} after "
-                            f"{times[i]!r} at line {lines[i]}). Fix: sort the rows by time and remove "
+            raise DataError(f"{self.path}: {what}: time {kind} at line {lines[i + 1]} ({float(times[i + 1]):g} after "
+                            f"{float(times[i]):g} at line {lines[i]}). Fix: sort the rows by time and remove "
                             "duplicate times within each series.")
 
     # ---- assembling ----------------------------------------------------------------------------
@@ -157,8 +157,8 @@ class CSVSource:
         union = np.unique(np.concatenate(grids))
         if len(union) > self.max_union_factor * longest:
             raise DataError(f"{self.path}: {what} are observed at {len(union)} distinct times, more than "
-                            f"{self.max_union_factor:g} x the longest ({longest}); almost everything would be "
-                            "NaN. Fix: resample the data onto a common time grid, or raise max_union_factor.")
+                            f"{self.max_union_factor:g} x the longest ({longest}); almost everything would be NaN. "
+                            "Fix: resample the data onto a common time grid, or raise data.source.max_union_factor.")
         out = np.full((len(grids), len(union), blocks[0].shape[1]), np.nan)
         for i, (grid, block) in enumerate(zip(grids, blocks, strict=True)):
             out[i, np.searchsorted(union, grid)] = block
