@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from neuralsde.atomic import atomic_write
 from neuralsde.errors import CheckpointError
 
 FAMILY_TARGETS = {"sdegan": "sdegan.module.SDEGAN", "latent_sde": "latent_sde.module.LatentSDE"}
@@ -22,19 +22,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     process killed while saving leaves the previous checkpoint intact and loadable."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path, suffix=".tmp", fsync=True) as f:
+            torch.save(checkpoint, f)
 
 
 class RunCheckpoint(ModelCheckpoint):

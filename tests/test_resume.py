@@ -93,6 +93,18 @@ def test_crash_while_saving_keeps_previous_checkpoint(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
+def test_checkpoints_get_the_permissions_of_a_plain_file(tmp_path):
+    import os
+    import stat
+
+    before = os.umask(0o022)
+    try:
+        AtomicCheckpointIO().save_checkpoint({"state": torch.arange(3)}, tmp_path / "last.ckpt")
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((tmp_path / "last.ckpt").stat().st_mode) == 0o644  # mkstemp's own would be 0o600
+
+
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     from sdegan.components import discriminator as disc_mod
 

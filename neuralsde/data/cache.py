@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from neuralsde.atomic import atomic_write
 from neuralsde.data.base import RawSeries
 
 log = logging.getLogger(__name__)
@@ -55,15 +54,8 @@ def write_atomic(path: Path, blob: dict) -> None:
 
     A crash mid-write leaves at most a stray ``*.part`` temp file, never a truncated cache.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(blob, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as fh:
+        torch.save(blob, fh)
 
 
 def cached(path: str | Path, version: int | str, build_fn: Callable[[], RawSeries],

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
 
+from neuralsde.atomic import atomic_write
 from neuralsde.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -56,10 +55,8 @@ def download_url(url: str, dest: Path) -> None:
     """
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp, os.fdopen(fd, "wb") as out:
+        with urllib.request.urlopen(url, timeout=60) as resp, atomic_write(dest) as out:
             total = int(resp.headers.get("Content-Length") or 0) or None
             columns = (TextColumn(dest.name), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                        TimeRemainingColumn())
@@ -68,27 +65,16 @@ def download_url(url: str, dest: Path) -> None:
                 for chunk in iter(lambda: resp.read(_CHUNK), b""):
                     out.write(chunk)
                     progress.advance(task, len(chunk))
-        os.replace(tmp, dest)
     except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
         raise DataError(f"Could not download {url} to {dest}: {err}. Fix: check the network, or place the "
                         f"file at {dest} by hand.") from err
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _write_atomic(src, dest: Path) -> None:
     """Copy the open binary stream ``src`` to ``dest`` via a temp file, so ``dest`` is never partial."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for chunk in iter(lambda: src.read(_CHUNK), b""):
-                out.write(chunk)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(dest) as out:
+        for chunk in iter(lambda: src.read(_CHUNK), b""):
+            out.write(chunk)
 
 
 def ensure_file(name: str, filename: str, url: str | None, sha256: str, data_dir: str | Path) -> Path:
