@@ -28,8 +28,9 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     values = {f"test/{k}": v for k, v in values.items() if v is not None}
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({"checkpoint": str(cfg.ckpt_path), "family": model.family,
-                                                  "metrics": values}, indent=2))
+    ckpt = str(Path(cfg.ckpt_path).expanduser().resolve())  # the file, wherever the JSON is read from
+    (out / "metrics.json").write_text(json.dumps({"checkpoint": ckpt, "family": model.family, "metrics": values},
+                                                 indent=2))
     print_metrics_table(values, f"{model.family}: {cfg.ckpt_path}")
     log.info("Wrote %s", out / "metrics.json")
     return values

@@ -68,6 +68,8 @@ def _quiet_known_warnings() -> None:
     # Checkpoints after the optimiser step are what resume needs; the pytree notice is Lightning-internal.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+    # A resumed run writes to its own new directory by design; Lightning warns that the old one is not reused.
+    warnings.filterwarnings("ignore", message="The dirpath has changed from")
     rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     if _no_cloud_tip not in rank_zero.filters:
         rank_zero.addFilter(_no_cloud_tip)
@@ -136,7 +138,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     tested = {k: v for k, v in result.items() if k.startswith("test/")}
     if tested and trainer.is_global_zero:
         print_metrics_table(tested, f"{model.family}, test split, after {model.steps_taken} steps")
-    log.info("Output directory: %s", out_dir)
+    if trainer.is_global_zero:
+        log.info("Output directory: %s", out_dir)
     return result
 
 
