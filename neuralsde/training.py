@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,6 +71,8 @@ def _quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
     # A resumed run writes to its own new directory by design; Lightning warns that the old one is not reused.
     warnings.filterwarnings("ignore", message="The dirpath has changed from")
+    # Only a run continued in its own directory meets it, and its earlier metrics.csv has been moved aside first.
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     if _no_cloud_tip not in rank_zero.filters:
         rank_zero.addFilter(_no_cloud_tip)
@@ -111,13 +114,13 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         raise bad_option("seed", seed, "an integer", "e.g. seed=0")
     pl.seed_everything(seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
-    _refuse_used_run_dir(out_dir)
+    ckpt_path = resolve_ckpt_path(cfg)
+    _refuse_used_run_dir(out_dir, ckpt_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     if cfg.get("extras", {}).get("print_config"):
         log.info("Resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
 
-    ckpt_path = resolve_ckpt_path(cfg)
     datamodule, model = build(cfg)
     if ckpt_path is not None:
         _check_resume_compatible(ckpt_path, model)
@@ -143,12 +146,18 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     return result
 
 
-def _refuse_used_run_dir(out_dir: Path) -> None:
+def _refuse_used_run_dir(out_dir: Path, ckpt_path: str | None) -> None:
     """Runs never overwrite each other: a run directory given by hand (``hydra.run.dir``) that already holds a run
-    would get its config and metrics replaced while its checkpoints stayed beside new ones (``last-v1.ckpt``)."""
+    would get its config and metrics replaced while its checkpoints stayed beside new ones (``last-v1.ckpt``).
+    Continuing that run from its own checkpoint is allowed (a SLURM job requeued with ``resume=auto``)."""
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     if rank_zero_only.rank != 0:  # DDP's other processes start in the directory the first one has just set up
+        return
+    if ckpt_path is not None and Path(ckpt_path).resolve().is_relative_to(out_dir.resolve()):
+        earlier = out_dir / "csv" / "metrics.csv"  # Lightning's CSV logger deletes it when it starts
+        if earlier.is_file():
+            earlier.replace(earlier.with_name(f"metrics_before_{time.strftime('%Y-%m-%d_%H-%M-%S')}.csv"))
         return
     used = [p.name for p in (out_dir / "config.yaml", out_dir / "checkpoints") if p.exists()]
     if used:

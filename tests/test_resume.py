@@ -173,6 +173,10 @@ def test_a_used_run_dir_and_a_finished_checkpoint_are_refused(tmp_path):
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
     with pytest.raises(ConfigError, match="already trained 2 steps .*nothing is left to train.*train_steps=4"):
         _run(tmp_path, "b", 2, last)
+    _, state = _run(tmp_path, "a", 3, last)  # continuing a run in its own directory (a requeued job) is allowed
+    assert state["neuralsde"]["train_step"] == 3
+    (kept,) = (tmp_path / "a" / "csv").glob("metrics_before_*.csv")  # and its earlier metrics are kept
+    assert kept.read_text() == before
 
 
 def test_resume_refuses_other_model_size(tmp_path):
