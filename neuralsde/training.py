@@ -178,8 +178,9 @@ def _check_trainer_limits(cfg: DictConfig) -> None:
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """``ckpt_path`` as given, or with ``resume=auto`` the newest checkpoint under ``resume_dir`` (default: the
-    newest run directory of this task that has checkpoints)."""
+    """``ckpt_path`` as given, or with ``resume=auto`` the newest checkpoint under ``resume_dir``. Its default: in a
+    single run, this task's run directories; in a multirun job, the job's own directory, where none yet means a
+    fresh start (a SLURM job requeued after a timeout continues itself, never another run)."""
     if cfg.get("ckpt_path"):
         return str(cfg.ckpt_path)
     if cfg.get("resume") in (None, False, "none"):
@@ -187,8 +188,13 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     if cfg.resume != "auto":
         raise ConfigError(f"resume={cfg.resume!r} is not valid: expected null or 'auto'. Fix: use resume=auto, or "
                           "ckpt_path=PATH for a specific checkpoint.")
-    root = Path(cfg.get("resume_dir") or Path(cfg.paths.log_dir) / cfg.task_name / "runs")
+    own_job = not cfg.get("resume_dir") and _in_multirun()
+    root = Path(cfg.get("resume_dir") or (cfg.paths.output_dir if own_job else
+                                          Path(cfg.paths.log_dir) / cfg.task_name / "runs"))
     found = sorted(root.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found and own_job:
+        log.info("resume=auto: no checkpoint in this job's directory yet, starting from scratch")
+        return None
     if not found:
         raise ConfigError(f"resume=auto found no checkpoint under {str(root)!r}. Fix: set resume_dir=<run directory> "
                           "or pass ckpt_path=PATH.")

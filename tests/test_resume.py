@@ -188,6 +188,21 @@ def test_resume_refuses_other_model_size(tmp_path):
         train(cfg)
 
 
+def test_resume_auto_in_a_sweep_job_continues_only_that_job(tmp_path, monkeypatch):
+    from neuralsde import training
+
+    monkeypatch.setattr(training, "_in_multirun", lambda: True)
+    (tmp_path / "logs" / "train" / "runs" / "other" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "logs" / "train" / "runs" / "other" / "checkpoints" / "last.ckpt").write_bytes(b"another run")
+    cfg = shrink(compose_config(["resume=auto"]), tmp_path / "job", steps=3)
+    with open_dict(cfg):
+        cfg.paths.log_dir = str(tmp_path / "logs")  # where a single run's resume=auto looks
+    assert training.resolve_ckpt_path(cfg) is None  # first attempt: nothing of its own yet, not the other run
+    (tmp_path / "job" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "job" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert training.resolve_ckpt_path(cfg) == str(tmp_path / "job" / "checkpoints" / "last.ckpt")  # requeued
+
+
 def test_resume_auto_picks_newest_checkpoint(tmp_path):
     _run(tmp_path, "a", 2)
     cfg = shrink(compose_config(["resume=auto"]), tmp_path / "b", steps=3)
