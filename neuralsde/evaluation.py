@@ -99,7 +99,7 @@ class MetricsCallback(pl.Callback):
         self.test_metrics = check_metric_names(test_metrics)
         self.n_samples = check_n_samples(n_samples, "callbacks.metrics.n_samples")
         self.seed, self.options = seed, dict(options or {})
-        make_options(**self.options)  # unknown options fail at construction, not mid-run
+        make_options(where="callbacks.metrics.options.", **self.options)  # checked before training, not mid-run
         self.history: dict[str, list[tuple[int, float]]] = {}
 
     def _log(self, module, stage: str, values: dict[str, float]) -> None:

@@ -1,6 +1,8 @@
 """``evaluate``: what it compares, and the training-data reference it logs beside each metric."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -63,3 +65,19 @@ def test_progress_names_each_metric_and_changes_no_value(drifting, capsys):
     shown = compute_metrics(names, None, real, None, fake, options=options, progress=True)
     err = capsys.readouterr().err
     assert shown == quiet and "metrics" in err and "0/2" in err and all(name in err for name in names)
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("classifier", "lstm", "one of ('cde', 'gru')"), ("horizon", 1.5, "strictly between 0 and 1"),
+    ("classifier_epochs", -1, "an integer >= 1"), ("sig_kind", "foo", "one of ('truncated', 'pde')"),
+    ("lr", 0, "a positive number"), ("max_lag", 0, "a positive integer, or null"),
+])
+def test_bad_metric_option_values_are_refused_before_any_work(option, value, expected):
+    from neuralsde.errors import ConfigError
+    from neuralsde.evaluation import MetricsCallback
+
+    with pytest.raises(ConfigError, match=rf"callbacks\.metrics\.options\.{option}=.* {re.escape(expected)}"):
+        MetricsCallback("unused", options={option: value})  # at construction: before training
+    with pytest.raises(ConfigError, match=rf"options\.{option}=.* {re.escape(expected)}"):
+        make_options(**{option: value})  # eval.py's +options.X: before sampling or any metric
+    assert make_options(sig_kind="pde", classifier="gru", horizon=0.25, max_lag=None).classifier == "gru"

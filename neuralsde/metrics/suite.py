@@ -12,12 +12,12 @@ from typing import Callable, Iterable
 
 import torch
 
-from neuralsde.errors import ConfigError
+from neuralsde.errors import ConfigError, bad_option
 from neuralsde.metrics._paths import check_paths, seed_int
-from neuralsde.metrics.classification import real_fake_classification
+from neuralsde.metrics.classification import CLASSIFIERS, real_fake_classification
 from neuralsde.metrics.marginals import acf_error, cross_corr_error, marginal_distance
 from neuralsde.metrics.prediction import tstr
-from neuralsde.metrics.sig_mmd import signature_mmd
+from neuralsde.metrics.sig_mmd import KINDS, STATIC_KERNELS, signature_mmd
 
 
 @dataclass(frozen=True)
@@ -149,16 +149,48 @@ def check_metric_names(names: Iterable[str], *, allow_training: bool = True) -> 
     return names
 
 
-def make_options(**options) -> MetricOptions:
-    """``MetricOptions`` from keyword arguments; an unknown option raises a ConfigError listing the known ones."""
+_CHOICES = {"sig_kind": KINDS, "sig_static_kernel": STATIC_KERNELS, "classifier": CLASSIFIERS,
+            "classifier_method": ("rk4", "euler", "midpoint")}
+_COUNTS = {"sig_depth": 1, "sig_dyadic_order": 0, "n_boot": 1, "classifier_hidden": 1, "classifier_epochs": 1,
+           "forecast_hidden": 1, "forecast_epochs": 1, "batch_size": 1}  # integer options and their least value
+_FRACTIONS = ("ci", "horizon")  # strictly between 0 and 1
+_POSITIVE = ("sig_rbf_sigma", "sig_path_scale", "lr")
+
+
+def make_options(*, where: str = "options.", **options) -> MetricOptions:
+    """``MetricOptions`` from keyword arguments, every name and value checked before any metric runs (a bad value
+    would otherwise stop a run only once its test stage reaches that metric); errors name ``where + option``."""
     known = {f.name for f in fields(MetricOptions)}
     unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(
-            f"unknown metric option(s) {unknown}: expected options from {sorted(known)}. "
-            "Fix: correct the option names in the config."
+            f"unknown metric option(s) {[where + u for u in unknown]}: expected options from {sorted(known)}. "
+            f"Fix: correct the names under {where.rstrip('.')}."
         )
+    for name, value in options.items():
+        _check_option(where + name, name, value)
     return MetricOptions(**options)
+
+
+def _check_option(key: str, name: str, value) -> None:
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise bad_option(key, value, f"one of {_CHOICES[name]}", f"e.g. {key}={_CHOICES[name][0]}")
+    if name in _COUNTS and not (is_int(value) and value >= _COUNTS[name]):
+        raise bad_option(key, value, f"an integer >= {_COUNTS[name]}", f"e.g. {key}={getattr(MetricOptions, name)}")
+    if name == "max_lag" and not (value is None or (is_int(value) and value >= 1)):
+        raise bad_option(key, value, "a positive integer, or null for half the number of times", f"{key}=null")
+    if name in _FRACTIONS and not (is_number(value) and 0 < value < 1):
+        raise bad_option(key, value, "a number strictly between 0 and 1", f"e.g. {key}={getattr(MetricOptions, name)}")
+    if name in _POSITIVE and not (is_number(value) and value > 0):
+        raise bad_option(key, value, "a positive number", f"e.g. {key}={getattr(MetricOptions, name)}")
+    if name == "sig_basepoint" and not isinstance(value, bool):
+        raise bad_option(key, value, "true or false", f"{key}=true")
 
 
 def compute_metrics(
