@@ -152,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             print(shown)
             continue
         note = ""
+        if args.aggregate_only and not sweep_dir.is_dir():  # before anything is written: keep the existing tables
+            print(f"paper_tables.py: no runs to aggregate at {sweep_dir}. Fix: run the tables first (without "
+                  "--aggregate-only), or pass --results where they were run.", file=sys.stderr)
+            return 2
         if not args.aggregate_only:
             if sweep_dir.exists() and any(sweep_dir.iterdir()):
                 if not args.force:

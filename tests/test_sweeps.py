@@ -200,6 +200,13 @@ def test_aggregate_cli_errors(tmp_path, capsys):
 
 
 # --- paper_tables.py ------------------------------------------------------------------------------------
+def test_paper_tables_aggregate_only_without_runs_writes_nothing(tmp_path):
+    (tmp_path / "paper_tables.md").write_text("earlier tables\n")
+    proc = script("paper_tables.py", "--aggregate-only", "--results", str(tmp_path))
+    assert proc.returncode == 2 and "no runs to aggregate" in proc.stderr and "Fix:" in proc.stderr
+    assert (tmp_path / "paper_tables.md").read_text() == "earlier tables\n"
+
+
 def test_paper_tables_dry_run_prints_the_commands():
     proc = script("paper_tables.py", "--dry-run", "--seeds", "0,1", "--steps", "4")
     assert proc.returncode == 0, proc.stderr
