@@ -174,12 +174,13 @@ class LatentSDE(GenerativeModule):
         # A fixed seed per batch: successive validations compare the same z0 noise and Brownian sample.
         generator = torch.Generator().manual_seed(self.val_seed + batch_idx)
         with torch.no_grad():
-            log_lik, kl, _ = self.elbo_terms(paths, filled, generator)
+            log_lik, kl, zs = self.elbo_terms(paths, filled, generator)
         self.sde.set_context(None)
         n = paths.size(0)
         self.log(f"{stage}/elbo", (log_lik - kl).mean(), prog_bar=stage == "val", batch_size=n, sync_dist=True)
         self.log(f"{stage}/log_lik", log_lik.mean(), batch_size=n, sync_dist=True)
         self.log(f"{stage}/kl", kl.mean(), batch_size=n, sync_dist=True)
+        self.log(f"{stage}/diffusion_mean", self.diffusion_mean(zs), batch_size=n, sync_dist=True)
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, batch_idx, "val")

@@ -23,14 +23,16 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     names = check_metric_names(cfg.metrics)
     n_samples = check_n_samples(cfg.n_samples, "n_samples")
     model, datamodule, train_cfg = load_model(cfg.ckpt_path, list(cfg.cfg_overrides))
+    options = metric_options(train_cfg, cfg.options)
     values, _ = evaluate(model, datamodule, metrics=names, n_samples=n_samples, seed=int(cfg.seed),
-                         options=metric_options(train_cfg, cfg.options), reference=True, progress=True)
+                         options=options, reference=True, progress=True)
     values = {f"test/{k}": v for k, v in values.items() if v is not None}
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = str(Path(cfg.ckpt_path).expanduser().resolve())  # the file, wherever the JSON is read from
-    (out / "metrics.json").write_text(json.dumps({"checkpoint": ckpt, "family": model.family, "metrics": values},
-                                                 indent=2))
+    used = {"n_samples": n_samples, "seed": int(cfg.seed), "options": options}  # what produced these figures
+    (out / "metrics.json").write_text(json.dumps({"checkpoint": ckpt, "family": model.family, **used,
+                                                  "metrics": values}, indent=2))
     print_metrics_table(values, f"{model.family}: {cfg.ckpt_path}")
     log.info("Wrote %s", out / "metrics.json")
     return values

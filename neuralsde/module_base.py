@@ -28,6 +28,7 @@ class GenerativeModule(pl.LightningModule):
     """
 
     family = "base"
+    divergence_causes = "a learning rate too high, or NaNs reaching the model from the data"
 
     def __init__(self, times: torch.Tensor, normalizer: Normalizer, train_steps: int,
                  skip_nonfinite: bool = False):
@@ -113,8 +114,7 @@ class GenerativeModule(pl.LightningModule):
         if torch.isfinite(value).all():
             return True
         message = (f"{name} is {value.item() if value.numel() == 1 else 'non-finite'} at training step "
-                   f"{self.steps_taken}. Likely causes: a learning rate too high, Lipschitz control off, "
-                   "or NaNs reaching the model from the data.")
+                   f"{self.steps_taken}. Likely causes: {self.divergence_causes}.")
         if self.skip_nonfinite:
             rank_zero_warn(message + " Skipping this batch (model.skip_nonfinite=true).")
             return False

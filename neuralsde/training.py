@@ -14,7 +14,7 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from neuralsde.errors import CheckpointError, ConfigError, DataError, bad_option
+from neuralsde.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError, bad_option
 from neuralsde.evaluation import print_metrics_table
 from neuralsde.solver import SolverConfig
 
@@ -254,7 +254,7 @@ def reported_plainly():
     traceback; a multirun keeps Hydra's handling, where a failed job is the sweeper's business)."""
     try:
         yield
-    except (ConfigError, DataError, CheckpointError) as err:
+    except (ConfigError, DataError, CheckpointError, TrainingDivergedError) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
             raise
         log.error("%s: %s", type(err).__name__, err)

@@ -243,7 +243,7 @@ def machine_info(device: torch.device) -> dict:
     import torchcde
     import torchsde
     info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "load_average": tuple(round(x, 2) for x in os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "python": platform.python_version(), "torch": torch.__version__, "torchsde": torchsde.__version__,
             "torchcde": getattr(torchcde, "__version__", "unknown"), "lightning": pytorch_lightning.__version__,
             "device": str(device), "date": datetime.datetime.now().isoformat(timespec="seconds")}

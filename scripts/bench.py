@@ -86,7 +86,7 @@ def print_table(results: list[dict]) -> None:
 
 
 def write(out: Path, info: dict, results: list[dict], elapsed: float) -> None:
-    info["load_average_end"] = os.getloadavg()
+    info["load_average_end"] = tuple(round(x, 2) for x in os.getloadavg())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(markdown(info, results, elapsed))
     out.with_suffix(".json").write_text(json.dumps({"machine": info, "elapsed_s": elapsed, "rows": results},

@@ -51,7 +51,7 @@ def run(ctx) -> list[dict]:
                      "result": fmt_ratio(r_deep), "paper": PAPER, "data": r_deep, "note": ""})
         prof = profile_breakdown(fns["nohint"]) if steps == sizes[-1] else None
         rows.append({"what": f"{steps} steps fwd+reverse: interval-without-hint time / with-hint time",
-                     "result": fmt_ratio(r_nohint), "paper": "DESIGN: 3-6x", "data": r_nohint,
+                     "result": fmt_ratio(r_nohint), "paper": "3-6x (design estimate)", "data": r_nohint,
                      "note": ("without a hint the interval grows its dependency tree only after a 100-query warm-up "
                               "and from running averages, so early queries walk long chains; top self-time: "
                               + ", ".join(prof["top_tottime"][:3])) if prof else ""})

@@ -1,6 +1,6 @@
 """Fast vs torchsde backend on the default OU SDE-GAN step (discriminator once on cat([fake, real])).
 
-    python scripts/profile_fast.py [--threads 1 2] [--reps 9] [--profile] [--rh-only]
+    python scripts/profile_fast.py [--threads 1 2] [--reps 9] [--profile]
 
 Times the two backends interleaved (median of per-rep ratios); ``--profile`` adds a cProfile of the fast step.
 """

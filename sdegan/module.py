@@ -30,6 +30,7 @@ class SDEGAN(GenerativeModule):
     """
 
     family = "sdegan"
+    divergence_causes = "a learning rate too high, Lipschitz control off, or NaNs reaching the model from the data"
 
     def __init__(self, times: torch.Tensor, normalizer: Normalizer, solver: SolverConfig | dict,
                  generator: dict, discriminator: dict, optimizer: dict, train_steps: int = 500,

@@ -40,7 +40,7 @@ def test_eval_writes_metrics_json(sdegan_run, tmp_path, capsys):
                    options={"classifier_epochs": 2, "forecast_epochs": 2, "n_boot": 20})
     values = run_eval(cfg)
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["family"] == "sdegan"
+    assert saved["family"] == "sdegan" and saved["n_samples"] == 64 and saved["options"]["classifier_epochs"] == 2
     for key in ("test/sig_mmd", "test/real_fake_acc", "test/tstr_loss", "test/trtr_loss", "test/marginal_w1"):
         assert key in values and np.isfinite(values[key])
     assert saved["metrics"] == values

@@ -184,7 +184,7 @@ def test_experiment_fast_dev_run(tiny_cfg, tmp_path, experiment):
             cfg.callbacks.pop("metrics", None)
     metrics = train(cfg)
     for key in ("train/elbo", "train/log_lik", "train/kl", "train/diffusion_mean", "val/elbo", "val/kl",
-                "test/elbo", "test/log_lik"):
+                "val/diffusion_mean", "test/elbo", "test/log_lik", "test/diffusion_mean"):
         assert key in metrics and metrics[key] == metrics[key], key
     assert (tmp_path / "plots" / "reconstruction.png").stat().st_size > 1000
 
