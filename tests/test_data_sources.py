@@ -312,3 +312,18 @@ def test_lorenz_deterministic():
     assert a.times[-1].item() == pytest.approx(0.5)
     c = LorenzSource(n_paths=8, n_times=20, t_end=0.5, noise="additive", seed=4).load()
     assert not torch.isnan(c.values).any() and not torch.equal(c.values[:, 0], a.values[:, 0])
+
+
+def test_dataset_option_errors_name_the_full_key_and_a_fitting_fix():
+    from neuralsde.data.air_quality import AirQualitySource
+    from neuralsde.data.energy import EnergySource
+    from neuralsde.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.source.covariates=\['FOO'\] .* Fix: drop \['FOO'\]$"):
+        AirQualitySource(covariates=["FOO"])
+    with pytest.raises(ConfigError, match=r"data.source.covariates=.*Fix: drop \['wd'\] \(wind direction"):
+        AirQualitySource(covariates=["wd"])
+    with pytest.raises(ConfigError, match=r"data.source.stations=\['Nowhere'\] .* Fix: spell"):
+        AirQualitySource(stations=["Nowhere"])
+    with pytest.raises(ConfigError, match=r"data.source.drop_columns=\['rv9'\]"):
+        EnergySource(drop_columns=["rv9"])

@@ -41,3 +41,17 @@ def test_time_split_keeps_the_windows_of_each_split_but_in_seeded_random_order()
     other = TimeSeriesDataModule(source, batch_size=32, split_by="time", normalize="none", seed=4)
     other.setup()
     assert torch.equal(again.train, dm.train) and not torch.equal(other.train, dm.train)
+
+
+def test_a_split_by_series_of_overlapping_windows_warns_of_the_leak():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        TimeSeriesDataModule(_Windows(), batch_size=32, split_by="series", normalize="none").setup()
+        disjoint = _Windows(n=100)
+        disjoint.load = lambda: RawSeries(torch.arange(8.0), torch.zeros(100, 8, 1), ["x"],
+                                          window_start=(torch.arange(100) // 2) * 8)  # two stations, whole days
+        TimeSeriesDataModule(disjoint, batch_size=32, split_by="series", normalize="none").setup()
+    leaks = [str(w.message) for w in caught if "overlapping windows" in str(w.message)]
+    assert len(leaks) == 1 and "Fix: data.split_by=time" in leaks[0]

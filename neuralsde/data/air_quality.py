@@ -84,12 +84,12 @@ class AirQualitySource:
         self.use_cache = use_cache
         unknown = [s for s in self.stations if s not in SHA256]
         if unknown or not self.stations:
-            raise bad_option("stations", stations, f"a non-empty subset of {STATIONS}",
+            raise bad_option("data.source.stations", stations, f"a non-empty subset of {STATIONS}",
                              "spell station names as in the file names, e.g. Dongsi.")
         bad = [c for c in self.covariates if c not in COVARIATES]
         if bad:
-            raise bad_option("covariates", covariates, f"a subset of {COVARIATES}",
-                             "wd (wind direction) is categorical and not supported.")
+            raise bad_option("data.source.covariates", covariates, f"a subset of {COVARIATES}",
+                             f"drop {bad}" + (" (wind direction is categorical, not supported)" if "wd" in bad else ""))
 
     def _options(self) -> dict:
         return {"window_length": self.window_length, "stride": self.stride, "stations": self.stations,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, TensorDataset
 
 from neuralsde.data.base import RawSeries
@@ -54,6 +55,11 @@ class TimeSeriesDataModule(pl.LightningDataModule):
         self.raw = raw
         n, t_size, c = raw.values.shape
         if self.split_by == "series":
+            starts = None if raw.window_start is None else torch.unique(raw.window_start)  # sorted; stations share
+            if starts is not None and len(starts) > 1 and int(starts.diff().min()) < t_size:
+                rank_zero_warn("data.split_by=series on overlapping windows of one series: a window in the test "
+                               "split shares observations with windows in the training split, so test figures are "
+                               "optimistic. Fix: data.split_by=time.")
             idx = split_by_series(n, self.fractions, self.seed)
         else:
             if raw.window_start is None:

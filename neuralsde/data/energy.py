@@ -46,7 +46,7 @@ class EnergySource:
         self.drop_columns = list(drop_columns) if drop_columns else []
         unknown = [c for c in self.drop_columns if c not in COLUMNS]
         if unknown:
-            raise bad_option("drop_columns", drop_columns, f"names among {COLUMNS}", "check the spelling.")
+            raise bad_option("data.source.drop_columns", drop_columns, f"names among {COLUMNS}", "check the spelling.")
 
     def load(self) -> RawSeries:
         """Read the file (downloading it if absent) and cut windows; shapes in the class docstring."""
