@@ -17,7 +17,7 @@ def plot_reconstruction(observed: torch.Tensor, reconstructed: torch.Tensor, pri
     observed, reconstructed, prior = (x.detach().cpu() for x in (observed, reconstructed, prior))
     c = observed.size(-1) - 1
     names = channel_names or [f"channel {i}" for i in range(1, c + 1)]
-    fig, axes = plt.subplots(c, 2, figsize=(10, 2.6 * c), squeeze=False, sharey="row")
+    fig, axes = plt.subplots(c, 2, figsize=(10, 2.6 * c), squeeze=False, sharey="row", layout="constrained")
     colours = plt.cm.tab10.colors
     for i in range(c):
         ax = axes[i, 0]
@@ -35,5 +35,4 @@ def plot_reconstruction(observed: torch.Tensor, reconstructed: torch.Tensor, pri
             ax.set_xlabel("time")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return fig

@@ -18,7 +18,7 @@ def plot_samples(real: torch.Tensor, fake: torch.Tensor, channel_names: list[str
     real, fake = real[:n_paths].detach().cpu(), fake[:n_paths].detach().cpu()
     c = real.size(-1) - 1
     names = channel_names or [f"channel {i}" for i in range(1, c + 1)]
-    fig, axes = plt.subplots(c, 2, figsize=(10, 2.6 * c), squeeze=False, sharey="row")
+    fig, axes = plt.subplots(c, 2, figsize=(10, 2.6 * c), squeeze=False, sharey="row", layout="constrained")
     for i in range(c):
         for col, (paths, label, colour) in enumerate(((real, "real", "tab:blue"), (fake, "generated", "tab:red"))):
             ax = axes[i, col]
@@ -29,5 +29,4 @@ def plot_samples(real: torch.Tensor, fake: torch.Tensor, channel_names: list[str
             ax.set_xlabel("time")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return fig
