@@ -41,7 +41,7 @@ def test_data_model_solver_experiment_options_build(group, option, tmp_path):
     overrides = [f"{group}={option}"]
     if option == "csv":
         overrides.append(f"data.source.path={_csv_file(tmp_path)}")
-        overrides.append("data.source.window_length=8")
+        overrides += ["data.source.window_length=8", "data.split_by=time"]  # overlapping windows: split by time
     cfg = shrink(compose_config(overrides), tmp_path)
     dm, model = build(cfg)
     batch = next(iter(dm.train_dataloader()))
