@@ -119,9 +119,9 @@ class GenerativeModule(pl.LightningModule):
             rank_zero_warn(message + " Skipping this batch (model.skip_nonfinite=true).")
             return False
         last = self._last_checkpoint()
-        where = (f" The last checkpoint written before this step is kept: resume from it with ckpt_path={last} after "
-                 "lowering the learning rate," if last else " No checkpoint was written before this step. Fix: lower "
-                 "the learning rate and train again,")
+        where = (f" The last checkpoint written before this step is kept. Fix: resume from it with ckpt_path={last} "
+                 "after lowering the learning rate," if last else
+                 " No checkpoint was written before this step. Fix: lower the learning rate and train again,")
         raise TrainingDivergedError(message + where + " or set model.skip_nonfinite=true to skip such batches.")
 
     def _last_checkpoint(self) -> str | None:

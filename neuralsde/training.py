@@ -115,7 +115,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg)
-    _refuse_used_run_dir(out_dir, ckpt_path)
+    continuing = _refuse_used_run_dir(out_dir, ckpt_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     if cfg.get("extras", {}).get("print_config"):
@@ -126,6 +126,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         _check_resume_compatible(ckpt_path, model)
         _continue_wandb_run(cfg, ckpt_path)
     _group_wandb_sweep(cfg)
+    if continuing:
+        _set_aside_metrics(out_dir)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -146,25 +148,30 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     return result
 
 
-def _refuse_used_run_dir(out_dir: Path, ckpt_path: str | None) -> None:
+def _refuse_used_run_dir(out_dir: Path, ckpt_path: str | None) -> bool:
     """Runs never overwrite each other: a run directory given by hand (``hydra.run.dir``) that already holds a run
     would get its config and metrics replaced while its checkpoints stayed beside new ones (``last-v1.ckpt``).
-    Continuing that run from its own checkpoint is allowed (a SLURM job requeued with ``resume=auto``)."""
+    Continuing that run from its own checkpoint is allowed (a SLURM job requeued with ``resume=auto``): True."""
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     if rank_zero_only.rank != 0:  # DDP's other processes start in the directory the first one has just set up
-        return
+        return False
     if ckpt_path is not None and Path(ckpt_path).resolve().is_relative_to(out_dir.resolve()):
-        earlier = out_dir / "csv" / "metrics.csv"  # Lightning's CSV logger deletes it when it starts
-        if earlier.is_file():
-            earlier.replace(earlier.with_name(f"metrics_before_{time.strftime('%Y-%m-%d_%H-%M-%S')}.csv"))
-        return
+        return True
     used = [p.name for p in (out_dir / "config.yaml", out_dir / "checkpoints") if p.exists()]
     if used:
         raise ConfigError(f"The run directory {str(out_dir)!r} already holds a run ({', '.join(used)}). Runs never "
                           "overwrite each other. Fix: choose a new hydra.run.dir (left unset, every run gets its own "
                           "timestamped directory) or delete the old run; to continue it, pass "
                           f"ckpt_path={out_dir / 'checkpoints' / 'last.ckpt'} with another hydra.run.dir.")
+    return False
+
+
+def _set_aside_metrics(out_dir: Path) -> None:
+    """Keep a continued run's earlier ``csv/metrics.csv``, which Lightning's CSV logger deletes when it starts."""
+    earlier = out_dir / "csv" / "metrics.csv"
+    if earlier.is_file():
+        earlier.replace(earlier.with_name(f"metrics_before_{time.strftime('%Y-%m-%d_%H-%M-%S')}.csv"))
 
 
 def _check_trainer_limits(cfg: DictConfig) -> None:
