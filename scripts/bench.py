@@ -38,7 +38,8 @@ def parse(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiniest sizes (implies --quick): checks the driver, not speed")
     p.add_argument("--rows", default=",".join(map(str, ROWS)), help="comma-separated row numbers, e.g. 1,3")
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda: the device CUDA_VISIBLE_DEVICES exposes)")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch.set_num_threads (default 1, as the README's figures; row 10 compares one per core)")
     p.add_argument("--out", default=str(HERE.parent / "bench" / "results"), help="output prefix (.md and .json)")
     return p.parse_args(argv)
 
