@@ -13,6 +13,7 @@ from neuralsde.checkpoints import load_model
 from neuralsde.errors import ConfigError
 from neuralsde.evaluation import check_n_samples, evaluate, print_metrics_table
 from neuralsde.metrics import check_metric_names
+from neuralsde.metrics.suite import make_options
 
 log = logging.getLogger(__name__)
 OUTPUT_FORMATS = (".csv", ".npz", ".parquet")
@@ -24,6 +25,7 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     n_samples = check_n_samples(cfg.n_samples, "n_samples")
     model, datamodule, train_cfg = load_model(cfg.ckpt_path, list(cfg.cfg_overrides))
     options = metric_options(train_cfg, cfg.options)
+    make_options(where="+options.", **options)  # eval.py's own command-line form, before any sampling
     values, _ = evaluate(model, datamodule, metrics=names, n_samples=n_samples, seed=int(cfg.seed),
                          options=options, reference=True, progress=True)
     values = {f"test/{k}": v for k, v in values.items() if v is not None}

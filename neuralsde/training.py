@@ -149,21 +149,23 @@ def _train(cfg: DictConfig) -> dict[str, float]:
 
 
 def _refuse_used_run_dir(out_dir: Path, ckpt_path: str | None) -> bool:
-    """Runs never overwrite each other: a run directory given by hand (``hydra.run.dir``) that already holds a run
-    would get its config and metrics replaced while its checkpoints stayed beside new ones (``last-v1.ckpt``).
-    Continuing that run from its own checkpoint is allowed (a SLURM job requeued with ``resume=auto``): True."""
+    """Runs never overwrite each other: a run directory given by hand (``hydra.run.dir``) whose run has written
+    checkpoints would get its config and metrics replaced, and new checkpoints beside its own (``last-v1.ckpt``).
+    Continuing that run from its own checkpoint is allowed (a SLURM job requeued with ``resume=auto``): True.
+    Only checkpoints mark a run: a run refused or failed before its first one leaves nothing to protect, and a
+    ``config.yaml`` may come from another DDP process of this very run."""
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-    if rank_zero_only.rank != 0:  # DDP's other processes start in the directory the first one has just set up
+    if rank_zero_only.rank != 0:  # only the first process writes checkpoints
         return False
-    if ckpt_path is not None and Path(ckpt_path).resolve().is_relative_to(out_dir.resolve()):
+    if ckpt_path is not None and Path(ckpt_path).expanduser().resolve().is_relative_to(out_dir.resolve()):
         return True
-    used = [p.name for p in (out_dir / "config.yaml", out_dir / "checkpoints") if p.exists()]
-    if used:
-        raise ConfigError(f"The run directory {str(out_dir)!r} already holds a run ({', '.join(used)}). Runs never "
+    saved = sorted((out_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if saved:
+        raise ConfigError(f"The run directory {str(out_dir)!r} already holds a run with checkpoints. Runs never "
                           "overwrite each other. Fix: choose a new hydra.run.dir (left unset, every run gets its own "
-                          "timestamped directory) or delete the old run; to continue it, pass "
-                          f"ckpt_path={out_dir / 'checkpoints' / 'last.ckpt'} with another hydra.run.dir.")
+                          f"timestamped directory) or delete the old run; to continue it, pass ckpt_path={saved[-1]} "
+                          "(with a larger model.train_steps if it has finished).")
     return False
 
 

@@ -130,6 +130,9 @@ def test_too_few_evaluation_paths_are_refused_before_any_work(sdegan_run, tmp_pa
         run_eval(cfg)
     with pytest.raises(ConfigError, match="callbacks.metrics.n_samples=0 is not valid"):  # before training starts
         MetricsCallback(str(tmp_path), n_samples=0)
+    cfg = _cmd_cfg("eval", tmp_path, ckpt_path=str(sdegan_run / "checkpoints" / "last.ckpt"), options={"horizon": 1.5})
+    with pytest.raises(ConfigError, match=r"\+options.horizon=1.5 is not valid.*Fix: e.g. \+options.horizon=0.5"):
+        run_eval(cfg)  # named as eval.py takes it on the command line
 
 
 def test_checkpoint_errors(sdegan_run, tmp_path):

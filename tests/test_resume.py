@@ -166,13 +166,14 @@ def test_skip_nonfinite_option_skips_bad_batches(tmp_path, monkeypatch):
 def test_a_used_run_dir_and_a_finished_checkpoint_are_refused(tmp_path):
     _run(tmp_path, "a", 2)
     before = (tmp_path / "a" / "csv" / "metrics.csv").read_text()
-    with pytest.raises(ConfigError, match="already holds a run .*hydra.run.dir"):  # the same directory again
+    with pytest.raises(ConfigError, match="already holds a run with checkpoints.*hydra.run.dir.*ckpt_path=.*last.ckpt"):
         _run(tmp_path, "a", 2)
     assert (tmp_path / "a" / "csv" / "metrics.csv").read_text() == before
     assert sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir()) == ["last.ckpt"]
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
     with pytest.raises(ConfigError, match="already trained 2 steps .*nothing is left to train.*train_steps=4"):
         _run(tmp_path, "b", 2, last)
+    _run(tmp_path, "b", 3, last)  # a run refused before any checkpoint left nothing to protect: retrying is fine
     _, state = _run(tmp_path, "a", 3, last)  # continuing a run in its own directory (a requeued job) is allowed
     assert state["neuralsde"]["train_step"] == 3
     (kept,) = (tmp_path / "a" / "csv").glob("metrics_before_*.csv")  # and its earlier metrics are kept

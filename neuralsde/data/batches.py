@@ -5,6 +5,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import IterableDataset
 
+from neuralsde.errors import ConfigError
+
 
 def _rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
@@ -32,7 +34,7 @@ class StepBatches(IterableDataset):
         per_step = self.batch_size * world
         steps_per_pass = n // per_step
         if steps_per_pass == 0:
-            raise ValueError(f"data.batch_size={self.batch_size} x {world} processes exceeds the {n} training "
+            raise ConfigError(f"data.batch_size={self.batch_size} x {world} processes exceeds the {n} training "
                              "series. Fix: lower data.batch_size or the number of devices.")
         k, j = divmod(step, steps_per_pass)
         if getattr(self, "_pass", None) != k:  # one permutation per pass, not per step
