@@ -1,6 +1,7 @@
 """What `eval.py` and `sample.py` do, as functions of their configs."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -24,15 +25,15 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     names = check_metric_names(cfg.metrics)
     n_samples = check_n_samples(cfg.n_samples, "n_samples")
     model, datamodule, train_cfg = load_model(cfg.ckpt_path, list(cfg.cfg_overrides))
-    options = metric_options(train_cfg, cfg.options)
-    make_options(where="+options.", **options)  # eval.py's own command-line form, before any sampling
+    # checked in eval.py's own command-line form, before any sampling
+    options = make_options(where="+options.", **metric_options(train_cfg, cfg.options))
     values, _ = evaluate(model, datamodule, metrics=names, n_samples=n_samples, seed=int(cfg.seed),
                          options=options, reference=True, progress=True)
     values = {f"test/{k}": v for k, v in values.items() if v is not None}
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = str(Path(cfg.ckpt_path).expanduser().resolve())  # the file, wherever the JSON is read from
-    used = {"n_samples": n_samples, "seed": int(cfg.seed), "options": options}  # what produced these figures
+    used = {"n_samples": n_samples, "seed": int(cfg.seed), "options": dataclasses.asdict(options)}  # all of them
     (out / "metrics.json").write_text(json.dumps({"checkpoint": ckpt, "family": model.family, **used,
                                                   "metrics": values}, indent=2))
     print_metrics_table(values, f"{model.family}: {cfg.ckpt_path}")

@@ -10,10 +10,10 @@ from pytorch_lightning.utilities import rank_zero_only
 from neuralsde.callbacks import log_figure
 from neuralsde.errors import bad_option
 from neuralsde.metrics import CHEAP_METRICS, METRICS, check_metric_names, compute_metrics
-from neuralsde.metrics.suite import make_options
+from neuralsde.metrics.suite import MetricOptions, make_options
 
 
-def evaluate(model, datamodule, *, metrics, n_samples: int, seed: int, options: dict | None = None,
+def evaluate(model, datamodule, *, metrics, n_samples: int, seed: int, options: dict | MetricOptions | None = None,
              split: str = "test", reference: bool = False,
              progress: bool = False) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Sample from ``model`` and compute the named metrics against the real ``split``.
@@ -27,7 +27,7 @@ def evaluate(model, datamodule, *, metrics, n_samples: int, seed: int, options: 
     ``progress``: a bar over the metrics (see ``compute_metrics``).
     """
     names = check_metric_names(metrics)
-    options = make_options(**(options or {}))
+    options = options if isinstance(options, MetricOptions) else make_options(**(options or {}))
     # Lightning's test loop runs under inference mode; the classifier and forecaster need autograd.
     with torch.inference_mode(False), torch.enable_grad():
         values, paths = _evaluate(model, datamodule, names, n_samples, seed, options, split, progress)

@@ -19,6 +19,8 @@ from neuralsde.evaluation import print_metrics_table
 from neuralsde.solver import SolverConfig
 
 log = logging.getLogger(__name__)
+# Errors that already name the option, the value and the fix: shown as they are, without wrappers or tracebacks.
+OUR_ERRORS = (ConfigError, DataError, CheckpointError, TrainingDivergedError)
 
 
 def instantiate(node, **kwargs):
@@ -30,7 +32,7 @@ def instantiate(node, **kwargs):
         cause = err.__cause__
         while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
             cause = cause.__cause__
-        if isinstance(cause, (ConfigError, DataError, CheckpointError)) or (
+        if isinstance(cause, OUR_ERRORS) or (
                 isinstance(cause, ValueError) and "Fix" in str(cause)):
             raise cause from None
         raise
@@ -263,7 +265,7 @@ def reported_plainly():
     traceback; a multirun keeps Hydra's handling, where a failed job is the sweeper's business)."""
     try:
         yield
-    except (ConfigError, DataError, CheckpointError, TrainingDivergedError) as err:
+    except OUR_ERRORS as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
             raise
         log.error("%s: %s", type(err).__name__, err)

@@ -24,6 +24,7 @@ from neuralsde.metrics._paths import (
 )
 
 CLASSIFIERS = ("cde", "gru")
+CDE_METHODS = ("rk4", "euler", "midpoint")  # fixed-step torchcde solvers for the CDE classifier
 
 
 class CDEClassifier(nn.Module):
@@ -99,7 +100,7 @@ def real_fake_classification(
     """
     if classifier not in CLASSIFIERS:
         raise bad_option("classifier", classifier, f"one of {CLASSIFIERS}", 'use "cde" (default) or "gru"')
-    if method not in ("rk4", "euler", "midpoint"):
+    if method not in CDE_METHODS:
         raise bad_option("method", method, 'a fixed-step solver: "rk4", "euler" or "midpoint"', 'use "rk4"')
     if epochs < 1 or hidden_size < 1 or batch_size < 1:
         raise ConfigError(

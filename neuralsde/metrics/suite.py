@@ -14,7 +14,7 @@ import torch
 
 from neuralsde.errors import ConfigError, bad_option
 from neuralsde.metrics._paths import check_paths, seed_int
-from neuralsde.metrics.classification import CLASSIFIERS, real_fake_classification
+from neuralsde.metrics.classification import CDE_METHODS, CLASSIFIERS, real_fake_classification
 from neuralsde.metrics.marginals import acf_error, cross_corr_error, marginal_distance
 from neuralsde.metrics.prediction import tstr
 from neuralsde.metrics.sig_mmd import KINDS, STATIC_KERNELS, signature_mmd
@@ -150,7 +150,7 @@ def check_metric_names(names: Iterable[str], *, allow_training: bool = True) -> 
 
 
 _CHOICES = {"sig_kind": KINDS, "sig_static_kernel": STATIC_KERNELS, "classifier": CLASSIFIERS,
-            "classifier_method": ("rk4", "euler", "midpoint")}
+            "classifier_method": CDE_METHODS}
 _COUNTS = {"sig_depth": 1, "sig_dyadic_order": 0, "n_boot": 1, "classifier_hidden": 1, "classifier_epochs": 1,
            "forecast_hidden": 1, "forecast_epochs": 1, "batch_size": 1}  # integer options and their least value
 _FRACTIONS = ("ci", "horizon")  # strictly between 0 and 1
