@@ -27,7 +27,9 @@ import weakref
 import torch
 from torch import nn
 
-from neuralsde.fast.mlp import FusedMLP, cde_mlp, chunk_size, generator_mlp, plain
+from neuralsde.fast.heads import plain
+from neuralsde.fast.mlp import FusedMLP, cde_mlp, generator_mlp
+from neuralsde.fast.records import chunk_size
 from neuralsde.fast.scratch import index_tensor, scratch
 
 

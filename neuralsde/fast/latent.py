@@ -21,12 +21,13 @@ import torch
 from torch import nn
 
 from neuralsde.fast.fused import _agrees
+from neuralsde.fast.heads import _BWD, _FWD, parse, plain
 from neuralsde.fast.logqp import STABLE_EPS, logqp_field
-from neuralsde.fast.mlp import _BWD, _FWD, chunk_size, parse, plain
+from neuralsde.fast.records import chunk_size
 
 _SILU_BWD = torch.ops.aten.silu_backward.default
 _SILU_BWD_INTO, _SILU_INTO = _BWD["silu"], _FWD["silu"]  # the forms that write into out= / grad_input=
-CHUNK = None  # evaluations per parameter-gradient sum; None: as many as fit in mlp.CACHE_BYTES
+CHUNK = None  # evaluations per parameter-gradient sum; None: as many as fit in records.CACHE_BYTES
 DIFFUSION_LIPSWISH = 0.909  # DiagonalDiffusion's activation scale (written in its forward; the probe checks it)
 
 

@@ -17,85 +17,12 @@ VJP goes to the state only (midpoint's first adjoint stage). Plain evaluations (
 from __future__ import annotations
 
 import torch
-from torch import nn
 
+from neuralsde.fast.heads import _BWD, _FWD, parse, plain
+from neuralsde.fast.records import Records, chunk_size
 from neuralsde.fast.scratch import index_tensor
-from neuralsde.nn import LipSwish
 
-# activation (writing into ``out=``) and its backward (writing a recorded cotangent via ``grad_input=``)
-_FWD = {"tanh": torch.tanh, "silu": torch._C._nn.silu}
-_BWD = {"tanh": torch.ops.aten.tanh_backward.grad_input, "silu": torch.ops.aten.silu_backward.grad_input}
-_ACTIVATIONS = {LipSwish: ("silu", 0.909), nn.SiLU: ("silu", 1.0), nn.Tanh: ("tanh", 1.0)}
-CHUNK = None  # recorded evaluations per parameter-gradient matmul; None: as many as fit in CACHE_BYTES
-CACHE_BYTES = 2 ** 22  # chunk buffers this small stay in the CPU's cache while a chunk is written and summed
-
-
-def chunk_size(bytes_per_slot: int, points: int, fixed: int | None = None, budget: int = CACHE_BYTES) -> int:
-    """Slots per chunk: ``fixed``, else as many as fit in ``budget`` bytes (2 to 64), at most ``points``."""
-    k = fixed if fixed is not None else max(2, min(64, budget // max(bytes_per_slot, 1)))
-    return max(1, min(points, k))
-
-
-def parse(net) -> tuple[list[nn.Linear], list[tuple[str, float]], bool] | None:
-    """``(linears, hidden activations (kind, scale), final tanh)`` or None if ``net`` is not a plain MLP."""
-    if not isinstance(net, nn.Sequential) or type(net).forward is not nn.Sequential.forward:
-        return None
-    linears, acts, pending = [], [], None
-    for m in net:
-        if type(m) is nn.Linear and m.bias is not None:
-            if linears and pending is None:
-                return None  # two Linears in a row
-            if pending is not None:
-                acts.append(pending)
-            linears.append(m)
-            pending = None
-        elif type(m) in _ACTIVATIONS and linears and pending is None:
-            pending = _ACTIVATIONS[type(m)]
-        else:
-            return None
-    if not linears or pending not in (None, ("tanh", 1.0)):
-        return None
-    return linears, acts, pending is not None
-
-
-def plain(module: nn.Module) -> bool:
-    """No hooks, parametrizations or compiled networks anywhere: calling the weights directly is what calling
-    the module does (and what was asked for)."""
-    from torch.nn.modules import module as m
-    if m._global_forward_hooks or m._global_forward_pre_hooks or getattr(module, "compiled_nets", None):
-        return False
-    return not any(x._forward_hooks or x._forward_pre_hooks or hasattr(x, "parametrizations")
-                   for x in module.modules())
-
-
-class _Records:
-    """Chunk buffers of recorded evaluations: layer inputs and outputs, activations and cotangents.
-
-    Each buffer is ``(size + 1, B, width)``: ``size`` slots of a chunk, and one more (``cache``) for an
-    evaluation whose VJP is taken to the state only (its cotangents are never summed). The per-slot views are
-    made once, as one tuple per slot (indexing and attribute lookups cost as much as a small op). A
-    ``FusedMLP`` keeps its records per shape, so they are allocated once and shared with nothing else.
-    """
-
-    def __init__(self, mlp: FusedMLP, batch: int, like: torch.Tensor, size: int):
-        widths = [mlp.wz.size(0)] + [w.size(0) for w in mlp.ws]  # outputs of layers 0..L-1
-
-        def buf(width):
-            return like.new_empty(size + 1, batch, width)
-        self.size, self.times = size, [0] * (size + 1)
-        self.z = buf(mlp.wz.size(1))
-        self.h = [buf(w) for w in widths[:-1]]  # hidden pre-activations
-        self.a = [buf(w) for w in widths[:-1]]  # hidden activations
-        self.out = buf(widths[-1])
-        self.d = [buf(w) for w in widths]  # cotangents of the layer outputs
-        # The last layer's output goes straight to ``out`` unless a final tanh follows (then its pre-activation
-        # is needed only until the sigmoid has read it: one shared buffer).
-        pre = like.new_empty(batch, widths[-1]) if mlp.final_tanh else None
-        outs = self.out.unbind(0)
-        self.slots = [(z, [h[s] for h in self.h] + [pre if mlp.final_tanh else outs[s]], [a[s] for a in self.a],
-                       outs[s], [d[s] for d in self.d], outs[s].view(batch, mlp.channels, -1))
-                      for s, z in enumerate(self.z.unbind(0))]
-        self.cache = size
+CHUNK = None  # recorded evaluations per parameter-gradient matmul; None: as many as fit in records.CACHE_BYTES
 
 
 class FusedMLP:
@@ -120,7 +47,7 @@ class FusedMLP:
             raise ValueError("bad output permutation")
         self._blocks_at = [None] + [self._blocks(i) for i in range(1, len(self.layers))]
         self.rec = None
-        self._records = {}  # (batch, chunk, dtype, device, inference mode) -> _Records
+        self._records = {}  # (batch, chunk, dtype, device, inference mode) -> Records
         self._consts = {}  # per (dtype, device): index tensors and constants that do not change with the weights
 
     def _scale(self, i: int) -> float:
@@ -178,7 +105,7 @@ class FusedMLP:
         key = (batch, size, like.dtype, like.device, torch.is_inference_mode_enabled())
         rec = self._records.get(key)
         if rec is None:  # buffers and per-slot views (a few hundred small ops): made once per shape
-            rec = self._records[key] = _Records(self, batch, like, size)
+            rec = self._records[key] = Records(self, batch, like, size)
         self.rec, self.acc = rec, None
 
     def z_slot(self, s: int) -> torch.Tensor:
