@@ -1,4 +1,5 @@
 """Weight clipping bounds and LipSwish's Lipschitz constant."""
+import pytest
 import torch
 
 from neuralsde.lipschitz import clip_weights, gradient_penalty
@@ -44,8 +45,18 @@ def test_discriminator_step_clips(tiny_cfg):
 
 
 def test_gradient_penalty_is_differentiable_and_zero_for_unit_slope():
-    # D(x) = sum of x over entries with unit total norm gradient -> penalty 0.
+    # D(x) = slope * sum(x * w) with |w| = 1: the gradient norm is |slope| at every interpolate, so the penalty is
+    # exactly (|slope| - 1)^2; it must be differentiable in D's parameters (the discriminator trains through it).
     real, fake = torch.randn(4, 5, 2), torch.randn(4, 5, 2)
     w = torch.ones(5, 2) / 10 ** 0.5
     penalty = gradient_penalty(lambda x: (x * w).sum(dim=(1, 2)), real, fake)
     assert penalty.abs() < 1e-10
+    for slope in (3.0, 0.5):
+        steep = gradient_penalty(lambda x, s=slope: s * (x * w).sum(dim=(1, 2)), real, fake)
+        assert steep.item() == pytest.approx((slope - 1) ** 2, rel=1e-5)
+    scale = torch.tensor(2.0, requires_grad=True)  # a parameter of D: d/ds (s - 1)^2 = 2 (s - 1) = 2
+    (grad,) = torch.autograd.grad(gradient_penalty(lambda x: scale * (x * w).sum(dim=(1, 2)), real, fake), scale)
+    assert grad.item() == pytest.approx(2.0, rel=1e-5)
+    # NaNs in the real paths (missing values) are filled from the fake ones: the penalty stays finite
+    real[0, 1, 0] = float("nan")
+    assert torch.isfinite(gradient_penalty(lambda x: 3.0 * (x * w).sum(dim=(1, 2)), real, fake))
