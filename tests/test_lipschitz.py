@@ -27,9 +27,10 @@ def test_every_linear_weight_within_bound_after_clipping():
         assert layer.weight.abs().max() >= 1.0 / layer.out_features - 1e-6  # clipping was active
 
 
-def test_discriminator_step_clips(tiny_cfg):
+@pytest.mark.parametrize("update", ["simultaneous", "alternating"])
+def test_discriminator_step_clips(tiny_cfg, update):
     from neuralsde.training import build
-    cfg = tiny_cfg()
+    cfg = tiny_cfg([f"model.update={update}"])
     dm, model = build(cfg)
     with torch.no_grad():
         for p in model.discriminator.parameters():
@@ -39,9 +40,11 @@ def test_discriminator_step_clips(tiny_cfg):
     model.manual_backward = lambda loss: loss.backward()
     model.log = lambda *a, **k: None
     model.training_step(next(iter(dm.train_dataloader())), 0)
-    for layer in model.discriminator.modules():
-        if isinstance(layer, torch.nn.Linear):
-            assert layer.weight.abs().max() <= 1.0 / layer.out_features + 1e-7
+    layers = [m for m in model.discriminator.modules() if isinstance(m, torch.nn.Linear)]
+    assert layers
+    for layer in layers:
+        assert layer.weight.abs().max() <= 1.0 / layer.out_features + 1e-7
+        assert layer.weight.abs().max() >= 1.0 / layer.out_features - 1e-7  # the 100x weights were clipped here
 
 
 def test_gradient_penalty_is_differentiable_and_zero_for_unit_slope():
