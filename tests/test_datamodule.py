@@ -55,3 +55,44 @@ def test_a_split_by_series_of_overlapping_windows_warns_of_the_leak():
         TimeSeriesDataModule(disjoint, batch_size=32, split_by="series", normalize="none").setup()
     leaks = [str(w.message) for w in caught if "overlapping windows" in str(w.message)]
     assert len(leaks) == 1 and "Fix: data.split_by=time" in leaks[0]
+
+
+def test_time_split_leaves_no_window_straddling_two_splits():
+    # Checked on the windows' own spans, not against split_by_time: every training window ends before any validation
+    # window starts, and every validation window before any test window; only windows across a cut are dropped.
+    source = _Windows(n=1000, length=8)
+    dm = TimeSeriesDataModule(source, batch_size=32, split_by="time", normalize="none", seed=3)
+    dm.setup()
+    starts = {split: _starts(dm, split) for split in ("train", "val", "test")}
+    assert all(len(s) > 0 for s in starts.values())
+    assert int(starts["train"].max()) + source.length <= int(starts["val"].min())
+    assert int(starts["val"].max()) + source.length <= int(starts["test"].min())
+    used = torch.cat(list(starts.values()))
+    assert len(used.unique()) == len(used)  # no window in two splits
+    assert source.n - len(used) <= 2 * (source.length - 1)  # at most the windows across the two cuts are dropped
+    assert abs(len(starts["train"]) - 0.8 * source.n) <= source.length
+
+
+def test_normaliser_is_fitted_on_the_training_split_only():
+    # A drifting series (value = position): the later splits lie far above the training one. Statistics of the
+    # training windows alone make the training split mean 0 and std 1 (per channel, missing values ignored), while
+    # the test split, normalised with them, stays far above 0.
+    source = _Windows(n=1000, length=8)
+    load = source.load
+
+    def with_gaps():
+        raw = load()
+        raw.values[::5, 2] = float("nan")
+        return raw
+
+    source.load = with_gaps
+    dm = TimeSeriesDataModule(source, batch_size=32, split_by="time", normalize="standard", seed=3)
+    dm.setup()
+    train_raw = source.load().values[dm.split_indices["train"]]
+    torch.testing.assert_close(dm.normalizer.shift, train_raw.nanmean((0, 1)), rtol=1e-6, atol=0)
+    values = dm.train[..., 1:]
+    observed = values[~torch.isnan(values)]
+    assert abs(float(observed.mean())) < 1e-4 and abs(float(observed.std(unbiased=False)) - 1) < 1e-4
+    assert float(dm.test[..., 1:].nanmean()) > 1.5  # the test period was not part of the fit
+    torch.testing.assert_close(dm.normalizer.inverse(dm.test[..., 1:]),
+                               source.load().values[dm.split_indices["test"]], equal_nan=True)
