@@ -6,8 +6,12 @@ from neuralsde.training import train
 
 
 def test_offline_wandb_run_has_metrics_and_images(tiny_cfg, tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
+    # No WANDB_MODE in the environment (conftest sets one for the other tests): offline must come from the config,
+    # as the README promises for `logger=wandb` and `logger=many` with no account.
+    monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    for logger in ("wandb", "many"):
+        assert tiny_cfg([f"logger={logger}"]).logger.wandb.offline is True, logger
     cfg = tiny_cfg(["logger=many"], steps=2)
     with open_dict(cfg):
         cfg.callbacks.metrics.test_metrics = ["sig_mmd", "marginal_w1"]
