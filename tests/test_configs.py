@@ -71,3 +71,20 @@ def test_runtime_options_instantiate(group, option, tmp_path):
         if type(lg).__name__ == "WandbLogger":
             import wandb
             wandb.finish()
+
+
+def test_default_and_paper_recipes_are_the_readmes():
+    # README, "What a run does": the default run and experiment=ou_sdegan_paper, with the numbers it states.
+    default = compose_config([])
+    assert compose_config(["experiment=ou_sdegan"]) == default
+    src = default.data.source
+    assert (src.n_paths, src.t_size, src.mu, src.theta, src.sigma, src.drop_fraction) == (8192, 64, 0.02, 0.1, 0.4, 0.3)
+    assert default.data.batch_size == 128 and default.model.train_steps == 2000 and default.threads == 1
+    assert (default.model.optimizer.g_lr, default.model.optimizer.d_lr) == (1e-2, 5e-2)
+    solver = (default.solver.method, default.solver.backend, default.model.lipschitz)
+    assert solver == ("reversible_heun", "fast", "clip")
+    assert default.logger.get("csv") is not None and "wandb" not in default.logger
+    paper = compose_config(["experiment=ou_sdegan_paper"])
+    assert (paper.data.batch_size, paper.model.train_steps, paper.model.swa_start) == (1024, 10000, 5000)
+    assert (paper.model.optimizer.g_lr, paper.model.optimizer.d_lr) == (2e-4, 1e-3)
+    assert paper.model.optimizer.name == default.model.optimizer.name == "adadelta"

@@ -304,6 +304,32 @@ def test_weights_deterministic(tmp_path):
     assert torch.equal(per_run.values, cached.values)
 
 
+def test_ou_source_is_the_readmes_process():
+    # README: dY = (mu t - theta Y) dt + sigma (2t/T) dW, mu=0.02, theta=0.1, sigma=0.4, 64 times, 8192 paths, 30% of
+    # the values dropped. The sample mean and variance at every time follow the same Euler scheme's moment recursions
+    # (Y0 ~ U(-1, 1): mean 0, variance 1/3), within sampling error.
+    from neuralsde.data.ou import OUSource
+
+    n, length, mu, theta, sigma, h = 8192, 64, 0.02, 0.1, 0.4, 0.1
+    raw = OUSource().load()
+    assert raw.values.shape == (n, length, 1) and raw.times.tolist() == list(range(length))
+    assert int(torch.isnan(raw.values).sum()) == int(0.3 * n * length)
+    again, other = OUSource().load(), OUSource(seed=1).load()
+    assert torch.equal(again.values.nan_to_num(7.0), raw.values.nan_to_num(7.0))
+    assert not torch.equal(other.values.nan_to_num(7.0), raw.values.nan_to_num(7.0))
+    full = OUSource(drop_fraction=0.0).load().values[..., 0].double()
+    mean, var = [0.0], [1.0 / 3.0]
+    for k in range(10 * (length - 1)):
+        t = k * h
+        m, v = mean[-1], var[-1]
+        mean.append(m + (mu * t - theta * m) * h)
+        var.append((1 - theta * h) ** 2 * v + (sigma * 2 * t / length) ** 2 * h)
+    mean, var = torch.tensor(mean[::10]), torch.tensor(var[::10])
+    assert float(mean[-1]) > 10  # the drift mu t carries the mean far from 0: a wrong mu or theta shows
+    assert ((full.mean(0) - mean).abs() <= 5 * (var / n).sqrt()).all()
+    assert ((full.var(0) / var - 1).abs() <= 6 * (2 / n) ** 0.5).all()
+
+
 def test_lorenz_deterministic():
     a = LorenzSource(n_paths=8, n_times=20, t_end=0.5, drop_fraction=0.25, seed=3).load()
     b = LorenzSource(n_paths=8, n_times=20, t_end=0.5, drop_fraction=0.25, seed=3).load()
