@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torchcde
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from neuralsde.brownian import ZeroBrownian
@@ -39,7 +40,9 @@ class Discriminator(nn.Module):
     linear interpolation (torchcde's ``linear_interpolation_coeffs``) before the CDE is solved.
 
     ``interpolation="hermite"`` drives the CDE by torchcde's Hermite cubic spline with backward differences
-    (through torchsde on either backend: the fast backend integrates piecewise-linear controls only).
+    (through torchsde on either backend: the fast backend integrates piecewise-linear controls only). Its
+    derivative at an observation time is the linear interpolation's there (the backward difference), so it
+    changes the solve only where a solver evaluates between observations: ``midpoint``, or ``dt < 1``.
     """
 
     def __init__(self, data_size: int, hidden_size: int = 16, mlp_size: int = 16, num_layers: int = 1,
@@ -50,6 +53,11 @@ class Discriminator(nn.Module):
                              "set model.discriminator.interpolation=linear")
         self.interpolation = interpolation
         self.solver = solver or SolverConfig()
+        if interpolation == "hermite" and self.solver.method != "midpoint" and self.solver.dt >= 1:
+            rank_zero_warn(f"model.discriminator.interpolation=hermite gives the linear interpolation's numbers with "
+                           f"solver.method={self.solver.method} and solver.dt={self.solver.dt}: the solver reads the "
+                           "path's derivative only at observation times, where the two interpolations agree. Fix: "
+                           "solver.dt=0.5 (or smaller), or solver=midpoint, for the cubic to make a difference.")
         self.initial = MLP(1 + data_size, hidden_size, mlp_size, num_layers, tanh=False)
         self.func = DiscriminatorCDE(data_size, hidden_size, mlp_size, num_layers, time_scale=1.0 / max(t_size - 1, 1))
         self.readout = nn.Linear(hidden_size, 1)
