@@ -210,11 +210,14 @@ def test_cache_write_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
 
 
-def test_cache_unwritable_dir_still_returns(tmp_path, monkeypatch):
+def test_cache_unwritable_dir_still_returns(tmp_path, monkeypatch, caplog):
     def fail(path, blob):
         raise PermissionError("read-only file system")
     monkeypatch.setattr(cache_mod, "write_atomic", fail)
-    assert cache_mod.cached(tmp_path / "c.pt", 1, lambda: tiny(1.0)).values.shape == (2, 3, 1)
+    with caplog.at_level("WARNING"):
+        assert cache_mod.cached(tmp_path / "c.pt", 1, lambda: tiny(1.0)).values.shape == (2, 3, 1)
+    said = [r.getMessage() for r in caplog.records if "Could not write cache" in r.getMessage()]
+    assert len(said) == 1 and "read-only file system" in said[0] and "Fix: set cache_dir" in said[0]
 
 
 # ---- CSV ---------------------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def test_missing_channel_contributes_nothing(kind):
     assert torch.isfinite(decoder.readout.weight.grad).all() and decoder.log_scale.grad[1] == 0
 
 
-def test_missing_values_do_not_change_the_elbo():
+def test_a_fully_missing_channel_keeps_the_elbo_finite():  # masking itself: test_missing_channel_contributes_nothing
     model = make_model()
     paths, filled = make_batch()
     paths[..., 2] = float("nan")  # channel 2 fully missing; the encoder sees it as filled zeros + mask 0
