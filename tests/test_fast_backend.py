@@ -128,12 +128,35 @@ def test_adjoint_forward_holds_no_graph():
     assert y0.grad is not None and all(p.grad is not None for p in field.parameters())
 
 
-def test_adjoint_rejects_double_backward():
-    field, y0, ts, dW = sde_setup(torch.float64, 1.0)
-    out = fast_sdeint(field, y0, ts, 1.0, dW)
-    (gy0,) = torch.autograd.grad(out.sum(), y0, create_graph=True)
-    with pytest.raises(RuntimeError):
-        gy0.sum().backward()
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("solve", ["fast_sdeint", "midpoint_sdeint", "fast_cdeint", "midpoint_cdeint"])
+def test_adjoint_refuses_double_backward(solve, fused):
+    # torch's once_differentiable returned the gradient without a graph: a penalty built on it silently had no
+    # gradient (requires_grad False) and vanished from a summed loss. Now the first backward says so; direct
+    # backpropagation (adjoint=False) keeps the graph.
+    torch.manual_seed(0)
+    if solve.endswith("sdeint"):
+        field, y0, ts, dW = sde_setup(torch.float64, 1.0)
+        if solve == "fast_sdeint":
+            def run(adjoint):
+                return fast_sdeint(field, y0, ts, 1.0, dW, adjoint=adjoint, fused=fused)
+        else:
+            gen = GeneratorSDE(H, W, MLP, 1, 1.0 / (T - 1)).double()  # midpoint's fused path is the generator's
+            def run(adjoint):
+                return midpoint_sdeint(gen, y0, ts, 1.0, dW, adjoint=adjoint, fused=fused)
+    else:
+        func = DiscriminatorCDE(C - 1, H, MLP, 1, 1.0 / (T - 1)).double()
+        y0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
+        X = torch.randn(B, T, C, dtype=torch.float64).cumsum(1)
+        solver = fast_cdeint if solve == "fast_cdeint" else midpoint_cdeint
+        def run(adjoint):
+            return solver(func, y0, X, None, 1.0, adjoint=adjoint, fused=fused)
+    with pytest.raises(RuntimeError, match=r"double backward .*Fix: solve with adjoint=False"):
+        torch.autograd.grad(run(True).sum(), y0, create_graph=True)
+    (gy0,) = torch.autograd.grad(run(False).sum(), y0, create_graph=True)
+    assert gy0.requires_grad
+    (g,) = torch.autograd.grad(run(True).sum(), y0)  # first order: unchanged
+    assert torch.isfinite(g).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -29,6 +29,7 @@ from torch import nn
 
 from neuralsde.fast.heads import plain
 from neuralsde.fast.mlp import FusedMLP, cde_mlp, generator_mlp
+from neuralsde.fast.once import first_order
 from neuralsde.fast.records import chunk_size
 from neuralsde.fast.scratch import index_tensor, scratch
 
@@ -150,7 +151,7 @@ class _FusedAdjoint(torch.autograd.Function):
         return ys
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order
     def backward(ctx, grad_ys):
         # The cotangent a_j of z_j: a_j = a_{j+2} + J_j^T g_j + (gy_j + gy_{j+1}) / 2, with the field's cotangent
         # g_j = c_j ⊗ a_{j+1} + B_{j-1} ⊗ gy_j / 2 (the last term where y_j is observed, j >= 1).

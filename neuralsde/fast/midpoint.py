@@ -47,6 +47,7 @@ from neuralsde.fast.midpoint_generic import (
     mid_times,
     reverse_mid_times,
 )
+from neuralsde.fast.once import first_order
 from neuralsde.fast.reversible_heun import checked_grid, knot_grid
 from neuralsde.fast.scratch import scratch
 
@@ -83,7 +84,7 @@ class _FusedMidpointAdjoint(torch.autograd.Function):
         return ys
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order
     def backward(ctx, grad_ys):
         ys, ca, cb, cc = ctx.saved_tensors
         mlp = ctx.mlp

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from neuralsde.fast.once import first_order
+
 
 def mid_times(t_grid: torch.Tensor) -> torch.Tensor:
     """``t_k + (t_{k+1} - t_k) / 2`` ``(N,)``, computed as torchsde's midpoint step does."""
@@ -79,7 +81,7 @@ class _GenericAdjoint(torch.autograd.Function):
         return ys
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order
     def backward(ctx, grad_ys):
         ys, t_grid, dW, U_mid, U_next, *params = ctx.saved_tensors
         field, dt = ctx.field, ctx.dt
@@ -137,7 +139,7 @@ class _IndexedAdjoint(torch.autograd.Function):
         return ys
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order
     def backward(ctx, grad_ys):
         ys, dW, *params = ctx.saved_tensors
         field, dt, n = ctx.field, ctx.dt, dW.size(0)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from neuralsde.fast.once import first_order
+
 _GRIDS: dict = {}  # (t0, steps, dt, dtype, device) -> grid; never pruned: a captured CUDA graph may read one
 
 
@@ -190,7 +192,7 @@ class _ReversibleHeunAdjoint(torch.autograd.Function):
         return ys
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order
     def backward(ctx, grad_ys):
         ys, z, f, g, t_grid, dW, U, *params = ctx.saved_tensors
         field, noise, obs, dt = ctx.field, ctx.noise, ctx.obs, ctx.dt
