@@ -71,8 +71,8 @@ def run_sample(cfg: DictConfig) -> Path:
     path = check_output(cfg.out, bool(cfg.overwrite))
     model, datamodule, _ = load_model(cfg.ckpt_path, list(cfg.cfg_overrides))
     paths = _sample_with_progress(model, int(cfg.n), int(cfg.batch_size), int(cfg.seed))
-    paths[..., 0] = datamodule.source_times.to(paths.dtype)  # the model's time channel -> the data's own times
-    write_paths(path, paths, datamodule.channel_names)
+    # the model's time channel -> the data's own times, in float64 (a CSV's Unix timestamps do not fit a float32)
+    write_paths(path, paths, datamodule.channel_names, times=datamodule.source_times)
     log.info("Wrote %d paths to %s", len(paths), path)
     return path
 
@@ -91,8 +91,9 @@ def _sample_with_progress(model, n: int, batch_size: int, seed: int) -> torch.Te
     return torch.cat(chunks)
 
 
-def write_paths(path: Path, paths: torch.Tensor, channel_names: list[str]) -> None:
-    """``paths`` ``(n, T, 1 + C)`` to a file; the time channel becomes the ``time`` column/array.
+def write_paths(path: Path, paths: torch.Tensor, channel_names: list[str], times: torch.Tensor | None = None) -> None:
+    """``paths`` ``(n, T, 1 + C)`` to a file; the time channel becomes the ``time`` column/array, or ``times``
+    ``(T,)`` (the data's own times, kept in their dtype) in its place where given.
 
     csv and parquet are long tables with columns ``path, time, <channels>``; npz holds ``times (n, T)``,
     ``values (n, T, C)`` and ``channels``. Written to a temporary name first, then renamed.
@@ -100,14 +101,15 @@ def write_paths(path: Path, paths: torch.Tensor, channel_names: list[str]) -> No
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
     arr = paths.numpy()
+    stamps = arr[..., 0] if times is None else np.broadcast_to(times.cpu().numpy(), arr.shape[:2])  # (n, T)
     if path.suffix == ".npz":
-        np.savez(tmp, times=arr[..., 0], values=arr[..., 1:], channels=np.array(channel_names))
+        np.savez(tmp, times=stamps, values=arr[..., 1:], channels=np.array(channel_names))
     else:
         import pandas as pd
 
         n, t, _ = arr.shape
         frame = pd.DataFrame(arr[..., 1:].reshape(n * t, -1), columns=list(channel_names))
-        frame.insert(0, "time", arr[..., 0].reshape(-1))
+        frame.insert(0, "time", stamps.reshape(-1))
         frame.insert(0, "path", np.repeat(np.arange(n), t))
         frame.to_csv(tmp, index=False) if path.suffix == ".csv" else frame.to_parquet(tmp, index=False)
     tmp.replace(path)

@@ -289,6 +289,37 @@ def test_csv_option_conflicts(tmp_path):
         CSVSource(str(tmp_path / "missing.csv")).load()
 
 
+
+def test_csv_unix_timestamps_keep_their_spacing(tmp_path):
+    """Float32 holds integers exactly only to 2**24: epoch seconds 300 apart came out 256 or 384 apart, and 60 apart
+    as repeated times, refused as not increasing with no hint why."""
+    for step in (60, 300):
+        text = "t,a\n" + "".join(f"{1600000000 + step * i},{i}\n" for i in range(6))
+        raw = CSVSource(write(tmp_path, text, f"s{step}.csv"), time_column="t").load()
+        assert (raw.times.double() - 1600000000).tolist() == [step * i for i in range(6)]
+    text = "id,t,a\n" + "".join(f"{s},{1600000000000 + 1000 * i + (7 if s == 'y' else 0)},{i}\n"
+                                 for s in "xy" for i in range(4))  # milliseconds, long format
+    raw = CSVSource(write(tmp_path, text, "ms.csv"), time_column="t", id_column="id").load()
+    assert raw.times.shape == (8,) and (raw.times.double().diff() > 0).all()
+
+
+def test_sample_files_keep_the_datas_float64_times(tmp_path):
+    from neuralsde.commands import write_paths
+
+    times = torch.tensor([1600000000.0 + 300 * i for i in range(3)], dtype=torch.float64)
+    paths = torch.zeros(2, 3, 2)
+    for suffix in (".csv", ".npz"):
+        out = tmp_path / f"s{suffix}"
+        write_paths(out, paths, ["a"], times=times)
+        if suffix == ".csv":
+            import pandas as pd
+            got = pd.read_csv(out)["time"].tolist()[:3]
+        else:
+            import numpy as np
+            got = np.load(out)["times"][0].tolist()
+        assert got == times.tolist()
+
+
 # ---- generated sources -------------------------------------------------------------------------------
 def test_weights_deterministic(tmp_path):
     options = dict(n_runs=2, n_weights=3, n_records=8, record_every=2, use_cache=False)

@@ -252,6 +252,8 @@ class CSVSource:
         return raw
 
     def _raw(self, times: np.ndarray, values: np.ndarray, channel_names: list[str]) -> RawSeries:
-        return RawSeries(times=torch.as_tensor(times, dtype=torch.float32),
+        # Times stay float64: float32 holds integers exactly only up to 2**24, so Unix timestamps (1.6e9 s, 1.6e12
+        # ms) or YYYYMMDD numbers would be rounded to multiples of 128 or more, into uneven or repeated times.
+        return RawSeries(times=torch.as_tensor(times, dtype=torch.float64),
                          values=torch.as_tensor(values, dtype=torch.float32), channel_names=channel_names,
                          meta={"path": str(self.path)})
