@@ -128,13 +128,20 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def test_checksum_mismatch_deletes_existing_file(tmp_path):
+def test_checksum_mismatch_sets_an_existing_file_aside_without_deleting_it(tmp_path):
+    """A file already in data_dir is the user's (LOBSTER's cannot even be downloaded again): it was deleted."""
     bad = tmp_path / "ds" / "file.csv"
     bad.parent.mkdir()
     bad.write_bytes(b"corrupt")
-    with pytest.raises(DataError, match="sha256 mismatch.*deleted"):
+    with pytest.raises(DataError, match="sha256 mismatch.*renamed to .*kept, not deleted.*run again") as err:
         download.ensure_file("ds", "file.csv", "https://example.invalid/file.csv", sha(b"good"), tmp_path)
-    assert not bad.exists()
+    assert not bad.exists()  # the next run does not read it (and downloads a fresh copy)
+    [kept] = bad.parent.glob("file.csv.sha256-*")
+    assert kept.read_bytes() == b"corrupt" and str(kept) in str(err.value)
+    bad.write_bytes(b"edited")  # a file that cannot be downloaded: the fix does not say "run again"
+    with pytest.raises(DataError, match="cannot be downloaded automatically") as err:
+        download.ensure_file("ds", "file.csv", None, sha(b"good"), tmp_path)
+    assert "run again" not in str(err.value) and len(list(bad.parent.glob("file.csv.sha256-*"))) == 2
 
 
 def test_download_then_verify(tmp_path, monkeypatch):

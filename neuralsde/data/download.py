@@ -29,23 +29,31 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def verify_file(path: str | Path, sha256: str) -> Path:
-    """Check ``path`` against ``sha256``; on mismatch delete the file and raise DataError.
+def verify_file(path: str | Path, sha256: str, downloaded: bool = False, downloadable: bool = True) -> Path:
+    """Check ``path`` against ``sha256``; on mismatch raise DataError, and put the file out of the way.
 
-    Deleting matters: a corrupt or truncated file left in place would fail again on every run, while an
-    absent one is simply downloaded afresh next time.
+    A file this run just ``downloaded`` is deleted (an absent file is simply downloaded afresh next time). A file
+    that was already there is the user's (placed by hand, perhaps a file that cannot be downloaded again, such as
+    LOBSTER's, or an edited or re-encoded copy): it is renamed to ``<name>.sha256-<found hash>``, not deleted, so
+    nothing is lost and the next run does not read it. ``downloadable``: whether the fix may say "run again".
     """
     path = Path(path)
     found = sha256_of(path)
     if found == sha256.lower():
         return path
     try:
-        path.unlink()
-        removed = "The bad file was deleted"
+        if downloaded:
+            path.unlink()
+            removed = "The downloaded file was deleted"
+        else:
+            aside = path.with_name(f"{path.name}.sha256-{found[:12]}")
+            path.replace(aside)
+            removed = f"The file was renamed to {aside} (kept, not deleted)"
     except OSError as err:  # e.g. a read-only mount: still refuse the data
-        removed = f"The bad file could not be deleted ({err}); delete it by hand"
-    raise DataError(f"{path}: sha256 mismatch, expected {sha256} but found {found}. {removed}. "
-                    "Fix: run again to download a fresh copy, or replace the file with the published one.")
+        removed = f"The file could not be moved out of the way ({err}); move it by hand"
+    fix = ("run again to download a fresh copy, or replace the file with the published one" if downloadable
+           else "replace the file with the published one (it cannot be downloaded automatically)")
+    raise DataError(f"{path}: sha256 mismatch, expected {sha256} but found {found}. {removed}. Fix: {fix}.")
 
 
 def download_url(url: str, dest: Path) -> None:
@@ -85,13 +93,13 @@ def ensure_file(name: str, filename: str, url: str | None, sha256: str, data_dir
     """
     path = Path(data_dir) / name / filename
     if path.exists():
-        return verify_file(path, sha256)
+        return verify_file(path, sha256, downloadable=url is not None)
     if url is None:
         raise DataError(f"{path} not found and this file cannot be downloaded automatically. "
                         f"Fix: obtain it as described in the source's docstring and place it at {path}.")
     log.info("Downloading %s from %s", filename, url)
     download_url(url, path)
-    return verify_file(path, sha256)
+    return verify_file(path, sha256, downloaded=True)
 
 
 def ensure_zip_members(name: str, members: dict[str, str], url: str, data_dir: str | Path) -> list[Path]:
@@ -105,6 +113,7 @@ def ensure_zip_members(name: str, members: dict[str, str], url: str, data_dir: s
     paths = [folder / fn for fn in members]
     if all(p.exists() for p in paths):
         return [verify_file(p, members[p.name]) for p in paths]
+    present = {p for p in paths if p.exists()}  # the user's files: kept aside on a mismatch, not deleted
     archive = folder / Path(url).name
     log.info("Downloading %s from %s", archive.name, url)
     download_url(url, archive)
@@ -123,4 +132,4 @@ def ensure_zip_members(name: str, members: dict[str, str], url: str, data_dir: s
         raise DataError(f"{archive}: not a valid zip ({err}). Fix: delete it and run again.") from err
     finally:
         archive.unlink(missing_ok=True)
-    return [verify_file(p, members[p.name]) for p in paths]
+    return [verify_file(p, members[p.name], downloaded=p not in present) for p in paths]
