@@ -297,6 +297,19 @@ def test_csv_option_conflicts(tmp_path):
 
 
 
+def test_csv_default_columns_refuse_a_bad_cell_rather_than_drop_the_column(tmp_path, caplog):
+    """value_columns: null silently (at INFO) dropped a whole column of numbers for one bad cell, and trained on the
+    other columns; with no other column the error blamed the delimiter."""
+    text = "t,a,b,note\n" + "".join(f"{i},{i},{2 * i},x\n" for i in range(50)) + "50,51,#DIV/0!,y\n"
+    with pytest.raises(DataError, match=r"column 'b', line 52: found '#DIV/0!', not a number.*set value_columns"):
+        CSVSource(write(tmp_path, text), time_column="t").load()
+    with pytest.raises(DataError, match="line 3: found 'inf'"):
+        CSVSource(write(tmp_path, "a\n1\ninf\n2\n", "inf.csv")).load()
+    raw = CSVSource(write(tmp_path, text.replace("#DIV/0!", "NA")), time_column="t").load()
+    assert raw.channel_names == ["a", "b"]  # the text column is left out, and says so
+    assert "note" in caplog.text
+
+
 def test_csv_unix_timestamps_keep_their_spacing(tmp_path):
     """Float32 holds integers exactly only to 2**24: epoch seconds 300 apart came out 256 or 384 apart, and 60 apart
     as repeated times, refused as not increasing with no hint why."""

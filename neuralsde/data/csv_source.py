@@ -107,17 +107,26 @@ class CSVSource:
         j = header.index(name)
         return pd.Series([row[j].strip() for row in rows], dtype=object)
 
-    def _numeric(self, raw: pd.Series, name: str, lines: np.ndarray) -> np.ndarray:
-        """Float64 column with NaN for missing markers; anything else non-numeric is a DataError."""
+    def _numeric(self, raw: pd.Series, name: str, lines: np.ndarray, chosen: bool = True) -> np.ndarray:
+        """Float64 column with NaN for missing markers; anything else non-numeric is a DataError.
+        ``chosen``: the column was named in value_columns (else picked by default); only the fix differs."""
         missing = raw.str.lower().isin(NA_STRINGS).to_numpy()
         values = pd.to_numeric(raw.where(~missing), errors="coerce").to_numpy(dtype="float64")
         bad = ~missing & ~np.isfinite(values)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
+            leave_out = ("leave the column out of value_columns" if chosen else
+                         "set value_columns to the columns you want, without this one")
             raise DataError(f"{self.path}: column {name!r}, line {lines[i]}: found {raw.iloc[i]!r}, not a "
-                            "number. Fix: clean that value, use NA for missing, or leave the column out of "
-                            "value_columns.")
+                            f"number. Fix: clean that value, use NA for missing, or {leave_out}.")
         return values
+
+    @staticmethod
+    def _text_only(raw: pd.Series) -> bool:
+        """True for a column with values but not one number among them (a label, a note, a date): the columns
+        that ``value_columns: null`` leaves out. A column of numbers with a few bad cells is not one of them."""
+        present = ~raw.str.lower().isin(NA_STRINGS)
+        return bool(present.any()) and not pd.to_numeric(raw[present], errors="coerce").notna().any()
 
     def _times(self, raw: pd.Series, lines: np.ndarray) -> np.ndarray:
         """Numeric times as given, or datetimes as units of ``time_unit_seconds`` since the earliest."""
@@ -173,12 +182,13 @@ class CSVSource:
         special = [c for c in (self.time_column, self.id_column) if c is not None]
         if self.value_columns is None:
             names = [c for c in header if c not in special]
-            columns = {}
-            for name in names:
-                try:
-                    columns[name] = self._numeric(self._column(header, rows, name, "column"), name, lines)
-                except DataError:
-                    log.info("CSV %s: skipping non-numeric column %r.", self.path, name)
+            # Columns without a single number are left out; a column of numbers with a bad cell (an inf, #DIV/0!, a
+            # typo) is an error at that cell, not silently dropped (the model would then train on fewer channels).
+            raws = {name: self._column(header, rows, name, "column") for name in names}
+            text = [name for name in names if self._text_only(raws[name])]
+            if text:
+                log.warning("CSV %s: leaving out the non-numeric column(s) %s (value_columns: null).", self.path, text)
+            columns = {name: self._numeric(raws[name], name, lines, chosen=False) for name in names if name not in text}
             if not columns:
                 raise DataError(f"{self.path}: no numeric value columns among {names}. "
                                 "Fix: set value_columns, or check the delimiter.")
