@@ -278,7 +278,8 @@ def test_csv_windows_of_one_series_with_datetimes(tmp_path):
     ("a,b\n1,2\n3\n", {}, "line 3 has 1 fields but the header has 2"),
     ("a,b\n1,2,3\n", {}, "line 2 has 3 fields"),
     ('a,b\n1,"2\n', {}, "malformed CSV"),
-    ("t,a\n0,1\nsoon,2\n", {"time_column": "t"}, "neither a number nor a date-time"),
+    ("t,a\n0,1\nsoon,2\n", {"time_column": "t"}, "line 3: found 'soon'"),
+    ("t,a\n2020-01-01,1\nsoon,2\n", {"time_column": "t"}, "line 3: found 'soon', neither a number nor a date-time"),
     ("id,t,a\nx,0,1\nx,1,2\ny,0.001,3\ny,0.002,4\n", {"time_column": "t", "id_column": "id", "max_union_factor": 1},
      "distinct times.*raise data.source.max_union_factor"),
 ])
@@ -308,6 +309,39 @@ def test_csv_default_columns_refuse_a_bad_cell_rather_than_drop_the_column(tmp_p
     raw = CSVSource(write(tmp_path, text.replace("#DIV/0!", "NA")), time_column="t").load()
     assert raw.channel_names == ["a", "b"]  # the text column is left out, and says so
     assert "note" in caplog.text
+
+
+@pytest.mark.parametrize("text, message", [
+    # a typo in a numeric time column was reported at line 2 ("found '0', neither a number nor a date-time")
+    ("t,a\n0,1\n1,2\n2,3\nsoon,4\n", "line 5: found 'soon', not a finite number"),
+    ("t,a\n0,1\ninf,2\n2,3\n", "line 3: found 'inf', not a finite number"),
+    # beyond float32 it became an infinity, refused as "values contain infinities" without a column or line
+    ("t,a\n0,1\n1,1e39\n2,3\n", "column 'a', line 3: '1e39' is beyond float32's range"),
+    # not ISO 8601: every row is read in the first row's layout
+    ("t,a\n01/02/2020,1\n02/02/2020,2\n2020-13-13,3\n",
+     r"line 4: found '2020-13-13', neither a number nor a date-time in the layout of line 2"),
+])
+def test_csv_bad_times_and_values_are_reported_where_they_are(tmp_path, text, message):
+    with pytest.raises(DataError, match=message):
+        CSVSource(write(tmp_path, text), time_column="t").load()
+
+
+def test_csv_dates_are_read_in_one_layout(tmp_path):
+    """format="mixed" guessed per row: 01/02/2020 became 2 January, 13/02/2020 13 February (1008 h apart)."""
+    raw = CSVSource(write(tmp_path, "t,a\n01/02/2020,1\n13/02/2020,2\n"), time_column="t").load()
+    assert raw.times.tolist() == [0.0, 12 * 24.0]  # both day first, as the second row shows
+    raw = CSVSource(write(tmp_path, "t,a\n01/02/2020 10:00,1\n01/03/2020 10:00,2\n"), time_column="t").load()
+    assert raw.times.tolist() == [0.0, 24.0]  # ambiguous throughout: month first, in every row
+
+
+def test_normalising_large_values_keeps_them_apart():
+    """Fitted in float32, the variance of values above 1.8e19 overflowed: scale inf, every value normalised to 0."""
+    from neuralsde.data.preprocessing import Normalizer
+
+    values = torch.tensor([1e20, 2e20, 3e20]).view(1, 3, 1)
+    for kind in ("standard", "minmax"):
+        out = Normalizer.fit(values, kind)(values).flatten()
+        assert torch.isfinite(out).all() and out[0] < out[1] < out[2]
 
 
 def test_csv_unix_timestamps_keep_their_spacing(tmp_path):

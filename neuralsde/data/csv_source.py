@@ -26,6 +26,7 @@ from neuralsde.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 NA_STRINGS = {"", "na", "nan", "null", "n/a", "#n/a", "none"}
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class CSVSource:
@@ -119,6 +120,12 @@ class CSVSource:
                          "set value_columns to the columns you want, without this one")
             raise DataError(f"{self.path}: column {name!r}, line {lines[i]}: found {raw.iloc[i]!r}, not a "
                             f"number. Fix: clean that value, use NA for missing, or {leave_out}.")
+        huge = np.abs(np.nan_to_num(values)) > FLOAT32_MAX
+        if huge.any():  # float32 (what training uses) would make it an infinity, reported without a place
+            i = int(np.flatnonzero(huge)[0])
+            raise DataError(f"{self.path}: column {name!r}, line {lines[i]}: {raw.iloc[i]!r} is beyond float32's "
+                            f"range (+-{FLOAT32_MAX:.2g}), in which the data are trained. Fix: rescale the column "
+                            "(e.g. another unit, or its logarithm).")
         return values
 
     @staticmethod
@@ -137,17 +144,43 @@ class CSVSource:
             raise DataError(f"{self.path}: time column {name!r}, line {lines[i]}: time is missing. "
                             "Fix: every row needs a time; drop or fill that row.")
         numeric = pd.to_numeric(raw, errors="coerce").to_numpy(dtype="float64")
-        if np.isfinite(numeric).all():
+        if (~np.isnan(numeric)).mean() >= 0.5:  # mostly numbers: a numeric time column; report its bad cell
+            bad = ~np.isfinite(numeric)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise DataError(f"{self.path}: time column {name!r}, line {lines[i]}: found {raw.iloc[i]!r}, not a "
+                                "finite number like the column's other times. Fix: correct that time.")
             return numeric
         stamps = pd.to_datetime(raw, errors="coerce", utc=True, format="ISO8601")
-        if stamps.isna().any():  # other layouts (e.g. 01/03/2013 10:00): parsed one by one
-            stamps = pd.to_datetime(raw, errors="coerce", utc=True, format="mixed")
+        if stamps.isna().any():
+            stamps = self._other_layout(raw)
         if stamps.isna().any():
             i = int(np.flatnonzero(stamps.isna().to_numpy())[0])
             raise DataError(f"{self.path}: time column {name!r}, line {lines[i]}: found {raw.iloc[i]!r}, "
-                            "neither a number nor a date-time. Fix: use numbers or ISO 8601 date-times.")
+                            f"neither a number nor a date-time in the layout of line {lines[0]} ({raw.iloc[0]!r}). "
+                            "Fix: use numbers or ISO 8601 date-times (2013-03-01 10:00:00) in every row.")
         seconds = (stamps - stamps.min()).dt.total_seconds().to_numpy(dtype="float64")
         return seconds / self.time_unit_seconds
+
+    @staticmethod
+    def _other_layout(raw: pd.Series) -> pd.Series:
+        """Date-times not in ISO 8601 (e.g. 01/03/2013 10:00), all read in one layout: the first row's, month first,
+        or else day first if that one reads every row. Parsing row by row (format="mixed") read 01/02/2020 as
+        2 January and 13/02/2020 as 13 February in one column. NaT where a row does not fit."""
+        from pandas.tseries.api import guess_datetime_format
+
+        stamps = None
+        for dayfirst in (False, True):
+            layout = guess_datetime_format(raw.iloc[0], dayfirst=dayfirst)
+            if layout is None:
+                continue
+            stamps = pd.to_datetime(raw, errors="coerce", utc=True, format=layout)
+            if not stamps.isna().any():
+                log.info("CSV times read in the layout %s.", layout)
+                return stamps
+        if stamps is None:  # a layout pandas cannot name (e.g. words): rows parsed one by one
+            return pd.to_datetime(raw, errors="coerce", utc=True, format="mixed")
+        return stamps
 
     def _check_increasing(self, times: np.ndarray, lines: np.ndarray, what: str) -> None:
         steps = np.diff(times)

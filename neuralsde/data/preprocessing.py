@@ -57,7 +57,7 @@ class Normalizer(torch.nn.Module):
 
     @classmethod
     def fit(cls, values: torch.Tensor, kind: str) -> "Normalizer":
-        flat = values.reshape(-1, values.size(-1))
+        flat = values.reshape(-1, values.size(-1)).double()  # float32 squares overflow above 1.8e19: scale inf
         c = flat.size(-1)
         if kind == "none":
             return cls(torch.zeros(c), torch.ones(c))
