@@ -374,6 +374,36 @@ def test_sample_files_keep_the_datas_float64_times(tmp_path):
         assert got == times.tolist()
 
 
+
+def test_csv_delimiter_names_and_bad_delimiters(tmp_path):
+    """'\\t' from the command line is two characters, and an unquoted tab arrives empty: both ended in csv's bare
+    TypeError ('"delimiter" must be a 1-character string') with a traceback and no option named."""
+    path = write(tmp_path, "t\ta\n0\t1\n1\t2\n")
+    for name in ("\\t", "tab", "\t"):
+        assert CSVSource(path, time_column="t", delimiter=name).load().channel_names == ["a"]
+    for bad in ("", ";;"):
+        with pytest.raises(ConfigError, match="data.source.delimiter=.*Fix: e.g. data.source.delimiter=tab"):
+            CSVSource(path, delimiter=bad)
+
+
+def test_one_name_for_a_list_option_is_not_split_into_characters(tmp_path):
+    """value_columns=PM25 on the command line is a string: it became ['P', 'M', '2', '5'] ("column 'P' not found";
+    covariates=TEMP: "Fix: drop ['T', 'E', 'M', 'P']")."""
+    from neuralsde.data.air_quality import AirQualitySource
+
+    raw = CSVSource(write(tmp_path, "t,PM25,b\n0,1,5\n1,2,6\n"), time_column="t", value_columns="PM25").load()
+    assert raw.channel_names == ["PM25"]
+    assert AirQualitySource(stations="Dongsi", covariates="TEMP").covariates == ["TEMP"]
+    assert EnergySource(drop_columns="rv1").drop_columns == ["rv1"]
+
+
+@pytest.mark.parametrize("option, value", [("time_unit_seconds", 0), ("max_union_factor", 0.5)])
+def test_csv_numeric_options_are_checked(option, value):
+    """time_unit_seconds=0 divided by zero and ended in "observation times must be strictly increasing"."""
+    with pytest.raises(ConfigError, match=f"data.source.{option}={value}"):
+        CSVSource("x.csv", **{option: value})
+
+
 # ---- generated sources -------------------------------------------------------------------------------
 def test_weights_deterministic(tmp_path):
     options = dict(n_runs=2, n_weights=3, n_records=8, record_every=2, use_cache=False)

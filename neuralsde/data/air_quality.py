@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from neuralsde.data.base import RawSeries
+from neuralsde.data.base import RawSeries, name_list
 from neuralsde.data.cache import cache_path, cached
 from neuralsde.data.download import ensure_zip_members
 from neuralsde.data.windows import nonempty, sliding_windows
@@ -79,8 +79,8 @@ class AirQualitySource:
         self.cache_dir = cache_dir if cache_dir is not None else data_dir
         self.window_length = int(window_length)
         self.stride = int(stride) if stride is not None else self.window_length
-        self.stations = list(stations) if stations is not None else list(STATIONS)
-        self.covariates = list(covariates) if covariates else []
+        self.stations = name_list(stations) if stations is not None else list(STATIONS)
+        self.covariates = name_list(covariates) or []
         self.use_cache = use_cache
         unknown = [s for s in self.stations if s not in SHA256]
         if unknown or not self.stations:

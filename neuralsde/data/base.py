@@ -8,6 +8,14 @@ import torch
 from neuralsde.errors import DataError
 
 
+def name_list(value) -> list[str] | None:
+    """A list-of-names option (columns, stations): one name given on the command line (``value_columns=PM2.5``)
+    is a list of that name, not of its characters. None stays None."""
+    if value is None:
+        return None
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
 @dataclass
 class RawSeries:
     """Series as a source produces them, before splitting and normalisation.

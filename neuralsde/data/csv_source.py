@@ -20,13 +20,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from neuralsde.data.base import RawSeries
-from neuralsde.errors import ConfigError, DataError
+from neuralsde.data.base import RawSeries, name_list
+from neuralsde.errors import ConfigError, DataError, bad_option
 
 log = logging.getLogger(__name__)
 
 NA_STRINGS = {"", "na", "nan", "null", "n/a", "#n/a", "none"}
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Names for delimiters hard to pass as one character: '\t' on a command line arrives as a backslash and a t.
+DELIMITERS = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "space": " ", "pipe": "|"}
 
 
 class CSVSource:
@@ -37,7 +39,7 @@ class CSVSource:
     id, in order of first appearance) or ``window_length``/``stride`` (cut the single long series into
     windows; stride defaults to 1); ``time_unit_seconds`` for datetime times (default 3600: hours);
     ``max_union_factor`` (default 10); ``drop_empty_windows`` (default False: a window with every value
-    missing is an error); ``delimiter`` (default ``,``).
+    missing is an error); ``delimiter`` (default ``,``; ``tab`` or ``\\t`` for a tab).
 
     ``load()`` returns values ``(N, T, C)``: N ids (long format), N windows, or 1 series; ``times (T,)``.
     Windows carry ``window_start (N,)`` = row index of each window's first row (position in the long
@@ -55,15 +57,25 @@ class CSVSource:
                               "window_length to cut one long series into windows.")
         if stride is not None and window_length is None:
             raise ConfigError(f"stride={stride!r} without window_length. Fix: set window_length too.")
+        if not float(time_unit_seconds) > 0:
+            raise bad_option("data.source.time_unit_seconds", time_unit_seconds, "a positive number of seconds",
+                             "e.g. data.source.time_unit_seconds=3600 (hours)")
+        if not float(max_union_factor) >= 1:
+            raise bad_option("data.source.max_union_factor", max_union_factor, "a number >= 1",
+                             "e.g. data.source.max_union_factor=10")
         self.path = Path(path)
         self.time_column, self.id_column = time_column, id_column
-        self.value_columns = list(value_columns) if value_columns is not None else None
+        self.value_columns = name_list(value_columns)
         self.window_length = int(window_length) if window_length is not None else None
         self.stride = int(stride) if stride is not None else 1
         self.time_unit_seconds = float(time_unit_seconds)
         self.max_union_factor = float(max_union_factor)
         self.drop_empty_windows = drop_empty_windows
-        self.delimiter = delimiter
+        self.delimiter = DELIMITERS.get(str(delimiter).lower(), delimiter)
+        if not isinstance(self.delimiter, str) or len(self.delimiter) != 1:
+            # csv's own TypeError named no option; a tab can hardly be typed as one character on a command line
+            raise bad_option("data.source.delimiter", delimiter, f"one character or one of {sorted(DELIMITERS)}",
+                             "e.g. data.source.delimiter=tab, or data.source.delimiter=';'")
 
     # ---- parsing -------------------------------------------------------------------------------
     def _rows(self) -> tuple[list[str], list[list[str]], np.ndarray]:

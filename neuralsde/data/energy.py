@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from neuralsde.data.base import RawSeries
+from neuralsde.data.base import RawSeries, name_list
 from neuralsde.data.download import ensure_file
 from neuralsde.data.stocks import read_numeric_table
 from neuralsde.data.windows import sliding_windows
@@ -43,7 +43,7 @@ class EnergySource:
         self.data_dir = data_dir
         self.window_length = int(window_length)
         self.stride = int(stride)
-        self.drop_columns = list(drop_columns) if drop_columns else []
+        self.drop_columns = name_list(drop_columns) or []
         unknown = [c for c in self.drop_columns if c not in COLUMNS]
         if unknown:
             raise bad_option("data.source.drop_columns", drop_columns, f"names among {COLUMNS}", "check the spelling.")
