@@ -71,7 +71,7 @@ def checkpoint_config(ckpt: dict, overrides: list[str] | None = None) -> DictCon
         raise CheckpointError("The checkpoint holds no training config. Fix: use a checkpoint from `train.py`.")
     cfg = OmegaConf.create(saved)
     if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(_checked_overrides(cfg, list(overrides))))
     OmegaConf.resolve(cfg)  # overrides reach the values interpolated from them (paths.data_dir -> data.source)
     target = cfg.model.get("_target_")
     family = ckpt["neuralsde"]["family"]
@@ -79,6 +79,39 @@ def checkpoint_config(ckpt: dict, overrides: list[str] | None = None) -> DictCon
         raise CheckpointError(f"The checkpoint holds a {family!r} model but its config builds {target!r}. "
                               "Fix: do not override model._target_ for this checkpoint.")
     return cfg
+
+
+_ABSENT = object()
+
+
+def _checked_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """``key=value`` overrides of a checkpoint's config, refused where a merge would go wrong silently or far
+    from the cause: a key the config lacks (a typo became a keyword argument the data source rejected, or was
+    ignored), and a config-group choice (``data=lorenz`` replaced the whole data section by the string
+    'lorenz': "Cannot instantiate config of type str"). ``+key=value`` adds a key on purpose."""
+    out = []
+    for item in overrides:
+        key, sep, value = str(item).partition("=")
+        add = key.startswith("+")
+        key = key.lstrip("+").strip()
+        if not sep or not key:
+            raise CheckpointError(f"cfg_overrides entry {item!r} is not key=value. Fix: e.g. "
+                                  "'cfg_overrides=[\"paths.data_dir=/elsewhere\"]'.")
+        node = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_resolution_failure=False)
+        if node is _ABSENT and not add:
+            parent, _, leaf = key.rpartition(".")
+            siblings = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+            known = sorted(siblings.keys()) if isinstance(siblings, DictConfig) else []
+            raise CheckpointError(f"cfg_overrides entry {item!r}: the checkpoint's config has no key {key!r}"
+                                  + (f" (keys beside it: {known})" if known else "") + ". Fix: correct the key, or "
+                                  f"write +{key}={value} to add it.")
+        if isinstance(node, DictConfig) and not value.strip().startswith("{"):
+            raise CheckpointError(f"cfg_overrides entry {item!r} would replace the whole {key!r} section by "
+                                  f"{value!r}: a checkpoint's config groups (data=, model=) cannot be switched, since "
+                                  f"its weights were trained on them. Fix: override single keys inside it, e.g. "
+                                  f"{key}.<option>=..., or train a new run.")
+        out.append(f"{key}={value}")
+    return out
 
 
 def load_state(model: torch.nn.Module, ckpt: dict) -> None:

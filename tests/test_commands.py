@@ -116,6 +116,24 @@ def test_checkpoint_config_overrides_reach_what_is_derived_from_them(sdegan_run,
     assert moved.data.source.data_dir == "/elsewhere" and moved.paths.data_dir == "/elsewhere"
 
 
+
+@pytest.mark.parametrize("override, message", [
+    # a typo reached OUSource as a keyword: TypeError "unexpected keyword argument 'n_path'" with a traceback
+    ("data.source.n_path=100", r"no key 'data.source.n_path' \(keys beside it: .*'n_paths'.*\+data.source.n_path=100"),
+    # a Hydra group choice replaced the data section by a string: "Cannot instantiate config of type str"
+    ("data=lorenz", "would replace the whole 'data' section by 'lorenz'"),
+    ("paths.data_dir", "is not key=value"),
+])
+def test_checkpoint_config_overrides_that_cannot_apply_are_refused(tmp_path, override, message):
+    from neuralsde.checkpoints import checkpoint_config
+    from neuralsde.training import config_source
+
+    ckpt = {"neuralsde": {"family": "sdegan", "config_source": config_source(shrink(compose_config(), tmp_path))}}
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint_config(ckpt, [override])
+    assert checkpoint_config(ckpt, ["+data.source.extra=1"]).data.source.extra == 1  # adding is said with +
+
+
 def test_eval_refuses_unknown_metric(sdegan_run, tmp_path):
     cfg = _cmd_cfg("eval", tmp_path, ckpt_path=str(sdegan_run / "checkpoints" / "last.ckpt"), metrics=["fid"])
     with pytest.raises(ConfigError, match="fid"):
