@@ -96,3 +96,21 @@ def test_normaliser_is_fitted_on_the_training_split_only():
     assert float(dm.test[..., 1:].nanmean()) > 1.5  # the test period was not part of the fit
     torch.testing.assert_close(dm.normalizer.inverse(dm.test[..., 1:]),
                                source.load().values[dm.split_indices["test"]], equal_nan=True)
+
+
+def test_a_single_series_is_refused_with_the_windowing_fix(tmp_path):
+    """data=csv on one long series (no window_length) gave one series: the batch-size error advised
+    data.batch_size<=1, after which validation failed ("the unbiased MMD needs at least 2")."""
+    import pytest
+
+    from neuralsde.data.csv_source import CSVSource
+    from neuralsde.errors import DataError
+
+    path = tmp_path / "long.csv"
+    path.write_text("a\n" + "".join(f"{i}\n" for i in range(100)))
+    dm = TimeSeriesDataModule(CSVSource(str(path)), batch_size=1)
+    with pytest.raises(DataError, match="1 series of 100 times.*data.source.window_length=.*data.split_by=time"):
+        dm.setup()
+    windows = TimeSeriesDataModule(CSVSource(str(path), window_length=10), batch_size=8, split_by="time")
+    windows.setup()
+    assert windows.train.shape[1:] == (10, 2)

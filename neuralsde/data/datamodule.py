@@ -52,8 +52,13 @@ class TimeSeriesDataModule(pl.LightningDataModule):
         if self.raw is not None:
             return
         raw = self.source.load()
-        self.raw = raw
         n, t_size, c = raw.values.shape
+        if n < 2:  # e.g. a CSV of one long series: the batch-size error then advised a batch of 1, which fails later
+            raise DataError(f"The data hold {n} series of {t_size} times: a generative model needs many series to "
+                            "learn from (and to split into training, validation and test). Fix: cut one long series "
+                            "into windows (data=csv: data.source.window_length=<times per series> and "
+                            "data.split_by=time), or name the column that tells series apart (data.source.id_column).")
+        self.raw = raw
         if self.split_by == "series":
             starts = None if raw.window_start is None else torch.unique(raw.window_start)  # sorted; stations share
             if starts is not None and len(starts) > 1 and int(starts.diff().min()) < t_size:
