@@ -116,6 +116,26 @@ def test_lobster_missing_files_say_where(tmp_path):
         LobsterSource(str(tmp_path)).load()
 
 
+def test_lobster_files_that_do_not_cover_the_session_are_refused(tmp_path):
+    """Other LOBSTER files are used unverified: the first 5,000 rows (events to 09:52) gave 361 windows, all but 20
+    of them the last book state repeated; a session outside the file's hours ended in "shorter than window_length"."""
+    data = need(f"lobster_goog/{MESSAGE}", f"lobster_goog/{ORDERBOOK}")
+    folder = tmp_path / "lobster_goog"
+    folder.mkdir()
+    for name, short in ((MESSAGE, "m.csv"), (ORDERBOOK, "o.csv")):
+        lines = (data / "lobster_goog" / name).read_text().splitlines(keepends=True)
+        (folder / short).write_text("".join(lines[:5000]))
+    files = {"message_file": "m.csv", "orderbook_file": "o.csv", "use_cache": False}
+    with pytest.raises(DataError, match=r"run from 09:30:00 to 09:52:47, which does not cover the session 09:30:00-16:00"):
+        LobsterSource(str(tmp_path), **files).load()
+    raw = LobsterSource(str(tmp_path), session_end_s=35568, window_length=10, **files).load()  # the hours it covers
+    assert raw.values.shape == (14, 10, 2)
+    with pytest.raises(DataError, match="which does not cover the session 00:00:00-00:01:40"):
+        LobsterSource(str(tmp_path), session_start_s=0, session_end_s=100, **files).load()
+    with pytest.raises(ConfigError, match="data.source.bar_minutes=0"):  # was a ZeroDivisionError
+        LobsterSource(str(tmp_path), bar_minutes=0)
+
+
 def test_energy_drops_noise_columns():
     data = need("energy_appliances/energy_data.csv")
     raw = EnergySource(str(data), stride=100).load()

@@ -25,7 +25,7 @@ from neuralsde.data.base import RawSeries
 from neuralsde.data.cache import cache_path, cached
 from neuralsde.data.download import ensure_file
 from neuralsde.data.windows import sliding_windows
-from neuralsde.errors import DataError
+from neuralsde.errors import DataError, bad_option
 
 NAME = "lobster_goog"
 SAMPLE_PAGE = "https://lobsterdata.com/info/DataSamples.php"
@@ -35,6 +35,7 @@ SHA256 = {MESSAGE: "4d1c8b44c9c1c5d5bbb49fb2876cc3bbc1645e2d57694679a6d5116113c0
           ORDERBOOK: "e0f365aee42d7bf74c0bc0a404c4466dd3d22658b9bc62755820e87e79219697"}
 DUMMY_PRICE = 9999999999  # LOBSTER's placeholder for an empty book side
 VERSION = 1
+MAX_QUIET_S = 900  # seconds without a valid event at the session's start or end that mean the file does not cover it
 
 
 def _read(path: Path, n_cols: int) -> np.ndarray:
@@ -90,6 +91,13 @@ class LobsterSource:
                  stride: int = 1, session_start_s: float = 34200, session_end_s: float = 57600,
                  message_file: str = MESSAGE, orderbook_file: str = ORDERBOOK,
                  cache_dir: str | None = None, use_cache: bool = True, rebase: bool = False):
+        if not float(bar_minutes) > 0:
+            raise bad_option("data.source.bar_minutes", bar_minutes, "a positive number of minutes",
+                             "e.g. data.source.bar_minutes=1")
+        if not float(session_end_s) > float(session_start_s):
+            raise bad_option("data.source.session_end_s", session_end_s,
+                             f"a time after session_start_s={session_start_s} (seconds after midnight)",
+                             "e.g. session_start_s=34200 and session_end_s=57600 (09:30-16:00)")
         self.data_dir = data_dir
         self.rebase = rebase
         self.cache_dir = cache_dir if cache_dir is not None else data_dir
@@ -137,12 +145,32 @@ class LobsterSource:
         ask, bid = book[:, 0].copy(), book[:, 2].copy()
         ask[np.abs(ask) >= DUMMY_PRICE] = np.nan  # empty side of the book: no price
         bid[np.abs(bid) >= DUMMY_PRICE] = np.nan
+        _check_coverage(message, times_s[np.isfinite(ask) & np.isfinite(bid) & (ask > bid)], *self.session)
         bars = bar_features(times_s, ask / 1e4, bid / 1e4, *self.session, self.bar_minutes * 60)
         series = torch.tensor(bars, dtype=torch.float32)
         windows, starts = sliding_windows(series, self.window_length, self.stride, what=str(message))
         return RawSeries(times=torch.arange(self.window_length, dtype=torch.float32) * self.bar_minutes,
                          values=windows, channel_names=["midpoint", "log_spread"], window_start=starts,
                          meta={"time_unit": "minute", "n_bars": int(series.shape[0])})
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _check_coverage(message: Path, event_s: np.ndarray, start_s: float, end_s: float) -> None:
+    """Refuse a file whose valid events leave the session's start or end uncovered for over ``MAX_QUIET_S``: bars
+    after the last event repeat its book state (before the first they are NaN), so a truncated file (its first
+    5,000 rows: events to 09:52) gave 361 windows of which all but 20 were one constant state, silently."""
+    inside = event_s[(event_s >= start_s) & (event_s < end_s)]
+    span = (f"its valid events run from {_clock(event_s[0])} to {_clock(event_s[-1])}" if len(event_s)
+            else "it has no valid book state (ask above bid)")
+    if len(inside) == 0 or inside[0] - start_s > MAX_QUIET_S or end_s - inside[-1] > MAX_QUIET_S:
+        raise DataError(f"{message}: {span}, which does not cover the session {_clock(start_s)}-{_clock(end_s)} "
+                        f"(data.source.session_start_s={start_s:g}, session_end_s={end_s:g}) to within "
+                        f"{MAX_QUIET_S // 60} minutes. Fix: use the complete files (a truncated copy?), or set "
+                        "session_start_s/session_end_s to the hours the files cover.")
 
 
 def _rebase_midpoint(raw: RawSeries) -> RawSeries:
