@@ -126,9 +126,9 @@ def test_lobster_files_that_do_not_cover_the_session_are_refused(tmp_path):
         lines = (data / "lobster_goog" / name).read_text().splitlines(keepends=True)
         (folder / short).write_text("".join(lines[:5000]))
     files = {"message_file": "m.csv", "orderbook_file": "o.csv", "use_cache": False}
-    with pytest.raises(DataError, match=r"run from 09:30:00 to 09:52:47, which does not cover the session 09:30:00-16:00"):
+    with pytest.raises(DataError, match=r"run from 09:30:00 to 09:52:47, which does not cover the session 09:30:00-16"):
         LobsterSource(str(tmp_path), **files).load()
-    raw = LobsterSource(str(tmp_path), session_end_s=35568, window_length=10, **files).load()  # the hours it covers
+    raw = LobsterSource(str(tmp_path), session_end_s=35568, window_length=10, **files).load()  # its hours
     assert raw.values.shape == (14, 10, 2)
     with pytest.raises(DataError, match="which does not cover the session 00:00:00-00:01:40"):
         LobsterSource(str(tmp_path), session_start_s=0, session_end_s=100, **files).load()
