@@ -120,6 +120,7 @@ def test_the_captured_step_computes_the_eager_step(method, tmp_path):
     ("solver.compile=default", "solver.compile"),
     ("model.discriminator.interpolation=hermite", "model.discriminator.interpolation"),
 ])
+@pytest.mark.filterwarnings("ignore:model.discriminator.interpolation=hermite gives")  # at dt = 1: expected here
 def test_what_cannot_be_captured_is_refused_with_the_fix(override, key, tmp_path):
     with pytest.raises(ConfigError, match=rf"{key}=.*model\.cuda_graph=true.*set model\.cuda_graph=false"):
         _model(tmp_path, "reversible_heun", "model.cuda_graph=true", override)
