@@ -48,11 +48,16 @@ def check_n_samples(value, option: str) -> int:
 
 def _evaluate(model, datamodule, names, n_samples, seed, options, split, progress):
     gen = torch.Generator().manual_seed(seed)
-    real_test = getattr(datamodule, split)[:n_samples]
-    if len(real_test) == 0:
-        real_test = datamodule.train[:n_samples]
     trains = any(METRICS[n].trains for n in names)
-    real_train = datamodule.train[:n_samples] if trains else None
+    if len(getattr(datamodule, split)):
+        real_test = getattr(datamodule, split)[:n_samples]
+        real_train = datamodule.train[:n_samples] if trains else None
+    else:
+        # no such split: score against training paths, and where a classifier or forecaster is trained, take its
+        # real training paths from the other half, so that no real path is both trained on and tested on.
+        cut = len(datamodule.train) // 2 if trains else 0
+        real_test = datamodule.train[cut:][:n_samples]
+        real_train = datamodule.train[:cut][:n_samples] if trains else None
     was_training = model.training
     model.eval()
     with torch.no_grad():

@@ -81,3 +81,29 @@ def test_bad_metric_option_values_are_refused_before_any_work(option, value, exp
     with pytest.raises(ConfigError, match=rf"options\.{option}=.* {re.escape(expected)}"):
         make_options(**{option: value})  # eval.py's +options.X: before sampling or any metric
     assert make_options(sig_kind="pde", classifier="gru", horizon=0.25, max_lag=None).classifier == "gru"
+
+
+class _Noise(nn.Module):
+    """A 'model' that samples white noise on the data module's time grid."""
+
+    def __init__(self, dm):
+        super().__init__()
+        self.times = dm.times
+
+    def sample(self, n, generator=None):
+        t = self.times.view(1, -1, 1).expand(n, -1, 1)
+        return torch.cat([t, torch.randn(n, t.shape[1], 1, generator=generator)], dim=-1)
+
+
+def test_without_a_test_split_no_real_path_is_both_trained_on_and_tested_on():
+    from neuralsde.data.ou import OUSource
+
+    dm = TimeSeriesDataModule(OUSource(n_paths=120, t_size=8), batch_size=16, split_fractions=(0.9, 0.1, 0.0), seed=0)
+    dm.setup()
+    assert len(dm.test) == 0  # the evaluation falls back on the training split
+    _, paths = evaluate(_Noise(dm), dm, metrics=["tstr", "marginal_w1"], n_samples=64, seed=0,
+                        options={"forecast_epochs": 1, "forecast_hidden": 4})
+    train, test = paths["real_train"], paths["real_test"]
+    assert len(train) >= 2 and len(test) >= 2
+    shared = torch.isclose(train[:, None], test[None], equal_nan=True).flatten(2).all(-1)
+    assert not shared.any()  # TRTR and the real/fake classifier would otherwise be scored in-sample
