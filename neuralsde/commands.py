@@ -24,21 +24,32 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     """Full metric suite on a checkpoint; prints a table and writes ``metrics.json`` in the run directory."""
     names = check_metric_names(cfg.metrics)
     n_samples = check_n_samples(cfg.n_samples, "n_samples")
+    out = Path(cfg.paths.output_dir)
+    _refuse_earlier_metrics(out)  # before any work: the suite takes minutes
     model, datamodule, train_cfg = load_model(cfg.ckpt_path, list(cfg.cfg_overrides))
     # checked in eval.py's own command-line form, before any sampling
     options = make_options(where="+options.", **metric_options(train_cfg, cfg.options))
     values, _ = evaluate(model, datamodule, metrics=names, n_samples=n_samples, seed=int(cfg.seed),
                          options=options, reference=True, progress=True)
     values = {f"test/{k}": v for k, v in values.items() if v is not None}
-    out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = str(Path(cfg.ckpt_path).expanduser().resolve())  # the file, wherever the JSON is read from
     used = {"n_samples": n_samples, "seed": int(cfg.seed), "options": dataclasses.asdict(options)}  # all of them
-    (out / "metrics.json").write_text(json.dumps({"checkpoint": ckpt, "family": model.family, **used,
-                                                  "metrics": values}, indent=2))
+    _refuse_earlier_metrics(out)  # another evaluation may have finished in this directory meanwhile
+    with open(out / "metrics.json", "x") as f:  # "x": never replaces a file
+        f.write(json.dumps({"checkpoint": ckpt, "family": model.family, **used, "metrics": values}, indent=2))
     print_metrics_table(values, f"{model.family}: {cfg.ckpt_path}")
     log.info("Wrote %s", out / "metrics.json")
     return values
+
+
+def _refuse_earlier_metrics(out: Path) -> None:
+    """Runs never overwrite each other: an evaluation directory given by hand (``hydra.run.dir``) that already
+    holds a ``metrics.json`` is refused."""
+    if (out / "metrics.json").exists():
+        raise ConfigError(f"{str(out / 'metrics.json')!r} already holds an earlier evaluation. Runs never overwrite "
+                          "each other. Fix: choose a new hydra.run.dir (left unset, every evaluation gets its own "
+                          "timestamped directory) or move the earlier metrics.json away.")
 
 
 def metric_options(train_cfg: DictConfig, overrides) -> dict:

@@ -230,3 +230,15 @@ def test_checkpoint_of_other_family_is_refused(sdegan_run, latent_run, tmp_path)
         cfg.ckpt_path = str(sdegan_run / "checkpoints" / "last.ckpt")
     with pytest.raises(CheckpointError, match="holds a 'sdegan' model but this config builds a 'latent_sde'"):
         train(cfg)
+
+
+def test_eval_never_overwrites_an_earlier_evaluation(sdegan_run, tmp_path):
+    """Runs never overwrite each other: a second eval.py into the same hydra.run.dir is refused before any work."""
+    cfg = _cmd_cfg("eval", tmp_path, ckpt_path=str(sdegan_run / "checkpoints" / "last.ckpt"), n_samples=16,
+                   metrics=["marginal_w1"])
+    run_eval(cfg)
+    first = (tmp_path / "metrics.json").read_text()
+    cfg.seed = 1
+    with pytest.raises(ConfigError, match="already holds an earlier evaluation"):
+        run_eval(cfg)
+    assert (tmp_path / "metrics.json").read_text() == first
