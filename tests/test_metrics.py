@@ -175,6 +175,14 @@ def test_classifier_deterministic_with_missing_values():
         real_fake_classification(*args, classifier="transformer")
 
 
+def test_missing_real_values_are_no_cue_to_the_classifier():
+    """Filled gaps are straight lines: complete paths of the real law must not be told apart from real ones by that."""
+    real = [with_gaps(ou(256, sigma=2.0, length=32, seed=s), seed=s, frac=0.6) for s in (1, 3)]
+    fake = [ou(256, sigma=2.0, length=32, seed=s) for s in (2, 4)]
+    res = real_fake_classification(real[0], fake[0], real[1], fake[1], classifier="gru", epochs=30, seed=0)
+    assert 0.35 <= res["real_fake_acc"] <= 0.65, res  # 0.97 when only the real paths had gaps to fill
+
+
 # ---------------------------------------------------------------- TSTR / TRTR
 
 
