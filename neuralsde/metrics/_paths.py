@@ -55,6 +55,22 @@ def check_same_grid(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) ->
         )
 
 
+def mask_like(fake: torch.Tensor, real: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``fake`` with each path's data values set to NaN where a randomly drawn ``real`` path (same grid) misses them.
+
+    Real paths are filled before a metric that fills (the real/fake classifier, the signature MMD) sees them, and a
+    filled gap is a straight line: complete generated paths differ by that alone (the OU data's 30% missing values
+    let a GRU call a generator of the data's own law at 0.81). With the same missingness both are filled alike.
+    """
+    missing = torch.isnan(real[..., 1:])
+    if not missing.any():
+        return fake
+    idx = torch.randint(len(real), (len(fake),), generator=generator)
+    out = fake.clone()
+    out[..., 1:][missing[idx.to(missing.device)].to(out.device)] = float("nan")
+    return out
+
+
 def time_map(reference: torch.Tensor) -> tuple[float, float]:
     """Offset and span that map the time channel of ``reference`` onto [0, 1]."""
     t0 = float(reference[..., 0].min())

@@ -17,6 +17,7 @@ from neuralsde.metrics._paths import (
     check_same_grid,
     fill_missing,
     make_generator,
+    mask_like,
     rescale_time,
     seed_int,
     seeded,
@@ -68,22 +69,6 @@ class GRUClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(batch, time, channels)`` NaN-free -> logits ``(batch,)``."""
         return self.readout(self.gru(x)[1][-1]).squeeze(-1)
-
-
-def mask_like(fake: torch.Tensor, real: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """``fake`` with each path's data values set to NaN where a randomly drawn ``real`` path (same grid) misses them.
-
-    Real paths are filled before the classifier sees them, and a filled gap is a straight line: on complete
-    generated paths the classifier would tell them apart by that alone (the OU data's 30% missing values let a GRU
-    call a generator of the data's own law at 0.81). With the same missingness both are filled alike.
-    """
-    missing = torch.isnan(real[..., 1:])
-    if not missing.any():
-        return fake
-    idx = torch.randint(len(real), (len(fake),), generator=generator)
-    out = fake.clone()
-    out[..., 1:][missing[idx.to(missing.device)].to(out.device)] = float("nan")
-    return out
 
 
 def _balanced_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

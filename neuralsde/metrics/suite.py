@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 import torch
 
 from neuralsde.errors import ConfigError, bad_option
-from neuralsde.metrics._paths import check_paths, seed_int
+from neuralsde.metrics._paths import check_paths, make_generator, mask_like, seed_int
 from neuralsde.metrics.classification import CDE_METHODS, CLASSIFIERS, real_fake_classification
 from neuralsde.metrics.marginals import acf_error, cross_corr_error, marginal_distance
 from neuralsde.metrics.prediction import tstr
@@ -59,6 +59,8 @@ class Metric:
 
 
 def _sig_mmd(rtr, rte, ftr, fte, o: MetricOptions, seed: int) -> dict:
+    # the fake paths get the real ones' missing values, so that both are filled alike (see mask_like)
+    fte = mask_like(fte, rte, make_generator(seed))
     res = signature_mmd(
         rte,
         fte,
