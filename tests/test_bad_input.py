@@ -83,6 +83,13 @@ def test_the_command_line_prints_our_errors_without_a_traceback(tmp_path):
     assert res.returncode == 2, out[-2000:]
     assert "ConfigError: seed='abc' is not valid: expected an integer. Fix: e.g. seed=0" in out
     assert "Traceback" not in out
+    # The same run directory again: Hydra's record of the first command (.hydra/) is kept beside the second's
+    again = subprocess.run([sys.executable, str(ROOT / "train.py"), "seed=xyz", f"hydra.run.dir={tmp_path}"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2, (again.stdout + again.stderr)[-2000:]
+    assert "seed=xyz" in (tmp_path / ".hydra" / "overrides.yaml").read_text()
+    earlier = list(tmp_path.glob(".hydra_before_*/overrides.yaml"))
+    assert len(earlier) == 1 and "seed=abc" in earlier[0].read_text()
 
 
 def test_a_run_directory_or_folder_given_for_a_file(tmp_path):
