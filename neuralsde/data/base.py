@@ -38,17 +38,44 @@ class RawSeries:
     meta: dict = field(default_factory=dict)
 
     def validate(self, source: str) -> "RawSeries":
-        """Raise a DataError naming ``source`` if shapes or contents are unusable."""
+        """Raise a DataError naming ``source`` if shapes or contents are unusable. Values of another real dtype
+        (float64 from numpy, integers) are converted to the documented float32 here: the model is float32 (or
+        cast as a whole by ``trainer.precision``), and a float64 batch reached it as a dtype error mid-training."""
+        for name in ("times", "values"):
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor):
+                raise DataError(f"{source}: {name} must be a torch.Tensor, got {type(value).__name__}. "
+                                f"Fix: return torch.as_tensor({name}) from load().")
         if self.values.ndim != 3:
-            raise DataError(f"{source}: values must have shape (N, T, C), got {tuple(self.values.shape)}.")
+            raise DataError(f"{source}: values must have shape (N, T, C), got {tuple(self.values.shape)}. Fix: "
+                            "one channel needs a trailing axis of size 1, e.g. values.unsqueeze(-1).")
+        if self.values.is_complex() or self.values.dtype == torch.bool:
+            raise DataError(f"{source}: values must be real numbers, got dtype {self.values.dtype}.")
+        if self.values.dtype != torch.float32:
+            self.values = self.values.float()
         n, t, c = self.values.shape
         if n == 0 or t < 2 or c == 0:
             raise DataError(f"{source}: need at least one series of two or more times and one channel, "
                             f"got shape {(n, t, c)}. Fix: check the file or the window length.")
         if self.times.shape != (t,):
-            raise DataError(f"{source}: times must have shape ({t},), got {tuple(self.times.shape)}.")
-        if not bool((self.times[1:] > self.times[:-1]).all()):
-            raise DataError(f"{source}: observation times must be strictly increasing.")
+            hint = (f" values look like (T, N, C) = {(n, t, c)}: Fix: return values.transpose(0, 1)."
+                    if self.times.shape == (n,) else " Fix: one time per position along values' axis 1.")
+            raise DataError(f"{source}: times must have shape ({t},) (values are (N, T, C) = {(n, t, c)}), "
+                            f"got {tuple(self.times.shape)}.{hint}")
+        bad = (~torch.isfinite(self.times.double())).nonzero().flatten()
+        if len(bad):
+            raise DataError(f"{source}: observation times must be finite numbers, but times[{int(bad[0])}] is "
+                            f"{self.times[bad[0]].item()} ({len(bad)} such). Fix: every position needs a time; "
+                            "a missing observation is a NaN value, not a NaN time.")
+        back = (self.times[1:] <= self.times[:-1]).nonzero().flatten()
+        if len(back):
+            k = int(back[0]) + 1
+            raise DataError(f"{source}: observation times must be strictly increasing, but times[{k}]="
+                            f"{self.times[k].item()} follows times[{k - 1}]={self.times[k - 1].item()}. Fix: sort "
+                            "the times (and values' axis 1 with them) and drop repeated times.")
+        if isinstance(self.channel_names, str):
+            raise DataError(f"{source}: channel_names must be a list of {c} names, got the string "
+                            f"{self.channel_names!r}. Fix: e.g. channel_names=[{self.channel_names!r}].")
         if len(self.channel_names) != c:
             raise DataError(f"{source}: {c} channels but {len(self.channel_names)} channel names.")
         observed = ~torch.isnan(self.values)

@@ -52,6 +52,12 @@ class TimeSeriesDataModule(pl.LightningDataModule):
         if self.raw is not None:
             return
         raw = self.source.load()
+        name = type(self.source).__name__
+        if not isinstance(raw, RawSeries):
+            raise DataError(f"{name}.load() returned {type(raw).__name__}: expected neuralsde.data.base.RawSeries"
+                            "(times (T,), values (N, T, C), channel_names). Fix: return a RawSeries from load().")
+        # every source's output is checked here, not only the built-in ones that call validate themselves
+        raw = raw.validate(name)
         n, t_size, c = raw.values.shape
         if n < 2:  # e.g. a CSV of one long series: the batch-size error then advised a batch of 1, which fails later
             raise DataError(f"The data hold {n} series of {t_size} times: a generative model needs many series to "
