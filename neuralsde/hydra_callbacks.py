@@ -1,11 +1,63 @@
-"""Hydra callbacks of the entry points (``configs/hydra/default.yaml`` lists them)."""
+"""Hydra callbacks: what must happen before Hydra writes into a run's directory (``configs/hydra/default.yaml``
+lists them, the refusal first)."""
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from neuralsde.errors import ConfigError
+
+
+def _saved_runs(root: Path) -> list[Path]:
+    """Run directories under ``root`` (itself included) that hold checkpoints."""
+    if not root.is_dir():
+        return []
+    return sorted({ckpt.parent.parent for ckpt in root.rglob("*.ckpt") if ckpt.parent.name == "checkpoints"})
+
+
+def _continuing(config: DictConfig, run_dir: Path | None = None) -> bool:
+    """A run that continues a saved one in its own directory: ``resume=auto`` (a requeued job, or a sweep
+    rerun to continue its jobs), or ``ckpt_path`` inside ``run_dir``."""
+    if config.get("resume") == "auto":
+        return True
+    ckpt = config.get("ckpt_path")
+    return bool(ckpt and run_dir is not None and Path(ckpt).expanduser().resolve().is_relative_to(run_dir.resolve()))
+
+
+def _refuse(error: ConfigError) -> None:
+    """Stop before the run starts. Hydra turns an exception raised in a callback into a warning and goes on, so
+    the error is printed as ``reported_plainly`` prints ours, and the process exits with its status 2."""
+    print(f"{type(error).__name__}: {error}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class RefuseUsedRunDir(Callback):
+    """Refuse a ``hydra.run.dir`` or ``hydra.sweep.dir`` that already holds a run's checkpoints *before* Hydra
+    writes into it. ``neuralsde.training`` refuses the same run too, but only inside the job, after Hydra has
+    replaced the old run's ``.hydra/overrides.yaml`` and ``config.yaml`` (and the sweep's ``multirun.yaml``) with
+    the refused command's: ``scripts/aggregate.py`` then labelled the old job's metrics with the new overrides."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        run_dir = Path(config.hydra.run.dir)
+        if _saved_runs(run_dir) and not _continuing(config, run_dir):
+            _refuse(ConfigError(f"hydra.run.dir={str(run_dir)!r} already holds a run with checkpoints, and this run "
+                              "would overwrite its record (.hydra/, config.yaml, metrics). Fix: choose a new "
+                              "hydra.run.dir (left unset, every run gets its own timestamped directory), or continue "
+                              f"that run with ckpt_path={run_dir}/checkpoints/last.ckpt."))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        saved = _saved_runs(sweep_dir)
+        if saved and not _continuing(config):
+            _refuse(ConfigError(f"hydra.sweep.dir={str(sweep_dir)!r} already holds {len(saved)} job(s) with "
+                              f"checkpoints (e.g. {str(saved[0])!r}); this sweep would overwrite their .hydra/ "
+                              "records and multirun.yaml, and aggregate.py would then label their metrics with this "
+                              "sweep's overrides. Fix: choose a new hydra.sweep.dir (left unset, every sweep gets its "
+                              "own timestamped directory), or pass resume=auto to continue those jobs."))
 
 
 class KeepEarlierHydraRecord(Callback):
