@@ -54,6 +54,13 @@ class SolverConfig:
     compile: str | None = None
 
     def __post_init__(self):
+        # Types first: `solver.dt=abc` met `self.dt > 0` as a TypeError traceback, `solver.adjoint=abc` an
+        # OmegaConf ValidationError deep inside hydra's instantiate.
+        if not isinstance(self.adjoint, bool):
+            raise bad_option("solver.adjoint", self.adjoint, "true or false",
+                             "set solver.adjoint=true (adjoint gradients) or solver.adjoint=false (direct)")
+        if isinstance(self.dt, bool) or not isinstance(self.dt, (int, float)):
+            raise bad_option("solver.dt", self.dt, "a positive number", "set solver.dt=1.0 (index time), or e.g. 0.5")
         if self.method not in ADJOINT_METHODS:
             raise bad_option("solver.method", self.method, f"one of {sorted(ADJOINT_METHODS)}",
                              "pick solver=reversible_heun, solver=midpoint or solver=euler_heun")
