@@ -22,6 +22,9 @@ OUTPUT_FORMATS = (".csv", ".npz", ".parquet")
 
 def run_eval(cfg: DictConfig) -> dict[str, float]:
     """Full metric suite on a checkpoint; prints a table and writes ``metrics.json`` in the run directory."""
+    from neuralsde.training import check_required
+
+    check_required(cfg)
     names = check_metric_names(cfg.metrics)
     n_samples = check_n_samples(cfg.n_samples, "n_samples")
     out = Path(cfg.paths.output_dir)
@@ -77,6 +80,9 @@ def check_output(out: str, overwrite: bool) -> Path:
 
 def run_sample(cfg: DictConfig) -> Path:
     """Write ``cfg.n`` generated paths with their timestamps, in data units, to ``cfg.out``."""
+    from neuralsde.training import check_required
+
+    check_required(cfg)
     if int(cfg.n) < 1:
         raise ConfigError(f"n={cfg.n} must be a positive number of paths. Fix: e.g. n=1000.")
     path = check_output(cfg.out, bool(cfg.overwrite))

@@ -102,8 +102,36 @@ def torch_threads(n):
         torch.set_num_threads(before)
 
 
+# What to pass for a required option that a config leaves as ``???``, by key.
+REQUIRED_EXAMPLES = {"data.source.path": "data.source.path=/abs/path/file.csv",
+                     "ckpt_path": "ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt"}
+
+
+def check_required(cfg: DictConfig) -> None:
+    """Refuse a config with required options left unset (``???``) before any work: OmegaConf's
+    ``MissingMandatoryValue`` surfaced where the value was first read, as a traceback (``data=csv`` without a path,
+    ``python eval.py`` without ``ckpt_path``)."""
+    missing = sorted(_missing_keys(OmegaConf.to_container(cfg, resolve=False)))
+    if missing:
+        examples = " ".join(REQUIRED_EXAMPLES.get(key, f"{key}=<value>") for key in missing)
+        raise ConfigError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required and not set. "
+                          f"Fix: pass {examples} on the command line.")
+
+
+def _missing_keys(node, prefix: str = "") -> list[str]:
+    """Dotted keys whose value is ``???``, read without resolving (``OmegaConf.missing_keys`` resolves, and
+    ``${hydra:...}`` fails outside a Hydra job)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    out = []
+    for key, value in items:
+        full = f"{prefix}{key}" if isinstance(node, dict) else f"{prefix[:-1]}[{key}]"
+        out += [full] if value == "???" else _missing_keys(value, f"{full}.")
+    return out
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and test) the configured model; return the final logged metrics as floats."""
+    check_required(cfg)
     _check_trainer_limits(cfg)
     with torch_threads(cfg.get("threads")):
         return _train(cfg)

@@ -1,10 +1,31 @@
 """Command-line values that used to end in a raw OmegaConf/TypeError traceback or were silently ignored."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from neuralsde.errors import ConfigError
 from neuralsde.solver import SolverConfig
+from neuralsde.training import check_required
+from tests.conftest import ROOT, compose_config
+
+
+def test_missing_required_value_is_one_line_naming_the_option():
+    with pytest.raises(ConfigError, match=r"data.source.path is required.*Fix: pass data.source.path=/abs/path"):
+        check_required(compose_config(["data=csv"]))
+    with pytest.raises(ConfigError, match=r"ckpt_path is required.*Fix: pass ckpt_path="):
+        check_required(compose_config(config_name="eval"))
+    check_required(compose_config(["data=csv", "data.source.path=/x.csv"]))
+
+
+def test_data_csv_without_path_on_the_command_line(tmp_path):
+    res = subprocess.run([sys.executable, str(ROOT / "train.py"), "data=csv", f"hydra.run.dir={tmp_path}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "MissingMandatoryValue" not in res.stdout + res.stderr
+    assert "ConfigError: data.source.path is required" in res.stdout + res.stderr
 
 
 @pytest.mark.parametrize("options, needle", [
