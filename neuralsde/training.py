@@ -214,6 +214,14 @@ def _check_trainer_limits(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.max_steps={max_steps} is not the training length here: Lightning counts "
                           "optimiser steps (the SDE-GAN takes two per training step) and stops before the final "
                           f"validation. Fix: set model.train_steps={max_steps} and leave trainer.max_steps=-1.")
+    max_epochs = (cfg.get("trainer") or {}).get("max_epochs", -1)
+    if max_epochs not in (None, -1):
+        # The training batches are endless (neuralsde.data.batches.StepBatches): an epoch never ends, so
+        # trainer.max_epochs=1 ran the whole model.train_steps and Lightning still reported "max_epochs=1 reached".
+        raise ConfigError(f"trainer.max_epochs={max_epochs} has no effect here: training batches are drawn "
+                          "endlessly, so an epoch never ends, and model.train_steps alone sets the length. Fix: leave "
+                          "trainer.max_epochs=-1 and set model.train_steps (one pass over the training set is about "
+                          "<training series> / data.batch_size steps).")
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:

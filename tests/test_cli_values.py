@@ -5,10 +5,11 @@ import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf, open_dict
 
 from neuralsde.errors import ConfigError
 from neuralsde.solver import SolverConfig
-from neuralsde.training import check_required
+from neuralsde.training import _check_trainer_limits, check_required
 from tests.conftest import ROOT, compose_config
 
 
@@ -36,3 +37,12 @@ def test_data_csv_without_path_on_the_command_line(tmp_path):
 def test_solver_values_of_the_wrong_type(options, needle):
     with pytest.raises(ConfigError, match=needle):
         SolverConfig(**options)
+
+
+def test_max_epochs_is_refused_not_ignored():
+    cfg = compose_config(["trainer.max_epochs=1"])
+    with pytest.raises(ConfigError, match=r"trainer.max_epochs=1 has no effect.*Fix: .*model.train_steps"):
+        _check_trainer_limits(cfg)
+    with open_dict(cfg):
+        OmegaConf.update(cfg, "trainer.max_epochs", -1)
+    _check_trainer_limits(cfg)
