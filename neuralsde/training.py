@@ -46,7 +46,16 @@ def _instantiate_all(group: DictConfig | None) -> list:
 
 def build(cfg: DictConfig):
     """Instantiate ``(datamodule, model)`` from a composed config; the data are set up first because the
-    model's shapes and normalisation come from them."""
+    model's shapes and normalisation come from them.
+
+    From Python, compose the config with ``paths.output_dir`` set: inside ``train.py`` it is Hydra's run directory
+    (``${hydra:runtime.output_dir}``), which does not exist outside a Hydra job::
+
+        with hydra.initialize_config_dir(config_dir="/abs/path/configs", version_base="1.3"):
+            cfg = hydra.compose("train", overrides=["experiment=ou_latent_sde", "paths.output_dir=/tmp/run"])
+        datamodule, model = build(cfg)
+    """
+    _check_resolvable(cfg)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     solver = SolverConfig(**OmegaConf.to_container(cfg.solver, resolve=True))
@@ -55,6 +64,23 @@ def build(cfg: DictConfig):
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     model.run_config_source = config_source(cfg)
     return datamodule, model
+
+
+def _check_resolvable(cfg: DictConfig) -> None:
+    """A config composed outside a Hydra job (``hydra.compose`` in a notebook) cannot resolve ``${hydra:...}``:
+    ``build`` failed after loading the data, with OmegaConf's "HydraConfig was not set" traceback."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as err:
+        if "HydraConfig was not set" not in str(err):
+            raise
+        raise ConfigError(f"{getattr(err, 'full_key', 'the config')} needs Hydra's run-time config "
+                          "(paths.output_dir is ${hydra:runtime.output_dir}), which exists only inside a Hydra job "
+                          "such as `python train.py`. Fix: when composing the config in Python, add an output "
+                          "directory to the overrides, e.g. compose('train', overrides=[..., "
+                          "'paths.output_dir=/tmp/run']).") from None
 
 
 def config_source(cfg: DictConfig) -> dict:
