@@ -105,8 +105,11 @@ class LatentSDE(GenerativeModule):
         t = self.times.to(values).view(1, -1, 1).expand(values.size(0), -1, 1)
         return torch.cat([t, values], dim=-1)
 
+    @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` paths ``(n, T, 1 + C)`` from the prior (z0 ~ p(z0), prior SDE, decoder mean), normalised units."""
+        """``n`` paths ``(n, T, 1 + C)`` from the prior (z0 ~ p(z0), prior SDE, decoder mean), normalised units,
+        without gradients."""
+        self.check_n(n)
         mean, log_std = self.pz0[0], self.pz0[1]
         eps = torch.randn((n, mean.numel()), generator=generator, dtype=mean.dtype).to(mean.device)
         z0 = mean + log_std.exp() * eps

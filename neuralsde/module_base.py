@@ -1,6 +1,7 @@
 """What every model family's LightningModule shares: data geometry, step counting, sampling, resume state."""
 from __future__ import annotations
 
+import numbers
 import random
 import time
 from pathlib import Path
@@ -131,10 +132,19 @@ class GenerativeModule(pl.LightningModule):
         return path if path and Path(path).is_file() else None
 
     # --- sampling ----------------------------------------------------------------------------------
+    @staticmethod
+    def check_n(n) -> int:
+        """``n`` paths to sample as an int, or a ConfigError (``sample(0)`` was a reshape error deep in the
+        solver, ``sample(2.5)`` a ``randn`` signature dump)."""
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise bad_option("n", n, "a positive integer number of paths", "e.g. model.sample(256)")
+        return int(n)
+
     @torch.no_grad()
     def sample_data_units(self, n: int, generator: torch.Generator | None = None,
                           batch_size: int = 1024) -> torch.Tensor:
         """``n`` generated paths ``(n, T, 1 + C)`` with the normalisation undone."""
+        self.check_n(n)
         chunks = [self.sample(min(batch_size, n - i), generator) for i in range(0, n, batch_size)]
         paths = torch.cat(chunks).cpu()
         return torch.cat([paths[..., :1], self.normalizer.inverse(paths[..., 1:])], dim=-1)

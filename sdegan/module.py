@@ -122,8 +122,12 @@ class SDEGAN(GenerativeModule):
         cls = OPTIMIZERS[name]
         return cls(self.generator.parameters(), lr=g_lr, **cfg), cls(self.discriminator.parameters(), lr=d_lr, **cfg)
 
+    @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, averaged: bool = True) -> torch.Tensor:
+        """``n`` paths ``(n, T, 1 + C)`` from the (averaged) generator, normalised units, without gradients
+        (training calls ``self.generator`` itself)."""
         net = self.averaged_generator.current if averaged else self.generator
+        self.check_n(n)
         return net(self.times, n, generator=generator)
 
     def _penalty(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
