@@ -46,3 +46,12 @@ def test_max_epochs_is_refused_not_ignored():
     with open_dict(cfg):
         OmegaConf.update(cfg, "trainer.max_epochs", -1)
     _check_trainer_limits(cfg)
+
+
+def test_eval_batch_size_is_checked_before_training():
+    """data.eval_batch_size=0 reached torch's DataLoader at the first validation, after the training steps."""
+    from neuralsde.data.datamodule import TimeSeriesDataModule
+
+    for key, value in (("eval_batch_size", 0), ("eval_batch_size", 2.5), ("batch_size", "abc")):
+        with pytest.raises(ConfigError, match=rf"data.{key}={value!r} is not valid: expected a positive integer"):
+            TimeSeriesDataModule(source=None, **{key: value})
