@@ -35,7 +35,38 @@ def instantiate(node, **kwargs):
         if isinstance(cause, OUR_ERRORS) or (
                 isinstance(cause, ValueError) and "Fix" in str(cause)):
             raise cause from None
+        unknown = _unknown_option(node, cause)
+        if unknown is not None:
+            raise unknown from None
         raise
+
+
+def _unknown_option(node, cause) -> ConfigError | None:
+    """A key added with ``+`` that the target does not take (Hydra's advice for a mistyped key: ``+model.train_step=5``
+    ended in "SDEGAN.__init__() got an unexpected keyword argument 'train_step'" under an InstantiationException):
+    the option, what the target takes, and the nearest name."""
+    import difflib
+    import inspect
+    import re
+
+    match = re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'", str(cause or ""))
+    if not isinstance(cause, TypeError) or match is None or not isinstance(node, DictConfig):
+        return None
+    cls_name, key = match.groups()
+    try:
+        cls = hydra.utils.get_class(node._target_)
+    except Exception:  # noqa: BLE001 - only a better message is at stake
+        return None
+    prefix = node._get_full_key(None) or ""
+    if cls.__name__ != cls_name:  # a nested section passed on as keyword arguments, e.g. model.generator
+        return ConfigError(f"{cls_name} got an unknown option {key!r} from the {prefix!r} section. Fix: correct or "
+                           f"remove {key} in {prefix}.<section> (see the {prefix} config in configs/).")
+    known = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "args", "kwargs")]
+    near = difflib.get_close_matches(key, known, n=1)
+    option = f"{prefix}.{key}" if prefix else key
+    fix = (f"set {prefix}.{near[0]}=... (an existing key: no +) instead of +{option}" if near else
+           f"remove +{option}")
+    return ConfigError(f"{option} is not an option of {node._target_} (it takes {known}). Fix: {fix}.")
 
 
 def _instantiate_all(group: DictConfig | None) -> list:

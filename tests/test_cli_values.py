@@ -55,3 +55,16 @@ def test_eval_batch_size_is_checked_before_training():
     for key, value in (("eval_batch_size", 0), ("eval_batch_size", 2.5), ("batch_size", "abc")):
         with pytest.raises(ConfigError, match=rf"data.{key}={value!r} is not valid: expected a positive integer"):
             TimeSeriesDataModule(source=None, **{key: value})
+
+
+def test_key_added_with_plus_that_the_model_does_not_take(tmp_path):
+    """Hydra's advice for a mistyped key (+model.train_step=5) ended in SDEGAN's 'unexpected keyword argument'
+    TypeError under an InstantiationException."""
+    from neuralsde.training import build
+
+    tiny = ["data.source.n_paths=64", "data.source.t_size=8", "data.batch_size=16", f"paths.output_dir={tmp_path}"]
+    with pytest.raises(ConfigError, match=r"model.train_step is not an option of sdegan.module.SDEGAN.*"
+                                          r"Fix: set model.train_steps=\.\.\. .* instead of \+model.train_step"):
+        build(compose_config([*tiny, "+model.train_step=5"]))
+    with pytest.raises(ConfigError, match=r"Generator got an unknown option 'hidden_sze' from the 'model' section"):
+        build(compose_config([*tiny, "+model.generator.hidden_sze=5"]))
