@@ -98,6 +98,7 @@ class LatentSDE(GenerativeModule):
 
     def elbo_terms(self, paths: torch.Tensor, filled: torch.Tensor, generator: torch.Generator | None = None):
         """-> ``(log_lik, kl, zs)``: ``(batch,)``, ``(batch,)``, ``(batch, T, latent)``; one posterior sample."""
+        paths, filled = self.check_input_paths(paths, "paths"), self.check_input_paths(filled, "filled")
         zs, kl_path, kl_z0 = self.posterior(paths, filled, generator)
         return self.decoder.log_likelihood(zs, paths[..., 1:]), kl_path + kl_z0, zs
 
@@ -120,7 +121,8 @@ class LatentSDE(GenerativeModule):
     def reconstruct(self, paths: torch.Tensor, filled: torch.Tensor | None = None,
                     generator: torch.Generator | None = None) -> torch.Tensor:
         """Decoder mean along one posterior sample: paths ``(batch, T, 1 + C)`` -> ``(batch, T, 1 + C)``."""
-        filled = fill_missing(paths) if filled is None else filled
+        paths = self.check_input_paths(paths, "paths")
+        filled = fill_missing(paths) if filled is None else self.check_input_paths(filled, "filled")
         context, mean, log_std = self.encoder(paths, filled)
         eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
         self.sde.set_context(context)

@@ -12,7 +12,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
 from neuralsde.data.preprocessing import Normalizer
-from neuralsde.errors import CheckpointError, TrainingDivergedError, bad_option
+from neuralsde.errors import CheckpointError, DataError, TrainingDivergedError, bad_option
 
 CHECKPOINT_FORMAT = 1
 
@@ -130,6 +130,27 @@ class GenerativeModule(pl.LightningModule):
         callback = None if self._trainer is None else self._trainer.checkpoint_callback
         path = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
         return path if path and Path(path).is_file() else None
+
+    def check_input_paths(self, paths, name: str = "paths") -> torch.Tensor:
+        """``paths`` as the model reads them, ``(batch, T, 1 + C)`` on its grid and in its dtype, or a DataError
+        with the fix: a ``(T, batch, 1 + C)`` tensor or another number of times was read without complaint (the
+        latent SDE's encoder took any length and the decoder answered on the training grid), float64 paths met a
+        float32 network as torch's dtype error."""
+        if not isinstance(paths, torch.Tensor):
+            raise DataError(f"{name} must be a torch.Tensor (batch, T, 1 + C), got {type(paths).__name__}. "
+                            "Fix: torch.as_tensor(...).")
+        want = (self.t_size, 1 + self.data_size)
+        if paths.ndim != 3 or tuple(paths.shape[1:]) != want:
+            hint = ("it looks like (T, batch, 1 + C): Fix: pass paths.transpose(0, 1)."
+                    if paths.ndim == 3 and tuple(paths.shape[::2]) == (self.t_size, 1 + self.data_size) else
+                    f"Fix: pass paths on the model's {self.t_size} training times, time in channel 0 and "
+                    f"{self.data_size} data channel(s) after it, as the datamodule's train/val/test hold them.")
+            raise DataError(f"{name} has shape {tuple(paths.shape)}: expected (batch, {want[0]}, {want[1]}); {hint}")
+        dtype = self.times.dtype
+        if paths.dtype != dtype:
+            raise DataError(f"{name} are {paths.dtype} but the model is {dtype}. Fix: pass {name}.to({dtype}), or "
+                            f"convert the model with model.to({paths.dtype}).")
+        return paths.to(self.times.device)
 
     # --- sampling ----------------------------------------------------------------------------------
     @staticmethod
