@@ -6,6 +6,7 @@ from torch import nn
 
 from neuralsde.brownian import draw_entropy
 from neuralsde.compiling import set_compiled
+from neuralsde.errors import DataError
 from neuralsde.nn import MLP
 from neuralsde.solver import SolverConfig, sdeint
 
@@ -90,6 +91,11 @@ class Generator(nn.Module):
         """time_values ``(T,)``: the time channel; the SDE is solved on the index grid ``0..T-1``. ``draws``: the
         random inputs (``draw``'s) to use instead of drawing them (the fast backend; reads no tensor on the host,
         so that a CUDA graph can capture it)."""
+        if not isinstance(time_values, torch.Tensor) or time_values.ndim != 1 or time_values.numel() < 2:
+            # a (T, 1) or (8, 8) tensor was flattened by .view(1, -1, 1) and solved over its element count
+            shape = tuple(time_values.shape) if isinstance(time_values, torch.Tensor) else type(time_values).__name__
+            raise DataError(f"time_values has shape {shape}: expected a 1-D tensor (T,) of two or more times. "
+                            "Fix: pass the model's time channel, e.g. model.times.")
         solver = solver or self.solver
         device, dtype = self.readout.weight.device, self.readout.weight.dtype
         if draws is None:
