@@ -161,7 +161,8 @@ def torch_threads(n):
 
 # What to pass for a required option that a config leaves as ``???``, by key.
 REQUIRED_EXAMPLES = {"data.source.path": "data.source.path=/abs/path/file.csv",
-                     "ckpt_path": "ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt"}
+                     "ckpt_path": "ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt",
+                     "out": "out=samples.csv"}
 
 
 def check_required(cfg: DictConfig) -> None:
