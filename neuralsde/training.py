@@ -35,10 +35,36 @@ def instantiate(node, **kwargs):
         if isinstance(cause, OUR_ERRORS) or (
                 isinstance(cause, ValueError) and "Fix" in str(cause)):
             raise cause from None
-        unknown = _unknown_option(node, cause)
-        if unknown is not None:
-            raise unknown from None
+        named = _unknown_option(node, cause) or _not_a_number(node, cause)
+        if named is not None:
+            raise named from None
         raise
+
+
+def _not_a_number(node, cause) -> ConfigError | None:
+    """A constructor's ``float(...)``/``int(...)`` of a word (``model.optimizer.g_lr=abc``: "could not convert string
+    to float: 'abc'" under Hydra's wrapper, naming only the section): the key that holds that word."""
+    import re
+
+    match = re.search(r"(?:could not convert string to float|invalid literal for int\(\) with base 10): '(.*)'$",
+                      str(cause or ""))
+    if not isinstance(cause, ValueError) or match is None or not isinstance(node, DictConfig):
+        return None
+    word = match.group(1)
+    prefix = node._get_full_key(None) or ""
+
+    def find(value, path):
+        if isinstance(value, dict):
+            return [k for key, v in value.items() for k in find(v, f"{path}.{key}" if path else str(key))]
+        if isinstance(value, list):
+            return [k for i, v in enumerate(value) for k in find(v, f"{path}[{i}]")]
+        return [path] if isinstance(value, str) and value.strip() == word.strip() else []
+
+    keys = find(OmegaConf.to_container(node, resolve=True), prefix)
+    if not keys:
+        return None
+    return ConfigError(f"{keys[0]}={word!r} is not valid: expected a number. Fix: set {keys[0]} to a number "
+                       "(see its default in configs/).")
 
 
 def _unknown_option(node, cause) -> ConfigError | None:

@@ -68,3 +68,17 @@ def test_key_added_with_plus_that_the_model_does_not_take(tmp_path):
         build(compose_config([*tiny, "+model.train_step=5"]))
     with pytest.raises(ConfigError, match=r"Generator got an unknown option 'hidden_sze' from the 'model' section"):
         build(compose_config([*tiny, "+model.generator.hidden_sze=5"]))
+
+
+def test_a_word_where_a_number_belongs_is_named(tmp_path):
+    """model.optimizer.g_lr=abc was "could not convert string to float: 'abc'" under Hydra's wrapper (full_key:
+    model); data.source.n_paths=abc a TypeError, n_paths=256.5 torch.randn's signature dump."""
+    from neuralsde.data.ou import OUSource
+    from neuralsde.training import build
+
+    tiny = ["data.source.n_paths=64", "data.source.t_size=8", "data.batch_size=16", f"paths.output_dir={tmp_path}"]
+    with pytest.raises(ConfigError, match=r"model.optimizer.g_lr='abc' is not valid: expected a number"):
+        build(compose_config([*tiny, "model.optimizer.g_lr=abc"]))
+    for value in ("abc", 256.5):
+        with pytest.raises(ConfigError, match=rf"data.source.n_paths={value!r} is not valid: expected an integer"):
+            OUSource(n_paths=value)
