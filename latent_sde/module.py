@@ -14,7 +14,7 @@ from latent_sde.support import check_logqp_support, check_options, kl_normal
 from neuralsde.brownian import draw_entropy
 from neuralsde.data.interpolation import fill_missing
 from neuralsde.data.preprocessing import Normalizer
-from neuralsde.errors import bad_option
+from neuralsde.errors import CheckpointError, bad_option
 from neuralsde.module_base import GenerativeModule
 from neuralsde.solver import SolverConfig, sdeint
 
@@ -211,7 +211,16 @@ class LatentSDE(GenerativeModule):
 
     @classmethod
     def from_checkpoint(cls, path, map_location="cpu") -> "LatentSDE":
-        """Rebuild from a checkpoint alone: ``times`` and the normaliser come from its state dict."""
-        state = torch.load(path, map_location=map_location, weights_only=False)["state_dict"]
+        """Rebuild from a checkpoint alone: ``times`` and the normaliser come from its state dict. A missing,
+        corrupt or SDE-GAN checkpoint is a CheckpointError (an SDE-GAN one was "missing 1 required positional
+        argument: 'encoder'"); ``neuralsde.checkpoints.load_model`` rebuilds either family with its data."""
+        from neuralsde.checkpoints import read_checkpoint
+
+        ckpt = read_checkpoint(path)
+        if ckpt["neuralsde"]["family"] != cls.family:
+            raise CheckpointError(f"{str(path)!r} holds a {ckpt['neuralsde']['family']!r} model, not a latent SDE. "
+                                  "Fix: load it with neuralsde.checkpoints.load_model(path), which reads the family "
+                                  "from the file.")
+        state = ckpt["state_dict"]
         normalizer = Normalizer(state["normalizer.shift"], state["normalizer.scale"])
         return cls.load_from_checkpoint(path, map_location=map_location, times=state["times"], normalizer=normalizer)
