@@ -355,8 +355,29 @@ def _check_resume_compatible(ckpt_path: str, model) -> None:
             data_changed = True
     if (differ or data_changed) and not ckpt_allows_change():
         what = f"model size differs ({differ[:3]})" if differ else "the dataset differs (times or normalisation)"
-        raise CheckpointError(f"Cannot resume from {ckpt_path!r}: {what}. Fix: resume with the config of the run "
-                              "that wrote it, or set NEURALSDE_ALLOW_RESUME_CHANGE=1 to allow it deliberately.")
+        changed = _changed_settings(ckpt["neuralsde"].get("config"), model.run_config)
+        fix = (f"resume with the checkpoint's values of the settings that differ: {' '.join(changed[:6])}"
+               if changed else
+               "resume with the config of the run that wrote it")
+        raise CheckpointError(f"Cannot resume from {ckpt_path!r}: {what}. Fix: {fix}, or set "
+                              "NEURALSDE_ALLOW_RESUME_CHANGE=1 to allow it deliberately.")
+
+
+def _changed_settings(saved: dict | None, current: dict | None) -> list[str]:
+    """``key=value`` (the checkpoint's value) for each data and model setting that differs now: "the dataset
+    differs" alone left the user to find that data.source.n_paths had been left at its default."""
+    def flat(node, prefix=""):
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: node}
+
+    if not saved or not current:
+        return []
+    out = []
+    for section in ("data", "model"):
+        before, now = flat(saved.get(section) or {}, f"{section}."), flat(current.get(section) or {}, f"{section}.")
+        out += [f"{k}={before[k]}" for k in before if k in now and before[k] != now[k] and k != "model.train_steps"]
+    return out
 
 
 def ckpt_allows_change() -> bool:
