@@ -76,3 +76,13 @@ def test_builtin_validation_unchanged_for_good_source():
     assert dm.train.shape[1:] == (16, 2)
     raw = RawSeries(torch.arange(3.0), torch.from_numpy(np.zeros((2, 3, 1))), ["x"]).validate("t")
     assert raw.values.dtype == torch.float32
+
+
+@pytest.mark.parametrize("field, value", [("window_start", torch.arange(39)), ("labels", torch.zeros(40)),
+                                          ("window_start", [0, 1])])
+def test_per_series_fields_have_one_integer_per_series(field, value):
+    """A window_start one short was read by split_by_time as indices into the windows: a silent mis-split."""
+    times = torch.arange(16.0)
+    raw = RawSeries(times, torch.zeros(40, 16, 1), ["y"], **{field: value})
+    with pytest.raises(DataError, match=rf"{field} must be an integer tensor of shape \(40,\)"):
+        raw.validate("src")

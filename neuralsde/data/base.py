@@ -76,6 +76,14 @@ class RawSeries:
         if isinstance(self.channel_names, str):
             raise DataError(f"{source}: channel_names must be a list of {c} names, got the string "
                             f"{self.channel_names!r}. Fix: e.g. channel_names=[{self.channel_names!r}].")
+        for name in ("labels", "window_start"):  # one per series; a shorter window_start mis-split silently
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, torch.Tensor) or tuple(value.shape) != (n,)
+                                      or value.is_floating_point()):
+                got = f"shape {tuple(value.shape)}, {value.dtype}" if isinstance(value, torch.Tensor) else type(value)
+                raise DataError(f"{source}: {name} must be an integer tensor of shape ({n},), one per series, got "
+                                f"{got}. Fix: return torch.as_tensor({name}, dtype=torch.long) with one entry per "
+                                "series, or None.")
         if len(self.channel_names) != c:
             raise DataError(f"{source}: {c} channels but {len(self.channel_names)} channel names.")
         observed = ~torch.isnan(self.values)
