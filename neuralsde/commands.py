@@ -22,7 +22,7 @@ OUTPUT_FORMATS = (".csv", ".npz", ".parquet")
 
 def run_eval(cfg: DictConfig) -> dict[str, float]:
     """Full metric suite on a checkpoint; prints a table and writes ``metrics.json`` in the run directory."""
-    from neuralsde.training import check_required
+    from neuralsde.config_checks import check_required
 
     check_required(cfg)
     names = check_metric_names(cfg.metrics)
@@ -80,7 +80,7 @@ def check_output(out: str, overwrite: bool) -> Path:
 
 def run_sample(cfg: DictConfig) -> Path:
     """Write ``cfg.n`` generated paths with their timestamps, in data units, to ``cfg.out``."""
-    from neuralsde.training import check_required
+    from neuralsde.config_checks import check_required
 
     check_required(cfg)
     for key, what, fix in (("n", "number of paths", "n=1000"), ("batch_size", "batch size", "batch_size=1024")):

@@ -10,6 +10,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from neuralsde.errors import ConfigError
+from neuralsde.resume import continues_in
 
 
 def _saved_runs(root: Path) -> list[Path]:
@@ -25,7 +26,7 @@ def _continuing(config: DictConfig, run_dir: Path | None = None) -> bool:
     if config.get("resume") == "auto":
         return True
     ckpt = config.get("ckpt_path")
-    return bool(ckpt and run_dir is not None and Path(ckpt).expanduser().resolve().is_relative_to(run_dir.resolve()))
+    return bool(ckpt) and run_dir is not None and continues_in(ckpt, run_dir)
 
 
 def _refuse(error: ConfigError) -> None:

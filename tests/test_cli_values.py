@@ -7,9 +7,9 @@ import sys
 import pytest
 from omegaconf import OmegaConf, open_dict
 
+from neuralsde.config_checks import check_required, check_trainer_limits
 from neuralsde.errors import ConfigError
 from neuralsde.solver import SolverConfig
-from neuralsde.training import _check_trainer_limits, check_required
 from tests.conftest import ROOT, compose_config
 
 
@@ -42,10 +42,10 @@ def test_solver_values_of_the_wrong_type(options, needle):
 def test_max_epochs_is_refused_not_ignored():
     cfg = compose_config(["trainer.max_epochs=1"])
     with pytest.raises(ConfigError, match=r"trainer.max_epochs=1 has no effect.*Fix: .*model.train_steps"):
-        _check_trainer_limits(cfg)
+        check_trainer_limits(cfg)
     with open_dict(cfg):
         OmegaConf.update(cfg, "trainer.max_epochs", -1)
-    _check_trainer_limits(cfg)
+    check_trainer_limits(cfg)
 
 
 def test_eval_batch_size_is_checked_before_training():

@@ -1,8 +1,10 @@
 """The SDE-GAN generator's initialisation options."""
 from __future__ import annotations
 
+import pytest
 import torch
 
+from neuralsde.errors import DataError
 from neuralsde.solver import SolverConfig
 from sdegan.components.generator import Generator
 
@@ -27,3 +29,11 @@ def test_initial_scale_widens_the_initial_distribution_by_its_factor():
     assert all(torch.equal(a, b) for a, b in zip(base.state_dict().values(), paper.state_dict().values(), strict=True))
     assert torch.equal(wide.initial[0].weight, paper.initial[0].weight)  # only the last layer changes
     assert spread.max() < 0.2  # why the option exists: y0 starts near a point (0.02-0.04 at air quality's sizes)
+
+
+def test_generator_refuses_time_values_that_are_not_one_dimensional():
+    gen = Generator(1, t_size=8)
+    assert gen(torch.arange(8.0), 3).shape == (3, 8, 2)
+    for bad in (torch.arange(16.0).view(4, 4), torch.arange(8.0).view(8, 1), torch.zeros(1)):
+        with pytest.raises(DataError, match=r"time_values has shape .*expected a 1-D tensor \(T,\)"):
+            gen(bad, 3)

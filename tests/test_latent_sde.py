@@ -12,7 +12,7 @@ from latent_sde.module import DegenerateDiffusionWarning, LatentSDE
 from latent_sde.support import kl_normal
 from neuralsde.data.interpolation import fill_missing
 from neuralsde.data.preprocessing import Normalizer
-from neuralsde.errors import ConfigError
+from neuralsde.errors import CheckpointError, ConfigError
 from neuralsde.fast.fused import _FUSED
 from neuralsde.solver import SolverConfig
 from neuralsde.training import build, train
@@ -273,3 +273,12 @@ def test_elbo_gradients_equal_across_backends_at_the_default_sizes(method, encod
             assert fast is None
             continue
         assert (fast - ref).abs().max() <= 1e-10 * ref.abs().max().clamp_min(1e-300)
+
+
+def test_from_checkpoint_refuses_other_files(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        LatentSDE.from_checkpoint(tmp_path / "none.ckpt")
+    sdegan = tmp_path / "sdegan.ckpt"
+    torch.save({"neuralsde": {"family": "sdegan"}, "state_dict": {}}, sdegan)
+    with pytest.raises(CheckpointError, match=r"holds a 'sdegan' model, not a latent SDE. Fix: .*load_model"):
+        LatentSDE.from_checkpoint(sdegan)

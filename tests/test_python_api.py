@@ -1,9 +1,10 @@
-"""The Python route of the README: compose a config, build the model, sample; load a checkpoint's model."""
+"""The Python route of the README: compose a config, build the model, sample; wrong inputs named, not read."""
 from __future__ import annotations
 
 import pytest
+import torch
 
-from neuralsde.errors import ConfigError
+from neuralsde.errors import ConfigError, DataError
 from neuralsde.training import build
 from tests.conftest import compose_config
 
@@ -20,3 +21,42 @@ def test_build_outside_hydra_names_the_fix():
 def test_build_with_output_dir_samples(tmp_path):
     _, model = build(compose_config([*TINY, f"paths.output_dir={tmp_path}"]))
     assert model.sample(3).shape == (3, 8, 2)
+
+
+
+
+@pytest.mark.parametrize("experiment", ["ou_sdegan", "ou_latent_sde"])
+def test_sample_keeps_no_graph_and_names_bad_n(tmp_path, experiment):
+    _, model = build(compose_config([f"experiment={experiment}", *TINY, f"paths.output_dir={tmp_path}"]))
+    paths = model.sample(4)
+    # was True: the solve's graph was kept, and the metrics warned "Consider using tensor.detach() first"
+    assert paths.shape == (4, 8, 2) and not paths.requires_grad
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ConfigError, match=r"n=.* is not valid: expected a positive integer"):
+            model.sample(bad)
+    with pytest.raises(ConfigError, match="n=0"):
+        model.sample_data_units(0)
+
+
+@pytest.fixture(scope="module")
+def latent(tmp_path_factory):
+    tiny = ["experiment=ou_latent_sde", "data.source.n_paths=64", "data.source.t_size=8", "data.batch_size=16",
+            f"paths.output_dir={tmp_path_factory.mktemp('run')}"]
+    return build(compose_config(tiny))
+
+
+def test_reconstruct_and_elbo_refuse_wrong_inputs(latent):
+    dm, model = latent
+    x = dm.test[:6]  # (6, 8, 2)
+    assert model.reconstruct(x).shape == x.shape
+    with pytest.raises(DataError, match=r"looks like \(T, batch, 1 \+ C\): Fix: pass paths.transpose\(0, 1\)"):
+        model.reconstruct(x.transpose(0, 1))  # was a (8, 8, 2) "reconstruction" of 8 paths
+    with pytest.raises(DataError, match=r"shape \(6, 5, 2\): expected \(batch, 8, 2\).*8 training times"):
+        model.reconstruct(x[:, :5])  # was answered on all 8 times
+    with pytest.raises(DataError, match=r"paths are torch.float64 but the model is torch.float32. Fix"):
+        model.reconstruct(x.double())
+    with pytest.raises(DataError, match=r"expected \(batch, 8, 2\)"):
+        model.elbo_terms(x[..., 1], dm.filled["test"][:6])
+    log_lik, kl, zs = model.elbo_terms(x, dm.filled["test"][:6])
+    assert log_lik.shape == kl.shape == (6,)
+    assert model.double().reconstruct(x.double()).dtype == torch.float64

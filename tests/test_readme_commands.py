@@ -8,8 +8,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from neuralsde.config_checks import check_trainer_limits
 from neuralsde.solver import SolverConfig
-from neuralsde.training import _check_trainer_limits
 from tests.conftest import CONFIG_DIR, ROOT
 
 
@@ -49,4 +49,4 @@ def test_readme_command_composes(name, overrides):
         cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
     if name == "train":  # what train.py checks before any work: the solver's options and the trainer's limits
         SolverConfig(**OmegaConf.to_container(cfg.solver, resolve=True))
-        _check_trainer_limits(cfg)
+        check_trainer_limits(cfg)

@@ -8,7 +8,8 @@ from omegaconf import open_dict
 
 from neuralsde.checkpoints import AtomicCheckpointIO, read_checkpoint
 from neuralsde.errors import CheckpointError, ConfigError, TrainingDivergedError
-from neuralsde.training import train
+from neuralsde.resume import changed_settings, check_resume_compatible
+from neuralsde.training import build, train
 from tests.conftest import compose_config, shrink
 
 
@@ -217,18 +218,18 @@ def test_resume_refuses_other_model_size(tmp_path):
 
 
 def test_resume_auto_in_a_sweep_job_continues_only_that_job(tmp_path, monkeypatch):
-    from neuralsde import training
+    from neuralsde import resume
 
-    monkeypatch.setattr(training, "_in_multirun", lambda: True)
+    monkeypatch.setattr(resume, "in_multirun", lambda: True)
     (tmp_path / "logs" / "train" / "runs" / "other" / "checkpoints").mkdir(parents=True)
     (tmp_path / "logs" / "train" / "runs" / "other" / "checkpoints" / "last.ckpt").write_bytes(b"another run")
     cfg = shrink(compose_config(["resume=auto"]), tmp_path / "job", steps=3)
     with open_dict(cfg):
         cfg.paths.log_dir = str(tmp_path / "logs")  # where a single run's resume=auto looks
-    assert training.resolve_ckpt_path(cfg) is None  # first attempt: nothing of its own yet, not the other run
+    assert resume.resolve_ckpt_path(cfg) is None  # first attempt: nothing of its own yet, not the other run
     (tmp_path / "job" / "checkpoints").mkdir(parents=True)
     (tmp_path / "job" / "checkpoints" / "last.ckpt").write_bytes(b"")
-    assert training.resolve_ckpt_path(cfg) == str(tmp_path / "job" / "checkpoints" / "last.ckpt")  # requeued
+    assert resume.resolve_ckpt_path(cfg) == str(tmp_path / "job" / "checkpoints" / "last.ckpt")  # requeued
 
 
 def test_resume_auto_picks_newest_checkpoint(tmp_path):
@@ -239,3 +240,27 @@ def test_resume_auto_picks_newest_checkpoint(tmp_path):
         cfg.test = False
     train(cfg)
     assert int(read_checkpoint(tmp_path / "b" / "checkpoints" / "last.ckpt")["state_dict"]["train_step"]) == 3
+
+
+RESUME_TINY = ["data.source.t_size=8", "data.batch_size=16", "model.train_steps=4"]
+
+
+def test_refused_resume_names_the_changed_setting(tmp_path):
+    _, model = build(compose_config([*RESUME_TINY, "data.source.n_paths=64", f"paths.output_dir={tmp_path}"]))
+    ckpt = tmp_path / "a.ckpt"
+
+    checkpoint = {"state_dict": model.state_dict(), "neuralsde": {}}
+    model.on_save_checkpoint(checkpoint)
+    checkpoint["neuralsde"]["train_step"] = 2
+    torch.save(checkpoint, ckpt)
+    _, other = build(compose_config([*RESUME_TINY, "data.source.n_paths=80", f"paths.output_dir={tmp_path}"]))
+    with pytest.raises(CheckpointError, match=r"the dataset differs.*Fix: resume with the checkpoint's values of the "
+                                              r"settings that differ: data.source.n_paths=64, or set"):
+        check_resume_compatible(str(ckpt), other)
+
+
+def test_changed_settings_ignores_train_steps():
+    saved = {"data": {"batch_size": 16}, "model": {"train_steps": 4, "lr": 1}}
+    assert changed_settings(saved, {"data": {"batch_size": 32}, "model": {"train_steps": 8, "lr": 1}}) == \
+        ["data.batch_size=16"]
+    assert changed_settings(None, saved) == []

@@ -1,0 +1,125 @@
+"""Checks of a composed config that run before any work, each naming the option, the value and the fix; and the
+named errors that replace Hydra's instantiation wrappers where a constructor met a bad value."""
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from neuralsde.errors import ConfigError
+
+
+def not_a_number(node, cause) -> ConfigError | None:
+    """A constructor's ``float(...)``/``int(...)`` of a word (``model.optimizer.g_lr=abc``: "could not convert string
+    to float: 'abc'" under Hydra's wrapper, naming only the section): the key that holds that word."""
+    import re
+
+    match = re.search(r"(?:could not convert string to float|invalid literal for int\(\) with base 10): '(.*)'$",
+                      str(cause or ""))
+    if not isinstance(cause, ValueError) or match is None or not isinstance(node, DictConfig):
+        return None
+    word = match.group(1)
+    prefix = node._get_full_key(None) or ""
+
+    def find(value, path):
+        if isinstance(value, dict):
+            return [k for key, v in value.items() for k in find(v, f"{path}.{key}" if path else str(key))]
+        if isinstance(value, list):
+            return [k for i, v in enumerate(value) for k in find(v, f"{path}[{i}]")]
+        return [path] if isinstance(value, str) and value.strip() == word.strip() else []
+
+    keys = find(OmegaConf.to_container(node, resolve=True), prefix)
+    if not keys:
+        return None
+    return ConfigError(f"{keys[0]}={word!r} is not valid: expected a number. Fix: set {keys[0]} to a number "
+                       "(see its default in configs/).")
+
+
+def unknown_option(node, cause) -> ConfigError | None:
+    """A key added with ``+`` that the target does not take (Hydra's advice for a mistyped key: ``+model.train_step=5``
+    ended in "SDEGAN.__init__() got an unexpected keyword argument 'train_step'" under an InstantiationException):
+    the option, what the target takes, and the nearest name."""
+    import difflib
+    import inspect
+    import re
+
+    match = re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'", str(cause or ""))
+    if not isinstance(cause, TypeError) or match is None or not isinstance(node, DictConfig):
+        return None
+    cls_name, key = match.groups()
+    try:
+        cls = hydra.utils.get_class(node._target_)
+    except Exception:  # noqa: BLE001 - only a better message is at stake
+        return None
+    prefix = node._get_full_key(None) or ""
+    if cls.__name__ != cls_name:  # a nested section passed on as keyword arguments, e.g. model.generator
+        return ConfigError(f"{cls_name} got an unknown option {key!r} from the {prefix!r} section. Fix: correct or "
+                           f"remove {key} in {prefix}.<section> (see the {prefix} config in configs/).")
+    known = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "args", "kwargs")]
+    near = difflib.get_close_matches(key, known, n=1)
+    option = f"{prefix}.{key}" if prefix else key
+    fix = (f"set {prefix}.{near[0]}=... (an existing key: no +) instead of +{option}" if near else
+           f"remove +{option}")
+    return ConfigError(f"{option} is not an option of {node._target_} (it takes {known}). Fix: {fix}.")
+
+
+def check_resolvable(cfg: DictConfig) -> None:
+    """A config composed outside a Hydra job (``hydra.compose`` in a notebook) cannot resolve ``${hydra:...}``:
+    ``build`` failed after loading the data, with OmegaConf's "HydraConfig was not set" traceback."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as err:
+        if "HydraConfig was not set" not in str(err):
+            raise
+        raise ConfigError(f"{getattr(err, 'full_key', 'the config')} needs Hydra's run-time config "
+                          "(paths.output_dir is ${hydra:runtime.output_dir}), which exists only inside a Hydra job "
+                          "such as `python train.py`. Fix: when composing the config in Python, add an output "
+                          "directory to the overrides, e.g. compose('train', overrides=[..., "
+                          "'paths.output_dir=/tmp/run']).") from None
+
+
+# What to pass for a required option that a config leaves as ``???``, by key.
+REQUIRED_EXAMPLES = {"data.source.path": "data.source.path=/abs/path/file.csv",
+                     "ckpt_path": "ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt",
+                     "out": "out=samples.csv"}
+
+
+def check_required(cfg: DictConfig) -> None:
+    """Refuse a config with required options left unset (``???``) before any work: OmegaConf's
+    ``MissingMandatoryValue`` surfaced where the value was first read, as a traceback (``data=csv`` without a path,
+    ``python eval.py`` without ``ckpt_path``)."""
+    missing = sorted(_missing_keys(OmegaConf.to_container(cfg, resolve=False)))
+    if missing:
+        examples = " ".join(REQUIRED_EXAMPLES.get(key, f"{key}=<value>") for key in missing)
+        raise ConfigError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required and not set. "
+                          f"Fix: pass {examples} on the command line.")
+
+
+def _missing_keys(node, prefix: str = "") -> list[str]:
+    """Dotted keys whose value is ``???``, read without resolving (``OmegaConf.missing_keys`` resolves, and
+    ``${hydra:...}`` fails outside a Hydra job)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    out = []
+    for key, value in items:
+        full = f"{prefix}{key}" if isinstance(node, dict) else f"{prefix[:-1]}[{key}]"
+        out += [full] if value == "???" else _missing_keys(value, f"{full}.")
+    return out
+
+
+def check_trainer_limits(cfg: DictConfig) -> None:
+    """Refuse Lightning's own step limit: under manual optimisation it counts optimiser steps (two per SDE-GAN
+    step) and ends the run without the final validation that ``model.train_steps`` gives."""
+    max_steps = (cfg.get("trainer") or {}).get("max_steps", -1)
+    if max_steps not in (None, -1):
+        raise ConfigError(f"trainer.max_steps={max_steps} is not the training length here: Lightning counts "
+                          "optimiser steps (the SDE-GAN takes two per training step) and stops before the final "
+                          f"validation. Fix: set model.train_steps={max_steps} and leave trainer.max_steps=-1.")
+    max_epochs = (cfg.get("trainer") or {}).get("max_epochs", -1)
+    if max_epochs not in (None, -1):
+        # The training batches are endless (neuralsde.data.batches.StepBatches): an epoch never ends, so
+        # trainer.max_epochs=1 ran the whole model.train_steps and Lightning still reported "max_epochs=1 reached".
+        raise ConfigError(f"trainer.max_epochs={max_epochs} has no effect here: training batches are drawn "
+                          "endlessly, so an epoch never ends, and model.train_steps alone sets the length. Fix: leave "
+                          "trainer.max_epochs=-1 and set model.train_steps (one pass over the training set is about "
+                          "<training series> / data.batch_size steps).")

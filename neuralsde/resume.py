@@ -1,0 +1,130 @@
+"""Resuming and run directories: which checkpoint a run continues from, whether it may (same family, size and
+data), and that a run never writes over another's directory."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from neuralsde.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def continues_in(ckpt_path: str | None, run_dir: Path) -> bool:
+    """Whether ``ckpt_path`` lies in ``run_dir``: continuing that run from its own checkpoint (``~`` expanded)."""
+    return ckpt_path is not None and Path(str(ckpt_path)).expanduser().resolve().is_relative_to(Path(run_dir).resolve())
+
+
+def refuse_used_run_dir(out_dir: Path, ckpt_path: str | None) -> bool:
+    """Runs never overwrite each other: a run directory given by hand (``hydra.run.dir``) whose run has written
+    checkpoints would get its config and metrics replaced, and new checkpoints beside its own (``last-v1.ckpt``).
+    Continuing that run from its own checkpoint is allowed (a SLURM job requeued with ``resume=auto``): True.
+    Only checkpoints mark a run: a run refused or failed before its first one leaves nothing to protect, and a
+    ``config.yaml`` may come from another DDP process of this very run."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # only the first process writes checkpoints
+        return False
+    if continues_in(ckpt_path, out_dir):
+        return True
+    saved = sorted((out_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if saved:
+        raise ConfigError(f"The run directory {str(out_dir)!r} already holds a run with checkpoints. Runs never "
+                          "overwrite each other. Fix: choose a new hydra.run.dir (left unset, every run gets its own "
+                          f"timestamped directory) or delete the old run; to continue it, pass ckpt_path={saved[-1]} "
+                          "(with a larger model.train_steps if it has finished).")
+    return False
+
+
+def set_aside_metrics(out_dir: Path) -> None:
+    """Keep a continued run's earlier ``csv/metrics.csv``, which Lightning's CSV logger deletes when it starts."""
+    earlier = out_dir / "csv" / "metrics.csv"
+    if earlier.is_file():
+        earlier.replace(earlier.with_name(f"metrics_before_{time.strftime('%Y-%m-%d_%H-%M-%S')}.csv"))
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path`` as given, or with ``resume=auto`` the newest checkpoint under ``resume_dir``. Its default: in a
+    single run, this task's run directories; in a multirun job, the job's own directory, where none yet means a
+    fresh start (a SLURM job requeued after a timeout continues itself, never another run)."""
+    if cfg.get("ckpt_path"):
+        return str(cfg.ckpt_path)
+    if cfg.get("resume") in (None, False, "none"):
+        return None
+    if cfg.resume != "auto":
+        raise ConfigError(f"resume={cfg.resume!r} is not valid: expected null or 'auto'. Fix: use resume=auto, or "
+                          "ckpt_path=PATH for a specific checkpoint.")
+    own_job = not cfg.get("resume_dir") and in_multirun()
+    root = Path(cfg.get("resume_dir") or (cfg.paths.output_dir if own_job else
+                                          Path(cfg.paths.log_dir) / cfg.task_name / "runs"))
+    found = sorted(root.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found and own_job:
+        log.info("resume=auto: no checkpoint in this job's directory yet, starting from scratch")
+        return None
+    if not found:
+        raise ConfigError(f"resume=auto found no checkpoint under {str(root)!r}. Fix: set resume_dir=<run directory> "
+                          "or pass ckpt_path=PATH.")
+    log.info("resume=auto: continuing from %s", found[-1])
+    return str(found[-1])
+
+
+def check_resume_compatible(ckpt_path: str, model) -> None:
+    """Refuse a checkpoint of another family, model size or dataset before Lightning meets it."""
+    from neuralsde.checkpoints import read_checkpoint
+
+    ckpt = read_checkpoint(ckpt_path)
+    if ckpt["neuralsde"]["family"] != model.family:
+        raise CheckpointError(f"{ckpt_path!r} holds a {ckpt['neuralsde']['family']!r} model but this config builds "
+                              f"a {model.family!r} model. Fix: resume with the experiment that wrote it.")
+    done = int(ckpt["neuralsde"].get("train_step", 0))
+    if done >= model.train_steps:
+        raise ConfigError(f"{ckpt_path!r} has already trained {done} steps and model.train_steps={model.train_steps}: "
+                          f"nothing is left to train. Fix: raise model.train_steps (e.g. model.train_steps="
+                          f"{2 * done}) to train further, or evaluate it with python eval.py ckpt_path={ckpt_path}.")
+    own, theirs = model.state_dict(), ckpt["state_dict"]
+    differ = [k for k in own if k not in theirs or theirs[k].shape != own[k].shape]
+    data_changed = "times" in theirs and (theirs["times"].shape != own["times"].shape
+                                          or not torch.equal(theirs["times"], own["times"]))
+    for key in ("normalizer.shift", "normalizer.scale"):
+        if key in theirs and (theirs[key].shape != own[key].shape or not torch.allclose(theirs[key], own[key])):
+            data_changed = True
+    if (differ or data_changed) and not ckpt_allows_change():
+        what = f"model size differs ({differ[:3]})" if differ else "the dataset differs (times or normalisation)"
+        changed = changed_settings(ckpt["neuralsde"].get("config"), model.run_config)
+        fix = (f"resume with the checkpoint's values of the settings that differ: {' '.join(changed[:6])}"
+               if changed else
+               "resume with the config of the run that wrote it")
+        raise CheckpointError(f"Cannot resume from {ckpt_path!r}: {what}. Fix: {fix}, or set "
+                              "NEURALSDE_ALLOW_RESUME_CHANGE=1 to allow it deliberately.")
+
+
+def changed_settings(saved: dict | None, current: dict | None) -> list[str]:
+    """``key=value`` (the checkpoint's value) for each data and model setting that differs now: "the dataset
+    differs" alone left the user to find that data.source.n_paths had been left at its default."""
+    def flat(node, prefix=""):
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: node}
+
+    if not saved or not current:
+        return []
+    out = []
+    for section in ("data", "model"):
+        before, now = flat(saved.get(section) or {}, f"{section}."), flat(current.get(section) or {}, f"{section}.")
+        out += [f"{k}={before[k]}" for k in before if k in now and before[k] != now[k] and k != "model.train_steps"]
+    return out
+
+
+def ckpt_allows_change() -> bool:
+    return os.environ.get("NEURALSDE_ALLOW_RESUME_CHANGE") == "1"
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
