@@ -146,6 +146,13 @@ def test_sig_mmd_handles_nan_deterministic_and_validates():
     bad[0, 2, 0] = float("nan")
     with pytest.raises(DataError, match="channel 0"):
         signature_mmd(bad, fake)
+    # both transposed to (time, batch, channels): numbers came out (W1 1.02, MMD 1.64) instead of an error
+    for metric in (signature_mmd, marginal_distance):
+        with pytest.raises(DataError, match=r"looks like \(time, batch, channels\). Fix: pass x.transpose\(0, 1\)"):
+            metric(real.transpose(0, 1), fake.transpose(0, 1))
+    shuffled = fake[:, torch.randperm(fake.size(1), generator=torch.Generator().manual_seed(0))]
+    with pytest.raises(DataError, match="does not increase along axis 1.*Fix: sort each path by time"):
+        signature_mmd(real, shuffled)
 
 
 # ---------------------------------------------------------------- real/fake classification

@@ -60,3 +60,17 @@ def test_reconstruct_and_elbo_refuse_wrong_inputs(latent):
     log_lik, kl, zs = model.elbo_terms(x, dm.filled["test"][:6])
     assert log_lik.shape == kl.shape == (6,)
     assert model.double().reconstruct(x.double()).dtype == torch.float64
+
+
+def test_discriminator_refuses_wrong_inputs():
+    from sdegan.components.discriminator import Discriminator
+
+    disc = Discriminator(2, 8, 8, t_size=10)
+    paths = torch.randn(4, 10, 3)
+    assert disc(paths).shape == (4,)
+    with pytest.raises(DataError, match=r"looks like \(T, batch, 1 \+ C\): pass paths.transpose\(0, 1\)"):
+        disc(paths.transpose(0, 1))  # was scored as 10 paths
+    with pytest.raises(DataError, match=r"shape \(4, 6, 3\): expected \(batch, 10, 3\)"):
+        disc(paths[:, :6])  # was read on the wrong time scale
+    with pytest.raises(DataError, match=r"paths are torch.float64 but the discriminator is torch.float32. Fix"):
+        disc(paths.double())

@@ -43,6 +43,11 @@ def check_paths(x, name: str, *, allow_nan: bool = True, min_batch: int = 1) -> 
         )
     if torch.isinf(x).any():
         raise DataError(f"{name} contains infinities. Fix: replace them by NaN (real) or check the generator.")
+    if not (x[:, 1:, 0] > x[:, :-1, 0]).all():
+        # a (time, batch, channels) tensor has one time along axis 1: its metrics came out as numbers, silently
+        hint = (" It looks like (time, batch, channels). Fix: pass x.transpose(0, 1)."
+                if (x[:, :, 0] == x[:, :1, 0]).all() else " Fix: sort each path by time.")
+        raise DataError(f"{name}: the time channel (0) does not increase along axis 1 in every path.{hint}")
     return x
 
 

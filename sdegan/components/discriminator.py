@@ -8,7 +8,7 @@ from torch import nn
 
 from neuralsde.brownian import ZeroBrownian
 from neuralsde.compiling import set_compiled
-from neuralsde.errors import bad_option
+from neuralsde.errors import DataError, bad_option
 from neuralsde.nn import MLP
 from neuralsde.solver import SolverConfig
 
@@ -60,12 +60,14 @@ class Discriminator(nn.Module):
                            "solver.dt=0.5 (or smaller), or solver=midpoint, for the cubic to make a difference.")
         self.initial = MLP(1 + data_size, hidden_size, mlp_size, num_layers, tanh=False)
         self.func = DiscriminatorCDE(data_size, hidden_size, mlp_size, num_layers, time_scale=1.0 / max(t_size - 1, 1))
+        self.t_size = t_size
         self.readout = nn.Linear(hidden_size, 1)
 
     def forward(self, paths: torch.Tensor, solver: SolverConfig | None = None, filled: bool = False) -> torch.Tensor:
         """``filled``: the caller knows ``paths`` hold no NaN (generated paths, the datamodule's filled ones), so
         none is looked for: the look reads a tensor on the host, which waits for a GPU and which a CUDA graph
         cannot capture."""
+        self._check(paths)
         solver = solver or self.solver
         coeffs = paths if filled or not torch.isnan(paths).any() else torchcde.linear_interpolation_coeffs(paths)
         z0 = self.initial(coeffs[:, 0])
@@ -89,3 +91,16 @@ class Discriminator(nn.Module):
             zs = torchcde.cdeint(path, self.func, z0, ts[[0, -1]], adjoint=solver.adjoint, **kwargs)
             z_last = zs[:, -1]
         return self.readout(z_last).squeeze(-1)
+
+    def _check(self, paths: torch.Tensor) -> None:
+        """Shapes and dtype only (no values: nothing waits for a GPU): a ``(T, batch, C)`` tensor was scored as T
+        paths, another number of times was read on the wrong time scale, float64 met torch's dtype error."""
+        want = (self.t_size, self.func.channels)
+        if paths.dim() != 3 or tuple(paths.shape[1:]) != want:
+            hint = ("it looks like (T, batch, 1 + C): pass paths.transpose(0, 1)" if paths.dim() == 3
+                    and tuple(paths.shape[::2]) == want else "pass paths on the discriminator's grid, time first")
+            raise DataError(f"paths have shape {tuple(paths.shape)}: expected (batch, {want[0]}, {want[1]}). Fix: "
+                            f"{hint}.")
+        if paths.dtype != self.readout.weight.dtype:
+            raise DataError(f"paths are {paths.dtype} but the discriminator is {self.readout.weight.dtype}. Fix: "
+                            f"pass paths.to({self.readout.weight.dtype}), or convert the model.")
