@@ -34,7 +34,7 @@ test-full: install  ## Run every test, slow ones included
 bench: install  ## Benchmarks (~10 min on 2 CPU cores): writes bench/results.md and bench/results.json
 	$(PY) scripts/bench.py $(ARGS)
 
-bench-quick: install  ## Benchmarks at small sizes (~1 min)
+bench-quick: install  ## Benchmarks at small sizes (~1 min): writes bench/results_quick.md and .json
 	$(PY) scripts/bench.py --quick $(ARGS)
 
 paper-tables: install  ## Reproduce the papers' comparison tables at CPU scale (~1 hour)

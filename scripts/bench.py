@@ -4,6 +4,10 @@ Every speed figure is a ratio of two variants timed in one process with interlea
 min-max); only row 7 gives absolute rates, labelled machine-specific. Rows live in scripts/bench_*.py.
 
     python scripts/bench.py [--quick | --smoke] [--rows 1,3] [--device cuda] [--threads N] [--out bench/results]
+
+A run of some rows replaces those rows in the output and keeps the others, each with the date it was measured
+(a row-8 run used to leave a results file of row 8 alone). Quick and smoke runs write ``bench/results_quick`` by
+default, so that their small-size figures never replace the full ones.
 """
 from __future__ import annotations
 
@@ -40,7 +44,8 @@ def parse(argv=None):
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda: the device CUDA_VISIBLE_DEVICES exposes)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch.set_num_threads (default 1, as the README's figures; row 10 compares one per core)")
-    p.add_argument("--out", default=str(HERE.parent / "bench" / "results"), help="output prefix (.md and .json)")
+    p.add_argument("--out", default=None,
+                   help="output prefix (.md and .json); default bench/results, bench/results_quick for --quick/--smoke")
     return p.parse_args(argv)
 
 
@@ -54,6 +59,8 @@ def markdown(info: dict, results: list[dict], elapsed: float) -> str:
     lines += [f"| wall time | {elapsed:.0f} s |", ""]
     for res in results:
         lines += [f"## Row {res['row']}: {res['title']}", ""]
+        if res.get("measured") and res["measured"] != info.get("date"):
+            lines += [f"Measured {res['measured']} (an earlier run; this file's table above is from the latest).", ""]
         if res.get("error"):
             lines += [f"**failed**: `{res['error']}`", ""]
             continue
@@ -86,11 +93,26 @@ def print_table(results: list[dict]) -> None:
     Console(width=160).print(table)
 
 
+def merged(out: Path, info: dict, results: list[dict]) -> list[dict]:
+    """``results`` with the rows of an earlier run at ``out`` that this run did not measure (same device and
+    mode), each keeping the date it was measured, in row order."""
+    try:
+        earlier = json.loads(out.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return results
+    same = all(earlier.get("machine", {}).get(k) == info.get(k) for k in ("device", "quick", "smoke"))
+    done = {res["row"] for res in results}
+    kept = [dict(res, measured=res.get("measured") or earlier["machine"].get("date"))
+            for res in earlier.get("rows", []) if same and res.get("row") not in done]
+    return sorted(results + kept, key=lambda res: res["row"])
+
+
 def write(out: Path, info: dict, results: list[dict], elapsed: float) -> None:
     info["load_average_end"] = tuple(round(x, 2) for x in os.getloadavg())
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(markdown(info, results, elapsed))
-    out.with_suffix(".json").write_text(json.dumps({"machine": info, "elapsed_s": elapsed, "rows": results},
+    rows = merged(out, info, results)
+    out.with_suffix(".md").write_text(markdown(info, rows, elapsed))
+    out.with_suffix(".json").write_text(json.dumps({"machine": info, "elapsed_s": elapsed, "rows": rows},
                                                    indent=1, default=str))
 
 
@@ -109,7 +131,8 @@ def main(argv=None) -> int:
     info = machine_info(device)
     info.update(quick=args.quick or args.smoke, smoke=args.smoke, rows=rows)
     results, start = [], time.perf_counter()
-    out = Path(args.out)
+    quick = args.quick or args.smoke
+    out = Path(args.out) if args.out else HERE.parent / "bench" / ("results_quick" if quick else "results")
     with tempfile.TemporaryDirectory(prefix="neuralsde-bench-") as tmp:
         ctx = Ctx(device=device, quick=args.quick or args.smoke, tmp=Path(tmp), smoke=args.smoke)
         for row in rows:
@@ -118,11 +141,12 @@ def main(argv=None) -> int:
             print(f"[bench] row {row}: {title} ...", flush=True)
             try:
                 entries = importlib.import_module(module).run(ctx)
-                results.append({"row": row, "title": title, "entries": entries, "seconds": time.perf_counter() - t0})
+                results.append({"row": row, "title": title, "entries": entries, "seconds": time.perf_counter() - t0,
+                                "measured": info["date"]})
             except Exception as exc:  # one broken row must not lose the others
                 traceback.print_exc()
                 results.append({"row": row, "title": title, "error": f"{type(exc).__name__}: {exc}", "entries": [],
-                                "seconds": time.perf_counter() - t0})
+                                "seconds": time.perf_counter() - t0, "measured": info["date"]})
             print(f"[bench] row {row} done in {time.perf_counter() - t0:.0f} s", flush=True)
             write(out, info, results, time.perf_counter() - start)  # after every row: a timeout keeps the rest
     elapsed = time.perf_counter() - start

@@ -51,6 +51,18 @@ def test_bench_driver_writes_results(tmp_path):
     assert row["row"] == 2 and not row.get("error") and row["entries"]
     assert all({"what", "result"} <= set(e) for e in row["entries"])
     assert out.with_suffix(".md").exists()
+    # another row later: the first is kept with the date it was measured (a partial run replaced the whole file)
+    first = data["machine"]["date"]
+    data["machine"]["date"] = "2026-01-01T00:00:00"  # as if measured earlier
+    out.with_suffix(".json").write_text(json.dumps(data))
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--smoke", "--rows", "4",
+                           "--threads", "1", "--out", str(out)], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = json.loads(out.with_suffix(".json").read_text())
+    assert [r["row"] for r in again["rows"]] == [2, 4] and again["rows"][0]["entries"] == row["entries"]
+    assert again["rows"][0]["measured"] == first and again["rows"][1]["measured"] == again["machine"]["date"]
+    assert f"Measured {first} (an earlier run" in out.with_suffix(".md").read_text()
 
 
 def test_dispatch_census_no_host_reads_per_step_and_half_of_midpoints_dispatches():
