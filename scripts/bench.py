@@ -60,7 +60,7 @@ def markdown(info: dict, results: list[dict], elapsed: float) -> str:
     for res in results:
         lines += [f"## Row {res['row']}: {res['title']}", ""]
         if res.get("measured") and res["measured"] != info.get("date"):
-            lines += [f"Measured {res['measured']} (an earlier run; this file's table above is from the latest).", ""]
+            lines += [f"Measured {res['measured']}, in an earlier run than the one the table at the top describes.", ""]
         if res.get("error"):
             lines += [f"**failed**: `{res['error']}`", ""]
             continue

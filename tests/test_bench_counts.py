@@ -62,7 +62,7 @@ def test_bench_driver_writes_results(tmp_path):
     again = json.loads(out.with_suffix(".json").read_text())
     assert [r["row"] for r in again["rows"]] == [2, 4] and again["rows"][0]["entries"] == row["entries"]
     assert again["rows"][0]["measured"] == first and again["rows"][1]["measured"] == again["machine"]["date"]
-    assert f"Measured {first} (an earlier run" in out.with_suffix(".md").read_text()
+    assert f"Measured {first}, in an earlier run" in out.with_suffix(".md").read_text()
 
 
 def test_dispatch_census_no_host_reads_per_step_and_half_of_midpoints_dispatches():
