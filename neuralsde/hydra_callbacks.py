@@ -10,7 +10,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from neuralsde.errors import ConfigError
-from neuralsde.resume import continues_in
+from neuralsde.resume import refuse_used_run_dir
 
 
 def _saved_runs(root: Path) -> list[Path]:
@@ -18,15 +18,6 @@ def _saved_runs(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted({ckpt.parent.parent for ckpt in root.rglob("*.ckpt") if ckpt.parent.name == "checkpoints"})
-
-
-def _continuing(config: DictConfig, run_dir: Path | None = None) -> bool:
-    """A run that continues a saved one in its own directory: ``resume=auto`` (a requeued job, or a sweep
-    rerun to continue its jobs), or ``ckpt_path`` inside ``run_dir``."""
-    if config.get("resume") == "auto":
-        return True
-    ckpt = config.get("ckpt_path")
-    return bool(ckpt) and run_dir is not None and continues_in(ckpt, run_dir)
 
 
 def _refuse(error: ConfigError) -> None:
@@ -43,17 +34,17 @@ class RefuseUsedRunDir(Callback):
     the refused command's: ``scripts/aggregate.py`` then labelled the old job's metrics with the new overrides."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        run_dir = Path(config.hydra.run.dir)
-        if _saved_runs(run_dir) and not _continuing(config, run_dir):
-            _refuse(ConfigError(f"hydra.run.dir={str(run_dir)!r} already holds a run with checkpoints, and this run "
-                              "would overwrite its record (.hydra/, config.yaml, metrics). Fix: choose a new "
-                              "hydra.run.dir (left unset, every run gets its own timestamped directory), or continue "
-                              f"that run with ckpt_path={run_dir}/checkpoints/last.ckpt."))
+        if config.get("resume") == "auto":  # the job finds its own checkpoint (resume.resolve_ckpt_path)
+            return
+        try:  # the job's own check, run before Hydra writes: one rule, one message
+            refuse_used_run_dir(Path(config.hydra.run.dir), config.get("ckpt_path"))
+        except ConfigError as err:
+            _refuse(err)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         saved = _saved_runs(sweep_dir)
-        if saved and not _continuing(config):
+        if saved and config.get("resume") != "auto":  # resume=auto: each job continues its own
             _refuse(ConfigError(f"hydra.sweep.dir={str(sweep_dir)!r} already holds {len(saved)} job(s) with "
                               f"checkpoints (e.g. {str(saved[0])!r}); this sweep would overwrite their .hydra/ "
                               "records and multirun.yaml, and aggregate.py would then label their metrics with this "

@@ -28,7 +28,8 @@ def test_single_run_into_used_dir_keeps_its_record(tmp_path):
     overrides = used_run(tmp_path / "run")
     res = train_py("model.train_steps=9", f"hydra.run.dir={tmp_path / 'run'}")
     assert res.returncode == 2, res.stderr[-2000:]
-    assert "ConfigError: hydra.run.dir=" in res.stderr and "Fix:" in res.stderr
+    assert "ConfigError: The run directory" in res.stderr and "already holds a run with checkpoints" in res.stderr
+    assert "Fix:" in res.stderr and "ckpt_path=" in res.stderr
     assert "Traceback" not in res.stderr
     assert overrides.read_text() == "- model.train_steps=5\n"
     assert not (tmp_path / "run" / "train.log").exists()
