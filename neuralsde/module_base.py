@@ -4,6 +4,7 @@ from __future__ import annotations
 import numbers
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
+from neuralsde.data.batches import _rank_and_world
 from neuralsde.data.preprocessing import Normalizer
 from neuralsde.errors import CheckpointError, DataError, TrainingDivergedError, bad_option
 
@@ -73,7 +75,12 @@ class GenerativeModule(pl.LightningModule):
 
     # --- training ----------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
-        out = self.train_batch(batch)
+        rank, world = _rank_and_world()
+        if world > 1:
+            with rank_noise(rank):
+                out = self.train_batch(batch)
+        else:
+            out = self.train_batch(batch)
         # Counted here, not in on_train_batch_end: checkpoint callbacks run before the module's hooks.
         self.train_step += 1
         self._steps_taken = self.steps_taken + 1
@@ -194,6 +201,21 @@ class GenerativeModule(pl.LightningModule):
             if type(logger).__name__ == "WandbLogger":
                 return logger.experiment.id
         return None
+
+
+@contextmanager
+def rank_noise(rank: int):
+    """Inside the block torch's RNG gives this rank its own draws: the generator's noise, the latent SDE's z0 noise and
+    Brownian seeds. Every rank seeds the same global RNG (``seed_everything``), so without this all ranks drew the
+    same noise: under DDP the SDE-GAN generated one fake batch ``devices`` times over, and the effective batch of
+    generated paths stayed ``data.batch_size``. One draw from the shared stream (advancing it alike on every rank,
+    so the checkpoint's RNG state, rank 0's, still resumes every rank exactly) seeds a stream per rank; the shared
+    state is restored after the block."""
+    base = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed((base + rank * 0x9E3779B97F4A7C15) % 2**63)
+        yield
 
 
 def _forget_steps_taken(module: GenerativeModule, incompatible_keys) -> None:
