@@ -134,9 +134,13 @@ class MetricsCallback(pl.Callback):
     def _plots(self, trainer, real, fake) -> None:
         from neuralsde.metrics.plots import plot_autocorrelation, plot_marginals, plot_metric_history
         out = Path(self.out_dir)
-        to_units = trainer.datamodule.to_data_units
-        log_figure(trainer, plot_marginals(to_units(real), to_units(fake)), "marginals", out)
-        log_figure(trainer, plot_autocorrelation(real, fake), "autocorrelation", out)
+        dm = trainer.datamodule
+        names = list(dm.channel_names)
+        # every data channel, a row each, named and in data units (was channel 1 alone, labelled "channel 1")
+        log_figure(trainer, plot_marginals(dm.to_data_units(real), dm.to_data_units(fake),
+                                           channels=range(1, real.shape[-1]), channel_names=names,
+                                           units="data units"), "marginals", out)
+        log_figure(trainer, plot_autocorrelation(real, fake, channel_names=names), "autocorrelation", out)
         history = {k: v for k, v in self.history.items() if k.startswith("val/") and not k.endswith("_ci_low")
                    and not k.endswith("_ci_high")}
         if history:

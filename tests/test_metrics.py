@@ -378,3 +378,19 @@ def test_autocorrelation_plot_gives_many_channels_a_panel_each():
         warnings.simplefilter("error")  # matplotlib warns when the layout cannot fit the panels
         fig.savefig(io.BytesIO(), format="png")
 
+
+
+def test_marginal_and_autocorrelation_plots_name_every_channel():
+    # The run's marginals.png showed data channel 1 alone, labelled "channel 1" (air quality's PM2.5, energy's
+    # Appliances), and the autocorrelation panels were numbered, not named.
+    real, fake = with_gaps(ou(32, channels=3, seed=1)), ou(32, channels=3, seed=2)
+    names = ["PM2.5", "NO2", "O3"]
+    fig = plot_marginals(real, fake, times=[0, -1], channels=[1, 2, 3], channel_names=names, units="data units")
+    assert len(fig.axes) == 3 * 2
+    assert [fig.axes[2 * i].get_xlabel() for i in range(3)] == [f"{n} (data units)" for n in names]
+    assert plot_marginals(real, fake, channel=2).axes[0].get_xlabel() == "channel 2"  # the single-channel call as before
+    fig = plot_autocorrelation(real, fake, max_lag=5, channel_names=names)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][:2] == ["real PM2.5", "fake PM2.5"]
+    many = [f"c{i}" for i in range(9)]
+    fig = plot_autocorrelation(ou(40, channels=9, seed=1), ou(40, channels=9, seed=2), max_lag=5, channel_names=many)
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == many

@@ -24,39 +24,46 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def plot_marginals(
-    real: torch.Tensor, fake: torch.Tensor, times: Sequence[int] | None = None, *, channel: int = 1, bins: int = 30
+    real: torch.Tensor, fake: torch.Tensor, times: Sequence[int] | None = None, *, channel: int = 1, bins: int = 30,
+    channels: Sequence[int] | None = None, channel_names: Sequence[str] | None = None, units: str = ""
 ) -> Figure:
-    """Histograms of real vs fake values of data ``channel`` at several time indices.
+    """Histograms of real vs fake values of data ``channel`` (or of each of ``channels``, a row each) at several
+    time indices.
 
     real ``(m, T, C)`` (NaN left out), fake ``(n, T, C)``; ``times`` are indices into the T axis (default four
-    evenly spaced, first and last included); each panel is titled with the time of channel 0.
+    evenly spaced, first and last included); each panel is titled with the time of channel 0. ``channel_names``
+    (one per data channel) and ``units`` (e.g. "data units") label the value axes.
     """
     real, fake = check_paths(real, "real").detach().cpu(), check_paths(fake, "fake").detach().cpu()
     check_same_grid(real, fake, ("real", "fake"))
-    length, channels = real.shape[1], real.shape[2]
-    if not 1 <= channel < channels:
-        raise ConfigError(
-            f"channel={channel} is not a data channel: expected 1..{channels - 1} (0 is time). "
-            "Fix: pick a data channel."
-        )
+    length, n_channels = real.shape[1], real.shape[2]
+    rows = [channel] if channels is None else list(channels)
+    for c in rows:
+        if not 1 <= c < n_channels:
+            raise ConfigError(
+                f"channel={c} is not a data channel: expected 1..{n_channels - 1} (0 is time). "
+                "Fix: pick a data channel."
+            )
     if times is None:
         times = sorted({round(i * (length - 1) / 3) for i in range(4)})
     bad = [t for t in times if not -length <= t < length]
     if bad:
         raise ConfigError(f"times {bad} are out of range: expected indices in [0, {length - 1}]. Fix: pick indices.")
-    fig = _figure(3.2 * len(times), 3.0)
-    axes = fig.subplots(1, len(times), squeeze=False)[0]
-    for ax, t in zip(axes, times, strict=True):
-        r, f = real[:, t, channel], fake[:, t, channel]
-        r = r[~torch.isnan(r)]
-        both = torch.cat([r, f])
-        edges = torch.linspace(float(both.min()), float(both.max()) + 1e-9, bins + 1).numpy()
-        ax.hist(r.numpy(), bins=edges, density=True, alpha=0.5, label=f"real (n={len(r)})")
-        ax.hist(f.numpy(), bins=edges, density=True, alpha=0.5, label=f"fake (n={len(f)})")
-        ax.set_title(f"t = {float(real[0, t, 0]):.3g}")
-        ax.set_xlabel(f"channel {channel}")
-    axes[0].set_ylabel("density")
-    axes[0].legend(fontsize="small")
+    fig = _figure(3.2 * len(times), 3.0 * len(rows))
+    grid = fig.subplots(len(rows), len(times), squeeze=False)
+    for axes, c in zip(grid, rows, strict=True):
+        name = channel_names[c - 1] if channel_names else f"channel {c}"
+        for ax, t in zip(axes, times, strict=True):
+            r, f = real[:, t, c], fake[:, t, c]
+            r = r[~torch.isnan(r)]
+            both = torch.cat([r, f])
+            edges = torch.linspace(float(both.min()), float(both.max()) + 1e-9, bins + 1).numpy()
+            ax.hist(r.numpy(), bins=edges, density=True, alpha=0.5, label=f"real (n={len(r)})")
+            ax.hist(f.numpy(), bins=edges, density=True, alpha=0.5, label=f"fake (n={len(f)})")
+            ax.set_title(f"t = {float(real[0, t, 0]):.3g}")
+            ax.set_xlabel(f"{name} ({units})" if units else name)
+        axes[0].set_ylabel("density")
+    grid[0, 0].legend(fontsize="small")
     return fig
 
 
@@ -64,7 +71,8 @@ SHARED_AXES_CHANNELS = 4  # up to this many channels share one panel; more get o
 # would outgrow the figure)
 
 
-def plot_autocorrelation(real: torch.Tensor, fake: torch.Tensor, *, max_lag: int | None = None) -> Figure:
+def plot_autocorrelation(real: torch.Tensor, fake: torch.Tensor, *, max_lag: int | None = None,
+                         channel_names: Sequence[str] | None = None) -> Figure:
     """Autocorrelation against lag of each data channel, real (solid) vs fake (dashed).
 
     real ``(m, T, C)`` (NaN ignored), fake ``(n, T, C)``; see ``marginals.autocorrelation``. Up to
@@ -82,11 +90,12 @@ def plot_autocorrelation(real: torch.Tensor, fake: torch.Tensor, *, max_lag: int
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True).flatten()
     for c in range(channels):
         ax = axes[0 if shared else c]
-        name = f" ch {c + 1}" if shared else ""
+        label = channel_names[c] if channel_names else f"channel {c + 1}"
+        name = f" {label}" if shared else ""
         (line,) = ax.plot(lags, acf_real[:, c].numpy(), label=f"real{name}")
         ax.plot(lags, acf_fake[:, c].numpy(), linestyle="--", color=line.get_color(), label=f"fake{name}")
         if not shared:
-            ax.set_title(f"channel {c + 1}", fontsize="small")
+            ax.set_title(label, fontsize="small")
             if c + cols >= channels:  # nothing below it: show its lag ticks
                 ax.tick_params(labelbottom=True)
     for ax in axes[channels:]:
