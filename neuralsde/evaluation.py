@@ -122,6 +122,20 @@ class MetricsCallback(pl.Callback):
                              seed=self.seed, options=self.options, split="val")
         self._log(module, "val", values)
 
+    def on_validation_end(self, trainer, module) -> None:
+        """The family's own validation figures (the latent SDE's ``val/elbo``, ``val/kl``, ...) join the history, so
+        that ``metric_history.png`` shows them beside the sample metrics: they are aggregated by Lightning only
+        after ``on_validation_epoch_end``."""
+        if trainer.sanity_checking:
+            return
+        step = module.steps_taken
+        for key, value in trainer.callback_metrics.items():
+            if not key.startswith("val/") or not torch.is_tensor(value) or value.numel() != 1:
+                continue
+            points = self.history.setdefault(key, [])
+            if not points or points[-1][0] != step:
+                points.append((step, float(value)))
+
     def on_test_epoch_end(self, trainer, module) -> None:
         bar = trainer.progress_bar_callback  # the full suite takes seconds to minutes: show which metric runs
         values, paths = evaluate(module, trainer.datamodule, metrics=self.test_metrics, n_samples=self.n_samples,

@@ -107,3 +107,24 @@ def test_without_a_test_split_no_real_path_is_both_trained_on_and_tested_on():
     assert len(train) >= 2 and len(test) >= 2
     shared = torch.isclose(train[:, None], test[None], equal_nan=True).flatten(2).all(-1)
     assert not shared.any()  # TRTR and the real/fake classifier would otherwise be scored in-sample
+
+
+def test_metric_history_takes_the_familys_own_validation_figures():
+    # metric_history.png of a latent SDE run showed the sample metrics but not val/elbo, its optimized_metric.
+    from types import SimpleNamespace
+
+    import torch
+
+    from neuralsde.evaluation import MetricsCallback
+
+    callback = MetricsCallback(out_dir="unused", n_samples=2)
+    module = SimpleNamespace(steps_taken=5, log=lambda *a, **k: None)
+    callback._log(module, "val", {"marginal_w1": 0.5})
+    for step, elbo in ((5, -300.0), (10, -200.0)):
+        module.steps_taken = step
+        trainer = SimpleNamespace(sanity_checking=False, callback_metrics={
+            "val/elbo": torch.tensor(elbo), "val/marginal_w1": torch.tensor(0.5), "train/loss": torch.tensor(1.0)})
+        callback.on_validation_end(trainer, module)
+    assert callback.history["val/elbo"] == [(5, -300.0), (10, -200.0)]
+    assert callback.history["val/marginal_w1"][0] == (5, 0.5)  # recorded once at step 5, not twice
+    assert "train/loss" not in callback.history
