@@ -27,7 +27,7 @@ class LatentSDEPlotCallback(pl.Callback):
             rec = module.reconstruct(paths.to(module.device), filled.to(module.device), generator=generator)
             prior = module.sample(self.n_paths, generator=generator)
         module.train(was_training)
-        to_units = dm.to_data_units
+        to_units = dm.to_plot_units  # data units, the data's own times
         fig = plot_reconstruction(to_units(paths), to_units(rec.cpu()), to_units(prior.cpu()), dm.channel_names,
                                   title=f"{module.family}, step {module.steps_taken}")
         log_figure(trainer, fig, self.name, self.out_dir)

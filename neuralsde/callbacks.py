@@ -37,7 +37,7 @@ class SamplePlotCallback(pl.Callback):
         real = real[: self.n_paths]
         with torch.no_grad():
             fake = module.sample(self.n_paths, generator=torch.Generator().manual_seed(self.seed))
-        to_units = trainer.datamodule.to_data_units
+        to_units = trainer.datamodule.to_plot_units  # data units, the data's own times
         fig = plot_samples(to_units(real), to_units(fake.cpu()), trainer.datamodule.channel_names,
                            title=f"{module.family}, step {module.steps_taken}")
         log_figure(trainer, fig, name, self.out_dir)

@@ -151,7 +151,7 @@ class MetricsCallback(pl.Callback):
         dm = trainer.datamodule
         names = list(dm.channel_names)
         # every data channel, a row each, named and in data units (was channel 1 alone, labelled "channel 1")
-        log_figure(trainer, plot_marginals(dm.to_data_units(real), dm.to_data_units(fake),
+        log_figure(trainer, plot_marginals(dm.to_plot_units(real), dm.to_plot_units(fake),
                                            channels=range(1, real.shape[-1]), channel_names=names,
                                            units="data units"), "marginals", out)
         log_figure(trainer, plot_autocorrelation(real, fake, channel_names=names), "autocorrelation", out)

@@ -114,3 +114,27 @@ def test_a_single_series_is_refused_with_the_windowing_fix(tmp_path):
     windows = TimeSeriesDataModule(CSVSource(str(path), window_length=10), batch_size=8, split_by="time")
     windows.setup()
     assert windows.train.shape[1:] == (10, 2)
+
+
+def test_figures_get_the_datas_own_times_as_sample_py_writes_them(monkeypatch):
+    # Lorenz observed on [0, 2]: samples.png, reconstruction.png and marginals.png put 0..99 (the index time
+    # channel) on an axis labelled "time", while sample.py wrote times 0..2.
+    from types import SimpleNamespace
+
+    import neuralsde.callbacks as callbacks
+    from neuralsde.data.lorenz import LorenzSource
+
+    dm = TimeSeriesDataModule(LorenzSource(n_paths=20, n_times=11, t_end=2.0, dt=0.01), batch_size=4)
+    dm.setup("fit")
+    assert dm.times[-1] == 10  # the time channel: the observation index
+    shown = dm.to_plot_units(dm.val)
+    assert torch.allclose(shown[0, :, 0], torch.linspace(0, 2, 11))
+    assert torch.allclose(shown[..., 1:], dm.to_data_units(dm.val)[..., 1:], equal_nan=True)
+
+    drawn = {}
+    monkeypatch.setattr(callbacks, "plot_samples", lambda real, fake, *a, **k: drawn.update(real=real, fake=fake))
+    monkeypatch.setattr(callbacks, "log_figure", lambda *a, **k: None)
+    module = SimpleNamespace(sample=lambda n, generator=None: dm.val[:n], family="test", steps_taken=1)
+    callbacks.SamplePlotCallback(out_dir="unused", n_paths=3)._plot(SimpleNamespace(datamodule=dm), module, "samples")
+    assert torch.allclose(drawn["real"][0, :, 0], torch.linspace(0, 2, 11))
+    assert torch.allclose(drawn["fake"][0, :, 0], torch.linspace(0, 2, 11))

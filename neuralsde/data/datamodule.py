@@ -106,6 +106,14 @@ class TimeSeriesDataModule(pl.LightningDataModule):
         """``(batch, T, 1 + C)`` normalised paths to data units (time channel untouched)."""
         return torch.cat([paths[..., :1], self.normalizer.inverse(paths[..., 1:])], dim=-1)
 
+    def to_plot_units(self, paths: torch.Tensor) -> torch.Tensor:
+        """``to_data_units`` with the data's own observation times (``source_times``, as ``sample.py`` writes them)
+        in channel 0, for figures: the time channel is the observation index under ``time_unit=index`` (Lorenz's
+        0..99 for times 0..2, lobster's bar count for minutes)."""
+        out = self.to_data_units(paths)
+        out[..., 0] = self.source_times.to(device=out.device, dtype=out.dtype)
+        return out
+
     def _loader(self, name: str, batch_size: int) -> DataLoader:
         data = TensorDataset(getattr(self, name), self.filled[name])
         return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=self.num_workers,
