@@ -132,7 +132,7 @@ def plot_metric_history(history: dict[str, list[tuple[int, float]]]) -> Figure:
             if min(values) > 0 and max(values) > 100 * min(values):
                 ax.set_yscale("log")  # early values of e.g. the signature MMD dwarf the rest
         ax.set_title(name)
-        ax.set_xlabel("training step")  # not the CSV's `step` column: Lightning counts optimiser steps
+        ax.set_xlabel("training step")  # the model's own count (train/step), not the CSV's 0-based `step` column
     for ax in axes[len(names) :]:
         ax.set_visible(False)
     return fig
