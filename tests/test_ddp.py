@@ -50,7 +50,8 @@ def test_ddp_validation_and_test_figures_equal_a_single_process_on_the_same_weig
 
     from neuralsde.checkpoints import load_model
 
-    out, _ = _ddp_run(tmp_path, ["experiment=ou_latent_sde", "model.train_steps=2", "callbacks.metrics.test_metrics=[marginal_w1]"])
+    out, _ = _ddp_run(tmp_path, ["experiment=ou_latent_sde", "model.train_steps=2",
+                                 "callbacks.metrics.test_metrics=[marginal_w1]"])
     ddp = pd.read_csv(out / "csv" / "metrics.csv")["test/elbo"].dropna().iloc[-1]
     model, datamodule, _ = load_model(out / "checkpoints" / "last.ckpt")
     trainer = pl.Trainer(devices=1, accelerator="cpu", logger=False, enable_progress_bar=False,

@@ -388,7 +388,8 @@ def test_marginal_and_autocorrelation_plots_name_every_channel():
     fig = plot_marginals(real, fake, times=[0, -1], channels=[1, 2, 3], channel_names=names, units="data units")
     assert len(fig.axes) == 3 * 2
     assert [fig.axes[2 * i].get_xlabel() for i in range(3)] == [f"{n} (data units)" for n in names]
-    assert plot_marginals(real, fake, channel=2).axes[0].get_xlabel() == "channel 2"  # the single-channel call as before
+    # the single-channel call as before
+    assert plot_marginals(real, fake, channel=2).axes[0].get_xlabel() == "channel 2"
     fig = plot_autocorrelation(real, fake, max_lag=5, channel_names=names)
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][:2] == ["real PM2.5", "fake PM2.5"]
     many = [f"c{i}" for i in range(9)]
