@@ -140,8 +140,6 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     continuing = refuse_used_run_dir(out_dir, ckpt_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
-    if cfg.get("extras", {}).get("print_config"):
-        log.info("Resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
 
     datamodule, model = build(cfg)
     if ckpt_path is not None:
@@ -153,6 +151,10 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # printed once everything is built and checked (a bad value's one-line error is not buried under ~140 lines),
+    # by one process under DDP
+    if cfg.get("extras", {}).get("print_config") and trainer.is_global_zero:
+        log.info("Resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics = dict(trainer.callback_metrics)

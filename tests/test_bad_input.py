@@ -133,3 +133,23 @@ def test_hydra_errors_for_unknown_group_option_and_key_are_kept():
         compose_config(["solver=rk4"])
     with pytest.raises(ConfigCompositionException, match="not_a_key"):
         compose_config(["model.not_a_key=1"])
+
+
+def test_the_config_is_printed_after_the_checks(tiny_cfg, caplog):
+    # A bad value's one-line error came after ~140 lines of printed config: the dump now follows the build.
+    from neuralsde.training import train
+
+    cfg = tiny_cfg(["model.optimizer.g_lr=-1"])
+    with open_dict(cfg):
+        cfg.extras.print_config = True
+    with caplog.at_level("INFO"), pytest.raises(ConfigError, match="g_lr"):
+        train(cfg)
+    assert not any("Resolved config" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    cfg = tiny_cfg()
+    with open_dict(cfg):
+        cfg.extras.print_config = True
+        cfg.test = False
+    with caplog.at_level("INFO"):
+        train(cfg)
+    assert sum("Resolved config" in r.getMessage() for r in caplog.records) == 1
