@@ -391,7 +391,7 @@ def test_marginal_and_autocorrelation_plots_name_every_channel():
     # the single-channel call as before
     assert plot_marginals(real, fake, channel=2).axes[0].get_xlabel() == "channel 2"
     fig = plot_autocorrelation(real, fake, max_lag=5, channel_names=names)
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][:2] == ["real PM2.5", "fake PM2.5"]
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][:2] == ["real PM2.5", "generated PM2.5"]
     many = [f"c{i}" for i in range(9)]
     fig = plot_autocorrelation(ou(40, channels=9, seed=1), ou(40, channels=9, seed=2), max_lag=5, channel_names=many)
     assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == many

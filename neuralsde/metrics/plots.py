@@ -59,7 +59,7 @@ def plot_marginals(
             both = torch.cat([r, f])
             edges = torch.linspace(float(both.min()), float(both.max()) + 1e-9, bins + 1).numpy()
             ax.hist(r.numpy(), bins=edges, density=True, alpha=0.5, label=f"real (n={len(r)})")
-            ax.hist(f.numpy(), bins=edges, density=True, alpha=0.5, label=f"fake (n={len(f)})")
+            ax.hist(f.numpy(), bins=edges, density=True, alpha=0.5, label=f"generated (n={len(f)})")
             ax.set_title(f"t = {float(real[0, t, 0]):.3g}")
             ax.set_xlabel(f"{name} ({units})" if units else name)
         axes[0].set_ylabel("density")
@@ -93,7 +93,7 @@ def plot_autocorrelation(real: torch.Tensor, fake: torch.Tensor, *, max_lag: int
         label = channel_names[c] if channel_names else f"channel {c + 1}"
         name = f" {label}" if shared else ""
         (line,) = ax.plot(lags, acf_real[:, c].numpy(), label=f"real{name}")
-        ax.plot(lags, acf_fake[:, c].numpy(), linestyle="--", color=line.get_color(), label=f"fake{name}")
+        ax.plot(lags, acf_fake[:, c].numpy(), linestyle="--", color=line.get_color(), label=f"generated{name}")
         if not shared:
             ax.set_title(label, fontsize="small")
             if c + cols >= channels:  # nothing below it: show its lag ticks
