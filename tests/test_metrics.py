@@ -373,7 +373,7 @@ def test_autocorrelation_plot_gives_many_channels_a_panel_each():
     fig = plot_autocorrelation(real, fake, max_lag=5)
     shown = [ax for ax in fig.axes if ax.get_visible()]
     assert len(shown) == 9 and all(len(ax.lines) == 3 for ax in shown)  # real, fake, zero line
-    assert [t.get_text() for t in shown[0].get_legend().get_texts()] == ["real", "fake"]
+    assert [t.get_text() for t in shown[0].get_legend().get_texts()] == ["real", "generated"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # matplotlib warns when the layout cannot fit the panels
         fig.savefig(io.BytesIO(), format="png")
