@@ -360,6 +360,10 @@ def test_plots_return_figures_and_handle_nan():
     assert len(figs[0].axes) == 3
     assert len(figs[1].axes[0].lines) == 2 * 2 + 1  # two channels, real and fake, plus the zero line
     assert len(figs[2].axes[0].lines[0].get_xdata()) == 2  # the NaN point is skipped
+    short = plot_metric_history({"val/sig_mmd": [(2, 1.0), (4, 0.5)]})  # a 4-step run: no 2.5 or 3.5 ticks
+    short.canvas.draw()
+    ticks = [t for t in short.axes[0].get_xticks() if 2 <= t <= 4]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
     for fig in figs:
         buf = io.BytesIO()
         fig.savefig(buf, format="png")

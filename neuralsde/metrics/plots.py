@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from neuralsde.errors import ConfigError
 from neuralsde.metrics._paths import check_paths, check_same_grid
@@ -133,6 +134,7 @@ def plot_metric_history(history: dict[str, list[tuple[int, float]]]) -> Figure:
                 ax.set_yscale("log")  # early values of e.g. the signature MMD dwarf the rest
         ax.set_title(name)
         ax.set_xlabel("training step")  # the model's own count (train/step), not the CSV's 0-based `step` column
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole: no 2.5 ticks on short runs
     for ax in axes[len(names) :]:
         ax.set_visible(False)
     return fig
