@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from neuralsde.errors import ConfigError, bad_option
+from neuralsde.errors import ConfigError, bad_option, check_int
 from neuralsde.solver import SolverConfig
 
 # (method, adjoint) combinations whose logqp gradients were checked against direct backpropagation
@@ -26,8 +26,7 @@ def check_options(*, latent_size, context_size, hidden_size, num_layers, diffusi
     for key, value in (("latent_size", latent_size), ("context_size", context_size),
                        ("hidden_size", hidden_size), ("num_layers", num_layers),
                        ("diffusion.hidden_size", diffusion["hidden_size"])):
-        if not int(value) > 0 or int(value) != value:
-            raise bad_option(f"model.{key}", value, "a positive integer", f"e.g. model.{key}=16")
+        check_int(f"model.{key}", value, f"e.g. model.{key}=16")
     if not float(diffusion["floor"]) >= 0:
         raise bad_option("model.diffusion.floor", diffusion["floor"], "a number >= 0",
                          "e.g. model.diffusion.floor=1e-3")

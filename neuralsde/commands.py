@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from neuralsde.checkpoints import load_model
-from neuralsde.errors import ConfigError, bad_option
+from neuralsde.errors import ConfigError, check_int
 from neuralsde.evaluation import check_n_samples, evaluate, print_metrics_table
 from neuralsde.metrics import check_metric_names
 from neuralsde.metrics.suite import make_options
@@ -83,12 +83,10 @@ def run_sample(cfg: DictConfig) -> Path:
     from neuralsde.config_checks import check_required
 
     check_required(cfg)
-    for key, what, fix in (("n", "number of paths", "n=1000"), ("batch_size", "batch size", "batch_size=1024")):
-        value = cfg[key]  # n=abc was a bare int() ValueError, batch_size=0 "range() arg 3 must not be zero"
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{key}={value!r} must be a positive {what} (an integer). Fix: e.g. {fix}.")
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
-        raise bad_option("seed", cfg.seed, "an integer", "e.g. seed=0")
+    # n=abc was a bare int() ValueError, batch_size=0 "range() arg 3 must not be zero"
+    check_int("n", cfg.n, "e.g. n=1000", also=" (number of paths)")
+    check_int("batch_size", cfg.batch_size, "e.g. batch_size=1024")
+    check_int("seed", cfg.seed, "e.g. seed=0", minimum=None)
     path = check_output(cfg.out, bool(cfg.overwrite))
     model, datamodule, _ = load_model(cfg.ckpt_path, list(cfg.cfg_overrides))
     paths = _sample_with_progress(model, int(cfg.n), int(cfg.batch_size), int(cfg.seed))

@@ -20,3 +20,16 @@ def bad_option(option: str, received, allowed: str, fix: str, cls=ConfigError) -
 
 class TrainingDivergedError(ValueError):
     """A loss became NaN or infinite."""
+
+
+def check_int(option: str, value, fix: str, minimum: int | None = 1, also: str = "") -> int:
+    """``value`` as an int of at least ``minimum`` (None: any), else ``bad_option``. Hydra hands ``abc``, ``2.5`` and
+    ``true`` through as they are, and ``bool`` is an ``int`` subclass: all three are refused here. ``also``: an
+    alternative the caller handles itself, named in the message (e.g. ", or null for ...")."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (minimum is not None and value < minimum):
+        allowed = ("an integer" if minimum is None else "a positive integer" if minimum == 1
+                   else f"an integer of at least {minimum}")
+        raise bad_option(option, value, allowed + also, fix)
+    return int(value)

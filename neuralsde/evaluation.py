@@ -8,7 +8,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 
 from neuralsde.callbacks import log_figure
-from neuralsde.errors import bad_option
+from neuralsde.errors import check_int
 from neuralsde.metrics import CHEAP_METRICS, METRICS, check_metric_names, compute_metrics
 from neuralsde.metrics.suite import MetricOptions, make_options
 
@@ -41,9 +41,7 @@ def evaluate(model, datamodule, *, metrics, n_samples: int, seed: int, options: 
 
 def check_n_samples(value, option: str) -> int:
     """``value`` as a path count of at least 2 (an unbiased MMD and a held-out split need two paths a side)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-        raise bad_option(option, value, "an integer of at least 2 (paths per evaluation)", f"e.g. {option}=256")
-    return value
+    return check_int(option, value, f"e.g. {option}=256", minimum=2, also=" (paths per evaluation)")
 
 
 def _evaluate(model, datamodule, names, n_samples, seed, options, split, progress):
@@ -108,12 +106,9 @@ class MetricsCallback(pl.Callback):
         self.history: dict[str, list[tuple[int, float]]] = {}
 
     def _log(self, module, stage: str, values: dict[str, float]) -> None:
-        step = module.steps_taken
         for key, value in values.items():
-            if value is None:
-                continue
-            module.log(f"{stage}/{key}", float(value), sync_dist=True)  # equal on every rank: the mean is a no-op
-            self.history.setdefault(f"{stage}/{key}", []).append((step, float(value)))
+            if value is not None:  # equal on every rank: the mean is a no-op
+                module.log(f"{stage}/{key}", float(value), sync_dist=True)
 
     def on_validation_epoch_end(self, trainer, module) -> None:
         if trainer.sanity_checking:
@@ -123,9 +118,9 @@ class MetricsCallback(pl.Callback):
         self._log(module, "val", values)
 
     def on_validation_end(self, trainer, module) -> None:
-        """The family's own validation figures (the latent SDE's ``val/elbo``, ``val/kl``, ...) join the history, so
-        that ``metric_history.png`` shows them beside the sample metrics: they are aggregated by Lightning only
-        after ``on_validation_epoch_end``."""
+        """Every ``val/`` figure joins the history for ``metric_history.png``: this callback's sample metrics and the
+        family's own (the latent SDE's ``val/elbo``, ``val/kl``, ...), which Lightning aggregates only after
+        ``on_validation_epoch_end``."""
         if trainer.sanity_checking:
             return
         step = module.steps_taken

@@ -1,7 +1,6 @@
 """What every model family's LightningModule shares: data geometry, step counting, sampling, resume state."""
 from __future__ import annotations
 
-import numbers
 import random
 import time
 from contextlib import contextmanager
@@ -14,7 +13,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from neuralsde.data.batches import _rank_and_world
 from neuralsde.data.preprocessing import Normalizer
-from neuralsde.errors import CheckpointError, DataError, TrainingDivergedError, bad_option
+from neuralsde.errors import CheckpointError, DataError, TrainingDivergedError, check_int
 
 CHECKPOINT_FORMAT = 1
 
@@ -36,9 +35,7 @@ class GenerativeModule(pl.LightningModule):
     def __init__(self, times: torch.Tensor, normalizer: Normalizer, train_steps: int,
                  skip_nonfinite: bool = False):
         super().__init__()
-        if isinstance(train_steps, bool) or not isinstance(train_steps, int) or train_steps < 1:
-            raise bad_option("model.train_steps", train_steps, "a positive integer", "e.g. model.train_steps=500")
-        self.train_steps = int(train_steps)
+        self.train_steps = check_int("model.train_steps", train_steps, "e.g. model.train_steps=500")
         self.skip_nonfinite = bool(skip_nonfinite)
         self.register_buffer("times", times.float().clone())
         self.normalizer = normalizer
@@ -164,9 +161,7 @@ class GenerativeModule(pl.LightningModule):
     def check_n(n) -> int:
         """``n`` paths to sample as an int, or a ConfigError (``sample(0)`` was a reshape error deep in the
         solver, ``sample(2.5)`` a ``randn`` signature dump)."""
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise bad_option("n", n, "a positive integer number of paths", "e.g. model.sample(256)")
-        return int(n)
+        return check_int("n", n, "e.g. model.sample(256)", also=" (number of paths)")
 
     @torch.no_grad()
     def sample_data_units(self, n: int, generator: torch.Generator | None = None,

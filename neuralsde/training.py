@@ -14,7 +14,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from neuralsde.config_checks import check_required, check_resolvable, check_trainer_limits, not_a_number, unknown_option
-from neuralsde.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError, bad_option
+from neuralsde.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError, check_int
 from neuralsde.evaluation import print_metrics_table
 from neuralsde.resume import (
     check_resume_compatible,
@@ -110,9 +110,8 @@ def torch_threads(n):
     if n is None:
         yield
         return
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise bad_option("threads", n, "a positive integer, or null for torch's default (one per core)",
-                         "e.g. threads=1 for small networks on CPU")
+    check_int("threads", n, "e.g. threads=1 for small networks on CPU",
+              also=", or null for torch's default (one per core)")
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -132,8 +131,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def _train(cfg: DictConfig) -> dict[str, float]:
     _quiet_known_warnings()
     seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise bad_option("seed", seed, "an integer", "e.g. seed=0")
+    check_int("seed", seed, "e.g. seed=0", minimum=None)
     pl.seed_everything(seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg)

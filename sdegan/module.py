@@ -7,7 +7,7 @@ import torch
 
 from neuralsde.averaging import Averaged
 from neuralsde.data.preprocessing import Normalizer
-from neuralsde.errors import bad_option
+from neuralsde.errors import bad_option, check_int
 from neuralsde.lipschitz import check_method, clip_weights, gradient_penalty
 from neuralsde.module_base import GenerativeModule
 from neuralsde.solver import SolverConfig
@@ -40,8 +40,7 @@ class SDEGAN(GenerativeModule):
         super().__init__(times, normalizer, train_steps, skip_nonfinite)
         if update not in UPDATES:
             raise bad_option("model.update", update, f"one of {UPDATES}", "set model.update=simultaneous")
-        if int(n_critic) < 1:
-            raise bad_option("model.n_critic", n_critic, "a positive integer", "e.g. model.n_critic=5")
+        check_int("model.n_critic", n_critic, "e.g. model.n_critic=5")
         self.solver = solver if isinstance(solver, SolverConfig) else SolverConfig(**solver)
         self.solver.check_grid(torch.arange(self.t_size, dtype=torch.float32))
         self.lipschitz, self.gp_lambda = check_method(lipschitz), float(gp_lambda)
@@ -54,9 +53,8 @@ class SDEGAN(GenerativeModule):
                                  f"e.g. model.optimizer.{key}=1e-3")
         for group, sizes in (("generator", generator), ("discriminator", discriminator)):
             for key, value in sizes.items():
-                if (key.endswith("_size") or key == "num_layers") and not int(value) > 0:
-                    raise bad_option(f"model.{group}.{key}", value, "a positive integer",
-                                     f"e.g. model.{group}.{key}=16")
+                if key.endswith("_size") or key == "num_layers":
+                    check_int(f"model.{group}.{key}", value, f"e.g. model.{group}.{key}=16")
                 if key == "initial_scale" and not float(value) > 0:
                     raise bad_option(f"model.{group}.{key}", value, "a positive factor",
                                      f"e.g. model.{group}.{key}=1 (PyTorch's initialisation)")

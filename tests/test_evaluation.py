@@ -118,13 +118,14 @@ def test_metric_history_takes_the_familys_own_validation_figures():
     from neuralsde.evaluation import MetricsCallback
 
     callback = MetricsCallback(out_dir="unused", n_samples=2)
-    module = SimpleNamespace(steps_taken=5, log=lambda *a, **k: None)
-    callback._log(module, "val", {"marginal_w1": 0.5})
+    module = SimpleNamespace(steps_taken=5)
     for step, elbo in ((5, -300.0), (10, -200.0)):
         module.steps_taken = step
         trainer = SimpleNamespace(sanity_checking=False, callback_metrics={
             "val/elbo": torch.tensor(elbo), "val/marginal_w1": torch.tensor(0.5), "train/loss": torch.tensor(1.0)})
         callback.on_validation_end(trainer, module)
     assert callback.history["val/elbo"] == [(5, -300.0), (10, -200.0)]
-    assert callback.history["val/marginal_w1"][0] == (5, 0.5)  # recorded once at step 5, not twice
+    assert callback.history["val/marginal_w1"] == [(5, 0.5), (10, 0.5)]  # the sample metrics by the same route
+    callback.on_validation_end(trainer, module)  # a second validation at step 10 adds no second point
+    assert len(callback.history["val/elbo"]) == 2
     assert "train/loss" not in callback.history

@@ -11,7 +11,7 @@ import torchcde
 from torch import nn
 
 from neuralsde.brownian import ZeroBrownian
-from neuralsde.errors import bad_option
+from neuralsde.errors import bad_option, check_int
 from neuralsde.nn import MLP
 from neuralsde.solver import SolverConfig
 
@@ -41,8 +41,7 @@ class Encoder(nn.Module):
         if kind not in ENCODER_KINDS:
             raise bad_option("model.encoder.kind", kind, f"one of {ENCODER_KINDS}", "set model.encoder.kind=gru")
         for key, value in (("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if not int(value) > 0:
-                raise bad_option(f"model.encoder.{key}", value, "a positive integer", f"e.g. model.encoder.{key}=16")
+            check_int(f"model.encoder.{key}", value, f"e.g. model.encoder.{key}=16")
         self.kind, self.hidden_size, self.solver = kind, int(hidden_size), solver or SolverConfig()
         self.time_scale = 1.0 / max(t_size - 1, 1)
         in_size = 1 + 2 * data_size

@@ -18,7 +18,7 @@ from neuralsde.data.preprocessing import (
     split_by_time,
     time_channel,
 )
-from neuralsde.errors import ConfigError, DataError, bad_option
+from neuralsde.errors import ConfigError, DataError, bad_option, check_int
 
 
 class TimeSeriesDataModule(pl.LightningDataModule):
@@ -43,9 +43,8 @@ class TimeSeriesDataModule(pl.LightningDataModule):
         self.source = source
         # Checked here, before any data are loaded: eval_batch_size=0 reached torch's DataLoader only at the first
         # validation, after trainer.val_check_interval training steps; batch_size=abc was a bare int() ValueError.
-        self.batch_size = _positive_int("data.batch_size", batch_size, "e.g. data.batch_size=128")
-        self.eval_batch_size = _positive_int("data.eval_batch_size", eval_batch_size,
-                                             "e.g. data.eval_batch_size=1024")
+        self.batch_size = check_int("data.batch_size", batch_size, "e.g. data.batch_size=128")
+        self.eval_batch_size = check_int("data.eval_batch_size", eval_batch_size, "e.g. data.eval_batch_size=1024")
         self.fractions = check_fractions(split_fractions)
         self.split_by, self.normalize, self.time_unit = split_by, normalize, time_unit
         self.seed, self.num_workers = int(seed), int(num_workers)
@@ -132,12 +131,6 @@ class TimeSeriesDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test" if len(self.test) else "val", self.eval_batch_size)
-
-
-def _positive_int(option: str, value, fix: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise bad_option(option, value, "a positive integer", fix)
-    return value
 
 
 def _private_generator(seed: int) -> torch.Generator:

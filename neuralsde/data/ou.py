@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from neuralsde.data.base import RawSeries
-from neuralsde.errors import ConfigError
+from neuralsde.errors import ConfigError, check_int
 
 
 class OUSource:
@@ -17,10 +17,9 @@ class OUSource:
 
     def __init__(self, n_paths: int = 8192, t_size: int = 64, mu: float = 0.02, theta: float = 0.1,
                  sigma: float = 0.4, sim_dt: float = 0.1, drop_fraction: float = 0.3, seed: int = 0):
-        for key, value in (("n_paths", n_paths), ("t_size", t_size)):
-            if isinstance(value, bool) or not isinstance(value, int):  # was a TypeError or torch.randn's signature dump
-                raise ConfigError(f"data.source.{key}={value!r} is not valid: expected an integer. "
-                                  f"Fix: e.g. data.source.{key}={8192 if key == 'n_paths' else 64}.")
+        for key, value in (("n_paths", n_paths), ("t_size", t_size)):  # was a TypeError or torch.randn's dump
+            check_int(f"data.source.{key}", value, f"e.g. data.source.{key}={8192 if key == 'n_paths' else 64}",
+                      minimum=None)
         if n_paths < 1 or t_size < 2:
             raise ConfigError(f"data.source.n_paths={n_paths}, t_size={t_size}: need n_paths >= 1 and t_size >= 2. "
                               "Fix: increase them.")
