@@ -266,19 +266,23 @@ class FusedLatent:
         gr, h = self.grads, self.hid
         ts, last = self.sde.time_scale, len(self.ws)
         out = {}
+
+        def put(p, g):  # a layer the posterior and prior drifts share (tied weights) gets both heads' parts
+            out[id(p)] = g if id(p) not in out else out[id(p)] + g
         post, prior = self.post, self.prior
         for head, lins, rows in ((0, post, slice(0, h)), (1, prior, slice(h, 2 * h))):
             w0 = torch.cat([gr["w_t"][rows].unsqueeze(1), gr["w0y"][rows]]
                            + ([gr["w0c"]] if head == 0 else []), 1)
-            out[id(lins[0].weight)], out[id(lins[0].bias)] = w0, gr["b0"][rows].clone()
+            put(lins[0].weight, w0)
+            put(lins[0].bias, gr["b0"][rows].clone())
             for i in range(1, last + 1):
                 gw, gb = gr["w"][i - 1], gr["b"][i - 1]
                 n_out, n_in = gw.size(0) // 2, gw.size(1) // 2
                 r = slice(0, n_out) if head == 0 else slice(n_out, 2 * n_out)
                 c = slice(0, n_in) if head == 0 else slice(n_in, 2 * n_in)
                 factor = self.scales[i - 1] * (ts if i == last else 1.0)
-                out[id(lins[i].weight)] = gw[r, c] * factor
-                out[id(lins[i].bias)] = gb[r] * (ts if i == last else 1.0)
+                put(lins[i].weight, gw[r, c] * factor)
+                put(lins[i].bias, gb[r] * (ts if i == last else 1.0))
         diff = self.sde.diffusion
         out[id(diff.w_out)], out[id(diff.b_out)] = gr["w_out"], gr["b_out"]
         out[id(diff.b_in)], out[id(diff.w_in)] = gr["b_in"], gr["w_in"]
