@@ -3,7 +3,7 @@
 One evaluation at evaluation-time index ``k`` of the state ``Y = [y, l]``:
 
     posterior and prior drifts  [f, h] = two MLPs, run as one: first layers stacked (the posterior's time and
-                                context columns folded into a per-step bias, computed for all steps at once),
+                                context columns folded into a per-step bias, computed 32 steps at a time),
                                 later layers block-diagonal, time scale folded into the last;
     diffusion                   g_i = ns (floor + scale sigmoid(w_out_i . lipswish(b_in_i + tau w0_i + y_i w1_i)
                                 + b_out_i)), all dimensions in one broadcast;
@@ -28,6 +28,7 @@ from neuralsde.fast.records import chunk_size
 _SILU_BWD = torch.ops.aten.silu_backward.default
 _SILU_BWD_INTO, _SILU_INTO = _BWD["silu"], _FWD["silu"]  # the forms that write into out= / grad_input=
 CHUNK = None  # evaluations per parameter-gradient sum; None: as many as fit in records.CACHE_BYTES
+BIAS_ROWS = 32  # evaluations whose first-layer biases are formed at once (FusedLatent._bias)
 DIFFUSION_LIPSWISH = 0.909  # DiagonalDiffusion's activation scale (written in its forward; the probe checks it)
 
 
@@ -112,20 +113,18 @@ class FusedLatent:
             self.tau = (times * ts).to(dtype)  # as LatentSDEFunc._time
             # as LatentSDEFunc._context_at: the last observation index <= t (with its tolerance)
             self.idx = torch.floor(times.detach() + 1e-6).long().clamp(0, context.size(1) - 1)
-            d, h = self.d, self.hid
+            d = self.d
             w0p, w0q = post[0].weight, prior[0].weight
             self.w_t = torch.cat([w0p[:, 0], w0q[:, 0]])
             self.w0y = torch.cat([w0p[:, 1:1 + d], w0q[:, 1:1 + d]])  # (2H, d)
             self.w0y_t = self.w0y.t().contiguous()
             self.w0c = w0p[:, 1 + d:]  # (H, C)
             b0 = torch.cat([post[0].bias, prior[0].bias])
-            base = torch.addr(b0, self.tau, self.w_t)  # (K, 2H)
+            self.base = torch.addr(b0, self.tau, self.w_t)  # (K, 2H)
             batch = like.size(0)
             self.context = context.detach()
-            from_context = (self.context @ self.w0c.t())[:, self.idx]  # (B, K, H)
-            self.bias0 = base.unsqueeze(1).repeat(1, batch, 1)  # (K, B, 2H)
-            self.bias0[:, :, :h] += from_context.transpose(0, 1)
-            self.bias0_at = self.bias0.unbind(0)
+            self.context_t, self.w0c_t = self.context.transpose(0, 1), self.w0c.t()  # for _bias (views)
+            self.bias_blocks = {}  # block -> its (B, 2H) biases, see _bias
             last = len(post) - 1
             self.ws, self.ws_t, self.bs = [], [], []
             for i in range(1, last + 1):
@@ -157,7 +156,7 @@ class FusedLatent:
                 self._start()
             slot = self.filled
             y = self.chunk.y[slot].copy_(y)
-        pre = torch.addmm(self.bias0_at[k], y, self.w0y_t)
+        pre = torch.addmm(self._bias(k), y, self.w0y_t)
         pres, acts = [pre], []
         for i, (w_t, b) in enumerate(zip(self.ws_t, self.bs, strict=True)):
             a = torch.nn.functional.silu(pre) if slot is None else _SILU_INTO(pre, out=self.chunk.acts[i][slot])
@@ -179,6 +178,24 @@ class FusedLatent:
             keep.pg, keep.sg, keep.sig, keep.gs, keep.mask, keep.v = pg, sg, sig, gs, mask, v
             keep.f, keep.gt = F, G
         return F, G
+
+    def _bias(self, k: int) -> torch.Tensor:
+        """First-layer bias ``(B, 2H)`` (time and context terms) at evaluation ``k``, made ``BIAS_ROWS``
+        evaluations at a time: all at once held ``(K, B, 2H)``, growing with the steps (midpoint: ``K = 4 N``) far
+        past the paths. The solves walk one range of evaluation indices, or two interleaved (midpoint's adjoint):
+        a few blocks suffice."""
+        j, i = divmod(k % self.points, BIAS_ROWS)
+        rows = self.bias_blocks.get(j)
+        if rows is None:
+            if len(self.bias_blocks) >= 4:
+                self.bias_blocks.pop(next(iter(self.bias_blocks)))
+            base, h = self.base[j * BIAS_ROWS:(j + 1) * BIAS_ROWS].unsqueeze(1), self.hid
+            block = base.new_empty(base.size(0), self.batch, 2 * h)
+            context = self.context_t[self.idx[j * BIAS_ROWS:(j + 1) * BIAS_ROWS]]  # (rows, B, C)
+            torch.add(context @ self.w0c_t, base[..., :h], out=block[..., :h])
+            block[..., h:] = base[..., h:]
+            rows = self.bias_blocks[j] = block.unbind(0)
+        return rows[i]
 
     def at(self, k: int, Y: torch.Tensor):
         return self._evaluate(k, Y, None)
