@@ -5,6 +5,7 @@ Layout: the framework uses ``(batch, time, channels)``; torchsde uses ``(time, b
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -134,6 +135,12 @@ def sdeint(sde, y0: torch.Tensor, ts: torch.Tensor, cfg: SolverConfig, *, entrop
     batch = y0.size(0)
     if bm is None and fast_handles(cfg, sde):
         return _fast_sdeint(sde, y0, ts, cfg, entropy, adjoint_params, logqp)
+    if bm is None and cfg.backend == "fast":
+        # Said, not silent: torchsde is several times slower and draws other noise for the same seed.
+        warnings.warn(f"solver.backend=fast solves Stratonovich diagonal-noise SDEs only; {type(sde).__name__} "
+                      f"(sde_type={getattr(sde, 'sde_type', None)!r}, noise_type={getattr(sde, 'noise_type', None)!r}) "
+                      "is solved by torchsde instead. Fix: set solver.backend=torchsde to choose it explicitly",
+                      RuntimeWarning, stacklevel=2)
     if bm is None:
         noise = sde.noise_size
         size = (batch, noise + 1 if logqp else noise)

@@ -106,6 +106,19 @@ def test_sdeint_dispatches_diagonal_reversible_heun_to_the_fast_backend():
     assert not torch.equal(other, zs)
 
 
+def test_sdeint_says_when_the_fast_backend_hands_an_sde_to_torchsde(recwarn):
+    # A general-noise SDE is not the fast backend's: it was solved by torchsde without a word (slower, other noise).
+    sde, _, y0, ts = make(torch.float64)
+    prior = PriorSDE(sde)
+    sdeint(prior, y0, ts, SolverConfig(backend="fast"), entropy=1)
+    assert not [w for w in recwarn if "backend=fast" in str(w.message)]
+    prior.noise_type = "general"
+    prior.g = lambda t, y: torch.diag_embed(sde.g(t, y))  # the same diffusion as a (B, d, d) matrix
+    with pytest.warns(RuntimeWarning, match="noise_type='general'.*solved by torchsde.*solver.backend=torchsde"):
+        zs = sdeint(prior, y0, ts, SolverConfig(backend="fast"), entropy=1)
+    assert zs.shape == (B, T, D)
+
+
 # ---------------------------------------------------------------- the fused field (hand-written VJPs)
 
 def _counted(fn, calls):
