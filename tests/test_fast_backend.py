@@ -483,6 +483,33 @@ def test_midpoint_generic_cde_field_and_nfe():
         assert field.nfe == 4 * (T - 1)
 
 
+@pytest.mark.parametrize("adjoint", [True, False])
+@pytest.mark.parametrize("method", ["reversible_heun", "midpoint"])
+def test_a_diffusion_of_the_wrong_noise_type_is_refused(method, adjoint):
+    # torchsde refuses these; the fast reversible Heun failed inside a step (permute, broadcasting), midpoint solved
+    # a (batch, state) diffusion as diagonal noise and a (batch, state, state) one declared diagonal as general noise.
+    from neuralsde.solver import SolverConfig, sdeint
+
+    field, y0, ts, _ = sde_setup(torch.float64, 1.0)
+    dW = sample_increments(T - 1, B, H, 1.0, torch.Generator().manual_seed(1), torch.float64)
+    vector = types.SimpleNamespace(f_and_g=lambda t, y: (field.f_and_g(t, y)[0], torch.sigmoid(y)))
+    solve = fast_sdeint if method == "reversible_heun" else midpoint_sdeint
+    with pytest.raises(ValueError, match=r"diffusion returned shape \(8, 8\): general noise expects .* = \(8, 8, 8\)"):
+        solve(vector, y0, ts, 1.0, dW, adjoint=adjoint, adjoint_params=tuple(field.parameters()), fused=False)
+
+    class Declared(nn.Module):  # says diagonal, returns a matrix
+        sde_type, noise_type, noise_size = "stratonovich", "diagonal", H
+
+        def f(self, t, y):
+            return field.f_and_g(t, y)[0]
+
+        def g(self, t, y):
+            return torch.diag_embed(torch.sigmoid(y))
+    cfg = SolverConfig(backend="fast", method=method, adjoint=adjoint)
+    with pytest.raises(ValueError, match=r"shape \(8, 8, 8\): diagonal noise expects \(batch, state\) = \(8, 8\)"):
+        sdeint(Declared().double(), y0, ts, cfg, entropy=0)
+
+
 def test_solver_config_fast_midpoint():
     from neuralsde.errors import ConfigError
     from neuralsde.solver import SolverConfig

@@ -48,7 +48,7 @@ from neuralsde.fast.midpoint_generic import (
     reverse_mid_times,
 )
 from neuralsde.fast.once import first_order
-from neuralsde.fast.reversible_heun import checked_grid, knot_grid
+from neuralsde.fast.reversible_heun import checked_grid, knot_grid, shape_checked
 from neuralsde.fast.scratch import scratch
 
 # ---------------------------------------------------------------------------------- fused (hand-written VJPs)
@@ -167,6 +167,7 @@ def midpoint_solve(field, y0: torch.Tensor, ts: torch.Tensor, dt: float, dW: tor
     A field with hand-written VJPs (``at``, ``local``, ``param_grads``, prepared at ``evaluation_times``; diagonal
     noise, adjoint mode) is solved by index instead."""
     t_grid, obs = checked_grid(ts, dt, y0, dW, diagonal=diagonal)
+    field = shape_checked(field, y0, dW, diagonal)
     if not adjoint:
         return _integrate(field, y0, t_grid, obs, float(dt), dW, None, None)
     params = tuple(p for p in params if p.requires_grad)

@@ -281,6 +281,33 @@ def checked_grid(ts, dt, y0, dW=None, U=None, diagonal: bool = False):
     return t_grid, obs
 
 
+def shape_checked(field, y0: torch.Tensor, dW: torch.Tensor | None, diagonal: bool):
+    """``field(t, z, u)`` that checks its first evaluation's drift and diffusion shapes against the state and the
+    noise: a wrong diffusion shape failed deep inside a step (reversible Heun) or was read as the other noise type
+    (midpoint), where torchsde refuses it."""
+    if dW is None or hasattr(field, "at"):
+        return field
+    pending = [True]
+
+    def checked(t, z, u):
+        f, g = field(t, z, u)
+        if pending:
+            pending.clear()
+            kind = "diagonal" if diagonal else "general"
+            want = tuple(y0.shape) if diagonal else (*y0.shape, dW.size(-1))
+            if tuple(f.shape) != tuple(y0.shape):
+                raise ValueError(f"the drift returned shape {tuple(f.shape)}: expected (batch, state) = "
+                                 f"{tuple(y0.shape)}, the shape of y0")
+            if g is not None and tuple(g.shape) != want:
+                fix = ("return one diffusion per state channel, or declare noise_type='general' for a "
+                       "(batch, state, noise) matrix" if diagonal else "return a (batch, state, noise) matrix; "
+                       "a diagonal-noise SDE (noise_type='diagonal') is solved by neuralsde.solver.sdeint")
+                raise ValueError(f"the diffusion returned shape {tuple(g.shape)}: {kind} noise expects "
+                                 f"{'(batch, state)' if diagonal else '(batch, state, noise)'} = {want}. Fix: {fix}")
+        return f, g
+    return checked
+
+
 def solve(field, y0: torch.Tensor, ts: torch.Tensor, dt: float, dW: torch.Tensor | None = None,
           U: torch.Tensor | None = None, params=(), adjoint: bool = True, diagonal: bool = False) -> torch.Tensor:
     """Generic reversible Heun solve of ``field`` (see module docstring) on the ``dt`` grid of ``ts``.
@@ -292,6 +319,7 @@ def solve(field, y0: torch.Tensor, ts: torch.Tensor, dt: float, dW: torch.Tensor
     """
     t_grid, obs = checked_grid(ts, dt, y0, dW, U, diagonal)
     noise = _DIAGONAL if diagonal else _GENERAL
+    field = shape_checked(field, y0, dW, diagonal)
     if not adjoint:
         return _integrate(field, y0, t_grid, obs, float(dt), dW, U, noise)[0]
     params = tuple(p for p in params if p.requires_grad)
