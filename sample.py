@@ -15,4 +15,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from neuralsde.override_hints import run_with_hints
+
+    run_with_hints(main, "sample")  # a misspelt override Hydra refused: the nearest valid one

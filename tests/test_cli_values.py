@@ -82,3 +82,45 @@ def test_a_word_where_a_number_belongs_is_named(tmp_path):
     for value in ("abc", 256.5):
         with pytest.raises(ConfigError, match=rf"data.source.n_paths={value!r} is not valid: expected an integer"):
             OUSource(n_paths=value)
+
+
+@pytest.mark.parametrize("overrides, hint", [
+    (["model.generator.hiden_size=32"], "model.generator.hiden_size is not a key of this config. "
+                                         "Fix: model.generator.hidden_size=32 (the nearest key"),
+    (["solver.dtt=0.5"], "Fix: solver.dt=0.5 (the nearest key"),
+    (["~solver.dtt"], "Fix: ~solver.dt (the nearest key"),
+    (["solvr=midpoint"], "Fix: solver=midpoint (the nearest key"),  # a misspelt group is a misspelt key
+    (["hydra/launcher=slurm", "hydra.launcher.partiton=gpu"], "Fix: hydra.launcher.partition=gpu"),
+    (["experiment=ou_sdgan"], "experiment=ou_sdgan is not an option of the experiment group. "
+                              "Fix: experiment=ou_sdegan"),
+    (["hydra/launcher=slrm"], "Fix: hydra/launcher=slurm"),
+    (["solver=reversible_heun,midpont", "seed=0,1"], "solver=midpont is not an option of the solver group"),
+    # compared within model.generator, not on whole dotted names: no far-fetched guess, the section's keys instead
+    (["model.generator.foo=3"], "Fix: use one that exists (model.generator has: hidden_size, initial_noise_size"),
+    (["data.source.path=x"], "Fix: use one that exists (data.source has: _target_, drop_fraction"),
+])
+def test_misspelt_override_names_the_nearest_valid_one(overrides, hint):
+    """Hydra's "Could not override 'solver.dtt'. To append to your config use +solver.dtt=0.5" named no valid key
+    (and its advice adds a key nothing reads); experiment=ou_sdgan listed the options without naming the nearest."""
+    from neuralsde.override_hints import override_hints
+
+    (line,) = override_hints(overrides)
+    assert hint in line
+
+
+def test_valid_overrides_get_no_hint():
+    from neuralsde.override_hints import override_hints
+
+    assert override_hints(["solver=midpoint", "model.generator.hidden_size=8", "+model.foo=1", "hparams_search=null",
+                           "seed=0,1", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"]) == []
+    two = override_hints(["data=ou", "model.generator.hiden_size=32", "solver.dtt=0.5", "debug=fst"])
+    assert [line.split()[0] for line in two] == ["debug=fst", "model.generator.hiden_size", "solver.dtt"]
+
+
+def test_train_py_prints_the_hint_under_hydras_error():
+    res = subprocess.run([sys.executable, str(ROOT / "train.py"), "solver.dtt=0.5"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 1  # Hydra's own exit, its own message kept
+    assert "Could not override 'solver.dtt'" in res.stderr
+    assert res.stderr.rstrip().endswith("ConfigError: solver.dtt is not a key of this config. Fix: solver.dt=0.5 "
+                                        "(the nearest key; a + in front would add a new key, not set this one)")
