@@ -123,3 +123,31 @@ def check_trainer_limits(cfg: DictConfig) -> None:
                           "endlessly, so an epoch never ends, and model.train_steps alone sets the length. Fix: leave "
                           "trainer.max_epochs=-1 and set model.train_steps (one pass over the training set is about "
                           "<training series> / data.batch_size steps).")
+
+
+def check_job(cfg: DictConfig) -> None:
+    """What a job checks before its work, on a composed config alone: required options, and for training the
+    trainer limits, seed, threads, solver and the data module's options (its constructor checks them; no data are
+    loaded). ``train`` runs it first; a sweep runs it on every job before the first (``CheckSweepJobs``)."""
+    from neuralsde.errors import check_int
+
+    check_required(cfg)
+    if "model" not in cfg or "data" not in cfg:  # eval.py and sample.py: their options are checked by the command
+        return
+    check_trainer_limits(cfg)
+    check_int("seed", cfg.get("seed"), "e.g. seed=0", minimum=None)
+    check_threads(cfg.get("threads"))
+    from neuralsde.solver import SolverConfig
+    from neuralsde.training import instantiate
+
+    SolverConfig(**OmegaConf.to_container(cfg.solver, resolve=True))
+    instantiate(cfg.data)
+
+
+def check_threads(n) -> None:
+    """``threads``: torch's intra-op threads, or None for torch's default."""
+    from neuralsde.errors import check_int
+
+    if n is not None:
+        check_int("threads", n, "e.g. threads=1 for small networks on CPU",
+                  also=", or null for torch's default (one per core)")

@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from neuralsde.errors import ConfigError
+from neuralsde.config_checks import check_job
+from neuralsde.errors import ConfigError, DataError
 from neuralsde.resume import refuse_used_run_dir
 
 
@@ -71,3 +72,49 @@ class KeepEarlierHydraRecord(Callback):
         if record.is_dir():
             stamp = time.strftime("%Y-%m-%d_%H-%M-%S") + f"-{time.time_ns() // 1000 % 1_000_000:06d}"
             record.rename(record.with_name(f"{record.name}_before_{stamp}"))
+
+
+class CheckSweepJobs(Callback):
+    """``python train.py -m trainer.max_epochs=-1,1`` trained the first job to the end before the second was
+    refused, and a bad value in a SLURM array's last task was found hours later. Hydra composes every job's config
+    before launching (which catches a misspelt key or option); here each composed config also goes through the
+    checks a single run makes before any work (``config_checks.check_job``), so a sweep with a bad combination
+    stops before its first job, naming that job. Only for Hydra's basic sweeper, whose jobs are known up front
+    (an Optuna study draws its trials as it goes); one more composition per job, ~0.1 s each."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        for num, overrides, job_cfg in _sweep_jobs(config):
+            try:
+                check_job(job_cfg)
+            except (ConfigError, DataError) as err:
+                _refuse(type(err)(f"sweep job {num} ({overrides}) would fail, so no job was started: "
+                                  f"{err}"))
+            except Exception:  # noqa: BLE001 - not a check's verdict: the job itself reports whatever it is
+                continue
+
+
+def _sweep_jobs(config: DictConfig):
+    """``(job number, its sweep overrides, its composed config)`` for every job of a basic-sweeper multirun, as
+    ``BasicSweeper.sweep`` and ``validate_batch_is_legal`` make them; nothing if the jobs cannot be listed (Hydra
+    then reports a composition error itself)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeper = config.hydra.sweeper
+    if sweeper.get("_target_") != f"{BasicSweeper.__module__}.{BasicSweeper.__name__}":
+        return
+    try:
+        loader = GlobalHydra.instance().config_loader()
+        params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+        params += list(config.hydra.overrides.task)
+        parsed = OverridesParser.create(config_loader=loader).parse_overrides(params)
+        jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+        swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
+        for num, overrides in enumerate(jobs):
+            job_cfg = loader.load_sweep_config(master_config=config, sweep_overrides=list(overrides))
+            with open_dict(job_cfg):
+                del job_cfg["hydra"]  # what the task is given (hydra.core.utils.run_job)
+            yield num, " ".join(o for o in overrides if o.partition("=")[0] in swept), job_cfg
+    except Exception:  # noqa: BLE001 - Hydra's own validation of the same jobs reports it, with its message
+        return

@@ -13,8 +13,8 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from neuralsde.config_checks import check_required, check_resolvable, check_trainer_limits, not_a_number, unknown_option
-from neuralsde.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError, check_int
+from neuralsde.config_checks import check_job, check_resolvable, check_threads, not_a_number, unknown_option
+from neuralsde.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
 from neuralsde.evaluation import print_metrics_table
 from neuralsde.resume import (
     check_resume_compatible,
@@ -110,8 +110,7 @@ def torch_threads(n):
     if n is None:
         yield
         return
-    check_int("threads", n, "e.g. threads=1 for small networks on CPU",
-              also=", or null for torch's default (one per core)")
+    check_threads(n)
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -122,17 +121,14 @@ def torch_threads(n):
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and test) the configured model; return the final logged metrics as floats."""
-    check_required(cfg)
-    check_trainer_limits(cfg)
+    check_job(cfg)  # every check that needs no data; a sweep runs it on each job before the first (neuralsde.sweeper)
     with torch_threads(cfg.get("threads")):
         return _train(cfg)
 
 
 def _train(cfg: DictConfig) -> dict[str, float]:
     _quiet_known_warnings()
-    seed = cfg.get("seed")
-    check_int("seed", seed, "e.g. seed=0", minimum=None)
-    pl.seed_everything(seed, workers=True)
+    pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg)
     continuing = refuse_used_run_dir(out_dir, ckpt_path)

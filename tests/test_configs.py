@@ -5,6 +5,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
+from neuralsde.config_checks import check_job
 from neuralsde.training import _instantiate_all, build, instantiate
 from tests.conftest import CONFIG_DIR, SHARED_DATA, compose_config, shrink
 
@@ -88,3 +89,10 @@ def test_default_and_paper_recipes_are_the_readmes():
     assert (paper.data.batch_size, paper.model.train_steps, paper.model.swa_start) == (1024, 10000, 5000)
     assert (paper.model.optimizer.g_lr, paper.model.optimizer.d_lr) == (2e-4, 1e-3)
     assert paper.model.optimizer.name == default.model.optimizer.name == "adadelta"
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_every_experiment_passes_the_checks_made_before_any_work(experiment):
+    """As composed, unshrunk (what `python train.py experiment=...` runs; the build test above shrinks sizes):
+    required options, trainer limits, seed, threads, solver and the data module's options (no data are loaded)."""
+    check_job(compose_config([f"experiment={experiment}"]))
