@@ -78,19 +78,44 @@ class CheckSweepJobs(Callback):
     """``python train.py -m trainer.max_epochs=-1,1`` trained the first job to the end before the second was
     refused, and a bad value in a SLURM array's last task was found hours later. Hydra composes every job's config
     before launching (which catches a misspelt key or option); here each composed config also goes through the
-    checks a single run makes before any work (``config_checks.check_job``), so a sweep with a bad combination
-    stops before its first job, naming that job. Only for Hydra's basic sweeper, whose jobs are known up front
-    (an Optuna study draws its trials as it goes); one more composition per job, ~0.1 s each."""
+    checks a single run makes before any work (``config_checks.check_job``), and no two jobs may share an output
+    directory (``hydra.sweep.subdir=run`` or ``paths.output_dir=/x``: job 1 was refused after job 0 had trained,
+    having replaced job 0's ``.hydra/`` record, so aggregate.py labelled job 0's metrics with job 1's overrides).
+    A bad sweep stops before its first job, naming the job. Only for Hydra's basic sweeper, whose jobs are known
+    up front (an Optuna study draws its trials as it goes); one more composition per job."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        dirs: dict[str, tuple[int, str]] = {}
         for num, overrides, job_cfg in _sweep_jobs(config):
+            out = _output_dir(job_cfg)
+            with open_dict(job_cfg):
+                del job_cfg["hydra"]  # what the task is given (hydra.core.utils.run_job)
             try:
                 check_job(job_cfg)
             except (ConfigError, DataError) as err:
-                _refuse(type(err)(f"sweep job {num} ({overrides}) would fail, so no job was started: "
-                                  f"{err}"))
+                _refuse(type(err)(f"sweep job {num} ({overrides}) would fail, so no job was started: {err}"))
             except Exception:  # noqa: BLE001 - not a check's verdict: the job itself reports whatever it is
-                continue
+                pass
+            if out is not None and out in dirs:
+                first, first_overrides = dirs[out]
+                _refuse(ConfigError(f"sweep jobs {first} ({first_overrides}) and {num} ({overrides}) would share "
+                                    f"the output directory {out!r}: runs never overwrite each other, so job {num} "
+                                    f"would be refused after job {first} has trained. Fix: leave hydra.sweep.subdir "
+                                    "(the job number) and paths.output_dir (Hydra's job directory) at their "
+                                    "defaults; hydra.sweep.dir chooses where the sweep goes."))
+            dirs.setdefault(out, (num, overrides))
+
+
+def _output_dir(job_cfg: DictConfig) -> str | None:
+    """Where a sweep job writes: ``paths.output_dir``, by default Hydra's ``hydra.sweep.dir/hydra.sweep.subdir``
+    (as ``run_job`` joins them); None where that cannot be worked out before the job runs."""
+    try:
+        raw = OmegaConf.to_container(job_cfg.paths, resolve=False).get("output_dir")
+        if raw == "${hydra:runtime.output_dir}":
+            return str(Path(str(job_cfg.hydra.sweep.dir), str(job_cfg.hydra.sweep.subdir)).absolute())
+        return str(Path(str(job_cfg.paths.output_dir)).absolute())
+    except Exception:  # noqa: BLE001 - e.g. another ${hydra:...} value, known only inside the job
+        return None
 
 
 def _sweep_jobs(config: DictConfig):
@@ -114,7 +139,7 @@ def _sweep_jobs(config: DictConfig):
         for num, overrides in enumerate(jobs):
             job_cfg = loader.load_sweep_config(master_config=config, sweep_overrides=list(overrides))
             with open_dict(job_cfg):
-                del job_cfg["hydra"]  # what the task is given (hydra.core.utils.run_job)
+                job_cfg.hydra.job.num = job_cfg.hydra.job.id = num  # as the launcher sets them
             yield num, " ".join(o for o in overrides if o.partition("=")[0] in swept), job_cfg
     except Exception:  # noqa: BLE001 - Hydra's own validation of the same jobs reports it, with its message
         return

@@ -75,18 +75,25 @@ def test_aggregate_cli_on_multirun(multirun, tmp_path):
     assert "| `all` | 2 |" in md and " ± " in md and md in proc.stdout
 
 
-def test_a_bad_value_in_a_later_job_stops_the_sweep_before_the_first_job(tmp_path):
-    """trainer.max_epochs=-1,1 trained job 0 to the end before job 1 was refused (on SLURM: hours later)."""
-    for sweep, job, message in (
-            (["trainer.max_epochs=-1,1"], "sweep job 1 (trainer.max_epochs=1)", "has no effect here"),
-            (["seed=0,1", "threads=1,0"], "sweep job 1 (seed=0 threads=0)",
-             "threads=0 is not valid: expected a positive integer")):
-        out = tmp_path / str(len(sweep))
-        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *TINY, *sweep, f"hydra.sweep.dir={out}"],
-                              cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 2, proc.stderr[-3000:]
-        assert f"ConfigError: {job} would fail, so no job was started: " in proc.stderr and message in proc.stderr
-        assert not out.exists()  # refused before Hydra wrote anything, job 0 included
+@pytest.mark.parametrize("sweep, error", [
+    # trainer.max_epochs=-1,1 trained job 0 to the end before job 1 was refused (on SLURM: hours later)
+    (["trainer.max_epochs=-1,1"], "sweep job 1 (trainer.max_epochs=1) would fail, so no job was started: "
+                                  "trainer.max_epochs=1 has no effect here"),
+    (["seed=0,1", "threads=1,0"], "sweep job 1 (seed=0 threads=0) would fail, so no job was started: threads=0 is "
+                                  "not valid: expected a positive integer"),
+    # one directory for every job: job 1 was refused after job 0 trained, and had replaced job 0's .hydra/ record
+    (["seed=0,1", "hydra.sweep.subdir=run"], "sweep jobs 0 (seed=0) and 1 (seed=1) would share the output "
+                                             "directory"),
+    (["seed=0,1", "paths.output_dir=/tmp/one_dir"], "sweep jobs 0 (seed=0) and 1 (seed=1) would share the output "
+                                                     "directory '/tmp/one_dir'"),
+])
+def test_a_bad_later_job_stops_the_sweep_before_the_first_job(sweep, error, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *TINY, *sweep,
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"ConfigError: {error}" in proc.stderr
+    assert not (tmp_path / "sweep").exists()  # refused before Hydra wrote anything, job 0 included
 
 
 # --- composition of the launcher and sweeper configs -----------------------------------------------------
