@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 
 from neuralsde.averaging import Averaged
 from neuralsde.data.preprocessing import Normalizer
@@ -98,6 +99,14 @@ class SDEGAN(GenerativeModule):
                                  "model.cuda_graph=false")
 
     def on_fit_start(self) -> None:
+        start = self.averaged_generator.start_step
+        if start >= self.train_steps:  # at fit, not at load: eval.py of such a run need not hear it again
+            # Averaging updates at steps 0 .. train_steps-1: shortening a run (model.train_steps=1000 under the laptop
+            # recipe's swa_start=1000, a README example) silently evaluated the last generator instead.
+            rank_zero_warn(f"model.swa_start={start} is not below model.train_steps={self.train_steps}: no weight "
+                           "averaging in this run, so samples, plots and metrics come from the last generator, not "
+                           "the average. Fix: set model.swa_start below model.train_steps, e.g. "
+                           f"model.swa_start={self.train_steps // 2}, unless that is what you want.")
         if self.cuda_graph:
             if str(self.trainer.precision) not in ("32-true", "64-true"):
                 raise bad_option("trainer.precision", self.trainer.precision, "32-true or 64-true with "

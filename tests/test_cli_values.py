@@ -124,3 +124,20 @@ def test_train_py_prints_the_hint_under_hydras_error():
     assert "Could not override 'solver.dtt'" in res.stderr
     assert res.stderr.rstrip().endswith("ConfigError: solver.dtt is not a key of this config. Fix: solver.dt=0.5 "
                                         "(the nearest key; a + in front would add a new key, not set this one)")
+
+
+def test_a_run_shorter_than_swa_start_warns_that_nothing_is_averaged(tmp_path):
+    """model.train_steps=1000 (a README example) under the laptop recipe's swa_start=1000: averaging updates at
+    steps 0..999, so the run silently sampled, plotted and scored the last generator, not the average."""
+    import warnings
+
+    from neuralsde.training import build
+
+    tiny = ["data.source.n_paths=64", "data.source.t_size=8", "data.batch_size=16", f"paths.output_dir={tmp_path}"]
+    with pytest.warns(UserWarning, match=r"model.swa_start=1000 is not below model.train_steps=1000: no weight "
+                                         r"averaging.*Fix: set model.swa_start below model.train_steps, e.g. "
+                                         r"model.swa_start=500"):
+        build(compose_config([*tiny, "model.train_steps=1000"]))[1].on_fit_start()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="model.swa_start")
+        build(compose_config(tiny))[1].on_fit_start()  # the default: 2,000 steps, averaging from 1,000
