@@ -85,7 +85,7 @@ class CheckSweepJobs(Callback):
     up front (an Optuna study draws its trials as it goes); one more composition per job."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        dirs: dict[str, tuple[int, str]] = {}
+        used: dict[str, tuple[int, str]] = {}  # a path a job writes -> the first job that writes it
         for num, overrides, job_cfg in _sweep_jobs(config):
             out = _output_dir(job_cfg)
             with open_dict(job_cfg):
@@ -96,14 +96,19 @@ class CheckSweepJobs(Callback):
                 _refuse(type(err)(f"sweep job {num} ({overrides}) would fail, so no job was started: {err}"))
             except Exception:  # noqa: BLE001 - not a check's verdict: the job itself reports whatever it is
                 pass
-            if out is not None and out in dirs:
-                first, first_overrides = dirs[out]
-                _refuse(ConfigError(f"sweep jobs {first} ({first_overrides}) and {num} ({overrides}) would share "
-                                    f"the output directory {out!r}: runs never overwrite each other, so job {num} "
-                                    f"would be refused after job {first} has trained. Fix: leave hydra.sweep.subdir "
-                                    "(the job number) and paths.output_dir (Hydra's job directory) at their "
-                                    "defaults; hydra.sweep.dir chooses where the sweep goes."))
-            dirs.setdefault(out, (num, overrides))
+            written = {"output directory": out, "out file": _resolved_path(job_cfg, "out")}
+            for what, path in written.items():
+                if path is not None and path in used:
+                    first, first_overrides = used[path]
+                    fix = ("leave hydra.sweep.subdir (the job number) and paths.output_dir (Hydra's job directory) at "
+                           "their defaults; hydra.sweep.dir chooses where the sweep goes" if what != "out file" else
+                           "give each job its own file, e.g. out=samples_${hydra:job.num}.csv")
+                    also = f" (with overwrite=true: replace job {first}'s file)" if what == "out file" else ""
+                    _refuse(ConfigError(f"sweep jobs {first} ({first_overrides}) and {num} ({overrides}) would share "
+                                        f"the {what} {path!r}: job {num} would be refused after job {first} has "
+                                        f"run{also}. Fix: {fix}."))
+                if path is not None:
+                    used[path] = (num, overrides)
 
 
 def _output_dir(job_cfg: DictConfig) -> str | None:
@@ -113,8 +118,16 @@ def _output_dir(job_cfg: DictConfig) -> str | None:
         raw = OmegaConf.to_container(job_cfg.paths, resolve=False).get("output_dir")
         if raw == "${hydra:runtime.output_dir}":
             return str(Path(str(job_cfg.hydra.sweep.dir), str(job_cfg.hydra.sweep.subdir)).absolute())
-        return str(Path(str(job_cfg.paths.output_dir)).absolute())
-    except Exception:  # noqa: BLE001 - e.g. another ${hydra:...} value, known only inside the job
+    except Exception:  # noqa: BLE001 - see below
+        return None
+    return _resolved_path(job_cfg, "paths.output_dir")
+
+
+def _resolved_path(cfg: DictConfig, key: str) -> str | None:
+    try:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=True)
+        return None if value is None else str(Path(str(value)).absolute())
+    except Exception:  # noqa: BLE001 - e.g. a ${hydra:...} value, known only inside the job; ??? for the job to refuse
         return None
 
 

@@ -96,6 +96,18 @@ def test_a_bad_later_job_stops_the_sweep_before_the_first_job(sweep, error, tmp_
     assert not (tmp_path / "sweep").exists()  # refused before Hydra wrote anything, job 0 included
 
 
+def test_sample_sweep_with_one_out_file_is_refused_up_front(tmp_path):
+    """sample.py -m ckpt_path=a,b out=x.csv: job 1 found x.csv after job 0 had sampled (with overwrite=true it
+    replaced job 0's paths)."""
+    out = tmp_path / "x.csv"
+    proc = subprocess.run([sys.executable, str(ROOT / "sample.py"), "-m", "ckpt_path=a.ckpt,b.ckpt", f"out={out}",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert (f"ConfigError: sweep jobs 0 (ckpt_path=a.ckpt) and 1 (ckpt_path=b.ckpt) would share the out file "
+            f"'{out}'") in proc.stderr and "Fix: give each job its own file" in proc.stderr
+
+
 # --- composition of the launcher and sweeper configs -----------------------------------------------------
 @pytest.mark.parametrize("launcher, target", [
     ("basic", "hydra._internal.core_plugins.basic_launcher.BasicLauncher"),
