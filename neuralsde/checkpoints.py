@@ -37,8 +37,8 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_train_end(trainer, pl_module)
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint file onto the CPU, or raise a CheckpointError saying what is wrong with it."""
+def check_checkpoint_path(path: str | os.PathLike) -> Path:
+    """``path`` as a file that exists (without reading it: a sweep checks every job's before the first)."""
     path = Path(path).expanduser()
     if path.is_dir():
         inside = next((p for p in (path / "checkpoints" / "last.ckpt", path / "last.ckpt") if p.is_file()), None)
@@ -47,6 +47,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {str(path)!r} does not exist. Fix: pass the path of a .ckpt file, e.g. "
                               "logs/train/runs/<run>/checkpoints/last.ckpt.")
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint file onto the CPU, or raise a CheckpointError saying what is wrong with it."""
+    path = check_checkpoint_path(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as err:

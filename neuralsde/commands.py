@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from neuralsde.checkpoints import load_model
+from neuralsde.checkpoints import check_checkpoint_path, load_model
 from neuralsde.errors import ConfigError, check_int
 from neuralsde.evaluation import check_n_samples, evaluate, print_metrics_table
 from neuralsde.metrics import check_metric_names
@@ -22,11 +22,7 @@ OUTPUT_FORMATS = (".csv", ".npz", ".parquet")
 
 def run_eval(cfg: DictConfig) -> dict[str, float]:
     """Full metric suite on a checkpoint; prints a table and writes ``metrics.json`` in the run directory."""
-    from neuralsde.config_checks import check_required
-
-    check_required(cfg)
-    names = check_metric_names(cfg.metrics)
-    n_samples = check_n_samples(cfg.n_samples, "n_samples")
+    names, n_samples = check_eval(cfg)
     out = Path(cfg.paths.output_dir)
     _refuse_earlier_metrics(out)  # before any work: the suite takes minutes
     model, datamodule, train_cfg = load_model(cfg.ckpt_path, list(cfg.cfg_overrides))
@@ -44,6 +40,18 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     print_metrics_table(values, f"{model.family}: {cfg.ckpt_path}")
     log.info("Wrote %s", out / "metrics.json")
     return values
+
+
+def check_eval(cfg: DictConfig) -> tuple[tuple[str, ...], int]:
+    """eval.py's checks before any work (a sweep makes them on every job before the first): the metric names and
+    the path count, and the checkpoint file."""
+    from neuralsde.config_checks import check_required
+
+    check_required(cfg)
+    names = check_metric_names(cfg.metrics)
+    n_samples = check_n_samples(cfg.n_samples, "n_samples")
+    check_checkpoint_path(cfg.ckpt_path)
+    return names, n_samples
 
 
 def _refuse_earlier_metrics(out: Path) -> None:
@@ -80,6 +88,17 @@ def check_output(out: str, overwrite: bool) -> Path:
 
 def run_sample(cfg: DictConfig) -> Path:
     """Write ``cfg.n`` generated paths with their timestamps, in data units, to ``cfg.out``."""
+    path = check_sample(cfg)
+    model, datamodule, _ = load_model(cfg.ckpt_path, list(cfg.cfg_overrides))
+    paths = _sample_with_progress(model, int(cfg.n), int(cfg.batch_size), int(cfg.seed))
+    # the model's time channel -> the data's own times, in float64 (a CSV's Unix timestamps do not fit a float32)
+    write_paths(path, paths, datamodule.channel_names, times=datamodule.source_times)
+    log.info("Wrote %d paths to %s", len(paths), path)
+    return path
+
+
+def check_sample(cfg: DictConfig) -> Path:
+    """sample.py's checks before any work (a sweep makes them on every job before the first); the output file."""
     from neuralsde.config_checks import check_required
 
     check_required(cfg)
@@ -88,11 +107,7 @@ def run_sample(cfg: DictConfig) -> Path:
     check_int("batch_size", cfg.batch_size, "e.g. batch_size=1024")
     check_int("seed", cfg.seed, "e.g. seed=0", minimum=None)
     path = check_output(cfg.out, bool(cfg.overwrite))
-    model, datamodule, _ = load_model(cfg.ckpt_path, list(cfg.cfg_overrides))
-    paths = _sample_with_progress(model, int(cfg.n), int(cfg.batch_size), int(cfg.seed))
-    # the model's time channel -> the data's own times, in float64 (a CSV's Unix timestamps do not fit a float32)
-    write_paths(path, paths, datamodule.channel_names, times=datamodule.source_times)
-    log.info("Wrote %d paths to %s", len(paths), path)
+    check_checkpoint_path(cfg.ckpt_path)
     return path
 
 

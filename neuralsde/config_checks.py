@@ -126,14 +126,19 @@ def check_trainer_limits(cfg: DictConfig) -> None:
 
 
 def check_job(cfg: DictConfig) -> None:
-    """What a job checks before its work, on a composed config alone: required options, and for training the
-    trainer limits, seed, threads, solver and the data module's options (its constructor checks them; no data are
-    loaded). ``train`` runs it first; a sweep runs it on every job before the first (``CheckSweepJobs``)."""
+    """What a job checks before its work, on a composed config alone: eval.py's and sample.py's options and
+    checkpoint file; for training the required options, trainer limits, seed, threads, solver and the data module's
+    options (its constructor checks them; no data are loaded). ``train`` runs it first; a sweep runs it on every
+    job before the first (``CheckSweepJobs``)."""
     from neuralsde.errors import check_int
 
-    check_required(cfg)
-    if "model" not in cfg or "data" not in cfg:  # eval.py and sample.py: their options are checked by the command
+    if "model" not in cfg or "data" not in cfg:  # eval.yaml or sample.yaml (task_name may be renamed)
+        from neuralsde.commands import check_eval, check_sample
+
+        check = check_eval if "n_samples" in cfg else check_sample if "out" in cfg else check_required
+        check(cfg)
         return
+    check_required(cfg)
     check_trainer_limits(cfg)
     check_int("seed", cfg.get("seed"), "e.g. seed=0", minimum=None)
     check_threads(cfg.get("threads"))

@@ -10,7 +10,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from neuralsde.config_checks import check_job
-from neuralsde.errors import ConfigError, DataError
+from neuralsde.errors import CheckpointError, ConfigError, DataError
 from neuralsde.resume import refuse_used_run_dir
 
 
@@ -92,7 +92,7 @@ class CheckSweepJobs(Callback):
                 del job_cfg["hydra"]  # what the task is given (hydra.core.utils.run_job)
             try:
                 check_job(job_cfg)
-            except (ConfigError, DataError) as err:
+            except (ConfigError, DataError, CheckpointError) as err:
                 _refuse(type(err)(f"sweep job {num} ({overrides}) would fail, so no job was started: {err}"))
             except Exception:  # noqa: BLE001 - not a check's verdict: the job itself reports whatever it is
                 pass

@@ -100,12 +100,26 @@ def test_sample_sweep_with_one_out_file_is_refused_up_front(tmp_path):
     """sample.py -m ckpt_path=a,b out=x.csv: job 1 found x.csv after job 0 had sampled (with overwrite=true it
     replaced job 0's paths)."""
     out = tmp_path / "x.csv"
+    for name in ("a.ckpt", "b.ckpt"):
+        (tmp_path / name).write_bytes(b"")  # only their existence is checked before the sweep
     proc = subprocess.run([sys.executable, str(ROOT / "sample.py"), "-m", "ckpt_path=a.ckpt,b.ckpt", f"out={out}",
                            f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert (f"ConfigError: sweep jobs 0 (ckpt_path=a.ckpt) and 1 (ckpt_path=b.ckpt) would share the out file "
             f"'{out}'") in proc.stderr and "Fix: give each job its own file" in proc.stderr
+
+
+def test_eval_sweep_with_a_missing_checkpoint_is_refused_up_front(tmp_path):
+    """eval.py -m ckpt_path=a,b with b mistyped: job 1 failed after job 0's whole metric suite (minutes)."""
+    (tmp_path / "a.ckpt").write_bytes(b"")  # only its existence is checked before the sweep
+    ckpts = f"ckpt_path={tmp_path}/a.ckpt,{tmp_path}/b.ckpt"
+    proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), "-m", ckpts, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert (f"CheckpointError: sweep job 1 (ckpt_path={tmp_path}/b.ckpt) would fail, so no job was started: "
+            f"Checkpoint '{tmp_path}/b.ckpt' does not exist.") in proc.stderr
+    assert not (tmp_path / "sweep").exists()
 
 
 # --- composition of the launcher and sweeper configs -----------------------------------------------------
