@@ -127,9 +127,9 @@ def check_trainer_limits(cfg: DictConfig) -> None:
 
 def check_job(cfg: DictConfig) -> None:
     """What a job checks before its work, on a composed config alone: eval.py's and sample.py's options and
-    checkpoint file; for training the required options, trainer limits, seed, threads, solver and the data module's
-    options (its constructor checks them; no data are loaded). ``train`` runs it first; a sweep runs it on every
-    job before the first (``CheckSweepJobs``)."""
+    checkpoint file; for training the required options, trainer limits, seed, threads, solver, the data module's
+    options (its constructor checks them; no data are loaded) and ckpt_path's file. ``train`` runs it first; a
+    sweep runs it on every job before the first (``CheckSweepJobs``)."""
     from neuralsde.errors import check_int
 
     if "model" not in cfg or "data" not in cfg:  # eval.yaml or sample.yaml (task_name may be renamed)
@@ -142,6 +142,10 @@ def check_job(cfg: DictConfig) -> None:
     check_trainer_limits(cfg)
     check_int("seed", cfg.get("seed"), "e.g. seed=0", minimum=None)
     check_threads(cfg.get("threads"))
+    if cfg.get("ckpt_path"):  # read after the data were loaded: a sweep continuing several runs met it per job
+        from neuralsde.checkpoints import check_checkpoint_path
+
+        check_checkpoint_path(cfg.ckpt_path)
     from neuralsde.solver import SolverConfig
     from neuralsde.training import instantiate
 

@@ -141,3 +141,13 @@ def test_a_run_shorter_than_swa_start_warns_that_nothing_is_averaged(tmp_path):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="model.swa_start")
         build(compose_config(tiny))[1].on_fit_start()  # the default: 2,000 steps, averaging from 1,000
+
+
+def test_a_missing_checkpoint_to_continue_is_found_before_any_work(tmp_path):
+    """train.py ckpt_path=<typo> was found after the data were loaded, and in a sweep continuing several runs
+    (-m ckpt_path=a,b) only when that job started."""
+    from neuralsde.config_checks import check_job
+    from neuralsde.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"Checkpoint '.*lst.ckpt' does not exist. Fix: pass the path"):
+        check_job(compose_config([f"ckpt_path={tmp_path}/lst.ckpt"]))
