@@ -155,6 +155,32 @@ def test_sig_mmd_handles_nan_deterministic_and_validates():
         signature_mmd(real, shuffled)
 
 
+def test_sig_mmd_reuses_the_real_samples_gram_matrix_with_the_same_numbers(monkeypatch):
+    # each validation compares one fixed real sample: its K_xx was computed again every time (energy's PDE kernel:
+    # a quarter of the metric's time)
+    import pysiglib
+
+    from neuralsde.metrics import sig_mmd
+
+    real, fakes = with_gaps(ou(24, length=12, seed=1)), [ou(24, length=12, seed=s) for s in (2, 3)]
+    moved = real.clone()
+    moved[0, 3, 1] += 0.5  # another real sample: recomputed, not taken from the cache
+    calls = []
+    gram = pysiglib.sig_kernel_gram
+    monkeypatch.setattr(pysiglib, "sig_kernel_gram", lambda *a, **k: calls.append(1) or gram(*a, **k))
+    for kind, scale in (("pde", 0.5), ("truncated", 1.0), ("truncated", 0.5)):
+        opts = dict(kind=kind, path_scale=scale, n_boot=20, seed=0)
+        cold = {}
+        for i, (r, fake) in ((2, (moved, fakes[1])), (0, (real, fakes[0])), (1, (real, fakes[1]))):
+            sig_mmd._REAL_GRAM.clear()
+            cold[i] = signature_mmd(r, fake, **opts)
+        signature_mmd(real, fakes[0], **opts)  # the first validation
+        calls.clear()
+        warm = [signature_mmd(r, fake, **opts) for r, fake in ((real, fakes[0]), (real, fakes[1]), (moved, fakes[1]))]
+        assert warm == [cold[0], cold[1], cold[2]] and cold[0] != cold[2]
+        assert len(calls) == (2 + 2 + 3 if kind == "pde" else 0)  # K_yy, K_xy; K_xx only for the new real sample
+
+
 # ---------------------------------------------------------------- real/fake classification
 
 
