@@ -208,6 +208,40 @@ def test_classifier_deterministic_with_missing_values():
         real_fake_classification(*args, classifier="transformer")
 
 
+def _torchcde_forward(self, x):
+    """The CDE classifier as it was written with torchcde and torchdiffeq: the reference for the written-out one."""
+    import torchcde
+
+    path = torchcde.LinearInterpolation(torchcde.linear_interpolation_coeffs(x))
+    z0 = self.initial(path.evaluate(path.interval[0]))
+    zt = torchcde.cdeint(X=path, func=self._f, z0=z0, t=path.interval, method=self.method,
+                         options={"step_size": 1.0}, adjoint=False)
+    return self.readout(zt[:, -1]).squeeze(-1)
+
+
+@pytest.mark.parametrize("method", ["rk4", "euler", "midpoint"])
+def test_cde_classifier_gives_torchcdes_logits_gradients_and_scores_bit_for_bit(method, monkeypatch):
+    import torchcde
+
+    from neuralsde.metrics.classification import CDEClassifier
+
+    x = ou(32, length=12, channels=2, seed=1)
+    torch.manual_seed(0)
+    model = CDEClassifier(3, 8, method)
+    logits = [model(x), _torchcde_forward(model, x)]
+    grads = [torch.autograd.grad(v.square().sum(), list(model.parameters())) for v in logits]
+    assert torch.equal(*logits) and all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+    args = (with_gaps(ou(40, length=12, seed=1)), ou(40, length=12, theta=3.0, seed=2),
+            with_gaps(ou(40, length=12, seed=3)), ou(40, length=12, theta=3.0, seed=4))
+    calls = []
+    cdeint = torchcde.cdeint
+    monkeypatch.setattr(torchcde, "cdeint", lambda *a, **k: calls.append(1) or cdeint(*a, **k))
+    written_out = real_fake_classification(*args, epochs=2, method=method, seed=5)
+    assert calls == []  # its per-evaluation bookkeeping made training the classifier 1.3x slower
+    monkeypatch.setattr(CDEClassifier, "forward", _torchcde_forward)
+    assert written_out == real_fake_classification(*args, epochs=2, method=method, seed=5)
+
+
 def test_missing_real_values_are_no_cue_to_the_classifier():
     """Filled gaps are straight lines: complete paths of the real law must not be told apart from real ones by that."""
     real = [with_gaps(ou(256, sigma=2.0, length=32, seed=s), seed=s, frac=0.6) for s in (1, 3)]

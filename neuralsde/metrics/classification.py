@@ -8,7 +8,6 @@ and generated (label 0) paths and evaluated on a held-out split. Accuracy and BC
 from __future__ import annotations
 
 import torch
-import torchcde
 from torch import nn
 
 from neuralsde.errors import ConfigError, bad_option
@@ -25,7 +24,8 @@ from neuralsde.metrics._paths import (
 )
 
 CLASSIFIERS = ("cde", "gru")
-CDE_METHODS = ("rk4", "euler", "midpoint")  # fixed-step torchcde solvers for the CDE classifier
+CDE_METHODS = ("rk4", "euler", "midpoint")  # torchdiffeq's fixed-step solvers, as torchcde runs them
+_ONE_THIRD = 1 / 3
 
 
 class CDEClassifier(nn.Module):
@@ -48,14 +48,40 @@ class CDEClassifier(nn.Module):
     def _f(self, t, z):
         return self.field(z).view(*z.shape[:-1], self.hidden, self.channels)
 
+    def _fx(self, z: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+        return (self._f(None, z) @ dx.unsqueeze(-1)).squeeze(-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(batch, time, channels)`` NaN-free -> logits ``(batch,)``."""
-        path = torchcde.LinearInterpolation(torchcde.linear_interpolation_coeffs(x))
-        z0 = self.initial(path.evaluate(path.interval[0]))
-        zt = torchcde.cdeint(
-            X=path, func=self._f, z0=z0, t=path.interval, method=self.method, options={"step_size": 1.0}, adjoint=False
-        )
-        return self.readout(zt[:, -1]).squeeze(-1)
+        """``(batch, time, channels)`` NaN-free -> logits ``(batch,)``.
+
+        What ``torchcde.cdeint`` over ``torchcde.LinearInterpolation`` computes with torchdiffeq's fixed-grid
+        ``method`` (step 1 on the index grid), written out operation by operation in the same order: the same
+        logits and gradients bit for bit, without their per-evaluation bookkeeping (time lookups, wrappers), which
+        made training this classifier 1.3x slower and its forward pass 1.8x (bench row 11; the real/fake metric is most
+        of the test stage).
+        """
+        length = x.size(1)
+        t = torch.linspace(0, length - 1, length, dtype=x.dtype, device=x.device)
+        dx = (x[:, 1:] - x[:, :-1]) / (t[1:] - t[:-1]).unsqueeze(-1)  # the interpolation's slope on each interval
+        start = (t[0] - t[0]).unsqueeze(-1)
+        z = self.initial(x[:, 0] + start * (x[:, 1] - x[:, 0]) / (t[1] - t[0]).unsqueeze(-1))
+        grid = torch.arange(0, length, dtype=x.dtype, device=x.device) * 1.0 + t[0]
+        grid[-1] = t[-1]
+        for k in range(length - 1):
+            dt = grid[k + 1] - grid[k]
+            # at a knot torchcde takes the slope of the interval before it; inside the step, that of this one
+            k1 = self._fx(z, dx[:, max(k - 1, 0)])
+            if self.method == "euler":
+                step = dt * k1
+            elif self.method == "midpoint":
+                step = dt * self._fx(z + k1 * (0.5 * dt), dx[:, k])
+            else:  # torchdiffeq's rk4: the 3/8 rule
+                k2 = self._fx(z + dt * k1 * _ONE_THIRD, dx[:, k])
+                k3 = self._fx(z + dt * (k2 - k1 * _ONE_THIRD), dx[:, k])
+                k4 = self._fx(z + dt * (k1 - k2 + k3), dx[:, k])
+                step = (k1 + 3 * (k2 + k3) + k4) * dt * 0.125
+            z = z + step
+        return self.readout(z).squeeze(-1)
 
 
 class GRUClassifier(nn.Module):
