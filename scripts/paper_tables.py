@@ -20,6 +20,7 @@ import argparse
 import datetime
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -101,12 +102,37 @@ def machine() -> str:
             f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}\n")
 
 
-def run(cmd: list[str], log_path: Path) -> tuple[int, float]:
+# Hydra's launchers log "Launching 6 jobs locally" and, as each job starts, "#3 : solver=midpoint seed=0"
+LAUNCHING = re.compile(r"Launching (\d+) jobs")
+JOB_START = re.compile(r"#(\d+) : (.*)$")
+
+
+def run(cmd: list[str], log_path: Path, label: str = "", poll_s: float = 2.0,
+        show: set[str] | None = None) -> tuple[int, float]:
+    """Run ``cmd`` with its output in ``log_path``, printing each job's start as Hydra's launcher logs it (its
+    overrides with a key in ``show``, or all): a table runs for 10-20 minutes at the cpu scale (hours at the
+    paper's) and its output goes to the log alone, so the terminal showed nothing between "running ..." and "done".
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    return rc, time.perf_counter() - start
+    start, total, pending = time.perf_counter(), "?", ""
+    with open(log_path, "w") as log, open(log_path, errors="replace") as follow:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        while True:
+            rc = proc.poll()  # before the read: once it has exited, this read gets the rest of the log
+            *lines, pending = (pending + follow.read()).split("\n")
+            if rc is not None:
+                lines.append(pending)  # its last line may have no newline
+            for line in lines:
+                if launching := LAUNCHING.search(line):
+                    total = launching.group(1)
+                elif job := JOB_START.search(line):
+                    minutes = (time.perf_counter() - start) / 60
+                    overrides = [o for o in job.group(2).split() if show is None or _key(o) in show]
+                    print(f"{label}job {int(job.group(1)) + 1}/{total}: {' '.join(overrides)} (at {minutes:.1f} min)",
+                          flush=True)
+            if rc is not None:
+                return rc, time.perf_counter() - start
+            time.sleep(poll_s)
 
 
 def tail(path: Path, n: int = 15) -> str:
@@ -164,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                     return 2
                 shutil.rmtree(sweep_dir)
             print(f"({t}) {title}: running ... (log: {sweep_dir / 'multirun.log'})", flush=True)
-            rc, seconds = run(cmd, sweep_dir / "multirun.log")
+            varied = {_key(g) for g in TABLES[t][2]} | {"seed"}
+            rc, seconds = run(cmd, sweep_dir / "multirun.log", label=f"({t}) ", show=varied)
             note = f"Wall time of the multirun: {seconds / 60:.1f} min."
             print(f"({t}) done in {seconds / 60:.1f} min, exit status {rc}", flush=True)
             if rc != 0:

@@ -267,6 +267,24 @@ def test_paper_tables_dry_run_prints_the_commands():
     assert "experiment=ou_sdegan_paper" in paper.stdout and "model.train_steps" not in paper.stdout
 
 
+def test_paper_tables_prints_each_job_as_hydra_starts_it(tmp_path, capsys):
+    # a table's multirun writes to its log alone: for 10-20 minutes the terminal showed only "running ..."
+    import paper_tables
+
+    fake_multirun = ("import time; print('[HYDRA] Launching 2 jobs locally', flush=True); "
+                     "print('[HYDRA] \\t#0 : experiment=ou_sdegan solver=reversible_heun seed=0 model.train_steps=4', "
+                     "flush=True); time.sleep(0.3); "
+                     "print('epoch 0: 100%|##########| 4/4', flush=True); "
+                     "print('[HYDRA] \\t#1 : solver=midpoint seed=0', end='', flush=True)")
+    rc, _ = paper_tables.run([sys.executable, "-c", fake_multirun], tmp_path / "multirun.log", label="(a) ",
+                             poll_s=0.05, show={"solver", "seed"})
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 0 and len(out) == 2, out
+    assert out[0].startswith("(a) job 1/2: solver=reversible_heun seed=0 (at ") and out[0].endswith(" min)")
+    assert out[1].startswith("(a) job 2/2: solver=midpoint seed=0 (at ")
+    assert "epoch 0" in (tmp_path / "multirun.log").read_text()
+
+
 # --- real launches through the plugins (slow) ------------------------------------------------------------
 @pytest.mark.slow
 def test_joblib_launcher_runs_two_jobs(tmp_path):
