@@ -31,7 +31,7 @@ test: install  ## Run the fast test tier
 test-full: install  ## Run every test, slow ones included
 	$(PY) -m pytest -q $(ARGS)
 
-bench: install  ## Benchmarks (~10 min on 2 CPU cores): writes bench/results.md and bench/results.json
+bench: install  ## Benchmarks (~12 min on 2 CPU cores): writes bench/results.md and bench/results.json
 	$(PY) scripts/bench.py $(ARGS)
 
 bench-quick: install  ## Benchmarks at small sizes (~1 min): writes bench/results_quick.md and .json

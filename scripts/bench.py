@@ -33,7 +33,8 @@ ROWS = {1: ("bench_solvers", "Reversible Heun vs midpoint"),
         7: ("bench_throughput", "Throughput (absolute, machine-specific)"),
         8: ("bench_fast", "Fast backend vs torchsde"),
         9: ("bench_contractions", "Fast backend: field-control contraction by shape vs channel-summing GEMM"),
-        10: ("bench_threads", "CPU threads: one vs one per core")}
+        10: ("bench_threads", "CPU threads: one vs one per core"),
+        11: ("bench_outside", "Outside the solver: set-up and metrics, before vs now")}
 
 
 def parse(argv=None):

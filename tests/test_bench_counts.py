@@ -77,3 +77,12 @@ def test_dispatch_census_no_host_reads_per_step_and_half_of_midpoints_dispatches
     assert rh["host_reads"][1] <= 1 and mid["host_reads"][1] <= 1
     assert 1.85 <= mid["dispatches"][0] / rh["dispatches"][0] <= 2.0  # the fused steps: about half of midpoint's
     assert abs(mid["dispatches"][1] - rh["dispatches"][1]) <= 0.05 * rh["dispatches"][1]  # shared set-up
+
+
+def test_outside_the_solver_row_compares_equal_results(tmp_path):
+    # row 11 times each change against the code it replaced, asserting first that both give the same numbers
+    from _bench_utils import Ctx
+    from bench_outside import run
+
+    rows = run(Ctx(device=torch.device("cpu"), quick=True, tmp=tmp_path, smoke=True))
+    assert len(rows) == 3 and all(r["result"].endswith(")") and r["paper"] == "same values" for r in rows)
