@@ -189,6 +189,10 @@ class GenerativeModule(pl.LightningModule):
             raise CheckpointError(f"The checkpoint holds a {meta['family']!r} model but the config builds a "
                                   f"{self.family!r} model. Fix: use the experiment the checkpoint came from.")
         self._pending_rng = meta.get("rng")
+        if self._trainer is not None and "optimizer_states" in checkpoint:  # resuming a fit (not load_from_checkpoint)
+            from neuralsde.resume import follow_optimizer_config
+
+            follow_optimizer_config(checkpoint, self.configure_optimizers())  # a changed learning rate takes effect
 
     def _wandb_id(self) -> str | None:
         trainer = self._trainer

@@ -86,6 +86,8 @@ def check_resume_compatible(ckpt_path: str, model) -> None:
         raise ConfigError(f"{ckpt_path!r} has already trained {done} steps and model.train_steps={model.train_steps}: "
                           f"nothing is left to train. Fix: raise model.train_steps (e.g. model.train_steps="
                           f"{2 * done}) to train further, or evaluate it with python eval.py ckpt_path={ckpt_path}.")
+    for change in follow_optimizer_config(ckpt, model.configure_optimizers(), ckpt_path):
+        log.info("Resuming with the config's optimiser settings: %s", change)
     own, theirs = model.state_dict(), ckpt["state_dict"]
     differ = [k for k in own if k not in theirs or theirs[k].shape != own[k].shape]
     data_changed = "times" in theirs and (theirs["times"].shape != own["times"].shape
@@ -101,6 +103,59 @@ def check_resume_compatible(ckpt_path: str, model) -> None:
                "resume with the config of the run that wrote it")
         raise CheckpointError(f"Cannot resume from {ckpt_path!r}: {what}. Fix: {fix}, or set "
                               "NEURALSDE_ALLOW_RESUME_CHANGE=1 to allow it deliberately.")
+
+
+# A scheduler's progress, kept from the checkpoint; its other entries (ExponentialLR's gamma) follow the config.
+_SCHEDULER_PROGRESS = {"base_lrs", "last_epoch", "_step_count", "_last_lr", "_is_initial", "_get_lr_called_within_step"}
+
+
+def follow_optimizer_config(checkpoint: dict, configured, ckpt_path: str = "the checkpoint") -> list[str]:
+    """Make the checkpoint's optimiser and scheduler states follow the run's config (``configured``: what the
+    module's ``configure_optimizers`` returns) and return the changes made. Lightning restores them whole, so a
+    learning rate lowered on resume, as the divergence message advises, was silently replaced by the checkpoint's
+    (and another optimiser met its state as a KeyError). Kept: the state (moments, step counts) and the schedule's
+    progress; a changed initial learning rate rescales the scheduled one. Another optimiser kind is refused."""
+    optimizers, schedulers = [], []
+    for item in configured if isinstance(configured, (list, tuple)) else [configured]:
+        if isinstance(item, dict):
+            optimizers.append(item["optimizer"])
+            sched = item.get("lr_scheduler")
+            schedulers += [sched["scheduler"] if isinstance(sched, dict) else sched] if sched is not None else []
+        else:
+            optimizers.append(item)
+    saved_opts, saved_scheds = checkpoint.get("optimizer_states") or [], checkpoint.get("lr_schedulers") or []
+    changes = []
+    for i, (opt, saved) in enumerate(zip(optimizers, saved_opts, strict=False)):
+        groups = saved["param_groups"]
+        if [set(g) - {"initial_lr", "params"} for g in opt.param_groups] != [set(g) - {"initial_lr", "params"}
+                                                                                for g in groups]:
+            saved_cfg = ((checkpoint.get("neuralsde") or {}).get("config") or {}).get("model") or {}
+            name = (saved_cfg.get("optimizer") or {}).get("name", "<the checkpoint's>")
+            raise CheckpointError(f"Cannot resume from {ckpt_path!r}: it was trained with another optimiser "
+                                  f"(model.optimizer.name={name}), whose state cannot carry over to this config's "
+                                  f"{type(opt).__name__}. Fix: resume with model.optimizer.name={name} (learning "
+                                  "rates and other optimiser settings may change on resume).")
+        for j, (group, old) in enumerate(zip(opt.param_groups, groups, strict=False)):
+            for key, value in group.items():
+                if key not in ("params", "lr", "initial_lr") and old[key] != value:
+                    changes.append(f"optimiser {i} group {j}: {key} {old[key]} -> {value}")
+                    old[key] = value
+            new_lr, old_lr = group.get("initial_lr", group["lr"]), old.get("initial_lr", old["lr"])
+            if new_lr != old_lr:
+                changes.append(f"optimiser {i} group {j}: learning rate {old_lr:g} -> {new_lr:g}")
+                old["lr"] *= new_lr / old_lr  # a scheduled rate keeps its progress: lr_now = new_lr * decay so far
+                if "initial_lr" in old:
+                    old["initial_lr"] = new_lr
+                for sched, state in zip(schedulers, saved_scheds, strict=False):
+                    if sched.optimizer is opt:
+                        state["base_lrs"][j] = new_lr
+                        state["_last_lr"][j] *= new_lr / old_lr
+    for sched, state in zip(schedulers, saved_scheds, strict=False):
+        for key, value in sched.state_dict().items():
+            if key not in _SCHEDULER_PROGRESS and state.get(key) != value:
+                changes.append(f"{type(sched).__name__}: {key} {state.get(key)} -> {value}")
+                state[key] = value
+    return changes
 
 
 def changed_settings(saved: dict | None, current: dict | None) -> list[str]:

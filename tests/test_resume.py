@@ -264,3 +264,28 @@ def test_changed_settings_ignores_train_steps():
     assert changed_settings(saved, {"data": {"batch_size": 32}, "model": {"train_steps": 8, "lr": 1}}) == \
         ["data.batch_size=16"]
     assert changed_settings(None, saved) == []
+
+
+def test_resume_follows_the_configs_optimiser_settings(tmp_path):
+    # Lightning restored the optimiser states whole: a learning rate lowered on resume, as the divergence message
+    # advises, was silently the checkpoint's; another optimiser met the saved state as a KeyError ('betas').
+    _run(tmp_path, "a", 2)
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    _, state = _run(tmp_path, "b", 3, last, ("model.optimizer.g_lr=1e-5", "model.optimizer.d_lr=2e-5"))
+    assert [g["lr"] for s in state["optimizer_states"] for g in s["param_groups"]] == [1e-5, 2e-5]
+    assert int(state["optimizer_states"][0]["state"][0]["step"]) == 3  # the optimiser's own state carried over
+    with pytest.raises(CheckpointError, match=r"another optimiser \(model.optimizer.name=adadelta\).*Fix: resume "
+                                              r"with model.optimizer.name=adadelta"):
+        _run(tmp_path, "c", 3, last, ("model.optimizer.name=adam",))
+
+
+def test_latent_resume_restarts_its_schedule_from_a_new_learning_rate(tmp_path):
+    latent = ("experiment=ou_latent_sde",)
+    _run(tmp_path, "a", 2, overrides=latent)
+    _, state = _run(tmp_path, "b", 3, tmp_path / "a" / "checkpoints" / "last.ckpt",
+                    (*latent, "model.optimizer.lr=1e-3", "model.optimizer.lr_decay=0.5"))
+    (sched,) = state["lr_schedulers"]
+    assert sched["gamma"] == 0.5 and sched["base_lrs"] == [1e-3, 1e-3] and sched["last_epoch"] == 3
+    # two steps decayed at the checkpoint's 0.999, the third at the new 0.5, all from the new initial rate
+    lrs = [g["lr"] for g in state["optimizer_states"][0]["param_groups"]]
+    assert lrs == pytest.approx([1e-3 * 0.999 ** 2 * 0.5] * 2, rel=1e-12)
