@@ -49,9 +49,11 @@ def set_aside_metrics(out_dir: Path) -> None:
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """``ckpt_path`` as given, or with ``resume=auto`` the newest checkpoint under ``resume_dir``. Its default: in a
-    single run, this task's run directories; in a multirun job, the job's own directory, where none yet means a
-    fresh start (a SLURM job requeued after a timeout continues itself, never another run)."""
+    """``ckpt_path`` as given, or with ``resume=auto`` the newest checkpoint of the run's own directory if it has
+    one, else under ``resume_dir``. Its default: in a single run, this task's run directories; in a multirun job,
+    the job's own directory. Where that is the run's own directory (a multirun job, or ``resume_dir`` equal to
+    ``hydra.run.dir``), none yet means a fresh start (a SLURM job requeued after a timeout continues itself, never
+    another run)."""
     if cfg.get("ckpt_path"):
         return str(cfg.ckpt_path)
     if cfg.get("resume") in (None, False, "none"):
@@ -59,10 +61,16 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     if cfg.resume != "auto":
         raise ConfigError(f"resume={cfg.resume!r} is not valid: expected null or 'auto'. Fix: use resume=auto, or "
                           "ckpt_path=PATH for a specific checkpoint.")
-    own_job = not cfg.get("resume_dir") and in_multirun()
-    root = Path(cfg.get("resume_dir") or (cfg.paths.output_dir if own_job else
-                                          Path(cfg.paths.log_dir) / cfg.task_name / "runs"))
-    found = sorted(root.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    out_dir, resume_dir = Path(cfg.paths.output_dir), cfg.get("resume_dir")
+    # A run directory's own checkpoints come first, and one told to look in itself starts fresh while it has none:
+    # `hydra.run.dir=/scratch/job resume=auto resume_dir=/scratch/job` is then one command for a single job's
+    # first start and its requeues (the first start failed with "found no checkpoint", and without resume_dir a
+    # requeue took the newest checkpoint under logs/train/runs, another run's, and was refused for it).
+    own_dir = not resume_dir or Path(str(resume_dir)).expanduser().resolve() == out_dir.resolve()
+    own = sorted((out_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if own_dir else []
+    own_job = (not resume_dir and in_multirun()) or (bool(resume_dir) and own_dir)
+    root = out_dir if own_job else Path(resume_dir or Path(cfg.paths.log_dir) / cfg.task_name / "runs")
+    found = own or sorted(root.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found and own_job:
         log.info("resume=auto: no checkpoint in this job's directory yet, starting from scratch")
         return None

@@ -232,6 +232,30 @@ def test_resume_auto_in_a_sweep_job_continues_only_that_job(tmp_path, monkeypatc
     assert resume.resolve_ckpt_path(cfg) == str(tmp_path / "job" / "checkpoints" / "last.ckpt")  # requeued
 
 
+def test_resume_auto_in_a_single_runs_own_directory(tmp_path):
+    # `hydra.run.dir=X resume=auto resume_dir=X`: one command for a requeued single job's first start and its
+    # requeues. The first start failed ("found no checkpoint"); without resume_dir a requeue took another run's.
+    import os
+
+    from neuralsde import resume
+
+    other = tmp_path / "logs" / "train" / "runs" / "other" / "checkpoints" / "last.ckpt"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"another run")
+    cfg = shrink(compose_config(["resume=auto"]), tmp_path / "job", steps=3)
+    with open_dict(cfg):
+        cfg.paths.log_dir = str(tmp_path / "logs")
+        cfg.resume_dir = str(tmp_path / "job")
+    assert resume.resolve_ckpt_path(cfg) is None  # first start: fresh
+    own = tmp_path / "job" / "checkpoints" / "last.ckpt"
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"")
+    os.utime(other, (own.stat().st_mtime + 10,) * 2)  # the other run's is newer
+    assert resume.resolve_ckpt_path(cfg) == str(own)  # requeued
+    cfg.resume_dir = None
+    assert resume.resolve_ckpt_path(cfg) == str(own)  # a run directory's own checkpoints come first
+
+
 def test_resume_auto_picks_newest_checkpoint(tmp_path):
     _run(tmp_path, "a", 2)
     cfg = shrink(compose_config(["resume=auto"]), tmp_path / "b", steps=3)
