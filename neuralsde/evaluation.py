@@ -131,6 +131,13 @@ class MetricsCallback(pl.Callback):
             if not points or points[-1][0] != step:
                 points.append((step, float(value)))
 
+    def state_dict(self) -> dict:
+        # In the checkpoint: a resumed run's metric_history.png spans the whole training, not only its own steps.
+        return {"history": {key: list(points) for key, points in self.history.items()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = {key: [tuple(p) for p in points] for key, points in state_dict.get("history", {}).items()}
+
     def on_test_epoch_end(self, trainer, module) -> None:
         bar = trainer.progress_bar_callback  # the full suite takes seconds to minutes: show which metric runs
         values, paths = evaluate(module, trainer.datamodule, metrics=self.test_metrics, n_samples=self.n_samples,

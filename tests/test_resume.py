@@ -78,6 +78,12 @@ def test_resume_equals_uninterrupted_run(tmp_path, overrides):
             for name, tensor in st.items():
                 assert torch.equal(torch.as_tensor(tensor), torch.as_tensor(b["state"][pid][name]))
     assert full["neuralsde"]["rng"]["torch"].equal(resumed["neuralsde"]["rng"]["torch"])
+    # the validation history that metric_history.png plots: the whole run's, not only the resumed part's
+    history = full["callbacks"]["MetricsCallback"]["history"]["val/marginal_w1"]
+    resumed_history = dict(resumed["callbacks"]["MetricsCallback"]["history"]["val/marginal_w1"])
+    assert [step for step, _ in history] == [2, 4, 6]
+    assert sorted(resumed_history) == [2, 3, 4, 6]  # and 3: the first part's validation when it ended
+    assert all(resumed_history[step] == value for step, value in history)
 
 
 def test_latent_sde_resume_equals_uninterrupted_run(tmp_path):
