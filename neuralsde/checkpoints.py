@@ -53,12 +53,18 @@ def check_checkpoint_path(path: str | os.PathLike) -> Path:
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load a checkpoint file onto the CPU, or raise a CheckpointError saying what is wrong with it."""
     path = check_checkpoint_path(path)
+    corrupt = (f"Checkpoint {str(path)!r} is truncated or corrupt and cannot be read ({{}}). Fix: use an earlier "
+               "checkpoint of the run, e.g. last.ckpt or a periodic step*.ckpt.")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as err:
-        raise CheckpointError(f"Checkpoint {str(path)!r} is truncated or corrupt and cannot be read "
-                              f"({type(err).__name__}). Fix: use an earlier checkpoint of the run, e.g. last.ckpt "
-                              "or a periodic step*.ckpt.") from None
+        # torch.load does not check the archive's CRCs: a damaged byte in a tensor loaded as silently wrong weights,
+        # one in the pickle as an OverflowError traceback
+        damaged = _failing_crc(path)
+        ckpt = None if damaged else torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, OverflowError, MemoryError,
+            ValueError) as err:
+        raise CheckpointError(corrupt.format(type(err).__name__)) from None
+    if damaged:
+        raise CheckpointError(corrupt.format(f"{damaged} fails its CRC check"))
     if not isinstance(ckpt, dict) or "neuralsde" not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(f"{str(path)!r} is not a neuralsde-lab checkpoint (no 'neuralsde' entry). "
                               "Fix: pass a checkpoint written by `python train.py`.")
@@ -67,6 +73,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{str(path)!r} holds an unknown model family {family!r}; known: "
                               f"{sorted(FAMILY_TARGETS)}. Fix: update neuralsde-lab or use another checkpoint.")
     return ckpt
+
+
+def _failing_crc(path: Path) -> str | None:
+    """The first member of a zip-format checkpoint whose data fail their CRC check, or None."""
+    if not zipfile.is_zipfile(path):
+        return None  # torch's legacy format, or not a zip at all: torch.load reports it
+    with zipfile.ZipFile(path) as archive:
+        return archive.testzip()
 
 
 def checkpoint_config(ckpt: dict, overrides: list[str] | None = None) -> DictConfig:

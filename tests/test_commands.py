@@ -160,6 +160,12 @@ def test_checkpoint_errors(sdegan_run, tmp_path):
     (tmp_path / "cut.ckpt").write_bytes(good[: len(good) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         read_checkpoint(tmp_path / "cut.ckpt")
+    # one damaged byte inside a weight tensor: torch.load does not check CRCs, and the model loaded silently wrong
+    weight = read_checkpoint(sdegan_run / "checkpoints" / "last.ckpt")["state_dict"]["generator.readout.weight"]
+    at = good.index(weight.numpy().tobytes())
+    (tmp_path / "flipped.ckpt").write_bytes(good[:at] + bytes([good[at] ^ 0xFF]) + good[at + 1:])
+    with pytest.raises(CheckpointError, match=r"truncated or corrupt .*fails its CRC check\). Fix: use an earlier"):
+        load_model(tmp_path / "flipped.ckpt")
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
     with pytest.raises(CheckpointError, match="not a neuralsde-lab checkpoint"):
         read_checkpoint(tmp_path / "foreign.ckpt")
