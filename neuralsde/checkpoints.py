@@ -157,6 +157,9 @@ def load_model(path: str | os.PathLike, overrides: list[str] | None = None):
     ckpt = read_checkpoint(path)
     cfg = checkpoint_config(ckpt, overrides)
     datamodule, model = build(cfg)
+    state = ckpt["state_dict"]
+    if "normalizer.shift" in state and "normalizer.scale" in state:  # the data in the model's units
+        datamodule.adopt_normalization(state["normalizer.shift"], state["normalizer.scale"])
     load_state(model, ckpt)
     model.eval()
     return model, datamodule, cfg

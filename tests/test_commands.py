@@ -173,6 +173,22 @@ def test_checkpoint_errors(sdegan_run, tmp_path):
         load_model(sdegan_run / "checkpoints" / "last.ckpt", ["model.generator.hidden_size=7"])
 
 
+def test_data_overridden_for_evaluation_is_in_the_models_units(sdegan_run):
+    # Other data (here more OU paths) fit other normalisation statistics; the model's, loaded from the checkpoint,
+    # replaced them in the shared normaliser after the splits had been normalised with them, so eval.py compared
+    # real paths in one unit with generated ones in another (and plotted real paths in wrong data units).
+    ckpt = sdegan_run / "checkpoints" / "last.ckpt"
+    saved = read_checkpoint(ckpt)["state_dict"]
+    model, dm, _ = load_model(ckpt, ["data.source.n_paths=200"])
+    assert torch.equal(dm.normalizer.shift, saved["normalizer.shift"]) and dm.normalizer is model.normalizer
+    for split in ("train", "test"):
+        raw = dm.raw.values[dm.split_indices[split]]
+        back = dm.to_data_units(getattr(dm, split))[..., 1:]
+        assert torch.allclose(back, raw, atol=1e-5, equal_nan=True), split
+    observed = ~torch.isnan(dm.test)
+    assert torch.equal(dm.filled["test"][observed], dm.test[observed])
+
+
 def test_samples_carry_the_datas_own_times(tmp_path):
     # A CSV observed every half hour: samples come back at 0, 0.5, ..., 3.5 whether the model's time channel is
     # the observation index or the source's times in units of their gap.

@@ -97,6 +97,21 @@ class TimeSeriesDataModule(pl.LightningDataModule):
         self.train, self.val, self.test = (self._with_time(self.normalizer(raw.values[i])) for i in idx)
         self.filled = {name: fill_missing(getattr(self, name)) for name in ("train", "val", "test")}
 
+    def adopt_normalization(self, shift: torch.Tensor, scale: torch.Tensor) -> None:
+        """Re-express the splits in another normalisation: a checkpoint's, the units its model works in. With data
+        overridden for evaluation (``cfg_overrides``) the statistics fitted here differ from the training run's, and
+        real and generated paths were compared in two different units."""
+        own = self.normalizer
+        if shift.shape != own.shift.shape:  # another channel count: the model's weights do not fit either, and
+            return                          # loading them says so
+        if torch.equal(shift.cpu(), own.shift.cpu()) and torch.equal(scale.cpu(), own.scale.cpu()):
+            return
+        self.normalizer.shift.copy_(shift)
+        self.normalizer.scale.copy_(scale)
+        self.train, self.val, self.test = (self._with_time(self.normalizer(self.raw.values[self.split_indices[name]]))
+                                           for name in ("train", "val", "test"))
+        self.filled = {name: fill_missing(getattr(self, name)) for name in ("train", "val", "test")}
+
     def _with_time(self, values: torch.Tensor) -> torch.Tensor:
         t = self.times.view(1, -1, 1).expand(values.size(0), -1, 1)
         return torch.cat([t, values], dim=-1)
