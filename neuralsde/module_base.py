@@ -193,6 +193,11 @@ class GenerativeModule(pl.LightningModule):
             from neuralsde.resume import follow_optimizer_config
 
             follow_optimizer_config(checkpoint, self.configure_optimizers())  # a changed learning rate takes effect
+            # Data changed on purpose (NEURALSDE_ALLOW_RESUME_CHANGE=1) were normalised with their own statistics;
+            # the checkpoint's are about to replace them in the normaliser the data share: the data follow the model.
+            state, dm = checkpoint.get("state_dict", {}), getattr(self._trainer, "datamodule", None)
+            if "normalizer.shift" in state and hasattr(dm, "adopt_normalization"):
+                dm.adopt_normalization(state["normalizer.shift"], state["normalizer.scale"])
 
     def _wandb_id(self) -> str | None:
         trainer = self._trainer

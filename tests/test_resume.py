@@ -223,6 +223,33 @@ def test_resume_refuses_other_model_size(tmp_path):
         train(cfg)
 
 
+def test_resume_allowed_onto_other_data_trains_in_the_checkpoints_units(tmp_path, monkeypatch):
+    # NEURALSDE_ALLOW_RESUME_CHANGE=1 onto other data: the new training split was normalised with its own statistics,
+    # then Lightning loaded the checkpoint's into the normaliser the data share, so the run trained on data in one
+    # unit and mapped its samples (sample.py, plots) back to data units with another.
+    import pytorch_lightning as pl
+
+    import neuralsde.training as training
+
+    _run(tmp_path, "a", 2)
+    monkeypatch.setenv("NEURALSDE_ALLOW_RESUME_CHANGE", "1")
+    seen = {}
+
+    class Spy(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            dm = trainer.datamodule
+            seen["error"] = float((dm.to_data_units(dm.train)[..., 1:] - dm.raw.values[dm.split_indices["train"]])
+                                  .abs().nan_to_num().max())
+
+    instantiate_all = training._instantiate_all
+    monkeypatch.setattr(training, "_instantiate_all",  # the callbacks, not the loggers
+                        lambda group: instantiate_all(group) + ([Spy()] if "model_checkpoint" in group else []))
+    _, state = _run(tmp_path, "b", 3, tmp_path / "a" / "checkpoints" / "last.ckpt", ("data.source.drop_fraction=0.5",))
+    first = read_checkpoint(tmp_path / "a" / "checkpoints" / "last.ckpt")["state_dict"]
+    assert torch.equal(state["state_dict"]["normalizer.shift"], first["normalizer.shift"])
+    assert seen["error"] < 1e-5
+
+
 def test_resume_auto_in_a_sweep_job_continues_only_that_job(tmp_path, monkeypatch):
     from neuralsde import resume
 
