@@ -94,23 +94,27 @@ def check_resume_compatible(ckpt_path: str, model) -> None:
         raise ConfigError(f"{ckpt_path!r} has already trained {done} steps and model.train_steps={model.train_steps}: "
                           f"nothing is left to train. Fix: raise model.train_steps (e.g. model.train_steps="
                           f"{2 * done}) to train further, or evaluate it with python eval.py ckpt_path={ckpt_path}.")
-    for change in follow_optimizer_config(ckpt, model.configure_optimizers(), ckpt_path):
-        log.info("Resuming with the config's optimiser settings: %s", change)
     own, theirs = model.state_dict(), ckpt["state_dict"]
-    differ = [k for k in own if k not in theirs or theirs[k].shape != own[k].shape]
+    differ = [k for k in own if k not in theirs or theirs[k].shape != own[k].shape] + sorted(set(theirs) - set(own))
     data_changed = "times" in theirs and (theirs["times"].shape != own["times"].shape
                                           or not torch.equal(theirs["times"], own["times"]))
     for key in ("normalizer.shift", "normalizer.scale"):
         if key in theirs and (theirs[key].shape != own[key].shape or not torch.allclose(theirs[key], own[key])):
             data_changed = True
-    if (differ or data_changed) and not ckpt_allows_change():
-        what = f"model size differs ({differ[:3]})" if differ else "the dataset differs (times or normalisation)"
+    # Weights of another shape cannot be loaded, allowed or not: offering NEURALSDE_ALLOW_RESUME_CHANGE=1 for them
+    # led to Lightning's "Error(s) in loading state_dict" traceback.
+    if differ or (data_changed and not ckpt_allows_change()):
+        what = (f"model size differs ({differ[:3]})" if set(differ) - {"times"} else
+                "the number of observation times differs" if differ else
+                "the dataset differs (times or normalisation)")
         changed = changed_settings(ckpt["neuralsde"].get("config"), model.run_config)
         fix = (f"resume with the checkpoint's values of the settings that differ: {' '.join(changed[:6])}"
                if changed else
                "resume with the config of the run that wrote it")
-        raise CheckpointError(f"Cannot resume from {ckpt_path!r}: {what}. Fix: {fix}, or set "
-                              "NEURALSDE_ALLOW_RESUME_CHANGE=1 to allow it deliberately.")
+        allow = "" if differ else ", or set NEURALSDE_ALLOW_RESUME_CHANGE=1 to allow it deliberately"
+        raise CheckpointError(f"Cannot resume from {ckpt_path!r}: {what}. Fix: {fix}{allow}.")
+    for change in follow_optimizer_config(ckpt, model.configure_optimizers(), ckpt_path):
+        log.info("Resuming with the config's optimiser settings: %s", change)
 
 
 # A scheduler's progress, kept from the checkpoint; its other entries (ExponentialLR's gamma) follow the config.

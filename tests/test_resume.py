@@ -214,11 +214,17 @@ def test_a_used_run_dir_and_a_finished_checkpoint_are_refused(tmp_path):
     assert kept.read_text() == before
 
 
-def test_resume_refuses_other_model_size(tmp_path):
+def test_resume_refuses_other_model_size(tmp_path, monkeypatch):
     _run(tmp_path, "a", 2)
     cfg = shrink(compose_config(["model.generator.hidden_size=7"]), tmp_path / "b", steps=3)
     with open_dict(cfg):
         cfg.ckpt_path = str(tmp_path / "a" / "checkpoints" / "last.ckpt")
+    with pytest.raises(CheckpointError, match="model size differs.*Fix: resume with the checkpoint's values of the "
+                                              r"settings that differ: model.generator.hidden_size=16 [^,]*\.$"):
+        train(cfg)
+    # weights of another shape cannot be loaded even deliberately: the error offered NEURALSDE_ALLOW_RESUME_CHANGE=1,
+    # which then failed as Lightning's "Error(s) in loading state_dict" traceback
+    monkeypatch.setenv("NEURALSDE_ALLOW_RESUME_CHANGE", "1")
     with pytest.raises(CheckpointError, match="model size differs"):
         train(cfg)
 
