@@ -46,7 +46,7 @@ class SDEGAN(GenerativeModule):
         self.solver.check_grid(torch.arange(self.t_size, dtype=torch.float32))
         self.lipschitz, self.gp_lambda = check_method(lipschitz), float(gp_lambda)
         self.update, self.n_critic = update, int(n_critic)
-        self._last_g_loss: torch.Tensor | None = None
+        self._last_g_loss: torch.Tensor | float | None = None
         self.optimizer_cfg = dict(optimizer)
         for key in ("g_lr", "d_lr"):
             if not float(self.optimizer_cfg.get(key, 0)) > 0:
@@ -228,9 +228,19 @@ class SDEGAN(GenerativeModule):
             self._last_g_loss = g_loss.detach()
         losses = {"train/d_loss": d_loss.detach()}
         if self._last_g_loss is not None:  # alternating: the latest generator step's, or a written step may have none
-            losses["train/g_loss"] = self._last_g_loss
+            losses["train/g_loss"] = torch.as_tensor(self._last_g_loss, dtype=d_loss.dtype, device=d_loss.device)
         self.log_step(losses, prog_bar=True, sync_dist=True)
         self.log_step({"train/step": float(step + 1)})
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # alternating: the loss the next steps log until the generator's next step (a resume logged none there)
+        checkpoint["neuralsde"]["last_g_loss"] = None if self._last_g_loss is None else float(self._last_g_loss)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        value = checkpoint["neuralsde"].get("last_g_loss")
+        self._last_g_loss = value  # a float: the module is not on its device yet; train_batch makes it a tensor
 
     def _w_dist(self, real: torch.Tensor, batch_idx: int) -> torch.Tensor:
         """Wasserstein estimate of the averaged discriminator on fixed noise: evaluation never draws from

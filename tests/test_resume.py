@@ -67,6 +67,9 @@ def test_resume_equals_uninterrupted_run(tmp_path, overrides):
     assert len(losses) == 2 * k
     resumed_losses = resumed_log["train/d_loss"].dropna().to_numpy()
     assert len(resumed_losses) == k and (resumed_losses == losses[k:]).all()
+    # alternating: a step without a generator step logs the latest one's loss, kept across the resume as well
+    g_losses = full_log["train/g_loss"].dropna().to_numpy()
+    assert len(g_losses) == 2 * k and (resumed_log["train/g_loss"].dropna().to_numpy() == g_losses[k:]).all()
     assert int(resumed["state_dict"]["train_step"]) == 2 * k
     assert full["state_dict"].keys() == resumed["state_dict"].keys()
     for key, value in full["state_dict"].items():  # parameters and averaged parameters alike
