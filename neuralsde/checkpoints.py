@@ -31,6 +31,15 @@ class RunCheckpoint(ModelCheckpoint):
     only beside a periodic save, so the steps after the last ``every_n_train_steps`` were in no checkpoint, and
     eval.py, sample.py and a resume read another model than the one the test stage scored."""
 
+    def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
+        # last.ckpt is always this run's: Lightning wrote last-v1.ckpt beside a stale last.ckpt when a run continued
+        # in its own directory (a requeue) from a checkpoint whose callback state it could not restore (another
+        # checkpoint interval, or a periodic checkpoint saved before the first last.ckpt). Runs never share a
+        # directory otherwise (resume.refuse_used_run_dir).
+        if self.dirpath is not None:
+            self.last_model_path = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+
     def on_train_end(self, trainer, pl_module) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

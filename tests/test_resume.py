@@ -178,6 +178,26 @@ def test_last_checkpoint_holds_the_final_weights(tmp_path):
     assert int(read_checkpoint(tmp_path / "checkpoints" / "step000008.ckpt")["state_dict"]["train_step"]) == 4
 
 
+def test_a_run_continued_in_its_own_directory_keeps_one_last_checkpoint(tmp_path):
+    # Continuing in its own directory from its first periodic checkpoint (saved before any last.ckpt) or with another
+    # checkpoint interval, Lightning could not restore the callback's state and wrote last-v1.ckpt beside a stale
+    # last.ckpt, which eval.py, sample.py and a later resume then read.
+    cfg = shrink(compose_config(), tmp_path, steps=4)
+    with open_dict(cfg):
+        cfg.test = False
+        cfg.trainer.val_check_interval = 1000
+        cfg.callbacks.model_checkpoint.every_n_train_steps = 4
+    train(cfg)
+    with open_dict(cfg):
+        cfg.ckpt_path = str(tmp_path / "checkpoints" / "step000004.ckpt")  # training step 2
+        cfg.model.train_steps = 5
+    train(cfg)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    # a periodic checkpoint of a step both trajectories reached is kept beside the earlier one's
+    assert names == ["last.ckpt", "step000004.ckpt", "step000008-v1.ckpt", "step000008.ckpt"]
+    assert int(read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["state_dict"]["train_step"]) == 5
+
+
 def test_skip_nonfinite_option_skips_bad_batches(tmp_path, monkeypatch):
     from sdegan.components import discriminator as disc_mod
 
