@@ -81,6 +81,29 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return str(found[-1])
 
 
+def finished_run_metrics(cfg: DictConfig, ckpt_path: str | None) -> dict[str, float] | None:
+    """With ``resume=auto``, a run whose own newest checkpoint has done its ``model.train_steps``: its last logged
+    metrics (``csv/metrics.csv``), else None. Rerunning a sweep with ``resume=auto`` to finish its interrupted jobs
+    (as the used-sweep-directory error advises) failed every finished job with "nothing is left to train"."""
+    from neuralsde.checkpoints import read_checkpoint
+
+    out_dir = Path(cfg.paths.output_dir)
+    if cfg.get("resume") != "auto" or cfg.get("ckpt_path") or not continues_in(ckpt_path, out_dir):
+        return None
+    done = int(read_checkpoint(ckpt_path)["neuralsde"].get("train_step", 0))
+    if done < int(cfg.model.train_steps):
+        return None
+    metrics, csv = {}, out_dir / "csv" / "metrics.csv"
+    if csv.is_file():
+        import pandas as pd
+
+        frame = pd.read_csv(csv)
+        metrics = {key: float(frame[key].dropna().iloc[-1]) for key in frame.columns
+                   if key not in ("step", "epoch") and frame[key].notna().any()}
+    log.info("resume=auto: %s has already trained its %d steps; nothing to do", ckpt_path, done)
+    return metrics
+
+
 def check_resume_compatible(ckpt_path: str, model) -> None:
     """Refuse a checkpoint of another family, model size or dataset before Lightning meets it."""
     from neuralsde.checkpoints import read_checkpoint

@@ -18,6 +18,7 @@ from neuralsde.errors import CheckpointError, ConfigError, DataError, TrainingDi
 from neuralsde.evaluation import print_metrics_table
 from neuralsde.resume import (
     check_resume_compatible,
+    finished_run_metrics,
     in_multirun,
     refuse_used_run_dir,
     resolve_ckpt_path,
@@ -131,6 +132,9 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg)
+    finished = finished_run_metrics(cfg, ckpt_path)
+    if finished is not None:  # resume=auto on a finished run (a sweep rerun to finish its other jobs)
+        return finished
     continuing = refuse_used_run_dir(out_dir, ckpt_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)

@@ -318,6 +318,24 @@ def test_resume_auto_in_a_single_runs_own_directory(tmp_path):
     assert resume.resolve_ckpt_path(cfg) == str(own)  # a run directory's own checkpoints come first
 
 
+def test_resume_auto_on_a_finished_job_returns_its_metrics(tmp_path):
+    # Rerunning a sweep with resume=auto to finish its interrupted jobs failed every finished one with "nothing is
+    # left to train"; a finished job now does nothing and gives the sweeper its last logged metrics.
+    log, _ = _run(tmp_path, "job", 2)
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "job").rglob("*"))
+    cfg = shrink(compose_config(["resume=auto"]), tmp_path / "job", steps=2)
+    with open_dict(cfg):
+        cfg.resume_dir = str(tmp_path / "job")
+    metrics = train(cfg)
+    assert metrics["train/d_loss"] == log["train/d_loss"].dropna().iloc[-1]
+    assert metrics["val/marginal_w1"] == log["val/marginal_w1"].dropna().iloc[-1]
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "job").rglob("*")) == before  # nothing rewritten
+    with open_dict(cfg):
+        cfg.model.train_steps = 3  # an unfinished job continues
+    train(cfg)
+    assert int(read_checkpoint(tmp_path / "job" / "checkpoints" / "last.ckpt")["state_dict"]["train_step"]) == 3
+
+
 def test_resume_auto_picks_newest_checkpoint(tmp_path):
     _run(tmp_path, "a", 2)
     cfg = shrink(compose_config(["resume=auto"]), tmp_path / "b", steps=3)
