@@ -143,8 +143,10 @@ def _checked_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
     return out
 
 
-def load_state(model: torch.nn.Module, ckpt: dict) -> None:
-    """Load weights, refusing a checkpoint whose shapes do not match the model (another size or dataset)."""
+def load_state(model: torch.nn.Module, ckpt: dict, overridden: bool = True) -> None:
+    """Load weights, refusing a checkpoint whose shapes do not match the model (another size or dataset).
+    ``overridden``: the config was changed (``cfg_overrides``); if not, the checkpoint's own config built a model of
+    other parameters, i.e. another version of the code wrote it, and "drop size/data overrides" was no fix."""
     own = model.state_dict()
     theirs = ckpt["state_dict"]
     missing = sorted(set(own) - set(theirs))
@@ -153,6 +155,11 @@ def load_state(model: torch.nn.Module, ckpt: dict) -> None:
     if missing or unexpected or mismatched:
         detail = "; ".join(f"{name}: {keys[:3]}" for name, keys in
                            (("missing", missing), ("unexpected", unexpected), ("shape differs", mismatched)) if keys)
+        if not overridden:
+            raise CheckpointError(f"The checkpoint does not fit the model that its own config builds ({detail}): it "
+                                  f"was written by another version of neuralsde-lab (checkpoint format "
+                                  f"{ckpt['neuralsde'].get('format')!r}). Fix: load it with the version of the code "
+                                  "that trained it.")
         raise CheckpointError(f"The checkpoint does not fit the model built from the config ({detail}). The model "
                               "size or dataset differs from the run that wrote it. Fix: use the checkpoint's own "
                               "config (drop size/data overrides).")
@@ -169,6 +176,6 @@ def load_model(path: str | os.PathLike, overrides: list[str] | None = None):
     state = ckpt["state_dict"]
     if "normalizer.shift" in state and "normalizer.scale" in state:  # the data in the model's units
         datamodule.adopt_normalization(state["normalizer.shift"], state["normalizer.scale"])
-    load_state(model, ckpt)
+    load_state(model, ckpt, overridden=bool(overrides))
     model.eval()
     return model, datamodule, cfg

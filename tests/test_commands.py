@@ -171,6 +171,13 @@ def test_checkpoint_errors(sdegan_run, tmp_path):
         read_checkpoint(tmp_path / "foreign.ckpt")
     with pytest.raises(CheckpointError, match="does not fit the model"):
         load_model(sdegan_run / "checkpoints" / "last.ckpt", ["model.generator.hidden_size=7"])
+    # a checkpoint of an older version (a buffer added since): "drop size/data overrides" was no fix without any
+    older = read_checkpoint(sdegan_run / "checkpoints" / "last.ckpt")
+    del older["state_dict"]["train_step"]
+    torch.save(older, tmp_path / "older.ckpt")
+    with pytest.raises(CheckpointError, match=r"its own config builds \(missing: \['train_step'\]\): it was written "
+                                              "by another version of neuralsde-lab.*Fix: load it with the version"):
+        load_model(tmp_path / "older.ckpt")
 
 
 def test_data_overridden_for_evaluation_is_in_the_models_units(sdegan_run):
