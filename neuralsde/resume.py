@@ -45,7 +45,11 @@ def set_aside_metrics(out_dir: Path) -> None:
     """Keep a continued run's earlier ``csv/metrics.csv``, which Lightning's CSV logger deletes when it starts."""
     earlier = out_dir / "csv" / "metrics.csv"
     if earlier.is_file():
-        earlier.replace(earlier.with_name(f"metrics_before_{time.strftime('%Y-%m-%d_%H-%M-%S')}.csv"))
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        kept, n = earlier.with_name(f"metrics_before_{stamp}.csv"), 1
+        while kept.exists():  # two continuations within one second: the first one's metrics are kept too
+            kept, n = earlier.with_name(f"metrics_before_{stamp}-{n}.csv"), n + 1
+        earlier.replace(kept)
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:

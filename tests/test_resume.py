@@ -237,6 +237,18 @@ def test_a_used_run_dir_and_a_finished_checkpoint_are_refused(tmp_path):
     assert kept.read_text() == before
 
 
+def test_metrics_set_aside_twice_in_one_second_are_both_kept(tmp_path, monkeypatch):
+    from neuralsde import resume
+
+    monkeypatch.setattr(resume.time, "strftime", lambda fmt: "2026-01-01_00-00-00")
+    (tmp_path / "csv").mkdir()
+    for content in ("first", "second"):
+        (tmp_path / "csv" / "metrics.csv").write_text(content)
+        resume.set_aside_metrics(tmp_path)
+    kept = sorted(p.read_text() for p in (tmp_path / "csv").iterdir())
+    assert kept == ["first", "second"]  # the second continuation replaced the first one's history
+
+
 def test_resume_refuses_other_model_size(tmp_path, monkeypatch):
     _run(tmp_path, "a", 2)
     cfg = shrink(compose_config(["model.generator.hidden_size=7"]), tmp_path / "b", steps=3)
