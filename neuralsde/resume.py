@@ -166,8 +166,10 @@ def follow_optimizer_config(checkpoint: dict, configured, ckpt_path: str = "the 
     changes = []
     for i, (opt, saved) in enumerate(zip(optimizers, saved_opts, strict=False)):
         groups = saved["param_groups"]
-        if [set(g) - {"initial_lr", "params"} for g in opt.param_groups] != [set(g) - {"initial_lr", "params"}
-                                                                                for g in groups]:
+        # Another optimiser has settings of its own on both sides (Adadelta's rho, Adam's betas); a checkpoint of an
+        # older torch merely lacks settings added since, which torch's load_state_dict fills in.
+        if any(set(old) - set(group) - {"initial_lr"} and set(group) - set(old) - {"initial_lr"}
+               for group, old in zip(opt.param_groups, groups, strict=False)):
             saved_cfg = ((checkpoint.get("neuralsde") or {}).get("config") or {}).get("model") or {}
             name = (saved_cfg.get("optimizer") or {}).get("name", "<the checkpoint's>")
             raise CheckpointError(f"Cannot resume from {ckpt_path!r}: it was trained with another optimiser "
@@ -176,7 +178,7 @@ def follow_optimizer_config(checkpoint: dict, configured, ckpt_path: str = "the 
                                   "rates and other optimiser settings may change on resume).")
         for j, (group, old) in enumerate(zip(opt.param_groups, groups, strict=False)):
             for key, value in group.items():
-                if key not in ("params", "lr", "initial_lr") and old[key] != value:
+                if key not in ("params", "lr", "initial_lr") and key in old and old[key] != value:
                     changes.append(f"optimiser {i} group {j}: {key} {old[key]} -> {value}")
                     old[key] = value
             new_lr, old_lr = group.get("initial_lr", group["lr"]), old.get("initial_lr", old["lr"])

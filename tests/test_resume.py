@@ -395,6 +395,19 @@ def test_resume_follows_the_configs_optimiser_settings(tmp_path):
         _run(tmp_path, "c", 3, last, ("model.optimizer.name=adam",))
 
 
+def test_optimiser_settings_an_older_torch_lacked_are_not_another_optimiser():
+    from neuralsde.resume import follow_optimizer_config
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    saved = {"optimizer_states": [torch.optim.Adam(params, lr=0.1).state_dict()]}
+    del saved["optimizer_states"][0]["param_groups"][0]["foreach"]  # as torch versions before that option wrote it
+    changes = follow_optimizer_config(saved, [torch.optim.Adam(params, lr=0.01, weight_decay=0.5)])
+    assert changes == ["optimiser 0 group 0: weight_decay 0 -> 0.5", "optimiser 0 group 0: learning rate 0.1 -> 0.01"]
+    assert saved["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.01)
+    with pytest.raises(CheckpointError, match="another optimiser"):
+        follow_optimizer_config(saved, [torch.optim.SGD(params, lr=0.01)])
+
+
 def test_latent_resume_restarts_its_schedule_from_a_new_learning_rate(tmp_path):
     latent = ("experiment=ou_latent_sde",)
     _run(tmp_path, "a", 2, overrides=latent)
