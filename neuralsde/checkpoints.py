@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from neuralsde.atomic import atomic_write
-from neuralsde.errors import CheckpointError
+from neuralsde.errors import CheckpointError, DataError
 
 FAMILY_TARGETS = {"sdegan": "sdegan.module.SDEGAN", "latent_sde": "latent_sde.module.LatentSDE"}
 
@@ -172,7 +172,12 @@ def load_model(path: str | os.PathLike, overrides: list[str] | None = None):
 
     ckpt = read_checkpoint(path)
     cfg = checkpoint_config(ckpt, overrides)
-    datamodule, model = build(cfg)
+    try:
+        datamodule, model = build(cfg)
+    except DataError as err:  # its fix names a config option, which eval.py and sample.py take in cfg_overrides
+        raise DataError(f"{err} The data are rebuilt from the config stored in {str(path)!r}: eval.py and "
+                        "sample.py change it with 'cfg_overrides=[\"<option>=<value>\"]', load_model with "
+                        "overrides=[...] (a moved data folder: paths.data_dir).") from None
     state = ckpt["state_dict"]
     if "normalizer.shift" in state and "normalizer.scale" in state:  # the data in the model's units
         datamodule.adopt_normalization(state["normalizer.shift"], state["normalizer.scale"])

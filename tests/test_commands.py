@@ -11,7 +11,7 @@ from omegaconf import OmegaConf, open_dict
 
 from neuralsde.checkpoints import load_model, read_checkpoint
 from neuralsde.commands import metric_options, run_eval, run_sample
-from neuralsde.errors import CheckpointError, ConfigError
+from neuralsde.errors import CheckpointError, ConfigError, DataError
 from neuralsde.training import train
 from tests.conftest import ROOT, compose_config, shrink
 
@@ -213,6 +213,25 @@ def test_samples_carry_the_datas_own_times(tmp_path):
         run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=str(tmp_path / unit / "checkpoints" / "last.ckpt"), n=3,
                             out=str(out)))
         assert np.allclose(np.load(out)["times"], np.arange(8) * 0.5)
+
+
+def test_sample_names_cfg_overrides_when_the_runs_data_have_moved(tmp_path):
+    rows = [f"{i},{k},{np.sin(i + k):.4f}" for i in range(40) for k in range(8)]
+    data = tmp_path / "d.csv"
+    data.write_text("id,t,v\n" + "\n".join(rows) + "\n")
+    cfg = shrink(compose_config(["data=csv", f"data.source.path={data}", "data.source.time_column=t",
+                                 "data.source.id_column=id"]), tmp_path / "run")
+    with open_dict(cfg):
+        cfg.test = False
+        cfg.callbacks.pop("metrics")
+    train(cfg)
+    data.rename(tmp_path / "moved.csv")
+    ckpt = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    with pytest.raises(DataError, match=r"file not found.*eval.py and sample.py change it with 'cfg_overrides="):
+        run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=ckpt, n=3, out=str(tmp_path / "s.npz")))
+    run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=ckpt, n=3, out=str(tmp_path / "s.npz"),
+                        cfg_overrides=[f"data.source.path={tmp_path / 'moved.csv'}"]))  # the fix it names
+    assert np.load(tmp_path / "s.npz")["values"].shape[0] == 3
 
 
 def test_eval_entry_point_runs(sdegan_run, tmp_path):
