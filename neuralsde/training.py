@@ -122,7 +122,8 @@ def torch_threads(n):
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and test) the configured model; return the final logged metrics as floats."""
-    check_job(cfg)  # every check that needs no data; a sweep runs it on each job before the first (neuralsde.sweeper)
+    # every check that needs no data; a sweep runs it on each job before the first (hydra_callbacks.CheckSweepJobs)
+    check_job(cfg)
     with torch_threads(cfg.get("threads")):
         return _train(cfg)
 
