@@ -2,8 +2,9 @@
 numerically equal to torchsde/torchcde."""
 from neuralsde.fast.brownian import GridBrownian, increments_from, sample_increments
 from neuralsde.fast.cde import fast_cdeint, knot_derivatives
+from neuralsde.fast.grids import time_grid
 from neuralsde.fast.midpoint import midpoint_cdeint, midpoint_sdeint
-from neuralsde.fast.reversible_heun import fast_sdeint, solve, time_grid
+from neuralsde.fast.reversible_heun import fast_sdeint, solve
 
 __all__ = ["fast_sdeint", "fast_cdeint", "sample_increments", "GridBrownian", "increments_from", "solve",
            "time_grid", "knot_derivatives", "midpoint_sdeint", "midpoint_cdeint"]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from neuralsde.fast.reversible_heun import knot_grid, solve
+from neuralsde.fast.grids import knot_grid
+from neuralsde.fast.reversible_heun import solve
 
 
 def knot_derivatives(X_values: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from neuralsde.fast.reversible_heun import method_solve, time_grid
+from neuralsde.fast.grids import time_grid
+from neuralsde.fast.reversible_heun import method_solve
 
 STABLE_EPS = 1e-7  # torchsde's stable_division: |g| is held at least this far from zero, keeping its sign
 
