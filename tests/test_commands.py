@@ -67,6 +67,29 @@ def test_eval_uses_the_runs_metric_options_under_its_own(sdegan_run):
     assert metric_options(ou_cfg, {"n_boot": 5}) == {"n_boot": 5}
 
 
+def test_eval_and_sample_use_the_runs_threads(sdegan_run, tmp_path, monkeypatch):
+    """eval.py and sample.py compute with the run's ``threads`` (ou_sdegan: 1), as its test stage did, and restore
+    torch's setting after: at torch's default (one per core) eval.py took 245 s instead of 29 s on a busy 2-core VM."""
+    import neuralsde.commands as commands
+
+    seen = {}
+    monkeypatch.setattr(commands, "evaluate", lambda *a, **k: ({}, seen.setdefault("eval", torch.get_num_threads())))
+    real_sampler = commands._sample_with_progress
+    monkeypatch.setattr(commands, "_sample_with_progress",
+                        lambda *a: (seen.setdefault("sample", torch.get_num_threads()), real_sampler(*a))[1])
+    ckpt = str(sdegan_run / "checkpoints" / "last.ckpt")
+    torch.set_num_threads(2)
+    try:
+        run_eval(_cmd_cfg("eval", tmp_path / "e", ckpt_path=ckpt, n_samples=64))
+        run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=ckpt, n=4, out=str(tmp_path / "s.csv")))
+        assert seen == {"eval": 1, "sample": 1} and torch.get_num_threads() == 2
+        seen.clear()  # the run's setting is a config value like any other: cfg_overrides changes it
+        run_eval(_cmd_cfg("eval", tmp_path / "e2", ckpt_path=ckpt, n_samples=64, cfg_overrides=["threads=null"]))
+        assert seen == {"eval": 2}
+    finally:
+        torch.set_num_threads(1)
+
+
 @pytest.mark.parametrize("ext", [".csv", ".npz", ".parquet"])
 def test_sample_round_trips_data_units(sdegan_run, tmp_path, ext):
     ckpt = sdegan_run / "checkpoints" / "last.ckpt"
