@@ -18,6 +18,9 @@ from neuralsde.metrics.suite import make_options
 
 log = logging.getLogger(__name__)
 OUTPUT_FORMATS = (".csv", ".npz", ".parquet")
+# The options of configs/eval.yaml and configs/sample.yaml: anything else was added with `+key=...`.
+EVAL_KEYS = {"task_name", "ckpt_path", "cfg_overrides", "metrics", "n_samples", "seed", "options", "paths"}
+SAMPLE_KEYS = {"task_name", "ckpt_path", "n", "out", "overwrite", "seed", "batch_size", "cfg_overrides", "paths"}
 
 
 def run_eval(cfg: DictConfig) -> dict[str, float]:
@@ -53,10 +56,22 @@ def check_eval(cfg: DictConfig) -> tuple[tuple[str, ...], int]:
     from neuralsde.config_checks import check_required
 
     check_required(cfg)
+    _refuse_added_keys(cfg, EVAL_KEYS, "eval.py")
     names = check_metric_names(cfg.metrics)
     n_samples = check_n_samples(cfg.n_samples, "n_samples")
     check_checkpoint_path(cfg.ckpt_path)
     return names, n_samples
+
+
+def _refuse_added_keys(cfg: DictConfig, known: set[str], command: str) -> None:
+    """A key added with ``+`` was silently ignored: Hydra answers ``data=stocks`` with "use +data=stocks", and
+    ``python eval.py ckpt_path=... +data=stocks`` then scored the checkpoint's own data as if nothing was said."""
+    added = sorted(set(cfg.keys()) - known)
+    if added:
+        raise ConfigError(f"{command} has no option {', '.join(added)} (given with +): the model, data and training "
+                          f"options are the checkpoint's. Fix: drop it, or change the checkpoint's config with e.g. "
+                          f"'cfg_overrides=[\"data.eval_batch_size=256\"]'; {command}'s own options: "
+                          f"{', '.join(sorted(known - {'task_name', 'paths'}))}.")
 
 
 def _refuse_earlier_metrics(out: Path) -> None:
@@ -110,6 +125,7 @@ def check_sample(cfg: DictConfig) -> Path:
     from neuralsde.config_checks import check_required
 
     check_required(cfg)
+    _refuse_added_keys(cfg, SAMPLE_KEYS, "sample.py")
     # n=abc was a bare int() ValueError, batch_size=0 "range() arg 3 must not be zero"
     check_int("n", cfg.n, "e.g. n=1000", also=" (number of paths)")
     check_int("batch_size", cfg.batch_size, "e.g. batch_size=1024")

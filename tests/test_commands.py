@@ -28,7 +28,7 @@ def sdegan_run(tmp_path_factory):
 
 def _cmd_cfg(kind: str, out_dir, **values):
     cfg = OmegaConf.load(ROOT / "configs" / f"{kind}.yaml")
-    cfg.pop("defaults")
+    cfg.pop("defaults"), cfg.pop("hydra")  # as Hydra hands it to the command
     cfg.paths = {"output_dir": str(out_dir)}
     for k, v in values.items():
         cfg[k] = v
@@ -317,7 +317,7 @@ def test_eval_never_overwrites_an_earlier_evaluation(sdegan_run, tmp_path):
 
 def sample_cfg(tmp_path, **values):
     cfg = OmegaConf.load(ROOT / "configs" / "sample.yaml")
-    cfg.pop("defaults")
+    cfg.pop("defaults"), cfg.pop("hydra")
     cfg.paths = {"output_dir": str(tmp_path)}
     cfg.ckpt_path, cfg.out = str(tmp_path / "never_read.ckpt"), str(tmp_path / "s.csv")
     for key, value in values.items():
@@ -335,3 +335,26 @@ def sample_cfg(tmp_path, **values):
 def test_sample_options(tmp_path, values, needle):
     with pytest.raises(ConfigError, match=needle):
         run_sample(sample_cfg(tmp_path, **values))
+
+
+@pytest.mark.parametrize("kind", ["eval", "sample"])
+def test_options_added_with_plus_are_refused(sdegan_run, tmp_path, kind):
+    """``+data=stocks`` (Hydra's own suggestion for ``data=stocks``) was silently ignored: the checkpoint's data was
+    scored as if nothing was said."""
+    cfg = _cmd_cfg(kind, tmp_path, ckpt_path=str(sdegan_run / "checkpoints" / "last.ckpt"), out=str(tmp_path / "s.csv"))
+    if kind == "eval":
+        cfg.pop("out")
+    cfg.data = {"source": {"ticker": "GOOG"}}
+    runner = run_eval if kind == "eval" else run_sample
+    with pytest.raises(ConfigError, match=rf"{kind}.py has no option data \(given with \+\).*cfg_overrides"):
+        runner(cfg)
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "s.csv").exists()
+
+
+@pytest.mark.parametrize("script", ["eval.py", "sample.py"])
+def test_help_shows_the_commands_own_options(script):
+    """``--help`` listed train.py's config groups (data, model, experiment, ...), which these commands do not take."""
+    res = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"python {script} ckpt_path=" in res.stdout and "ckpt_path: ???" in res.stdout
+    assert "Configuration groups" not in res.stdout and "experiment:" not in res.stdout
