@@ -168,6 +168,10 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         print_metrics_table(tested, f"{model.family}, test split, after {model.steps_taken} steps")
     if trainer.is_global_zero:
         log.info("Output directory: %s", out_dir)
+        # the path eval.py and sample.py take, so that it need not be pieced together from the table in the README
+        last = getattr(trainer.checkpoint_callback, "last_model_path", "")
+        if last and Path(last).is_file():
+            log.info("Checkpoint: %s (python eval.py ckpt_path=%s)", last, last)
     return result
 
 

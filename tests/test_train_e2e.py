@@ -35,9 +35,13 @@ def test_float64_training(tiny_cfg, tmp_path):
     assert math.isfinite(metrics["train/d_loss"])
 
 
-def test_few_steps_write_checkpoint_metrics_and_plot(tiny_cfg, tmp_path, capsys):
+def test_few_steps_write_checkpoint_metrics_and_plot(tiny_cfg, tmp_path, capsys, caplog):
     cfg = tiny_cfg(steps=4)
-    metrics = train(cfg)
+    with caplog.at_level("INFO"):
+        metrics = train(cfg)
+    # the run's last lines say where its checkpoint is, as eval.py takes it
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert f"Checkpoint: {last} (python eval.py ckpt_path={last})" in caplog.text
     printed = capsys.readouterr().out  # the test metrics, as a table at the end of the run
     assert "sdegan, test split, after 4 steps" in printed
     assert any("test/w_dist" in line and f"{metrics['test/w_dist']:.5g}" in line for line in printed.splitlines())
