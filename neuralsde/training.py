@@ -150,6 +150,11 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # The whole resolved config as the run's hyperparameters: Lightning logs only the module's (network sizes,
+    # solver, optimiser), so a wandb run's config had no seed, dataset, batch size or trainer to filter runs by.
+    # trainer.loggers: under fast_dev_run Lightning's no-op stand-ins, so no wandb run is started for it.
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     # printed once everything is built and checked (a bad value's one-line error is not buried under ~140 lines),
     # by one process under DDP
     if cfg.get("extras", {}).get("print_config") and trainer.is_global_zero:

@@ -1,6 +1,6 @@
 """wandb in offline mode writes a local run with metrics and images, without network."""
 
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from neuralsde.training import train
 
@@ -25,3 +25,8 @@ def test_offline_wandb_run_has_metrics_and_images(tiny_cfg, tmp_path, monkeypatc
     log = next(p for p in files if p.suffix == ".wandb").read_bytes()
     for key in (b"train/d_loss", b"val/sig_mmd", b"test/sig_mmd"):
         assert key in log
+    # the run's config is the whole resolved config, not only the module's sizes: seed, data and trainer too
+    for key in (b'"seed"', b'"batch_size":', b'"val_check_interval":', b'"hidden_size":'):
+        assert key in log, key
+    hparams = OmegaConf.load(tmp_path / "csv" / "hparams.yaml")
+    assert hparams.seed == cfg.seed and hparams.data.batch_size == cfg.data.batch_size and "generator" in hparams
