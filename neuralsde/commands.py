@@ -36,16 +36,20 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     # The run's own CPU threads (ou_sdegan: 1), as its test stage had: at torch's default of one per core the
     # suite took 245 s instead of 29 s on a busy 2-core machine. 'cfg_overrides=["threads=2"]' changes it.
     with torch_threads(train_cfg.get("threads")):
-        values, _ = evaluate(model, datamodule, metrics=names, n_samples=n_samples, seed=int(cfg.seed),
+        values, paths = evaluate(model, datamodule, metrics=names, n_samples=n_samples, seed=int(cfg.seed),
                              options=options, reference=True, progress=True)
     values = {f"test/{k}": v for k, v in values.items() if v is not None}
     out.mkdir(parents=True, exist_ok=True)
     ckpt = str(Path(cfg.ckpt_path).expanduser().resolve())  # the file, wherever the JSON is read from
-    used = {"n_samples": n_samples, "seed": int(cfg.seed), "options": dataclasses.asdict(options)}  # all of them
+    # n_samples is at most: a test split smaller than it (OU's 819, lobster's 10 windows) is compared whole, and
+    # metrics.json said 1024 whatever was compared
+    n_compared = len(paths["real_test"])
+    used = {"n_samples": n_samples, "n_compared": n_compared, "seed": int(cfg.seed),
+            "options": dataclasses.asdict(options)}  # all of them
     _refuse_earlier_metrics(out)  # another evaluation may have finished in this directory meanwhile
     with open(out / "metrics.json", "x") as f:  # "x": never replaces a file
         f.write(json.dumps({"checkpoint": ckpt, "family": model.family, **used, "metrics": values}, indent=2))
-    print_metrics_table(values, f"{model.family}: {cfg.ckpt_path}")
+    print_metrics_table(values, f"{model.family}: {cfg.ckpt_path}, {n_compared} real paths and as many generated")
     log.info("Wrote %s", out / "metrics.json")
     return values
 

@@ -52,6 +52,17 @@ def test_eval_writes_metrics_json(sdegan_run, tmp_path, capsys):
     assert rows["test/marginal_w1"][1] == f"{values['test/ref_marginal_w1']:.5g}"
 
 
+def test_eval_records_how_many_paths_it_compared(sdegan_run, tmp_path, capsys):
+    """n_samples is an upper bound: a smaller test split is compared whole, and metrics.json said n_samples=100000
+    with nothing telling how many paths the figures rest on."""
+    ckpt = sdegan_run / "checkpoints" / "last.ckpt"
+    _, dm, _ = load_model(ckpt)
+    run_eval(_cmd_cfg("eval", tmp_path, ckpt_path=str(ckpt), n_samples=100000, metrics=["marginal_w1"]))
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["n_samples"] == 100000 and saved["n_compared"] == len(dm.test) < 100000
+    assert f"{len(dm.test)} real paths and as many generated" in capsys.readouterr().out
+
+
 def test_eval_uses_the_runs_metric_options_under_its_own(sdegan_run):
     """eval.py scores a checkpoint with the kernel and path scale its experiment trained with (energy's PDE kernel,
     air quality's path scale), not the defaults; its own ``options`` win where given."""
@@ -73,7 +84,8 @@ def test_eval_and_sample_use_the_runs_threads(sdegan_run, tmp_path, monkeypatch)
     import neuralsde.commands as commands
 
     seen = {}
-    monkeypatch.setattr(commands, "evaluate", lambda *a, **k: ({}, seen.setdefault("eval", torch.get_num_threads())))
+    monkeypatch.setattr(commands, "evaluate",
+                        lambda *a, **k: ({}, {"real_test": [seen.setdefault("eval", torch.get_num_threads())]}))
     real_sampler = commands._sample_with_progress
     monkeypatch.setattr(commands, "_sample_with_progress",
                         lambda *a: (seen.setdefault("sample", torch.get_num_threads()), real_sampler(*a))[1])
