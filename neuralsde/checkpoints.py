@@ -41,6 +41,10 @@ class RunCheckpoint(ModelCheckpoint):
         super()._save_last_checkpoint(trainer, monitor_candidates)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.fast_dev_run:
+            # Lightning's own on_train_end wrote last.ckpt here despite "checkpointing is suppressed", and
+            # resume=auto then continued the newest run's checkpoint: a one-batch smoke test instead of the real run
+            return
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         super().on_train_end(trainer, pl_module)

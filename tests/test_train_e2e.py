@@ -17,6 +17,8 @@ def test_fast_dev_run(tiny_cfg, tmp_path, caplog):
     with caplog.at_level("INFO"):
         metrics = train(cfg)
     assert "train/d_loss" in metrics
+    # no checkpoint, as Lightning announces: a one-batch run's last.ckpt was the newest that resume=auto continued
+    assert not list(tmp_path.rglob("*.ckpt"))
     # Lightning's own start-up lines still come through; its cloud-logger advertisement does not
     assert any("GPU available" in r.getMessage() for r in caplog.records)
     assert not any("litlogger" in r.getMessage() for r in caplog.records)
