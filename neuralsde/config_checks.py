@@ -160,3 +160,16 @@ def check_threads(n) -> None:
     if n is not None:
         check_int("threads", n, "e.g. threads=1 for small networks on CPU",
                   also=", or null for torch's default (one per core)")
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """Refuse a GPU accelerator where torch sees no CUDA device: ``python train.py trainer=ddp`` (or ``trainer=gpu``)
+    on a laptop ended in Hydra's wrapper around Lightning's "No supported gpu backend found!", after the data were
+    built. Not part of ``check_trainer_limits``: a config naming a GPU is valid, just not on this machine."""
+    import torch
+
+    accelerator = (cfg.get("trainer") or {}).get("accelerator")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator} (trainer=gpu and trainer=ddp set it) but torch sees no "
+                          "CUDA device on this machine. Fix: trainer=ddp_sim for the DDP code path on two CPU "
+                          "processes, trainer=cpu, or trainer.accelerator=auto.")

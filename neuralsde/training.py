@@ -13,7 +13,14 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from neuralsde.config_checks import check_job, check_resolvable, check_threads, not_a_number, unknown_option
+from neuralsde.config_checks import (
+    check_accelerator,
+    check_job,
+    check_resolvable,
+    check_threads,
+    not_a_number,
+    unknown_option,
+)
 from neuralsde.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
 from neuralsde.evaluation import print_metrics_table
 from neuralsde.resume import (
@@ -124,6 +131,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and test) the configured model; return the final logged metrics as floats."""
     # every check that needs no data; a sweep runs it on each job before the first (hydra_callbacks.CheckSweepJobs)
     check_job(cfg)
+    # here, not in check_job: a sweep's launcher (a SLURM login node) need not have the jobs' GPUs
+    check_accelerator(cfg)
     with torch_threads(cfg.get("threads")):
         return _train(cfg)
 

@@ -48,6 +48,23 @@ def test_max_epochs_is_refused_not_ignored():
     check_trainer_limits(cfg)
 
 
+@pytest.mark.parametrize("trainer", ["ddp", "gpu"])
+def test_a_gpu_trainer_without_a_gpu_is_named_before_any_work(trainer, tmp_path, monkeypatch):
+    """``python train.py trainer=ddp`` on a laptop ended in Hydra's wrapper around Lightning's "No supported gpu
+    backend found!", after the data were built; it names the option and the CPU alternatives first."""
+    import torch
+
+    import neuralsde.training as training
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(training, "_train", lambda cfg: pytest.fail("reached the training"))
+    cfg = compose_config([f"trainer={trainer}", f"paths.output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"trainer.accelerator=gpu .* no CUDA device.*Fix: trainer=ddp_sim"):
+        training.train(cfg)
+    monkeypatch.setattr(training, "_train", lambda cfg: "trained")
+    assert training.train(compose_config(["trainer=ddp_sim", f"paths.output_dir={tmp_path}"])) == "trained"
+
+
 def test_eval_batch_size_is_checked_before_training():
     """data.eval_batch_size=0 reached torch's DataLoader at the first validation, after the training steps."""
     from neuralsde.data.datamodule import TimeSeriesDataModule
