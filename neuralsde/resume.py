@@ -213,6 +213,11 @@ def changed_settings(saved: dict | None, current: dict | None) -> list[str]:
     for section in ("data", "model"):
         before, now = flat(saved.get(section) or {}, f"{section}."), flat(current.get(section) or {}, f"{section}.")
         out += [f"{k}={before[k]}" for k in before if k in now and before[k] != now[k] and k != "model.train_steps"]
+    # data.seed follows the run's seed (${seed}): a changed seed is fixed by seed=..., which data.seed=... is not
+    # (the data would match, the run's own noise not)
+    seed = saved.get("seed")
+    if seed is not None and seed != current.get("seed") and f"data.seed={seed}" in out:
+        out[out.index(f"data.seed={seed}")] = f"seed={seed}"
     return out
 
 

@@ -380,6 +380,9 @@ def test_changed_settings_ignores_train_steps():
     assert changed_settings(saved, {"data": {"batch_size": 32}, "model": {"train_steps": 8, "lr": 1}}) == \
         ["data.batch_size=16"]
     assert changed_settings(None, saved) == []
+    # data.seed is ${seed}: a changed run seed is fixed with seed=..., not data.seed=...
+    assert changed_settings({"seed": 0, "data": {"seed": 0}}, {"seed": 1, "data": {"seed": 1}}) == ["seed=0"]
+    assert changed_settings({"seed": 0, "data": {"seed": 5}}, {"seed": 0, "data": {"seed": 6}}) == ["data.seed=5"]
 
 
 def test_resume_follows_the_configs_optimiser_settings(tmp_path):
