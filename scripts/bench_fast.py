@@ -293,7 +293,7 @@ def _cost_split(step, reps: int = 3) -> dict:
     """cProfile of ``step``, seconds per step: field evaluations, their VJPs, parameter-gradient GEMMs,
     contractions and outputs (``_Contract``, ``_Outputs``), the rest of the two solves (cotangent products,
     record bookkeeping, set-up, probes), and everything outside them (optimisers, clipping, averaging, readouts)."""
-    from neuralsde.fast import fused, midpoint
+    from neuralsde.fast import fused, midpoint, probe
     from neuralsde.fast.mlp import FusedMLP
     prof = cProfile.Profile()
     prof.enable()
@@ -317,7 +317,7 @@ def _cost_split(step, reps: int = 3) -> dict:
         return sum(v[3] for (f, _, name), v in stats.items() if f == mlp_file and name in names) / reps
     total = sum(v[2] for v in stats.values()) / reps
     solves = cum(fused._FusedAdjoint.forward, fused._FusedAdjoint.backward, midpoint._FusedMidpointAdjoint.forward,
-                 midpoint._FusedMidpointAdjoint.backward, fused.fused_field)
+                 midpoint._FusedMidpointAdjoint.backward, probe.fused_field)
     out = {"total": total, "evaluations": cum_named("evaluate", "record"), "VJPs": cum_named("vjp"),
            "parameter-gradient GEMMs": cum(FusedMLP.flush),
            "contractions and outputs": cum(fused._Contract.__call__, fused._Outputs.flush)

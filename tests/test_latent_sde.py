@@ -13,7 +13,7 @@ from latent_sde.support import kl_normal
 from neuralsde.data.interpolation import fill_missing
 from neuralsde.data.preprocessing import Normalizer
 from neuralsde.errors import CheckpointError, ConfigError
-from neuralsde.fast.fused import _FUSED
+from neuralsde.fast.probe import _FUSED
 from neuralsde.solver import SolverConfig
 from neuralsde.training import build, train
 from tests.conftest import SHARED_DATA

@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from neuralsde.fast.fused import _agrees
 from neuralsde.fast.heads import _BWD, _FWD, parse, plain
 from neuralsde.fast.logqp import STABLE_EPS, logqp_field
+from neuralsde.fast.probe import agrees
 from neuralsde.fast.records import chunk_size
 
 _SILU_BWD = torch.ops.aten.silu_backward.default
@@ -323,6 +323,6 @@ def fused_latent(sde: nn.Module, params, times: torch.Tensor, Y0: torch.Tensor) 
     with torch.no_grad():  # guards against the module's code differing from what is written out here
         F, G = fused.at(k, Y0.detach())
         F_ref, G_ref = logqp_field(sde)(times[k], Y0.detach(), None)
-        if not (_agrees(F, F_ref, "LatentSDEFunc's logqp field") and _agrees(G, G_ref, "LatentSDEFunc's diffusion")):
+        if not (agrees(F, F_ref, "LatentSDEFunc's logqp field") and agrees(G, G_ref, "LatentSDEFunc's diffusion")):
             return None
     return fused

@@ -38,7 +38,7 @@ from torch import nn
 
 from neuralsde.fast.cde import _field as _cde_field
 from neuralsde.fast.cde import knot_derivatives
-from neuralsde.fast.fused import _Contract, _rows, fused_field, sde_controls, transpose_contract
+from neuralsde.fast.fused import _Contract, _rows, sde_controls, transpose_contract
 from neuralsde.fast.grids import checked_grid, knot_grid, shape_checked
 from neuralsde.fast.midpoint_generic import (
     _GenericAdjoint,
@@ -49,6 +49,7 @@ from neuralsde.fast.midpoint_generic import (
     reverse_mid_times,
 )
 from neuralsde.fast.once import first_order
+from neuralsde.fast.probe import fused_field
 from neuralsde.fast.scratch import scratch
 
 # ---------------------------------------------------------------------------------- fused (hand-written VJPs)
