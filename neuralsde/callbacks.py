@@ -19,7 +19,12 @@ def log_figure(trainer: pl.Trainer, fig, name: str, out_dir: str | Path) -> Path
     for logger in trainer.loggers:
         if type(logger).__name__ == "WandbLogger":
             import wandb
-            logger.experiment.log({name: wandb.Image(str(out))}, step=trainer.global_step)
+            # Through the logger, as Lightning logs the metrics: the image gets their x-axis value
+            # (trainer/global_step, here the model's training step) and the next wandb row. An explicit
+            # step=trainer.global_step (Lightning's optimiser steps) fell behind wandb's row counter whenever
+            # more rows than steps were logged (latent SDE, log_every_n_steps=1) and wandb dropped the image.
+            step = getattr(trainer.lightning_module, "steps_taken", trainer.global_step)
+            logger.log_metrics({name: wandb.Image(str(out))}, step=step)
     plt.close(fig)
     return out
 

@@ -30,3 +30,49 @@ def test_offline_wandb_run_has_metrics_and_images(tiny_cfg, tmp_path, monkeypatc
         assert key in log, key
     hparams = OmegaConf.load(tmp_path / "csv" / "hparams.yaml")
     assert hparams.seed == cfg.seed and hparams.data.batch_size == cfg.data.batch_size and "generator" in hparams
+
+
+def _history_keys(run_file) -> list[set[str]]:
+    """The keys of each history row in an offline run's ``.wandb`` file (LevelDB-style log records of protobufs)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, pos, block, records, part = run_file.read_bytes(), 7, 32768, [], b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if length == 0 and kind == 0:
+            pos += block - pos % block
+            continue
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        part = chunk if kind in (1, 2) else part + chunk  # full, first, middle, last
+        if kind in (1, 4):
+            records.append(part)
+    rows = []
+    for raw in records:
+        record = pb.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "history":
+            rows.append({item.key or "/".join(item.nested_key) for item in record.history.item})
+    return rows
+
+
+def test_wandb_keeps_the_figures_when_more_rows_than_steps_were_logged(tiny_cfg, tmp_path):
+    """A latent SDE logging every step writes more wandb rows than it takes steps: the figures were logged with
+    step=trainer.global_step behind wandb's row counter and dropped ("ignoring partial history record"), so the
+    run had no images. They now land in a history row with the metrics' x-axis, trainer/global_step."""
+    cfg = tiny_cfg(["experiment=ou_latent_sde", "logger=wandb"], steps=3)
+    with open_dict(cfg):
+        cfg.test = False
+        cfg.trainer.log_every_n_steps = 1
+        cfg.callbacks.metrics.val_metrics = ["marginal_w1"]
+    train(cfg)
+    (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    rows = _history_keys(run_file)
+    assert any("train/loss" in row for row in rows)
+    for figure in ("samples", "reconstruction"):
+        (row,) = [row for row in rows if any(key.startswith(f"{figure}/") for key in row)]
+        assert "trainer/global_step" in row, figure
