@@ -7,13 +7,16 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from latent_sde.plotting import plot_reconstruction
 from neuralsde.callbacks import log_figure
+from neuralsde.metrics.plots import MAX_CHANNELS, check_max_channels
 
 
 class LatentSDEPlotCallback(pl.Callback):
     """Saves ``out_dir/reconstruction.png`` (and logs it to wandb when active) at train end; data units."""
 
-    def __init__(self, out_dir: str, n_paths: int = 8, seed: int = 0, name: str = "reconstruction"):
+    def __init__(self, out_dir: str, n_paths: int = 8, seed: int = 0, name: str = "reconstruction",
+                 max_channels: int | None = MAX_CHANNELS):
         self.out_dir, self.n_paths, self.seed, self.name = out_dir, int(n_paths), int(seed), name
+        self.max_channels = check_max_channels(max_channels, "callbacks.latent_sde_plot.max_channels")
 
     @rank_zero_only
     def on_train_end(self, trainer: pl.Trainer, module) -> None:
@@ -29,5 +32,5 @@ class LatentSDEPlotCallback(pl.Callback):
         module.train(was_training)
         to_units = dm.to_plot_units  # data units, the data's own times
         fig = plot_reconstruction(to_units(paths), to_units(rec.cpu()), to_units(prior.cpu()), dm.channel_names,
-                                  title=f"{module.family}, step {module.steps_taken}")
+                                  title=f"{module.family}, step {module.steps_taken}", max_channels=self.max_channels)
         log_figure(trainer, fig, self.name, self.out_dir)

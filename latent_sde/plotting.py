@@ -7,32 +7,37 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from neuralsde.plotting import MAX_CHANNELS, add_note, shown_channels  # noqa: E402
+
 
 def plot_reconstruction(observed: torch.Tensor, reconstructed: torch.Tensor, prior: torch.Tensor,
-                        channel_names: list[str] | None = None, title: str = "") -> plt.Figure:
+                        channel_names: list[str] | None = None, title: str = "",
+                        max_channels: int | None = MAX_CHANNELS) -> plt.Figure:
     """One row per data channel: observed points and their reconstructions (left), prior samples (right).
 
     observed (NaN where missing), reconstructed, prior: ``(batch, T, 1 + C)``, time in channel 0, same units.
+    Only the first ``max_channels`` channels get a row (None: all); the figure's title names the others.
     """
     observed, reconstructed, prior = (x.detach().cpu() for x in (observed, reconstructed, prior))
     c = observed.size(-1) - 1
     names = channel_names or [f"channel {i}" for i in range(1, c + 1)]
-    fig, axes = plt.subplots(c, 2, figsize=(10, 2.6 * c), squeeze=False, sharey="row", layout="constrained")
+    shown, note = shown_channels(c, channel_names, max_channels)
+    fig, axes = plt.subplots(len(shown), 2, figsize=(10, 2.6 * len(shown)), squeeze=False, sharey="row",
+                             layout="constrained")
     colours = plt.cm.tab10.colors
-    for i in range(c):
-        ax = axes[i, 0]
+    for row, i in enumerate(shown):
+        ax = axes[row, 0]
         for k, (obs, rec) in enumerate(zip(observed, reconstructed, strict=True)):
             colour = colours[k % len(colours)]
             ok = ~torch.isnan(obs[:, 1 + i])
             ax.plot(obs[ok, 0], obs[ok, 1 + i], ".", color=colour, ms=4)
             ax.plot(rec[:, 0], rec[:, 1 + i], "-", color=colour, lw=1, alpha=0.8)
         ax.set_title(f"observed (dots) vs reconstructed (lines): {names[i]}")
-        ax = axes[i, 1]
+        ax = axes[row, 1]
         for path in prior:
             ax.plot(path[:, 0], path[:, 1 + i], color="tab:red", alpha=0.5, lw=0.8)
         ax.set_title(f"prior samples: {names[i]}")
-        for ax in axes[i]:
+        for ax in axes[row]:
             ax.set_xlabel("time")
-    if title:
-        fig.suptitle(title)
+    add_note(fig, title, note)
     return fig

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
 
+from neuralsde.metrics.plots import MAX_CHANNELS, check_max_channels
 from neuralsde.plotting import plot_samples
 
 
@@ -31,10 +32,13 @@ def log_figure(trainer: pl.Trainer, fig, name: str, out_dir: str | Path) -> Path
 
 class SamplePlotCallback(pl.Callback):
     """Plots paths from the averaged generator beside real validation paths, every ``every_n_steps``
-    training steps (0: only at the end of training) and at the end of training."""
+    training steps (0: only at the end of training) and at the end of training; the first ``max_channels``
+    channels (None: all) a row each."""
 
-    def __init__(self, out_dir: str, every_n_steps: int = 0, n_paths: int = 16, seed: int = 0):
+    def __init__(self, out_dir: str, every_n_steps: int = 0, n_paths: int = 16, seed: int = 0,
+                 max_channels: int | None = MAX_CHANNELS):
         self.out_dir, self.every_n_steps, self.n_paths, self.seed = out_dir, every_n_steps, n_paths, seed
+        self.max_channels = check_max_channels(max_channels, "callbacks.sample_plot.max_channels")
 
     @rank_zero_only
     def _plot(self, trainer: pl.Trainer, module, name: str) -> None:
@@ -44,7 +48,7 @@ class SamplePlotCallback(pl.Callback):
             fake = module.sample(self.n_paths, generator=torch.Generator().manual_seed(self.seed))
         to_units = trainer.datamodule.to_plot_units  # data units, the data's own times
         fig = plot_samples(to_units(real), to_units(fake.cpu()), trainer.datamodule.channel_names,
-                           title=f"{module.family}, step {module.steps_taken}")
+                           title=f"{module.family}, step {module.steps_taken}", max_channels=self.max_channels)
         log_figure(trainer, fig, name, self.out_dir)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:

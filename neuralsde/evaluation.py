@@ -10,6 +10,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from neuralsde.callbacks import log_figure
 from neuralsde.errors import check_int
 from neuralsde.metrics import CHEAP_METRICS, METRICS, check_metric_names, compute_metrics
+from neuralsde.metrics.plots import MAX_CHANNELS, check_max_channels
 from neuralsde.metrics.suite import MetricOptions, make_options
 
 
@@ -96,7 +97,7 @@ class MetricsCallback(pl.Callback):
     marginals, autocorrelation and the metric history at the end, as PNG and (with wandb) images."""
 
     def __init__(self, out_dir: str, val_metrics=CHEAP_METRICS, test_metrics=tuple(METRICS), n_samples: int = 256,
-                 seed: int = 0, options: dict | None = None):
+                 seed: int = 0, options: dict | None = None, plot_max_channels: int | None = MAX_CHANNELS):
         self.out_dir = out_dir
         self.val_metrics = check_metric_names(val_metrics, allow_training=False)
         self.test_metrics = check_metric_names(test_metrics)
@@ -104,6 +105,7 @@ class MetricsCallback(pl.Callback):
         self.seed, self.options = seed, dict(options or {})
         make_options(where="callbacks.metrics.options.", **self.options)  # checked before training, not mid-run
         self.history: dict[str, list[tuple[int, float]]] = {}
+        self.plot_max_channels = check_max_channels(plot_max_channels, "callbacks.metrics.plot_max_channels")
 
     def _log(self, module, stage: str, values: dict[str, float]) -> None:
         for key, value in values.items():
@@ -155,7 +157,8 @@ class MetricsCallback(pl.Callback):
         # every data channel, a row each, named and in data units (was channel 1 alone, labelled "channel 1")
         log_figure(trainer, plot_marginals(dm.to_plot_units(real), dm.to_plot_units(fake),
                                            channels=range(1, real.shape[-1]), channel_names=names,
-                                           units="data units"), "marginals", out)
+                                           units="data units", max_channels=self.plot_max_channels),
+                   "marginals", out)
         log_figure(trainer, plot_autocorrelation(real, fake, channel_names=names), "autocorrelation", out)
         history = {k: v for k, v in self.history.items() if k.startswith("val/") and not k.endswith("_ci_low")
                    and not k.endswith("_ci_high")}

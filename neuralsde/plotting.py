@@ -7,26 +7,30 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from neuralsde.metrics.plots import MAX_CHANNELS, add_note, shown_channels  # noqa: E402
+
 
 def plot_samples(real: torch.Tensor, fake: torch.Tensor, channel_names: list[str] | None = None,
-                 n_paths: int = 16, title: str = "") -> plt.Figure:
+                 n_paths: int = 16, title: str = "", max_channels: int | None = MAX_CHANNELS) -> plt.Figure:
     """Generated paths beside real ones, one row per data channel.
 
     real, fake: ``(batch, T, 1 + C)`` with time in channel 0; NaNs in ``real`` show as gaps between
-    observed points (drawn with markers so sparse paths stay visible).
+    observed points (drawn with markers so sparse paths stay visible). Only the first ``max_channels`` channels
+    get a row (None: all); the figure's title names the others.
     """
     real, fake = real[:n_paths].detach().cpu(), fake[:n_paths].detach().cpu()
     c = real.size(-1) - 1
     names = channel_names or [f"channel {i}" for i in range(1, c + 1)]
-    fig, axes = plt.subplots(c, 2, figsize=(10, 2.6 * c), squeeze=False, sharey="row", layout="constrained")
-    for i in range(c):
+    shown, note = shown_channels(c, channel_names, max_channels)
+    fig, axes = plt.subplots(len(shown), 2, figsize=(10, 2.6 * len(shown)), squeeze=False, sharey="row",
+                             layout="constrained")
+    for row, i in enumerate(shown):
         for col, (paths, label, colour) in enumerate(((real, "real", "tab:blue"), (fake, "generated", "tab:red"))):
-            ax = axes[i, col]
+            ax = axes[row, col]
             for path in paths:
                 ok = ~torch.isnan(path[:, 1 + i])
                 ax.plot(path[ok, 0], path[ok, 1 + i], color=colour, alpha=0.5, lw=0.8, marker=".", ms=2)
             ax.set_title(f"{label}: {names[i]}")
             ax.set_xlabel("time")
-    if title:
-        fig.suptitle(title)
+    add_note(fig, title, note)
     return fig

@@ -6,6 +6,7 @@ headless, leave no global figure state behind, and can be saved or logged by the
 
 from __future__ import annotations
 
+import textwrap
 from typing import Sequence
 
 import torch
@@ -13,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from neuralsde.errors import ConfigError
+from neuralsde.errors import ConfigError, check_int
 from neuralsde.metrics._paths import check_paths, check_same_grid
 from neuralsde.metrics.marginals import autocorrelation
 
@@ -24,16 +25,50 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
+# Rows of channels a figure draws by default: energy's 26 channels made a 1000x6760-pixel samples figure and a
+# 104-panel marginals figure (about 15 s to draw on a laptop CPU) that no one reads; the rest are named in a note.
+MAX_CHANNELS = 8
+
+
+def check_max_channels(value, option: str) -> int | None:
+    """``value`` as a positive channel count, or None (every channel)."""
+    if value is None:
+        return None
+    return check_int(option, value, f"e.g. {option}=8, or {option}=null for every channel",
+                     also=", or null for every channel")
+
+
+def shown_channels(n: int, names: list[str] | None, max_channels: int | None) -> tuple[list[int], str]:
+    """The 0-based data channels to draw (the first ``max_channels``; None: all) and a note naming the others."""
+    shown = list(range(n if max_channels is None else min(n, max_channels)))
+    if len(shown) == n:
+        return shown, ""
+    rest = [names[i] if names else f"channel {i + 1}" for i in range(len(shown), n)]
+    return shown, f"first {len(shown)} of {n} channels drawn; not drawn: {', '.join(rest)}"
+
+
+def add_note(fig: Figure, title: str, note: str) -> None:
+    """``title`` and ``note`` (wrapped to the figure's width) as the figure's suptitle."""
+    if note:
+        width = int(fig.get_figwidth() * 13)  # characters of the small font per inch, roughly
+        note = textwrap.fill(note, width)
+    text = "\n".join(t for t in (title, note) if t)
+    if text:
+        fig.suptitle(text, fontsize="medium" if not note else "small")
+
+
 def plot_marginals(
     real: torch.Tensor, fake: torch.Tensor, times: Sequence[int] | None = None, *, channel: int = 1, bins: int = 30,
-    channels: Sequence[int] | None = None, channel_names: Sequence[str] | None = None, units: str = ""
+    channels: Sequence[int] | None = None, channel_names: Sequence[str] | None = None, units: str = "",
+    max_channels: int | None = None
 ) -> Figure:
     """Histograms of real vs fake values of data ``channel`` (or of each of ``channels``, a row each) at several
     time indices.
 
     real ``(m, T, C)`` (NaN left out), fake ``(n, T, C)``; ``times`` are indices into the T axis (default four
     evenly spaced, first and last included); each panel is titled with the time of channel 0. ``channel_names``
-    (one per data channel) and ``units`` (e.g. "data units") label the value axes.
+    (one per data channel) and ``units`` (e.g. "data units") label the value axes. With ``max_channels``, only
+    the first that many of ``channels`` get a row; the figure's title names the others.
     """
     real, fake = check_paths(real, "real").detach().cpu(), check_paths(fake, "fake").detach().cpu()
     check_same_grid(real, fake, ("real", "fake"))
@@ -45,6 +80,9 @@ def plot_marginals(
                 f"channel={c} is not a data channel: expected 1..{n_channels - 1} (0 is time). "
                 "Fix: pick a data channel."
             )
+    shown, note = shown_channels(len(rows), [channel_names[c - 1] if channel_names else f"channel {c}" for c in rows],
+                                 max_channels)
+    rows = [rows[i] for i in shown]
     if times is None:
         times = sorted({round(i * (length - 1) / 3) for i in range(4)})
     bad = [t for t in times if not -length <= t < length]
@@ -65,6 +103,7 @@ def plot_marginals(
             ax.set_xlabel(f"{name} ({units})" if units else name)
         axes[0].set_ylabel("density")
     grid[0, 0].legend(fontsize="small")
+    add_note(fig, "", note)
     return fig
 
 

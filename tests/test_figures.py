@@ -1,0 +1,66 @@
+"""What the run's figures show: panels, labels, legends and notes (read from the figure objects, not pixels)."""
+import pytest
+import torch
+
+from latent_sde.callbacks import LatentSDEPlotCallback
+from latent_sde.plotting import plot_reconstruction
+from neuralsde.callbacks import SamplePlotCallback
+from neuralsde.errors import ConfigError
+from neuralsde.evaluation import MetricsCallback
+from neuralsde.metrics.plots import plot_marginals
+from neuralsde.plotting import plot_samples
+
+
+def paths(n=6, length=10, channels=12, seed=0):
+    """``(n, length, 1 + channels)`` random paths, time 0..length-1 in channel 0."""
+    x = torch.randn(n, length, 1 + channels, generator=torch.Generator().manual_seed(seed))
+    x[..., 0] = torch.arange(length, dtype=torch.float32)
+    return x
+
+
+NAMES = [f"c{i}" for i in range(12)]
+
+
+def suptitle(fig) -> str:
+    return fig._suptitle.get_text() if fig._suptitle is not None else ""
+
+
+def test_many_channels_draw_max_channels_rows_and_name_the_rest():
+    # energy's 26 channels gave a 6760-pixel-high samples figure and 104 marginal panels (~15 s to draw)
+    real, fake = paths(seed=1), paths(seed=2)
+    fig = plot_samples(real, fake, NAMES, title="sdegan, step 4")  # default: 8
+    assert len(fig.axes) == 8 * 2
+    assert [ax.get_title() for ax in fig.axes[::2]] == [f"real: c{i}" for i in range(8)]
+    assert [ax.get_title() for ax in fig.axes[1::2]] == [f"generated: c{i}" for i in range(8)]
+    assert suptitle(fig).startswith("sdegan, step 4\nfirst 8 of 12 channels drawn; not drawn: c8, c9, c10, c11")
+    # the rows drawn are those channels' data
+    assert torch.equal(torch.tensor(fig.axes[14].lines[0].get_ydata()), real[0, :, 8])
+    assert len(plot_samples(real, fake, NAMES, max_channels=None).axes) == 12 * 2
+
+    fig = plot_marginals(real, fake, times=[0, -1], channels=range(1, 13), channel_names=NAMES, max_channels=3)
+    assert len(fig.axes) == 3 * 2
+    assert [ax.get_xlabel() for ax in fig.axes[::2]] == ["c0", "c1", "c2"]
+    assert "not drawn: c3, c4" in suptitle(fig).replace("\n", " ")
+
+    fig = plot_reconstruction(real, real, fake, NAMES, title="latent_sde, step 4", max_channels=2)
+    assert len(fig.axes) == 2 * 2 and fig.axes[3].get_title() == "prior samples: c1"
+    assert "first 2 of 12 channels drawn" in suptitle(fig)
+
+
+def test_few_channels_are_all_drawn_with_no_note():
+    real, fake = paths(channels=3, seed=1), paths(channels=3, seed=2)
+    assert suptitle(plot_samples(real, fake, ["a", "b", "c"], title="t")) == "t"
+    fig = plot_marginals(real, fake, channels=[1, 2, 3], max_channels=8)
+    assert len(fig.axes) == 3 * 4 and suptitle(fig) == ""
+
+
+@pytest.mark.parametrize("make, option", [
+    (lambda v: SamplePlotCallback("/tmp/unused", max_channels=v), "callbacks.sample_plot.max_channels"),
+    (lambda v: MetricsCallback("/tmp/unused", plot_max_channels=v), "callbacks.metrics.plot_max_channels"),
+    (lambda v: LatentSDEPlotCallback("/tmp/unused", max_channels=v), "callbacks.latent_sde_plot.max_channels"),
+])
+def test_bad_max_channels_is_refused_naming_the_option(make, option):
+    for bad in (0, "all", 2.5):
+        with pytest.raises(ConfigError, match=rf"{option}=.*positive integer.*null"):
+            make(bad)
+    make(None)
