@@ -32,5 +32,6 @@ class LatentSDEPlotCallback(pl.Callback):
         module.train(was_training)
         to_units = dm.to_plot_units  # data units, the data's own times
         fig = plot_reconstruction(to_units(paths), to_units(rec.cpu()), to_units(prior.cpu()), dm.channel_names,
-                                  title=f"{module.family}, step {module.steps_taken}", max_channels=self.max_channels)
+                                  title=f"{module.family}, step {module.steps_taken}", max_channels=self.max_channels,
+                                  time_unit=dm.source_time_unit)
         log_figure(trainer, fig, self.name, self.out_dir)

@@ -7,16 +7,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from neuralsde.plotting import MAX_CHANNELS, add_note, shown_channels  # noqa: E402
+from neuralsde.metrics.plots import MAX_CHANNELS, add_note, shown_channels, time_label  # noqa: E402
 
 
 def plot_reconstruction(observed: torch.Tensor, reconstructed: torch.Tensor, prior: torch.Tensor,
                         channel_names: list[str] | None = None, title: str = "",
-                        max_channels: int | None = MAX_CHANNELS) -> plt.Figure:
+                        max_channels: int | None = MAX_CHANNELS, time_unit: str | None = None) -> plt.Figure:
     """One row per data channel: observed points and their reconstructions (left), prior samples (right).
 
     observed (NaN where missing), reconstructed, prior: ``(batch, T, 1 + C)``, time in channel 0, same units.
     Only the first ``max_channels`` channels get a row (None: all); the figure's title names the others.
+    ``time_unit``: the source's (e.g. "hour"), named on the time axes.
     """
     observed, reconstructed, prior = (x.detach().cpu() for x in (observed, reconstructed, prior))
     c = observed.size(-1) - 1
@@ -38,6 +39,6 @@ def plot_reconstruction(observed: torch.Tensor, reconstructed: torch.Tensor, pri
             ax.plot(path[:, 0], path[:, 1 + i], color="tab:red", alpha=0.5, lw=0.8)
         ax.set_title(f"prior samples: {names[i]}")
         for ax in axes[row]:
-            ax.set_xlabel("time")
+            ax.set_xlabel(time_label(time_unit))
     add_note(fig, title, note)
     return fig

@@ -48,7 +48,8 @@ class SamplePlotCallback(pl.Callback):
             fake = module.sample(self.n_paths, generator=torch.Generator().manual_seed(self.seed))
         to_units = trainer.datamodule.to_plot_units  # data units, the data's own times
         fig = plot_samples(to_units(real), to_units(fake.cpu()), trainer.datamodule.channel_names,
-                           title=f"{module.family}, step {module.steps_taken}", max_channels=self.max_channels)
+                           title=f"{module.family}, step {module.steps_taken}", max_channels=self.max_channels,
+                           time_unit=trainer.datamodule.source_time_unit)
         log_figure(trainer, fig, name, self.out_dir)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:

@@ -157,7 +157,8 @@ class MetricsCallback(pl.Callback):
         # every data channel, a row each, named and in data units (was channel 1 alone, labelled "channel 1")
         log_figure(trainer, plot_marginals(dm.to_plot_units(real), dm.to_plot_units(fake),
                                            channels=range(1, real.shape[-1]), channel_names=names,
-                                           units="data units", max_channels=self.plot_max_channels),
+                                           units="data units", max_channels=self.plot_max_channels,
+                                           time_unit=dm.source_time_unit),
                    "marginals", out)
         log_figure(trainer, plot_autocorrelation(real, fake, channel_names=names), "autocorrelation", out)
         history = {k: v for k, v in self.history.items() if k.startswith("val/") and not k.endswith("_ci_low")

@@ -7,16 +7,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from neuralsde.metrics.plots import MAX_CHANNELS, add_note, shown_channels  # noqa: E402
+from neuralsde.metrics.plots import MAX_CHANNELS, add_note, shown_channels, time_label  # noqa: E402
 
 
 def plot_samples(real: torch.Tensor, fake: torch.Tensor, channel_names: list[str] | None = None,
-                 n_paths: int = 16, title: str = "", max_channels: int | None = MAX_CHANNELS) -> plt.Figure:
+                 n_paths: int = 16, title: str = "", max_channels: int | None = MAX_CHANNELS,
+                 time_unit: str | None = None) -> plt.Figure:
     """Generated paths beside real ones, one row per data channel.
 
     real, fake: ``(batch, T, 1 + C)`` with time in channel 0; NaNs in ``real`` show as gaps between
     observed points (drawn with markers so sparse paths stay visible). Only the first ``max_channels`` channels
-    get a row (None: all); the figure's title names the others.
+    get a row (None: all); the figure's title names the others. ``time_unit``: the source's (e.g. "hour"),
+    named on the time axes.
     """
     real, fake = real[:n_paths].detach().cpu(), fake[:n_paths].detach().cpu()
     c = real.size(-1) - 1
@@ -31,6 +33,6 @@ def plot_samples(real: torch.Tensor, fake: torch.Tensor, channel_names: list[str
                 ok = ~torch.isnan(path[:, 1 + i])
                 ax.plot(path[ok, 0], path[ok, 1 + i], color=colour, alpha=0.5, lw=0.8, marker=".", ms=2)
             ax.set_title(f"{label}: {names[i]}")
-            ax.set_xlabel("time")
+            ax.set_xlabel(time_label(time_unit))
     add_note(fig, title, note)
     return fig

@@ -64,3 +64,49 @@ def test_bad_max_channels_is_refused_naming_the_option(make, option):
         with pytest.raises(ConfigError, match=rf"{option}=.*positive integer.*null"):
             make(bad)
     make(None)
+
+
+class HourlySource:
+    """A source that names its time unit in ``meta``, as air quality ("hour") or stocks ("trading day") do."""
+
+    def __init__(self, unit):
+        self.unit = unit
+
+    def load(self):
+        from neuralsde.data.base import RawSeries
+
+        values = torch.randn(20, 6, 2, generator=torch.Generator().manual_seed(0))
+        return RawSeries(torch.arange(6.0), values, ["PM2.5", "O3"], meta={"time_unit": self.unit})
+
+
+def test_time_axes_name_the_source_time_unit():
+    # every figure's time axis read "time" and the marginal panels "t = 8": hours, trading days or minutes?
+    from neuralsde.data.datamodule import TimeSeriesDataModule
+
+    dm = TimeSeriesDataModule(HourlySource("hour"), batch_size=4)
+    dm.setup("fit")
+    assert dm.source_time_unit == "hour"
+    real = dm.to_plot_units(dm.train[:4])
+    fig = plot_samples(real, real, dm.channel_names, time_unit=dm.source_time_unit)
+    assert {ax.get_xlabel() for ax in fig.axes} == {"time (hours)"}
+    fig = plot_reconstruction(real, real, real, dm.channel_names, time_unit="10 minutes")
+    assert {ax.get_xlabel() for ax in fig.axes} == {"time (\u00d7 10 minutes)"}
+    fig = plot_marginals(real, real, times=[0, 1, 5], channels=[1, 2], time_unit="trading day")
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["t = 0 trading days", "t = 1 trading day", "t = 5 trading days"]
+    # a source that names no unit (OU, Lorenz, a CSV of numbers) keeps the bare word
+    assert plot_samples(real, real).axes[0].get_xlabel() == "time"
+    assert plot_marginals(real, real, times=[5]).axes[0].get_title() == "t = 5"
+
+
+@pytest.mark.parametrize("folder, source, unit", [
+    ("stock_goog_daily", "neuralsde.data.stocks.GoogDailySource", "trading day"),
+    ("energy_appliances", "neuralsde.data.energy.EnergySource", "10 minutes"),
+])
+def test_real_sources_name_their_time_unit(folder, source, unit):
+    from hydra.utils import get_class
+
+    from tests.conftest import SHARED_DATA
+
+    if not (SHARED_DATA / folder).is_dir():
+        pytest.skip(f"shared data folder {SHARED_DATA / folder} is absent")
+    assert get_class(source)(data_dir=str(SHARED_DATA)).load().meta["time_unit"] == unit

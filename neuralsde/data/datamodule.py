@@ -29,7 +29,8 @@ class TimeSeriesDataModule(pl.LightningDataModule):
     computed once here because it costs more than a discriminator evaluation when done per batch.
 
     After ``setup()``: ``times`` ``(T,)`` (the time channel), ``source_times`` ``(T,)`` (the same observation
-    times in the source's units, e.g. the CSV's), ``data_size`` ``C``, ``channel_names``,
+    times in the source's units, e.g. the CSV's; ``source_time_unit`` names that unit, e.g. "hour", or is None),
+    ``data_size`` ``C``, ``channel_names``,
     ``normalizer`` (fitted on the training split only), and ``train``/``val``/``test`` tensors, each in a
     seeded random order whatever ``split_by`` (so that a prefix of a split is a random sample of it).
     """
@@ -92,6 +93,7 @@ class TimeSeriesDataModule(pl.LightningDataModule):
         self.normalizer = Normalizer.fit(train_raw, self.normalize)
         self.times = time_channel(raw.times, self.time_unit)
         self.source_times = raw.times.double().clone()  # the observation times in the data's own units
+        self.source_time_unit = raw.meta.get("time_unit")  # for the figures' time axes
         self.data_size, self.channel_names = c, list(raw.channel_names)
         self.split_indices = dict(zip(("train", "val", "test"), idx, strict=False))
         self.train, self.val, self.test = (self._with_time(self.normalizer(raw.values[i])) for i in idx)

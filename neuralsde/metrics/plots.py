@@ -57,10 +57,31 @@ def add_note(fig: Figure, title: str, note: str) -> None:
         fig.suptitle(text, fontsize="medium" if not note else "small")
 
 
+def _plural(unit: str) -> str:
+    return unit if unit.endswith("s") else f"{unit}s"
+
+
+def time_label(unit: str | None) -> str:
+    """A time axis's label: "time (hours)" for a source's ``time_unit`` "hour", "time (x 10 minutes)" for "10
+    minutes"; "time" where the source names none."""
+    if not unit:
+        return "time"
+    return f"time (\u00d7 {unit})" if unit[0].isdigit() else f"time ({_plural(unit)})"
+
+
+def time_text(value: float, unit: str | None) -> str:
+    """``value`` with its unit, e.g. "8 trading days", "8 \u00d7 10 minutes", "1 hour"."""
+    if not unit:
+        return f"{value:.3g}"
+    if unit[0].isdigit():
+        return f"{value:.3g} \u00d7 {unit}"
+    return f"{value:.3g} {unit if value == 1 else _plural(unit)}"
+
+
 def plot_marginals(
     real: torch.Tensor, fake: torch.Tensor, times: Sequence[int] | None = None, *, channel: int = 1, bins: int = 30,
     channels: Sequence[int] | None = None, channel_names: Sequence[str] | None = None, units: str = "",
-    max_channels: int | None = None
+    max_channels: int | None = None, time_unit: str | None = None
 ) -> Figure:
     """Histograms of real vs fake values of data ``channel`` (or of each of ``channels``, a row each) at several
     time indices.
@@ -68,7 +89,8 @@ def plot_marginals(
     real ``(m, T, C)`` (NaN left out), fake ``(n, T, C)``; ``times`` are indices into the T axis (default four
     evenly spaced, first and last included); each panel is titled with the time of channel 0. ``channel_names``
     (one per data channel) and ``units`` (e.g. "data units") label the value axes. With ``max_channels``, only
-    the first that many of ``channels`` get a row; the figure's title names the others.
+    the first that many of ``channels`` get a row; the figure's title names the others. ``time_unit`` (the
+    source's, e.g. "hour") goes into the panels' titles.
     """
     real, fake = check_paths(real, "real").detach().cpu(), check_paths(fake, "fake").detach().cpu()
     check_same_grid(real, fake, ("real", "fake"))
@@ -99,7 +121,7 @@ def plot_marginals(
             edges = torch.linspace(float(both.min()), float(both.max()) + 1e-9, bins + 1).numpy()
             ax.hist(r.numpy(), bins=edges, density=True, alpha=0.5, label=f"real (n={len(r)})")
             ax.hist(f.numpy(), bins=edges, density=True, alpha=0.5, label=f"generated (n={len(f)})")
-            ax.set_title(f"t = {float(real[0, t, 0]):.3g}")
+            ax.set_title(f"t = {time_text(float(real[0, t, 0]), time_unit)}")
             ax.set_xlabel(f"{name} ({units})" if units else name)
         axes[0].set_ylabel("density")
     grid[0, 0].legend(fontsize="small")
