@@ -7,7 +7,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from neuralsde.metrics.plots import MAX_CHANNELS, add_note, shown_channels, time_label  # noqa: E402
+from neuralsde.metrics.plots import (  # noqa: E402
+    GENERATED_COLOUR,
+    MAX_CHANNELS,
+    add_note,
+    shown_channels,
+    time_label,
+)
 
 
 def plot_reconstruction(observed: torch.Tensor, reconstructed: torch.Tensor, prior: torch.Tensor,
@@ -36,7 +42,7 @@ def plot_reconstruction(observed: torch.Tensor, reconstructed: torch.Tensor, pri
         ax.set_title(f"observed (dots) vs reconstructed (lines): {names[i]}")
         ax = axes[row, 1]
         for path in prior:
-            ax.plot(path[:, 0], path[:, 1 + i], color="tab:red", alpha=0.5, lw=0.8)
+            ax.plot(path[:, 0], path[:, 1 + i], color=GENERATED_COLOUR, alpha=0.5, lw=0.8)
         ax.set_title(f"prior samples: {names[i]}")
         for ax in axes[row]:
             ax.set_xlabel(time_label(time_unit))

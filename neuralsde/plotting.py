@@ -7,7 +7,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from neuralsde.metrics.plots import MAX_CHANNELS, add_note, shown_channels, time_label  # noqa: E402
+from neuralsde.metrics.plots import (  # noqa: E402
+    GENERATED_COLOUR,
+    MAX_CHANNELS,
+    REAL_COLOUR,
+    add_note,
+    shown_channels,
+    time_label,
+)
 
 
 def plot_samples(real: torch.Tensor, fake: torch.Tensor, channel_names: list[str] | None = None,
@@ -27,7 +34,8 @@ def plot_samples(real: torch.Tensor, fake: torch.Tensor, channel_names: list[str
     fig, axes = plt.subplots(len(shown), 2, figsize=(10, 2.6 * len(shown)), squeeze=False, sharey="row",
                              layout="constrained")
     for row, i in enumerate(shown):
-        for col, (paths, label, colour) in enumerate(((real, "real", "tab:blue"), (fake, "generated", "tab:red"))):
+        sides = ((real, "real", REAL_COLOUR), (fake, "generated", GENERATED_COLOUR))
+        for col, (paths, label, colour) in enumerate(sides):
             ax = axes[row, col]
             for path in paths:
                 ok = ~torch.isnan(path[:, 1 + i])

@@ -110,3 +110,41 @@ def test_real_sources_name_their_time_unit(folder, source, unit):
     if not (SHARED_DATA / folder).is_dir():
         pytest.skip(f"shared data folder {SHARED_DATA / folder} is absent")
     assert get_class(source)(data_dir=str(SHARED_DATA)).load().meta["time_unit"] == unit
+
+
+def test_real_and_generated_keep_their_colours_across_figures():
+    # marginals.png drew generated values orange (matplotlib's second colour) beside samples.png's red
+    from matplotlib.colors import to_hex
+
+    from neuralsde.metrics.plots import plot_autocorrelation
+
+    real, fake = paths(n=8, channels=1, seed=1), paths(n=8, channels=1, seed=2)
+    samples = plot_samples(real, fake)
+    marginals = plot_marginals(real, fake, times=[0])
+    acf = plot_autocorrelation(real, fake)
+    recon = plot_reconstruction(real, real, fake)
+    blue, red = to_hex("tab:blue"), to_hex("tab:red")
+    assert to_hex(samples.axes[0].lines[0].get_color()) == blue and to_hex(samples.axes[1].lines[0].get_color()) == red
+    assert [to_hex(c.patches[0].get_facecolor()[:3]) for c in marginals.axes[0].containers] == [blue, red]
+    assert [to_hex(line.get_color()) for line in acf.axes[0].lines[:2]] == [blue, red]
+    assert to_hex(recon.axes[1].lines[0].get_color()) == red  # prior samples are generated paths
+    grid = plot_autocorrelation(paths(n=8, channels=6, seed=1), paths(n=8, channels=6, seed=2))
+    assert {(to_hex(ax.lines[0].get_color()), to_hex(ax.lines[1].get_color())) for ax in grid.axes[:6]} == {(blue, red)}
+
+
+def test_autocorrelation_legend_of_several_channels_sits_beside_the_curves():
+    # Lorenz's three channels: a six-entry legend inside the panel covered the curves
+    from neuralsde.metrics.plots import plot_autocorrelation
+
+    real, fake = paths(n=8, channels=3, seed=1), paths(n=8, channels=3, seed=2)
+    fig = plot_autocorrelation(real, fake, channel_names=["y1", "y2", "y3"])
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [f"{k} y{i}" for i in (1, 2, 3) for k in ("real", "generated")]
+    renderer = fig.canvas.get_renderer()
+    assert legend.get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1
+    assert legend.get_window_extent(renderer).x1 <= fig.bbox.x1  # not clipped at the figure's edge
+    # real solid, generated dashed, one colour per channel
+    assert [line.get_linestyle() for line in ax.lines[:2]] == ["-", "--"]
+    assert ax.lines[0].get_color() == ax.lines[1].get_color() != ax.lines[2].get_color()

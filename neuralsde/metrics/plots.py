@@ -25,6 +25,10 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
+# One colour for real and one for generated paths in every figure (samples, marginals, autocorrelation, the
+# latent SDE's prior samples): the marginals drew generated values orange beside the samples' red.
+REAL_COLOUR, GENERATED_COLOUR = "tab:blue", "tab:red"
+
 # Rows of channels a figure draws by default: energy's 26 channels made a 1000x6760-pixel samples figure and a
 # 104-panel marginals figure (about 15 s to draw on a laptop CPU) that no one reads; the rest are named in a note.
 MAX_CHANNELS = 8
@@ -119,8 +123,9 @@ def plot_marginals(
             r = r[~torch.isnan(r)]
             both = torch.cat([r, f])
             edges = torch.linspace(float(both.min()), float(both.max()) + 1e-9, bins + 1).numpy()
-            ax.hist(r.numpy(), bins=edges, density=True, alpha=0.5, label=f"real (n={len(r)})")
-            ax.hist(f.numpy(), bins=edges, density=True, alpha=0.5, label=f"generated (n={len(f)})")
+            ax.hist(r.numpy(), bins=edges, density=True, alpha=0.5, color=REAL_COLOUR, label=f"real (n={len(r)})")
+            ax.hist(f.numpy(), bins=edges, density=True, alpha=0.5, color=GENERATED_COLOUR,
+                    label=f"generated (n={len(f)})")
             ax.set_title(f"t = {time_text(float(real[0, t, 0]), time_unit)}")
             ax.set_xlabel(f"{name} ({units})" if units else name)
         axes[0].set_ylabel("density")
@@ -148,14 +153,16 @@ def plot_autocorrelation(real: torch.Tensor, fake: torch.Tensor, *, max_lag: int
     shared = channels <= SHARED_AXES_CHANNELS
     cols = 1 if shared else min(6, channels)
     rows = 1 if shared else -(-channels // cols)
-    fig = _figure(5.0, 3.5) if shared else _figure(2.4 * cols, 2.0 * rows)
+    by_channel = shared and channels > 1  # colours tell the channels apart; else real and generated
+    fig = _figure(7.0 if by_channel else 5.0, 3.5) if shared else _figure(2.4 * cols, 2.0 * rows)
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True).flatten()
     for c in range(channels):
         ax = axes[0 if shared else c]
         label = channel_names[c] if channel_names else f"channel {c + 1}"
         name = f" {label}" if shared else ""
-        (line,) = ax.plot(lags, acf_real[:, c].numpy(), label=f"real{name}")
-        ax.plot(lags, acf_fake[:, c].numpy(), linestyle="--", color=line.get_color(), label=f"generated{name}")
+        colours = (f"C{c}", f"C{c}") if by_channel else (REAL_COLOUR, GENERATED_COLOUR)
+        ax.plot(lags, acf_real[:, c].numpy(), color=colours[0], label=f"real{name}")
+        ax.plot(lags, acf_fake[:, c].numpy(), linestyle="--", color=colours[1], label=f"generated{name}")
         if not shared:
             ax.set_title(label, fontsize="small")
             if c + cols >= channels:  # nothing below it: show its lag ticks
@@ -170,7 +177,10 @@ def plot_autocorrelation(real: torch.Tensor, fake: torch.Tensor, *, max_lag: int
     else:
         fig.supxlabel("lag (observations)")
         fig.supylabel("autocorrelation")
-    axes[0].legend(fontsize="small")
+    if by_channel:  # beside the panel: inside, its 2 x channels entries covered the curves (Lorenz's three)
+        axes[0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    else:
+        axes[0].legend(fontsize="small")
     return fig
 
 
