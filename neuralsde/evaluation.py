@@ -161,7 +161,6 @@ class MetricsCallback(pl.Callback):
                                            time_unit=dm.source_time_unit),
                    "marginals", out)
         log_figure(trainer, plot_autocorrelation(real, fake, channel_names=names), "autocorrelation", out)
-        history = {k: v for k, v in self.history.items() if k.startswith("val/") and not k.endswith("_ci_low")
-                   and not k.endswith("_ci_high")}
+        history = {k: v for k, v in self.history.items() if k.startswith("val/")}  # intervals shade their metric
         if history:
             log_figure(trainer, plot_metric_history(history), "metric_history", out)

@@ -148,3 +148,27 @@ def test_autocorrelation_legend_of_several_channels_sits_beside_the_curves():
     # real solid, generated dashed, one colour per channel
     assert [line.get_linestyle() for line in ax.lines[:2]] == ["-", "--"]
     assert ax.lines[0].get_color() == ax.lines[1].get_color() != ax.lines[2].get_color()
+
+
+def test_metric_history_shades_the_mmd_interval_and_prints_plain_ticks():
+    # the intervals were dropped from metric_history.png, so a change of the MMD could not be told from its noise;
+    # a flat metric's ticks read 0.00002 ... under a "+3.67e-1" offset
+    from neuralsde.metrics.plots import plot_metric_history
+
+    history = {"val/sig_mmd": [(2, 0.5), (4, 0.3), (6, float("nan"))],
+               "val/sig_mmd_ci_low": [(2, 0.1), (4, -0.1), (6, 0.0)],
+               "val/sig_mmd_ci_high": [(2, 0.9), (4, 0.7), (6, 1.0)],
+               "val/acf_error": [(2, 0.36702), (4, 0.36691)]}
+    fig = plot_metric_history(history)
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in shown] == ["val/sig_mmd", "val/acf_error"]
+    (band,) = shown[0].collections
+    ys = sorted({round(float(y), 6) for y in band.get_paths()[0].vertices[:, 1]})
+    assert ys == [-0.1, 0.1, 0.7, 0.9]  # the NaN step's interval is left out with its point
+    assert [t.get_text() for t in shown[0].get_legend().get_texts()] == ["95% bootstrap interval"]
+    assert shown[1].get_legend() is None and not shown[1].collections
+    fig.canvas.draw()
+    assert shown[1].yaxis.get_offset_text().get_text() == ""
+    assert all(t.get_text().startswith("0.36") for t in shown[1].get_yticklabels() if t.get_text())
+    # a lone interval with no metric keeps its own panel
+    assert [ax.get_title() for ax in plot_metric_history({"x_ci_low": [(1, 0.0)]}).axes] == ["x_ci_low"]

@@ -184,28 +184,42 @@ def plot_autocorrelation(real: torch.Tensor, fake: torch.Tensor, *, max_lag: int
     return fig
 
 
+def _finite(points) -> list[tuple[int, float]]:
+    return [(s, float(v)) for s, v in points if torch.isfinite(torch.tensor(float(v)))]
+
+
 def plot_metric_history(history: dict[str, list[tuple[int, float]]]) -> Figure:
     """One panel per metric: value against training step, from ``{name: [(step, value), ...]}``.
 
-    Non-finite values are skipped; a metric with no finite value gets an empty, titled panel.
+    Non-finite values are skipped; a metric with no finite value gets an empty, titled panel. ``<name>_ci_low`` and
+    ``<name>_ci_high`` (the signature MMD's bootstrap interval) shade their metric's panel instead of getting their
+    own: without it a change of the MMD could not be told from its sampling noise.
     """
     if not history:
         raise ConfigError("history is empty: expected {metric name: [(step, value), ...]}. Fix: log metrics first.")
-    names = list(history)
+    names = [n for n in history if not (n.endswith(("_ci_low", "_ci_high")) and n.rsplit("_ci_", 1)[0] in history)]
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
     fig = _figure(4.0 * cols, 3.0 * rows)
     axes = fig.subplots(rows, cols, squeeze=False).flatten()
     for ax, name in zip(axes, names, strict=False):
-        points = [(s, float(v)) for s, v in history[name] if torch.isfinite(torch.tensor(float(v)))]
+        points = _finite(history[name])
         if points:
             steps, values = zip(*points, strict=True)
             ax.plot(steps, values, marker="o", markersize=3)
             if min(values) > 0 and max(values) > 100 * min(values):
                 ax.set_yscale("log")  # early values of e.g. the signature MMD dwarf the rest
+            low, high = (dict(_finite(history.get(f"{name}_ci_{end}", []))) for end in ("low", "high"))
+            band = [(s, low[s], high[s]) for s in steps if s in low and s in high]
+            if band:
+                b_steps, b_low, b_high = zip(*band, strict=True)
+                ax.fill_between(b_steps, b_low, b_high, alpha=0.2, label="95% bootstrap interval")
+                ax.legend(fontsize="small")
         ax.set_title(name)
         ax.set_xlabel("training step")  # the model's own count (train/step), not the CSV's 0-based `step` column
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole: no 2.5 ticks on short runs
+        if ax.get_yscale() == "linear":  # plain tick values: not 0.00002 under a "+3.67e-1" offset
+            ax.ticklabel_format(axis="y", useOffset=False)
     for ax in axes[len(names) :]:
         ax.set_visible(False)
     return fig
