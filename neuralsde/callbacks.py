@@ -12,8 +12,9 @@ from neuralsde.metrics.plots import MAX_CHANNELS, check_max_channels
 from neuralsde.plotting import plot_samples
 
 
-def log_figure(trainer: pl.Trainer, fig, name: str, out_dir: str | Path) -> Path:
-    """Save ``fig`` as ``out_dir/name.png``; also log it as ``wandb.Image`` when a wandb logger is active."""
+def log_figure(trainer: pl.Trainer, fig, name: str, out_dir: str | Path, key: str | None = None) -> Path:
+    """Save ``fig`` as ``out_dir/name.png``; also log it as ``wandb.Image`` under ``key`` (default ``name``) when a
+    wandb logger is active."""
     out = Path(out_dir) / f"{name}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
@@ -25,7 +26,7 @@ def log_figure(trainer: pl.Trainer, fig, name: str, out_dir: str | Path) -> Path
             # step=trainer.global_step (Lightning's optimiser steps) fell behind wandb's row counter whenever
             # more rows than steps were logged (latent SDE, log_every_n_steps=1) and wandb dropped the image.
             step = getattr(trainer.lightning_module, "steps_taken", trainer.global_step)
-            logger.log_metrics({name: wandb.Image(str(out))}, step=step)
+            logger.log_metrics({key or name: wandb.Image(str(out))}, step=step)
     plt.close(fig)
     return out
 
@@ -50,7 +51,9 @@ class SamplePlotCallback(pl.Callback):
         fig = plot_samples(to_units(real), to_units(fake.cpu()), trainer.datamodule.channel_names,
                            title=f"{module.family}, step {module.steps_taken}", max_channels=self.max_channels,
                            time_unit=trainer.datamodule.source_time_unit)
-        log_figure(trainer, fig, name, self.out_dir)
+        # one wandb key for every step's figure: one panel whose step slider runs through training, not a panel per
+        # samples_stepNNNNNN; the PNG files keep their step in the name
+        log_figure(trainer, fig, name, self.out_dir, key="samples")
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         step = module.steps_taken

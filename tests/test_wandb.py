@@ -32,8 +32,9 @@ def test_offline_wandb_run_has_metrics_and_images(tiny_cfg, tmp_path, monkeypatc
     assert hparams.seed == cfg.seed and hparams.data.batch_size == cfg.data.batch_size and "generator" in hparams
 
 
-def _history_keys(run_file) -> list[set[str]]:
-    """The keys of each history row in an offline run's ``.wandb`` file (LevelDB-style log records of protobufs)."""
+def _history_keys(run_file) -> list[dict[str, str]]:
+    """Each history row of an offline run's ``.wandb`` file as {key: JSON value} (LevelDB-style log records of
+    protobufs)."""
     import struct
 
     from wandb.proto import wandb_internal_pb2 as pb
@@ -56,7 +57,7 @@ def _history_keys(run_file) -> list[set[str]]:
         record = pb.Record()
         record.ParseFromString(raw)
         if record.WhichOneof("record_type") == "history":
-            rows.append({item.key or "/".join(item.nested_key) for item in record.history.item})
+            rows.append({item.key or "/".join(item.nested_key): item.value_json for item in record.history.item})
     return rows
 
 
@@ -76,3 +77,19 @@ def test_wandb_keeps_the_figures_when_more_rows_than_steps_were_logged(tiny_cfg,
     for figure in ("samples", "reconstruction"):
         (row,) = [row for row in rows if any(key.startswith(f"{figure}/") for key in row)]
         assert "trainer/global_step" in row, figure
+
+
+def test_periodic_sample_figures_share_one_wandb_key(tiny_cfg, tmp_path):
+    """callbacks.sample_plot.every_n_steps logged samples_step000001, samples_step000002, ...: a wandb panel per
+    step. They are now one key, "samples", at each figure's training step (one panel with a step slider)."""
+    cfg = tiny_cfg(["logger=wandb", "callbacks.sample_plot.every_n_steps=1"], steps=2)
+    with open_dict(cfg):
+        cfg.test = False
+        cfg.callbacks.metrics.val_metrics = ["marginal_w1"]
+    train(cfg)
+    assert {p.name for p in (tmp_path / "plots").glob("samples*.png")} == {
+        "samples_step000001.png", "samples_step000002.png", "samples.png"}
+    (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    rows = _history_keys(run_file)
+    assert not any(key.startswith("samples_step") for row in rows for key in row)
+    assert [row["trainer/global_step"] for row in rows if "samples/path" in row] == ["1", "2", "2"]
