@@ -174,13 +174,32 @@ class LatentSDE(GenerativeModule):
                            "train/step": float(self.steps_taken + 1)}, batch_size=n, sync_dist=True)
         return loss
 
-    def _eval_step(self, batch, batch_idx, stage: str) -> None:
-        paths, filled = batch
+    def _batch_elbo(self, paths, filled, batch_idx: int):
         # A fixed seed per batch: successive validations compare the same z0 noise and Brownian sample.
         generator = torch.Generator().manual_seed(self.val_seed + batch_idx)
         with torch.no_grad():
             log_lik, kl, zs = self.elbo_terms(paths, filled, generator)
         self.sde.set_context(None)
+        return log_lik, kl, zs
+
+    @torch.no_grad()
+    def split_elbo(self, loader) -> dict[str, float]:
+        """``elbo``, ``log_lik`` and ``kl`` per path over every batch ``(paths, filled)`` of ``loader`` (the data
+        module's test loader), with the test stage's seeds and weighting: ``eval.py`` reports the ELBO, this family's
+        own figure, as the training run's ``test/elbo`` (it printed the sample metrics alone)."""
+        was_training = self.training
+        self.eval()
+        sums, n = torch.zeros(3, dtype=torch.float64), 0
+        for batch_idx, (paths, filled) in enumerate(loader):
+            log_lik, kl, _ = self._batch_elbo(paths.to(self.device), filled.to(self.device), batch_idx)
+            sums += torch.stack([(log_lik - kl).sum(), log_lik.sum(), kl.sum()]).double().cpu()
+            n += paths.size(0)
+        self.train(was_training)
+        return dict(zip(("elbo", "log_lik", "kl"), (sums / max(n, 1)).tolist(), strict=True))
+
+    def _eval_step(self, batch, batch_idx, stage: str) -> None:
+        paths, filled = batch
+        log_lik, kl, zs = self._batch_elbo(paths, filled, batch_idx)
         n = paths.size(0)
         self.log(f"{stage}/elbo", (log_lik - kl).mean(), prog_bar=stage == "val", batch_size=n, sync_dist=True)
         self.log(f"{stage}/log_lik", log_lik.mean(), batch_size=n, sync_dist=True)

@@ -38,7 +38,9 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     with torch_threads(train_cfg.get("threads")):
         values, paths = evaluate(model, datamodule, metrics=names, n_samples=n_samples, seed=int(cfg.seed),
                              options=options, reference=True, progress=True)
-    values = {f"test/{k}": v for k, v in values.items() if v is not None}
+        # The latent SDE's ELBO (per path, nats), its headline figure, on the whole test split as its test stage has it
+        elbo = model.split_elbo(datamodule.test_dataloader()) if hasattr(model, "split_elbo") else {}
+    values = {f"test/{k}": v for k, v in {**elbo, **values}.items() if v is not None}
     out.mkdir(parents=True, exist_ok=True)
     ckpt = str(Path(cfg.ckpt_path).expanduser().resolve())  # the file, wherever the JSON is read from
     # n_samples is at most: a test split smaller than it (OU's 819, lobster's 10 windows) is compared whole, and

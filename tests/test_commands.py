@@ -307,6 +307,25 @@ def test_eval_and_sample_on_a_latent_sde_checkpoint(latent_run, tmp_path):
     np.testing.assert_allclose(renormalised.numpy(), normalised[..., 1:].numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_eval_reports_a_latent_sde_test_elbo_as_its_test_stage(latent_run, tmp_path, capsys):
+    """eval.py on a latent SDE printed and saved the sample metrics alone: not the ELBO, the family's own figure
+    (and its experiments' optimized_metric), which only the training run's test stage logged."""
+    import pytorch_lightning as pl
+
+    ckpt = str(latent_run / "checkpoints" / "last.ckpt")
+    batches = ["data.eval_batch_size=4"]  # several test batches of unequal size: the mean is per path
+    values = run_eval(_cmd_cfg("eval", tmp_path, ckpt_path=ckpt, n_samples=16, metrics=["marginal_w1"],
+                               cfg_overrides=batches))
+    model, dm, _ = load_model(ckpt, batches)
+    assert len(dm.test) % 4 and len(dm.test) > 4
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    stage = trainer.test(model, datamodule=dm, verbose=False)[0]  # the module's own test_step, every test batch
+    for key in ("test/elbo", "test/log_lik", "test/kl"):
+        assert values[key] == pytest.approx(stage[key], rel=1e-5)
+    assert json.loads((tmp_path / "metrics.json").read_text())["metrics"]["test/elbo"] == values["test/elbo"]
+    assert "test/elbo" in capsys.readouterr().out
+
+
 def test_checkpoint_of_other_family_is_refused(sdegan_run, latent_run, tmp_path):
     cfg = shrink(compose_config(["experiment=ou_latent_sde"]), tmp_path, steps=3)
     with open_dict(cfg):
