@@ -11,7 +11,10 @@ from neuralsde.metrics.plots import MAX_CHANNELS, check_max_channels
 
 
 class LatentSDEPlotCallback(pl.Callback):
-    """Saves ``out_dir/reconstruction.png`` (and logs it to wandb when active) at train end; data units."""
+    """Saves ``out_dir/reconstruction.png`` (and logs it to wandb when active) at train end; data units.
+
+    In the default callbacks, so that ``model=latent_sde`` under any experiment draws it (only the ``*_latent_sde``
+    experiments listed it); a model without ``reconstruct`` (the SDE-GAN) is left alone."""
 
     def __init__(self, out_dir: str, n_paths: int = 8, seed: int = 0, name: str = "reconstruction",
                  max_channels: int | None = MAX_CHANNELS):
@@ -20,6 +23,8 @@ class LatentSDEPlotCallback(pl.Callback):
 
     @rank_zero_only
     def on_train_end(self, trainer: pl.Trainer, module) -> None:
+        if not callable(getattr(module, "reconstruct", None)):
+            return
         dm = trainer.datamodule
         split = "val" if len(dm.val) else "train"
         paths, filled = getattr(dm, split)[: self.n_paths], dm.filled[split][: self.n_paths]
