@@ -85,6 +85,7 @@ class CheckSweepJobs(Callback):
     up front (an Optuna study draws its trials as it goes); one more composition per job."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        check_sweep_direction(config)
         used: dict[str, tuple[int, str]] = {}  # a path a job writes -> the first job that writes it
         for num, overrides, job_cfg in _sweep_jobs(config):
             out = _output_dir(job_cfg)
@@ -109,6 +110,26 @@ class CheckSweepJobs(Callback):
                                         f"run{also}. Fix: {fix}."))
                 if path is not None:
                     used[path] = (num, overrides)
+
+
+# Logged figures where higher is better (the latent SDE's bound and likelihood): every other one (losses, distances,
+# MMD) is lower-better, or best at a value (real_fake_acc: 0.5).
+HIGHER_IS_BETTER = ("elbo", "log_lik")
+
+
+def check_sweep_direction(config: DictConfig) -> None:
+    """An Optuna sweep minimises by default, and the latent SDE experiments optimise ``val/elbo``: ``python train.py
+    -m experiment=ou_latent_sde hydra/sweeper=optuna ...`` ran every trial and reported the one with the lowest
+    ELBO, the worst model, as best. Refused before the first trial."""
+    direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
+    metric = config.get("optimized_metric")
+    if direction is None or not isinstance(metric, str):
+        return
+    direction = str(getattr(direction, "name", direction)).lower()  # a string or optuna's Direction enum
+    if direction == "minimize" and metric.rpartition("/")[2] in HIGHER_IS_BETTER:
+        _refuse(ConfigError(f"optimized_metric={metric} is higher-is-better, but hydra.sweeper.direction=minimize "
+                            "(Optuna's default): the sweep would report its worst trial as best. Fix: add "
+                            "hydra.sweeper.direction=maximize."))
 
 
 def _output_dir(job_cfg: DictConfig) -> str | None:

@@ -169,6 +169,34 @@ def test_slurm_params_make_a_valid_sbatch_script(tmp_path, monkeypatch):
         assert line in text, text
 
 
+@pytest.mark.parametrize("direction, refused", [(None, True), ("minimize", True), ("maximize", False)])
+def test_an_optuna_sweep_minimising_the_elbo_is_refused(direction, refused, capsys):
+    """Optuna minimises by default and the latent SDE experiments optimise val/elbo: the sweep ran every trial and
+    reported the one with the lowest ELBO, the worst model, as its best."""
+    from neuralsde.hydra_callbacks import CheckSweepJobs
+
+    cfg = hydra_cfg(["experiment=ou_latent_sde", "hydra/sweeper=optuna"]
+                    + ([f"hydra.sweeper.direction={direction}"] if direction else []))
+    if refused:
+        with pytest.raises(SystemExit) as exit_info:
+            CheckSweepJobs().on_multirun_start(cfg)
+        assert exit_info.value.code == 2
+        assert ("optimized_metric=val/elbo is higher-is-better, but hydra.sweeper.direction=minimize"
+                in capsys.readouterr().err)
+    else:
+        CheckSweepJobs().on_multirun_start(cfg)
+    CheckSweepJobs().on_multirun_start(hydra_cfg(["hydra/sweeper=optuna"]))  # val/sig_mmd: lower is better
+
+
+def test_an_optuna_latent_sweep_stops_before_its_first_trial(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "experiment=ou_latent_sde",
+                           "hydra/sweeper=optuna", "hydra.sweeper.n_trials=1", *TINY[:4], "model.train_steps=1",
+                           "test=false", f"hydra.sweep.dir={tmp_path}"], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 2 and "Fix: add hydra.sweeper.direction=maximize" in proc.stderr
+    assert not (tmp_path / "0").exists()
+
+
 def test_optuna_search_composes():
     cfg = hydra_cfg(["hparams_search=ou_optuna"])
     sweeper = cfg.hydra.sweeper
