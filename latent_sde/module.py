@@ -5,6 +5,7 @@ import dataclasses
 import warnings
 
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from latent_sde.components.decoder import Decoder
@@ -138,6 +139,18 @@ class LatentSDE(GenerativeModule):
         if self.kl_anneal_steps <= 0:
             return 1.0
         return min(1.0, float(self.steps_taken) / self.kl_anneal_steps)
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        # The weight at the last step is (train_steps - 1) / kl_anneal_steps: a short run (model.train_steps=50 at the
+        # default 100) trained a down-weighted KL to the end, and its prior samples, which every metric scores, came
+        # from a prior the posterior was never held to; val/elbo (always the full bound) did not show why.
+        final = min(1.0, (self.train_steps - 1) / self.kl_anneal_steps) if self.kl_anneal_steps > 0 else 1.0
+        if final < 1.0 and not self.trainer.fast_dev_run:
+            rank_zero_warn(f"model.kl_anneal_steps={self.kl_anneal_steps} is not below model.train_steps="
+                           f"{self.train_steps}: the KL weight reaches only {final:.3g} at the last step, so training "
+                           "never optimises the ELBO itself. Fix: model.kl_anneal_steps<"
+                           f"{self.train_steps} (e.g. {max(self.train_steps // 3, 1)}), or more model.train_steps.")
 
     def diffusion_mean(self, zs: torch.Tensor) -> torch.Tensor:
         """Mean diffusion along latent paths ``(batch, T, latent)``: the collapse diagnostic."""

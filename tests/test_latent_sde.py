@@ -212,6 +212,27 @@ def test_model_latent_sde_under_any_experiment_draws_its_reconstruction(tiny_cfg
     assert (gan / "plots" / "samples.png").is_file() and not (gan / "plots" / "reconstruction.png").exists()
 
 
+@pytest.mark.parametrize("anneal, warned", [(5, True), (4, True), (3, False), (0, False)])
+def test_a_kl_annealing_longer_than_the_run_warns(tiny_cfg, anneal, warned):
+    """model.train_steps=50 at the default kl_anneal_steps=100 ended at KL weight 0.49 without a word."""
+    cfg = tiny_cfg(["experiment=ou_latent_sde", f"model.kl_anneal_steps={anneal}"], steps=4)
+    with open_dict(cfg):
+        cfg.test = False
+        for name in ("metrics", "latent_sde_plot", "sample_plot"):
+            cfg.callbacks.pop(name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = train(cfg)
+    hits = [str(w.message) for w in caught if "kl_anneal_steps" in str(w.message)]
+    assert len(hits) == int(warned)
+    if warned:
+        assert f"reaches only {3 / anneal:.3g} at the last step" in hits[0]
+        assert "Fix: model.kl_anneal_steps<4" in hits[0]
+        assert metrics["train/kl_weight"] == pytest.approx(3 / anneal)  # what the last logged step used
+    else:
+        assert metrics["train/kl_weight"] == 1.0
+
+
 @pytest.mark.parametrize("overrides", [["solver=midpoint"], ["model.encoder.kind=cde"],
                                        ["solver.backend=torchsde", "solver.brownian=tree"],
                                        ["model.likelihood.kind=laplace"]])
