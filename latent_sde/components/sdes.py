@@ -47,7 +47,8 @@ class LatentSDEFunc(nn.Module):
 
     The context ``(batch, T, context_size)`` is set with ``set_context`` before a solve and must also be passed
     in ``adjoint_params``: torchsde's adjoint only returns gradients for those tensors. At time ``t`` the drift
-    reads the context at the last observation index ``<= t`` (the torchsde latent-SDE example's choice).
+    reads the context at the last observation index ``<= t``, which (the encoder running backwards) summarises the
+    observations from that one to the end (torchsde's latent-SDE example reads the first index ``> t`` instead).
     """
 
     sde_type = "stratonovich"
