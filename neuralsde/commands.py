@@ -51,7 +51,10 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     _refuse_earlier_metrics(out)  # another evaluation may have finished in this directory meanwhile
     with open(out / "metrics.json", "x") as f:  # "x": never replaces a file
         f.write(json.dumps({"checkpoint": ckpt, "family": model.family, **used, "metrics": values}, indent=2))
-    print_metrics_table(values, f"{model.family}: {cfg.ckpt_path}, {n_compared} real paths and as many generated")
+    # the ELBO rests on every test path, not on the n_compared that the sample metrics do
+    whole = f"; the ELBO on all {len(datamodule.test_dataloader().dataset)} test paths" if elbo else ""
+    print_metrics_table(values, f"{model.family}: {cfg.ckpt_path}, {n_compared} real paths and as many generated"
+                        f"{whole}")
     log.info("Wrote %s", out / "metrics.json")
     return values
 

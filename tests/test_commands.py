@@ -323,7 +323,8 @@ def test_eval_reports_a_latent_sde_test_elbo_as_its_test_stage(latent_run, tmp_p
     for key in ("test/elbo", "test/log_lik", "test/kl"):
         assert values[key] == pytest.approx(stage[key], rel=1e-5)
     assert json.loads((tmp_path / "metrics.json").read_text())["metrics"]["test/elbo"] == values["test/elbo"]
-    assert "test/elbo" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "test/elbo" in out and f"the ELBO on all {len(dm.test)} test paths" in out
 
 
 def test_checkpoint_of_other_family_is_refused(sdegan_run, latent_run, tmp_path):
