@@ -62,6 +62,15 @@ def test_reconstruct_and_elbo_refuse_wrong_inputs(latent):
     assert model.double().reconstruct(x.double()).dtype == torch.float64
 
 
+def test_the_readmes_latent_lines(latent):
+    dm, model = latent
+    model = model.float()  # the test above leaves the shared model in float64
+    assert model.reconstruct(dm.test[:8]).shape == dm.test[:8].shape
+    scores = model.split_elbo(dm.test_dataloader())
+    assert set(scores) == {"elbo", "log_lik", "kl"}
+    assert scores["elbo"] == pytest.approx(scores["log_lik"] - scores["kl"])
+
+
 def test_discriminator_refuses_wrong_inputs():
     from sdegan.components.discriminator import Discriminator
 
