@@ -179,6 +179,22 @@ def test_sig_mmd_reuses_the_real_samples_gram_matrix_with_the_same_numbers(monke
         warm = [signature_mmd(r, fake, **opts) for r, fake in ((real, fakes[0]), (real, fakes[1]), (moved, fakes[1]))]
         assert warm == [cold[0], cold[1], cold[2]] and cold[0] != cold[2]
         assert len(calls) == (2 + 2 + 3 if kind == "pde" else 0)  # K_yy, K_xy; K_xx only for the new real sample
+    # the kernel's options are part of the key: each set is computed afresh, not served the previous one's K_xx
+    chain = [dict(kind="truncated"), dict(kind="truncated", depth=3), dict(kind="pde"),
+             dict(kind="pde", dyadic_order=2), dict(kind="pde", static_kernel="rbf"),
+             dict(kind="pde", static_kernel="rbf", rbf_sigma=0.5)]
+    cold = []
+    for opts in chain:
+        sig_mmd._REAL_GRAM.clear()
+        cold.append(signature_mmd(real, fakes[0], n_boot=0, **opts))
+    assert len({c.mmd for c in cold}) == len(chain)
+    assert [signature_mmd(real, fakes[0], n_boot=0, **opts) for opts in chain] == cold
+    # a caller that changes the K_xx it was given in place does not change the cached one
+    x, y = torch.randn(6, 5, 3, dtype=torch.float64), torch.randn(4, 5, 3, dtype=torch.float64)
+    expected = sig_mmd.gram_matrices(x, y)[0].clone()
+    for _ in range(2):
+        sig_mmd.gram_matrices(x, y)[0].zero_()
+    assert torch.equal(sig_mmd.gram_matrices(x, y)[0], expected)
 
 
 # ---------------------------------------------------------------- real/fake classification
