@@ -48,8 +48,9 @@ def test_max_epochs_is_refused_not_ignored():
     check_trainer_limits(cfg)
 
 
-@pytest.mark.parametrize("trainer", ["ddp", "gpu"])
-def test_a_gpu_trainer_without_a_gpu_is_named_before_any_work(trainer, tmp_path, monkeypatch):
+@pytest.mark.parametrize("trainer, accelerator", [("trainer=ddp", "gpu"), ("trainer=gpu", "gpu"),
+                                                  ("trainer.accelerator=cuda", "cuda")])  # Lightning's other name
+def test_a_gpu_trainer_without_a_gpu_is_named_before_any_work(trainer, accelerator, tmp_path, monkeypatch):
     """``python train.py trainer=ddp`` on a laptop ended in Hydra's wrapper around Lightning's "No supported gpu
     backend found!", after the data were built; it names the option and the CPU alternatives first."""
     import torch
@@ -58,8 +59,9 @@ def test_a_gpu_trainer_without_a_gpu_is_named_before_any_work(trainer, tmp_path,
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(training, "_train", lambda cfg: pytest.fail("reached the training"))
-    cfg = compose_config([f"trainer={trainer}", f"paths.output_dir={tmp_path}"])
-    with pytest.raises(ConfigError, match=r"trainer.accelerator=gpu .* no CUDA device.*Fix: trainer=ddp_sim"):
+    cfg = compose_config([trainer, f"paths.output_dir={tmp_path}"])
+    refused = rf"trainer.accelerator={accelerator} .* no CUDA device.*Fix: trainer=ddp_sim"
+    with pytest.raises(ConfigError, match=refused):
         training.train(cfg)
     monkeypatch.setattr(training, "_train", lambda cfg: "trained")
     assert training.train(compose_config(["trainer=ddp_sim", f"paths.output_dir={tmp_path}"])) == "trained"
