@@ -242,11 +242,11 @@ def test_metrics_set_aside_twice_in_one_second_are_both_kept(tmp_path, monkeypat
 
     monkeypatch.setattr(resume.time, "strftime", lambda fmt: "2026-01-01_00-00-00")
     (tmp_path / "csv").mkdir()
-    for content in ("first", "second"):
+    for content in ("first", "second", "third"):
         (tmp_path / "csv" / "metrics.csv").write_text(content)
         resume.set_aside_metrics(tmp_path)
     kept = sorted(p.read_text() for p in (tmp_path / "csv").iterdir())
-    assert kept == ["first", "second"]  # the second continuation replaced the first one's history
+    assert kept == ["first", "second", "third"]  # the second continuation replaced the first one's history
 
 
 def test_resume_refuses_other_model_size(tmp_path, monkeypatch):
