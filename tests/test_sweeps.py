@@ -84,16 +84,18 @@ def test_aggregate_cli_on_multirun(multirun, tmp_path):
     # one directory for every job: job 1 was refused after job 0 trained, and had replaced job 0's .hydra/ record
     (["seed=0,1", "hydra.sweep.subdir=run"], "sweep jobs 0 (seed=0) and 1 (seed=1) would share the output "
                                              "directory"),
-    (["seed=0,1", "paths.output_dir=/tmp/one_dir"], "sweep jobs 0 (seed=0) and 1 (seed=1) would share the output "
-                                                     "directory '/tmp/one_dir'"),
+    # under tmp_path ({tmp}): a check that let it through wrote job 0's run into a shared /tmp/one_dir
+    (["seed=0,1", "paths.output_dir={tmp}/one_dir"], "sweep jobs 0 (seed=0) and 1 (seed=1) would share the output "
+                                                     "directory '{tmp}/one_dir'"),
 ])
 def test_a_bad_later_job_stops_the_sweep_before_the_first_job(sweep, error, tmp_path):
+    sweep, error = [s.format(tmp=tmp_path) for s in sweep], error.format(tmp=tmp_path)
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *TINY, *sweep,
                            f"hydra.sweep.dir={tmp_path / 'sweep'}"],
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"ConfigError: {error}" in proc.stderr
-    assert not (tmp_path / "sweep").exists()  # refused before Hydra wrote anything, job 0 included
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "one_dir").exists()  # before Hydra wrote anything
 
 
 def test_sample_sweep_with_one_out_file_is_refused_up_front(tmp_path):
