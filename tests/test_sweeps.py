@@ -124,6 +124,17 @@ def test_eval_sweep_with_a_missing_checkpoint_is_refused_up_front(tmp_path):
     assert not (tmp_path / "sweep").exists()
 
 
+def test_sample_sweep_jobs_are_checked_for_their_checkpoint_file(tmp_path):
+    """The check CheckSweepJobs makes on each sample.py job (as on eval.py's above; in-process, no sweep)."""
+    from neuralsde.config_checks import check_job
+    from neuralsde.errors import CheckpointError
+    from tests.conftest import compose_config
+
+    cfg = compose_config([f"ckpt_path={tmp_path}/b.ckpt", f"out={tmp_path}/s.csv"], config_name="sample")
+    with pytest.raises(CheckpointError, match=r"b.ckpt' does not exist"):
+        check_job(cfg)
+
+
 # --- composition of the launcher and sweeper configs -----------------------------------------------------
 @pytest.mark.parametrize("launcher, target", [
     ("basic", "hydra._internal.core_plugins.basic_launcher.BasicLauncher"),
