@@ -136,6 +136,26 @@ def test_lobster_files_that_do_not_cover_the_session_are_refused(tmp_path):
         LobsterSource(str(tmp_path), bar_minutes=0)
 
 
+def test_lobster_cache_follows_the_contents_of_other_files(tmp_path):
+    """Other LOBSTER files are used unverified, and the cache was keyed on their names alone: another day saved under
+    the same names came back from the cache as the old day's bars."""
+    folder = tmp_path / "lobster_goog"
+    folder.mkdir()
+
+    def day(price_usd: float) -> None:  # 10 minutes of events every 5 s at a constant book
+        times = [34200 + 5 * i for i in range(120)]
+        (folder / "m.csv").write_text("".join(f"{t},1,{i},100,{int(price_usd * 1e4)},1\n" for i, t in enumerate(times)))
+        ask, bid = int((price_usd + 0.01) * 1e4), int((price_usd - 0.01) * 1e4)
+        (folder / "o.csv").write_text(f"{ask},100,{bid},100\n" * len(times))
+
+    options = dict(message_file="m.csv", orderbook_file="o.csv", session_end_s=34800, window_length=10,
+                   cache_dir=str(tmp_path / "cache"))
+    day(500.0)
+    assert torch.allclose(LobsterSource(str(tmp_path), **options).load().values[..., 0], torch.tensor(500.0))
+    day(600.0)  # another day under the same file names, with the cache warm
+    assert torch.allclose(LobsterSource(str(tmp_path), **options).load().values[..., 0], torch.tensor(600.0))
+
+
 def test_energy_drops_noise_columns():
     data = need("energy_appliances/energy_data.csv")
     raw = EnergySource(str(data), stride=100).load()
