@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import urllib.error
 import zipfile
 from pathlib import Path
 
@@ -210,12 +211,43 @@ def test_zip_members_extracted_and_verified(tmp_path, monkeypatch):
         for name, content in members.items():
             zf.writestr(f"folder/{name}", content)
 
-    monkeypatch.setattr(download, "download_url", lambda url, dest: dest.write_bytes(buffer.getvalue()))
+    monkeypatch.setattr(download, "download_url", lambda url, dest, **_: dest.write_bytes(buffer.getvalue()))
     (tmp_path / "ds").mkdir()
     paths = download.ensure_zip_members("ds", {n: sha(c) for n, c in members.items()},
                                         "https://example.invalid/data.zip", tmp_path)
     assert [p.read_bytes() for p in paths] == list(members.values())
     assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["a.csv", "b.csv"]  # zip and temps gone
+
+
+def zip_of(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, content in members.items():
+            zf.writestr(f"folder/{name}", content)
+    return buffer.getvalue()
+
+
+def test_offline_zip_error_names_a_fix_that_works(tmp_path, monkeypatch):
+    """Offline, the error said to place the zip at <folder>/<zip name> by hand; a zip put there was downloaded over
+    (offline: the same error again) and deleted after unpacking. It is now used, and kept."""
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(download.urllib.request, "urlopen", offline)
+    members = {"a.csv": b"x\n1\n", "b.csv": b"x\n2\n"}
+    sums, url = {n: sha(c) for n, c in members.items()}, "https://example.invalid/data.zip"
+    archive = tmp_path / "ds" / "data.zip"
+    with pytest.raises(DataError) as err:
+        download.ensure_zip_members("ds", sums, url, tmp_path)
+    said = str(err.value)
+    assert f"Could not download {url}: " in said and "name resolution" in said
+    assert f"place it at {archive} (it is unpacked from there), or unpack a.csv and the 1 other files into" in said
+    assert not archive.parent.exists() or not any(archive.parent.iterdir())  # nothing half-written left
+    archive.parent.mkdir(exist_ok=True)
+    archive.write_bytes(zip_of(members))  # the fix, still offline
+    paths = download.ensure_zip_members("ds", sums, url, tmp_path)
+    assert [p.read_bytes() for p in paths] == list(members.values())
+    assert archive.read_bytes() == zip_of(members)  # the user's zip is kept
 
 
 # ---- cache -------------------------------------------------------------------------------------------

@@ -56,9 +56,10 @@ def verify_file(path: str | Path, sha256: str, downloaded: bool = False, downloa
     raise DataError(f"{path}: sha256 mismatch, expected {sha256} but found {found}. {removed}. Fix: {fix}.")
 
 
-def download_url(url: str, dest: Path) -> None:
+def download_url(url: str, dest: Path, fix: str | None = None) -> None:
     """Download ``url`` to ``dest`` with a progress bar; ``dest`` appears only when complete.
 
+    ``fix``: what the error of a failed download tells the user to do (default: place the file at ``dest``).
     Tests monkeypatch this function; nothing else in the package opens a network connection.
     """
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -74,8 +75,8 @@ def download_url(url: str, dest: Path) -> None:
                     out.write(chunk)
                     progress.advance(task, len(chunk))
     except OSError as err:
-        raise DataError(f"Could not download {url} to {dest}: {err}. Fix: check the network, or place the "
-                        f"file at {dest} by hand.") from err
+        fix = fix or f"check the network, or download it by hand and place it at {dest}"
+        raise DataError(f"Could not download {url}: {err}. Fix: {fix}.") from err
 
 
 def _write_atomic(src, dest: Path) -> None:
@@ -105,9 +106,10 @@ def ensure_file(name: str, filename: str, url: str | None, sha256: str, data_dir
 def ensure_zip_members(name: str, members: dict[str, str], url: str, data_dir: str | Path) -> list[Path]:
     """Make sure every file in ``members`` (filename -> sha256) is in ``data_dir/name/``.
 
-    If all are present they are verified and used (no network). Otherwise the zip at ``url`` is downloaded
-    into the same folder, the members are extracted by base name (the zip may nest them in a folder),
-    each is verified, and the zip is removed. Returns the paths in the order of ``members``.
+    If all are present they are verified and used (no network). Otherwise the members are extracted by base
+    name (the zip may nest them in a folder) from the zip ``data_dir/name/<url's file name>`` if the user put it
+    there (it is kept), else from the zip at ``url``, downloaded into the same folder and removed afterwards; each
+    member is verified. Returns the paths in the order of ``members``.
     """
     folder = Path(data_dir) / name
     paths = [folder / fn for fn in members]
@@ -115,8 +117,14 @@ def ensure_zip_members(name: str, members: dict[str, str], url: str, data_dir: s
         return [verify_file(p, members[p.name]) for p in paths]
     present = {p for p in paths if p.exists()}  # the user's files: kept aside on a mismatch, not deleted
     archive = folder / Path(url).name
-    log.info("Downloading %s from %s", archive.name, url)
-    download_url(url, archive)
+    # A zip placed by hand is used: the offline error below says to put it there, and it was downloaded over
+    # (offline: the same error again, forever) and then deleted.
+    by_hand = archive.is_file()
+    if not by_hand:
+        log.info("Downloading %s from %s into %s", archive.name, url, folder)
+        files = sorted(members)[0] + (f" and the {len(members) - 1} other files" if len(members) > 1 else "")
+        download_url(url, archive, fix=f"check the network; or download the zip by hand and place it at {archive} "
+                     f"(it is unpacked from there), or unpack {files} into {folder}")
     try:
         with zipfile.ZipFile(archive) as zf:
             by_base = {Path(info.filename).name: info for info in zf.infolist() if not info.is_dir()}
@@ -129,7 +137,9 @@ def ensure_zip_members(name: str, members: dict[str, str], url: str, data_dir: s
                 with zf.open(by_base[path.name]) as src:
                     _write_atomic(src, path)
     except zipfile.BadZipFile as err:
-        raise DataError(f"{archive}: not a valid zip ({err}). Fix: delete it and run again.") from err
+        fix = f"replace it with the zip from {url}" if by_hand else "run again to download it afresh"
+        raise DataError(f"{archive}: not a valid zip ({err}). Fix: {fix}.") from err
     finally:
-        archive.unlink(missing_ok=True)
+        if not by_hand:
+            archive.unlink(missing_ok=True)
     return [verify_file(p, members[p.name], downloaded=p not in present) for p in paths]
