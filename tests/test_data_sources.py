@@ -250,6 +250,27 @@ def test_offline_zip_error_names_a_fix_that_works(tmp_path, monkeypatch):
     assert archive.read_bytes() == zip_of(members)  # the user's zip is kept
 
 
+def test_two_runs_downloading_one_zip_at_once(tmp_path, monkeypatch):
+    """A parallel sweep's first jobs fetch the zip together: they downloaded it under one name, and the first to
+    finish unpacking deleted it before the other opened it (FileNotFoundError), or the other took it for a zip placed
+    by hand and opened it just as it was deleted. Each run now downloads, unpacks and deletes its own."""
+    members = {"a.csv": b"x\n1\n", "b.csv": b"x\n2\n"}
+    sums, url = {n: sha(c) for n, c in members.items()}, "https://example.invalid/data.zip"
+    calls = []
+
+    def download_while_another_run_finishes(url, dest, **_):
+        dest.write_bytes(zip_of(members))
+        calls.append(dest)
+        if len(calls) == 1:  # the other run downloads, unpacks and cleans up while this one is between steps
+            download.ensure_zip_members("ds", sums, url, tmp_path)
+
+    monkeypatch.setattr(download, "download_url", download_while_another_run_finishes)
+    (tmp_path / "ds").mkdir()
+    paths = download.ensure_zip_members("ds", sums, url, tmp_path)
+    assert [p.read_bytes() for p in paths] == list(members.values()) and len(calls) == 2
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["a.csv", "b.csv"]  # both zips gone
+
+
 # ---- cache -------------------------------------------------------------------------------------------
 def tiny(value: float) -> RawSeries:
     return RawSeries(torch.arange(3.0), torch.full((2, 3, 1), value), ["x"], window_start=torch.tensor([0, 1]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import urllib.request
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -119,27 +120,30 @@ def ensure_zip_members(name: str, members: dict[str, str], url: str, data_dir: s
     archive = folder / Path(url).name
     # A zip placed by hand is used: the offline error below says to put it there, and it was downloaded over
     # (offline: the same error again, forever) and then deleted.
-    by_hand = archive.is_file()
+    by_hand, zip_path = archive.is_file(), archive
     if not by_hand:
+        # Downloaded under a name of this run's own: runs fetching at once (a parallel sweep's first jobs) shared
+        # one name, and the first to finish deleted the zip the others were about to open (FileNotFoundError).
+        zip_path = folder / f".{archive.name}.{uuid.uuid4().hex[:12]}.download"
         log.info("Downloading %s from %s into %s", archive.name, url, folder)
         files = sorted(members)[0] + (f" and the {len(members) - 1} other files" if len(members) > 1 else "")
-        download_url(url, archive, fix=f"check the network; or download the zip by hand and place it at {archive} "
+        download_url(url, zip_path, fix=f"check the network; or download the zip by hand and place it at {archive} "
                      f"(it is unpacked from there), or unpack {files} into {folder}")
     try:
-        with zipfile.ZipFile(archive) as zf:
+        with zipfile.ZipFile(zip_path) as zf:
             by_base = {Path(info.filename).name: info for info in zf.infolist() if not info.is_dir()}
             for path in paths:
                 if path.exists():
                     continue
                 if path.name not in by_base:
-                    raise DataError(f"{archive}: member {path.name} not found in the archive "
+                    raise DataError(f"{archive if by_hand else url}: member {path.name} not found in the zip "
                                     f"(it has {sorted(by_base)[:5]}...). Fix: check the URL {url}.")
                 with zf.open(by_base[path.name]) as src:
                     _write_atomic(src, path)
     except zipfile.BadZipFile as err:
         fix = f"replace it with the zip from {url}" if by_hand else "run again to download it afresh"
-        raise DataError(f"{archive}: not a valid zip ({err}). Fix: {fix}.") from err
+        raise DataError(f"{archive if by_hand else url}: not a valid zip ({err}). Fix: {fix}.") from err
     finally:
         if not by_hand:
-            archive.unlink(missing_ok=True)
+            zip_path.unlink(missing_ok=True)
     return [verify_file(p, members[p.name], downloaded=p not in present) for p in paths]
