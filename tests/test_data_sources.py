@@ -6,6 +6,7 @@ No test touches the network: downloads are monkeypatched to write local bytes. S
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import os
 import urllib.error
@@ -202,6 +203,30 @@ def test_download_then_verify(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="mismatch"):
         download.ensure_file("ds", "g.csv", "https://example.invalid/g.csv", sha(b"other"), tmp_path)
     assert not (tmp_path / "ds" / "g.csv").exists()
+
+
+class CutResponse(io.BytesIO):
+    """An HTTP response whose connection drops after ``body``: urllib returns it short, without an error."""
+    def __init__(self, body: bytes, length: int, error: Exception | None = None):
+        super().__init__(body)
+        self.headers, self.error = {"Content-Length": str(length)}, error
+
+    def read(self, size=-1):
+        chunk = super().read(size)
+        if not chunk and self.error is not None:
+            raise self.error
+        return chunk
+
+
+@pytest.mark.parametrize("error", [None, http.client.IncompleteRead(b"", 60)])
+def test_a_download_cut_short_says_so_and_leaves_nothing(tmp_path, monkeypatch, error):
+    """A dropped connection's file was renamed into place and refused only as "sha256 mismatch" (urllib returns the
+    body short); a chunked body's IncompleteRead, no OSError, escaped as a bare http.client traceback."""
+    monkeypatch.setattr(download.urllib.request, "urlopen", lambda url, timeout: CutResponse(b"x" * 40, 100, error))
+    with pytest.raises(DataError, match=r"Could not download https://example.invalid/f.csv: .*(closed after 40 of "
+                                        r"100 bytes|IncompleteRead).*Fix: check the network") as err:
+        download.ensure_file("ds", "f.csv", "https://example.invalid/f.csv", sha(b"x" * 100), tmp_path)
+    assert "mismatch" not in str(err.value) and list((tmp_path / "ds").iterdir()) == []
 
 
 def test_zip_members_extracted_and_verified(tmp_path, monkeypatch):

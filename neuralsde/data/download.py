@@ -7,6 +7,7 @@ which is how tests and CI supply data (``data_dir`` pointing at the shared folde
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import urllib.request
 import uuid
@@ -67,15 +68,20 @@ def download_url(url: str, dest: Path, fix: str | None = None) -> None:
 
     try:
         with urllib.request.urlopen(url, timeout=60) as resp, atomic_write(dest) as out:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            columns = (TextColumn(dest.name), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                       TimeRemainingColumn())
+            total, received = int(resp.headers.get("Content-Length") or 0) or None, 0
+            columns = (TextColumn(Path(url).name, markup=False), BarColumn(), DownloadColumn(),
+                       TransferSpeedColumn(), TimeRemainingColumn())
             with Progress(*columns, transient=True) as progress:
                 task = progress.add_task("download", total=total)
                 for chunk in iter(lambda: resp.read(_CHUNK), b""):
                     out.write(chunk)
+                    received += len(chunk)
                     progress.advance(task, len(chunk))
-    except OSError as err:
+            if total is not None and received < total:
+                # http.client ends a dropped connection's body early without an error: the short file was kept,
+                # and only its checksum then failed, as "sha256 mismatch"
+                raise ConnectionError(f"the connection closed after {received:,} of {total:,} bytes")
+    except (OSError, http.client.HTTPException) as err:  # IncompleteRead (a chunked body cut short) is no OSError
         fix = fix or f"check the network, or download it by hand and place it at {dest}"
         raise DataError(f"Could not download {url}: {err}. Fix: {fix}.") from err
 
