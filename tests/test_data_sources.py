@@ -273,6 +273,12 @@ def test_offline_zip_error_names_a_fix_that_works(tmp_path, monkeypatch):
     paths = download.ensure_zip_members("ds", sums, url, tmp_path)
     assert [p.read_bytes() for p in paths] == list(members.values())
     assert archive.read_bytes() == zip_of(members)  # the user's zip is kept
+    paths[1].unlink()
+    archive.write_bytes(zip_of({**members, "b.csv": b"edited"}))  # a bad member comes back from it on every run
+    with pytest.raises(DataError, match=rf"b.csv: sha256 mismatch.*Fix: replace {archive} \(placed by hand\) with "
+                                        rf"the zip from {url} \(the file was unpacked from it\)") as err:
+        download.ensure_zip_members("ds", sums, url, tmp_path)
+    assert "run again" not in str(err.value) and not paths[1].exists() and paths[0].exists()
 
 
 def test_two_runs_downloading_one_zip_at_once(tmp_path, monkeypatch):

@@ -31,13 +31,15 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def verify_file(path: str | Path, sha256: str, downloaded: bool = False, downloadable: bool = True) -> Path:
+def verify_file(path: str | Path, sha256: str, downloaded: bool = False, downloadable: bool = True,
+                fix: str | None = None) -> Path:
     """Check ``path`` against ``sha256``; on mismatch raise DataError, and put the file out of the way.
 
     A file this run just ``downloaded`` is deleted (an absent file is simply downloaded afresh next time). A file
     that was already there is the user's (placed by hand, perhaps a file that cannot be downloaded again, such as
     LOBSTER's, or an edited or re-encoded copy): it is renamed to ``<name>.sha256-<found hash>``, not deleted, so
-    nothing is lost and the next run does not read it. ``downloadable``: whether the fix may say "run again".
+    nothing is lost and the next run does not read it. ``downloadable``: whether the fix may say "run again";
+    ``fix``: the fix to name instead.
     """
     path = Path(path)
     found = sha256_of(path)
@@ -53,8 +55,8 @@ def verify_file(path: str | Path, sha256: str, downloaded: bool = False, downloa
             removed = f"The file was renamed to {aside} (kept, not deleted)"
     except OSError as err:  # e.g. a read-only mount: still refuse the data
         removed = f"The file could not be moved out of the way ({err}); move it by hand"
-    fix = ("run again to download a fresh copy, or replace the file with the published one" if downloadable
-           else "replace the file with the published one (it cannot be downloaded automatically)")
+    fix = fix or ("run again to download a fresh copy, or replace the file with the published one" if downloadable
+                  else "replace the file with the published one (it cannot be downloaded automatically)")
     raise DataError(f"{path}: sha256 mismatch, expected {sha256} but found {found}. {removed}. Fix: {fix}.")
 
 
@@ -127,6 +129,7 @@ def ensure_zip_members(name: str, members: dict[str, str], url: str, data_dir: s
     # A zip placed by hand is used: the offline error below says to put it there, and it was downloaded over
     # (offline: the same error again, forever) and then deleted.
     by_hand, zip_path = archive.is_file(), archive
+    replace_zip = f"replace {archive} (placed by hand) with the zip from {url}"
     if not by_hand:
         # Downloaded under a name of this run's own: runs fetching at once (a parallel sweep's first jobs) shared
         # one name, and the first to finish deleted the zip the others were about to open (FileNotFoundError).
@@ -142,14 +145,18 @@ def ensure_zip_members(name: str, members: dict[str, str], url: str, data_dir: s
                 if path.exists():
                     continue
                 if path.name not in by_base:
+                    fix = replace_zip if by_hand else "check the URL"
                     raise DataError(f"{archive if by_hand else url}: member {path.name} not found in the zip "
-                                    f"(it has {sorted(by_base)[:5]}...). Fix: check the URL {url}.")
+                                    f"(it has {sorted(by_base)[:5]}...). Fix: {fix}.")
                 with zf.open(by_base[path.name]) as src:
                     _write_atomic(src, path)
     except zipfile.BadZipFile as err:
-        fix = f"replace it with the zip from {url}" if by_hand else "run again to download it afresh"
+        fix = replace_zip if by_hand else "run again to download it afresh"
         raise DataError(f"{archive if by_hand else url}: not a valid zip ({err}). Fix: {fix}.") from err
     finally:
         if not by_hand:
             zip_path.unlink(missing_ok=True)
-    return [verify_file(p, members[p.name], downloaded=p not in present) for p in paths]
+    # A bad member of a zip placed by hand comes back from that zip on every run: "run again" would not fix it.
+    return [verify_file(p, members[p.name], downloaded=p not in present,
+                        fix=f"{replace_zip} (the file was unpacked from it)" if by_hand and p not in present else None)
+            for p in paths]
