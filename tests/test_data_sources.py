@@ -348,7 +348,8 @@ def test_cache_unwritable_dir_still_returns(tmp_path, monkeypatch, caplog):
     with caplog.at_level("WARNING"):
         assert cache_mod.cached(tmp_path / "c.pt", 1, lambda: tiny(1.0)).values.shape == (2, 3, 1)
     said = [r.getMessage() for r in caplog.records if "Could not write cache" in r.getMessage()]
-    assert len(said) == 1 and "read-only file system" in said[0] and "Fix: set cache_dir" in said[0]
+    assert len(said) == 1 and "read-only file system" in said[0]
+    assert "Fix: set data.source.cache_dir to a writable folder" in said[0]
 
 
 # ---- CSV ---------------------------------------------------------------------------------------------

@@ -77,6 +77,8 @@ def cached(path: str | Path, version: int | str, build_fn: Callable[[], RawSerie
     try:
         write_atomic(path, blob)
     except OSError as err:  # read-only data_dir: still return the data
-        log.warning("Could not write cache %s (%s); continuing without it. Fix: set cache_dir to a "
-                    "writable folder.", path, err)
+        # the full key: a bare cache_dir=... on the command line is no option Hydra knows
+        log.warning("Could not write cache %s (%s); continuing without it, so the data are prepared again on every "
+                    "run. Fix: set data.source.cache_dir to a writable folder, e.g. data.source.cache_dir=datasets.",
+                    path, err)
     return raw
