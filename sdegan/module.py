@@ -56,7 +56,7 @@ class SDEGAN(GenerativeModule):
             for key, value in sizes.items():
                 if key.endswith("_size") or key == "num_layers":
                     check_int(f"model.{group}.{key}", value, f"e.g. model.{group}.{key}=16")
-                if key == "initial_scale" and not float(value) > 0:
+                if key in ("initial_scale", "initial_mult", "field_mult") and not float(value) > 0:
                     raise bad_option(f"model.{group}.{key}", value, "a positive factor",
                                      f"e.g. model.{group}.{key}=1 (PyTorch's initialisation)")
         self.save_hyperparameters({"solver": dataclasses.asdict(self.solver), "generator": dict(generator),

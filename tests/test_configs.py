@@ -89,6 +89,9 @@ def test_default_and_paper_recipes_are_the_readmes():
     assert (paper.data.batch_size, paper.model.train_steps, paper.model.swa_start) == (1024, 10000, 5000)
     assert (paper.model.optimizer.g_lr, paper.model.optimizer.d_lr) == (2e-4, 1e-3)
     assert paper.model.optimizer.name == default.model.optimizer.name == "adadelta"
+    # torchsde's examples/sde_gan.py: init_mult1=3 (initial network), init_mult2=0.5 (drift and diffusion)
+    assert (paper.model.generator.initial_mult, paper.model.generator.field_mult) == (3.0, 0.5)
+    assert (default.model.generator.initial_mult, default.model.generator.field_mult) == (1.0, 1.0)
 
 
 @pytest.mark.parametrize("experiment", _options("experiment"))

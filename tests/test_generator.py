@@ -20,15 +20,38 @@ def _t0_spread(scale: float) -> torch.Tensor:
 
 def test_initial_scale_widens_the_initial_distribution_by_its_factor():
     """The initial network's last layer is scaled, so the spread of the generated value at t = 0 grows by exactly the
-    factor (the readout is affine); the default leaves PyTorch's initialisation, the paper's, untouched."""
+    factor (the readout is affine); the default leaves PyTorch's initialisation untouched."""
     base, spread = _t0_spread(1.0)
     wide, wide_spread = _t0_spread(30.0)
     torch.testing.assert_close(wide_spread, 30 * spread, rtol=1e-4, atol=0)
     torch.manual_seed(0)
-    paper = Generator(data_size=3, initial_noise_size=4, hidden_size=8, mlp_size=8, t_size=5)
-    assert all(torch.equal(a, b) for a, b in zip(base.state_dict().values(), paper.state_dict().values(), strict=True))
-    assert torch.equal(wide.initial[0].weight, paper.initial[0].weight)  # only the last layer changes
+    plain = Generator(data_size=3, initial_noise_size=4, hidden_size=8, mlp_size=8, t_size=5)
+    assert all(torch.equal(a, b) for a, b in zip(base.state_dict().values(), plain.state_dict().values(), strict=True))
+    assert torch.equal(wide.initial[0].weight, plain.initial[0].weight)  # only the last layer changes
     assert spread.max() < 0.2  # why the option exists: y0 starts near a point (0.02-0.04 at air quality's sizes)
+
+
+def _paper_and_plain(**mults):
+    sizes = dict(data_size=1, initial_noise_size=5, hidden_size=16, mlp_size=16, t_size=64)
+    torch.manual_seed(0)
+    plain = Generator(**sizes)
+    torch.manual_seed(0)
+    return Generator(**sizes, **mults), plain
+
+
+def test_initial_and_field_mults_scale_every_parameter_of_their_networks_as_the_papers_code():
+    """torchsde's examples/sde_gan.py (the paper's OU recipe) multiplies every parameter of the initial network by 3
+    and every drift and diffusion parameter by 0.5; the readout is untouched."""
+    paper, plain = _paper_and_plain(initial_mult=3.0, field_mult=0.5)
+    for name, value in paper.state_dict().items():
+        factor = 3.0 if name.startswith("initial.") else 0.5 if name.startswith("sde.") else 1.0
+        torch.testing.assert_close(value, factor * plain.state_dict()[name], rtol=0, atol=0, msg=name)
+    assert sum(name.startswith("initial.") for name in paper.state_dict()) == 4  # both layers, weights and biases
+    # What it is for: an untrained t = 0 law about as wide as data normalised at t = 0 (std 1), not ten times narrower.
+    with torch.no_grad():
+        spreads = [g(torch.arange(64.0), 1024, generator=torch.Generator().manual_seed(1))[:, 0, 1].std()
+                   for g in (paper, plain)]
+    assert 0.5 < spreads[0] < 2 and spreads[1] < 0.2
 
 
 def test_generator_refuses_time_values_that_are_not_one_dimensional():

@@ -56,7 +56,7 @@ class Generator(nn.Module):
 
     def __init__(self, data_size: int, initial_noise_size: int = 5, noise_size: int = 3, hidden_size: int = 16,
                  mlp_size: int = 16, num_layers: int = 1, t_size: int = 64, solver: SolverConfig | None = None,
-                 initial_scale: float = 1.0):
+                 initial_scale: float = 1.0, initial_mult: float = 1.0, field_mult: float = 1.0):
         super().__init__()
         self.initial_noise_size = initial_noise_size
         self.solver = solver or SolverConfig()
@@ -70,6 +70,15 @@ class Generator(nn.Module):
             with torch.no_grad():
                 self.initial[-1].weight.mul_(initial_scale)
                 self.initial[-1].bias.mul_(initial_scale)
+        if initial_mult != 1.0 or field_mult != 1.0:
+            # The paper's OU recipe (torchsde's examples/sde_gan.py, init_mult1=3 and init_mult2=0.5): every parameter
+            # of the initial network (weights and biases of all layers) x initial_mult, of drift and diffusion x
+            # field_mult, so that the untrained t = 0 law has about the spread of data normalised at t = 0.
+            with torch.no_grad():
+                for param in self.initial.parameters():
+                    param.mul_(initial_mult)
+                for param in self.sde.parameters():
+                    param.mul_(field_mult)
 
     def draw(self, time_values: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
              solver: SolverConfig | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
