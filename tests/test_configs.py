@@ -92,6 +92,8 @@ def test_default_and_paper_recipes_are_the_readmes():
     # torchsde's examples/sde_gan.py: init_mult1=3 (initial network), init_mult2=0.5 (drift and diffusion)
     assert (paper.model.generator.initial_mult, paper.model.generator.field_mult) == (3.0, 0.5)
     assert (default.model.generator.initial_mult, default.model.generator.field_mult) == (1.0, 1.0)
+    assert (paper.data.normalize, default.data.normalize) == ("initial", "standard")  # t = 0 statistics, as there
+    assert paper.callbacks.metrics.options.sig_path_scale == 0.17  # paths in t = 0 units reach ~18
 
 
 @pytest.mark.parametrize("experiment", _options("experiment"))

@@ -98,6 +98,28 @@ def test_normaliser_is_fitted_on_the_training_split_only():
                                source.load().values[dm.split_indices["test"]], equal_nan=True)
 
 
+def test_initial_normalisation_uses_the_first_times_statistics_as_the_papers_ou_code():
+    """data.normalize=initial (experiment=ou_sdegan_paper): torchsde's examples/sde_gan.py normalises the OU data by
+    the mean and std of the t = 0 values, not of all times; the later values then lie far above 1."""
+    import pytest
+
+    from neuralsde.data.ou import OUSource
+    from neuralsde.data.preprocessing import Normalizer
+    from neuralsde.errors import DataError
+
+    dm = TimeSeriesDataModule(OUSource(n_paths=512, t_size=64), batch_size=32, normalize="initial", seed=0)
+    dm.setup()
+    train_raw = dm.source.load().values[dm.split_indices["train"]]
+    torch.testing.assert_close(dm.normalizer.shift, train_raw[:, 0].nanmean(0), rtol=1e-6, atol=1e-7)
+    first = dm.train[:, 0, 1]
+    first = first[~torch.isnan(first)]
+    assert abs(float(first.mean())) < 1e-5 and abs(float(first.std(unbiased=False)) - 1) < 1e-5
+    assert float(dm.train[:, -1, 1].nanmean()) > 15  # the OU mean drifts to about 10.6 in data units
+    values = torch.tensor([[[float("nan")], [1.0]], [[float("nan")], [2.0]]])
+    with pytest.raises(DataError, match="no observed value at the first time.*data.normalize=standard"):
+        Normalizer.fit(values, "initial")
+
+
 def test_a_single_series_is_refused_with_the_windowing_fix(tmp_path):
     """data=csv on one long series (no window_length) gave one series: the batch-size error advised
     data.batch_size<=1, after which validation failed ("the unbiased MMD needs at least 2")."""

@@ -5,7 +5,7 @@ import torch
 
 from neuralsde.errors import ConfigError, DataError, bad_option
 
-NORMALIZATIONS = ("standard", "minmax", "none")
+NORMALIZATIONS = ("standard", "initial", "minmax", "none")
 TIME_UNITS = ("index", "source")
 SPLIT_BY = ("series", "time")
 
@@ -57,6 +57,12 @@ class Normalizer(torch.nn.Module):
 
     @classmethod
     def fit(cls, values: torch.Tensor, kind: str) -> "Normalizer":
+        """``values`` ``(N, T, C)``. ``initial``: mean and standard deviation of the first time only, as the paper's OU
+        code normalises (its comment: the initial condition is learnt better so); later times may lie far outside."""
+        where, fix = "in the training split", "drop that channel or change data.split_fractions"
+        if kind == "initial":
+            values, kind, where = values[:, :1], "standard", "at the first time of the training split"
+            fix += ", or set data.normalize=standard"
         flat = values.reshape(-1, values.size(-1)).double()  # float32 squares overflow above 1.8e19: scale inf
         c = flat.size(-1)
         if kind == "none":
@@ -71,8 +77,7 @@ class Normalizer(torch.nn.Module):
         else:
             raise bad_option("data.normalize", kind, f"one of {NORMALIZATIONS}", "set data.normalize=standard")
         if torch.isnan(shift).any():
-            raise DataError("A channel has no observed value in the training split. Fix: drop that channel or "
-                            "change data.split_fractions.")
+            raise DataError(f"A channel has no observed value {where}. Fix: {fix}.")
         return cls(shift, torch.where(scale > 0, scale, torch.ones_like(scale)))
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
