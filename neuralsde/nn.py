@@ -4,6 +4,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from neuralsde.errors import bad_option
+
+TIME_INPUTS = ("unit", "index")
+
+
+def field_time_scale(time_input: str, t_size: int, option: str) -> float:
+    """Factor on the solver's index time ``0..T-1`` before a vector field reads it: ``unit`` rescales it to [0, 1];
+    ``index`` keeps it, as the SDE-GAN paper's code (torchsde's examples/sde_gan.py) feeds its fields."""
+    if time_input not in TIME_INPUTS:
+        raise bad_option(option, time_input, f"one of {TIME_INPUTS}", f"set {option}=unit")
+    return 1.0 / max(t_size - 1, 1) if time_input == "unit" else 1.0
+
 
 class LipSwish(nn.Module):
     """``0.909 * silu(x)``: silu's Lipschitz constant is about 1.1, so the scale makes it 1-Lipschitz."""

@@ -41,6 +41,8 @@ def test_dt_not_dividing_gaps_is_an_error():
     ("model.generator.initial_scale=0", "model.generator.initial_scale=0"),
     ("model.generator.field_mult=0", "model.generator.field_mult=0"),
     ("model.generator.initial_mult=-3", "model.generator.initial_mult=-3"),
+    ("model.generator.time_input=seconds", "model.generator.time_input='seconds'"),
+    ("model.discriminator.time_input=1", "model.discriminator.time_input=1"),
     ("model.optimizer.d_lr=-1e-3", "model.optimizer.d_lr"),
     ("model.lipschitz=spectral", "model.lipschitz='spectral'"),
     ("model.discriminator.interpolation=cubic", "model.discriminator.interpolation='cubic'"),

@@ -94,6 +94,9 @@ def test_default_and_paper_recipes_are_the_readmes():
     assert (default.model.generator.initial_mult, default.model.generator.field_mult) == (1.0, 1.0)
     assert (paper.data.normalize, default.data.normalize) == ("initial", "standard")  # t = 0 statistics, as there
     assert paper.callbacks.metrics.options.sig_path_scale == 0.17  # paths in t = 0 units reach ~18
+    # its vector fields read t = 0..63 (ts = torch.linspace(0, t_size - 1, t_size) there), not t / 63
+    assert (paper.model.generator.time_input, paper.model.discriminator.time_input) == ("index", "index")
+    assert (default.model.generator.time_input, default.model.discriminator.time_input) == ("unit", "unit")
 
 
 @pytest.mark.parametrize("experiment", _options("experiment"))

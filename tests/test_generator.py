@@ -54,6 +54,23 @@ def test_initial_and_field_mults_scale_every_parameter_of_their_networks_as_the_
     assert 0.5 < spreads[0] < 2 and spreads[1] < 0.2
 
 
+@pytest.mark.parametrize("time_input,seen", [("unit", 5 / 7), ("index", 5.0)])
+def test_vector_fields_read_the_index_time_rescaled_or_as_it_is(time_input, seen):
+    """time_input=index (experiment=ou_sdegan_paper): drift, diffusion and the critic's field read t = 0..T-1 as the
+    paper's code does; unit (the default) reads t / (T - 1)."""
+    from sdegan.components.discriminator import Discriminator
+
+    gen = Generator(data_size=1, hidden_size=4, mlp_size=4, t_size=8, time_input=time_input)
+    disc = Discriminator(1, hidden_size=4, mlp_size=4, t_size=8, time_input=time_input)
+    y, t = torch.randn(3, 4), torch.tensor(5.0)
+    with torch.no_grad():
+        drift, diffusion = gen.sde.f_and_g(t, y)
+        ty = torch.cat([torch.full((3, 1), seen), y], dim=1)
+        torch.testing.assert_close(drift, gen.sde.drift_net(ty))
+        torch.testing.assert_close(diffusion, gen.sde.diffusion_net(ty).view(3, 4, 3))
+        torch.testing.assert_close(disc.func(t, y), disc.func.net(ty).view(3, 4, 2))
+
+
 def test_generator_refuses_time_values_that_are_not_one_dimensional():
     gen = Generator(1, t_size=8)
     assert gen(torch.arange(8.0), 3).shape == (3, 8, 2)

@@ -9,7 +9,7 @@ from torch import nn
 from neuralsde.brownian import ZeroBrownian
 from neuralsde.compiling import set_compiled
 from neuralsde.errors import DataError, bad_option
-from neuralsde.nn import MLP
+from neuralsde.nn import MLP, field_time_scale
 from neuralsde.solver import SolverConfig
 
 
@@ -46,7 +46,8 @@ class Discriminator(nn.Module):
     """
 
     def __init__(self, data_size: int, hidden_size: int = 16, mlp_size: int = 16, num_layers: int = 1,
-                 t_size: int = 64, solver: SolverConfig | None = None, interpolation: str = "linear"):
+                 t_size: int = 64, solver: SolverConfig | None = None, interpolation: str = "linear",
+                 time_input: str = "unit"):
         super().__init__()
         if interpolation not in INTERPOLATIONS:
             raise bad_option("model.discriminator.interpolation", interpolation, f"one of {INTERPOLATIONS}",
@@ -59,7 +60,9 @@ class Discriminator(nn.Module):
                            "path's derivative only at observation times, where the two interpolations agree. Fix: "
                            "solver.dt=0.5 (or smaller), or solver=midpoint, for the cubic to make a difference.")
         self.initial = MLP(1 + data_size, hidden_size, mlp_size, num_layers, tanh=False)
-        self.func = DiscriminatorCDE(data_size, hidden_size, mlp_size, num_layers, time_scale=1.0 / max(t_size - 1, 1))
+        self.func = DiscriminatorCDE(data_size, hidden_size, mlp_size, num_layers,
+                                     time_scale=field_time_scale(time_input, t_size,
+                                                                 "model.discriminator.time_input"))
         self.t_size = t_size
         self.readout = nn.Linear(hidden_size, 1)
 

@@ -7,7 +7,7 @@ from torch import nn
 from neuralsde.brownian import draw_entropy
 from neuralsde.compiling import set_compiled
 from neuralsde.errors import DataError
-from neuralsde.nn import MLP
+from neuralsde.nn import MLP, field_time_scale
 from neuralsde.solver import SolverConfig, sdeint
 
 
@@ -56,12 +56,14 @@ class Generator(nn.Module):
 
     def __init__(self, data_size: int, initial_noise_size: int = 5, noise_size: int = 3, hidden_size: int = 16,
                  mlp_size: int = 16, num_layers: int = 1, t_size: int = 64, solver: SolverConfig | None = None,
-                 initial_scale: float = 1.0, initial_mult: float = 1.0, field_mult: float = 1.0):
+                 initial_scale: float = 1.0, initial_mult: float = 1.0, field_mult: float = 1.0,
+                 time_input: str = "unit"):
         super().__init__()
         self.initial_noise_size = initial_noise_size
         self.solver = solver or SolverConfig()
         self.initial = MLP(initial_noise_size, hidden_size, mlp_size, num_layers, tanh=False)
-        self.sde = GeneratorSDE(hidden_size, noise_size, mlp_size, num_layers, time_scale=1.0 / max(t_size - 1, 1))
+        self.sde = GeneratorSDE(hidden_size, noise_size, mlp_size, num_layers,
+                                time_scale=field_time_scale(time_input, t_size, "model.generator.time_input"))
         self.readout = nn.Linear(hidden_size, data_size)
         if initial_scale != 1.0:
             # PyTorch's default initialisation leaves y0's spread at a few hundredths of the data's; with gradient
