@@ -6,6 +6,7 @@ import torch
 from omegaconf import open_dict
 
 from neuralsde.config_checks import check_job
+from neuralsde.data.preprocessing import split_by_series
 from neuralsde.training import _instantiate_all, build, instantiate
 from tests.conftest import CONFIG_DIR, SHARED_DATA, compose_config, shrink
 
@@ -96,6 +97,8 @@ def test_default_and_paper_recipes_are_the_readmes():
     assert paper.callbacks.metrics.options.sig_path_scale == 0.17  # paths in t = 0 units reach ~18
     # its vector fields read t = 0..63 (ts = torch.linspace(0, t_size - 1, t_size) there), not t / 63
     assert (paper.model.generator.time_input, paper.model.discriminator.time_input) == ("index", "index")
+    train, val, test = split_by_series(paper.data.source.n_paths, paper.data.split_fractions, paper.data.seed)
+    assert (len(train), len(val), len(test)) == (8192, 1024, 1024)  # the paper trains on 8,192 paths
     assert (default.model.generator.time_input, default.model.discriminator.time_input) == ("unit", "unit")
 
 
