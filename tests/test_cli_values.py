@@ -115,7 +115,8 @@ def test_a_word_where_a_number_belongs_is_named(tmp_path):
     (["hydra/launcher=slrm"], "Fix: hydra/launcher=slurm"),
     (["solver=reversible_heun,midpont", "seed=0,1"], "solver=midpont is not an option of the solver group"),
     # compared within model.generator, not on whole dotted names: no far-fetched guess, the section's keys instead
-    (["model.generator.foo=3"], "Fix: use one that exists (model.generator has: hidden_size, initial_noise_size"),
+    (["model.generator.foo=3"], "Fix: use one that exists (model.generator has: field_mult, hidden_size, "
+                                "initial_mult, initial_noise_size"),
     (["data.source.path=x"], "Fix: use one that exists (data.source has: _target_, drop_fraction"),
 ])
 def test_misspelt_override_names_the_nearest_valid_one(overrides, hint):
