@@ -31,7 +31,10 @@ class AggregateError(ValueError):
 def find_jobs(multirun_dir: Path) -> list[Path]:
     """Job directories under ``multirun_dir`` (any depth; submitit's own folder excluded), in job order."""
     jobs = [p.parent.parent for p in multirun_dir.rglob(".hydra/overrides.yaml") if ".submitit" not in p.parts]
-    return sorted(jobs, key=lambda p: [int(s) if s.isdigit() else s for s in p.relative_to(multirun_dir).parts])
+    # numbers in numeric order (2 before 10); a number beside a name (job 0 beside a folder old/0) sorts first
+    # instead of comparing int with str, which raised TypeError for such a folder
+    return sorted(jobs, key=lambda p: [(0, int(s), "") if s.isdigit() else (1, 0, s)
+                                       for s in p.relative_to(multirun_dir).parts])
 
 
 def read_overrides(job_dir: Path) -> dict[str, str]:

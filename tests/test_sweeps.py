@@ -358,3 +358,12 @@ def test_paper_tables_smoke(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     md = (tmp_path / "paper_tables.md").read_text()
     assert "solver=reversible_heun" in md and "solver=midpoint" in md and "## Machine" in md
+
+
+def test_aggregate_folder_with_jobs_at_several_depths(tmp_path):
+    # a sweep's jobs beside an older sweep copied into a subfolder: sorting compared 0 with 'old' (TypeError)
+    for num in (0, 2, 10):
+        fake_job(tmp_path, num, [f"seed={num}"], [{"step": 0, "val/sig_mmd": float(num)}])
+    fake_job(tmp_path / "old", 0, ["seed=0", "solver=midpoint"], [{"step": 0, "val/sig_mmd": 5.0}])
+    jobs, _ = agg.collect(tmp_path)
+    assert list(jobs["job"]) == ["0", "2", "10", "old/0"]
