@@ -7,7 +7,9 @@ Each job directory (one holding `.hydra/overrides.yaml`) contributes its overrid
 `csv/metrics.csv`, the last non-NaN value of each metric (the median for `train/step_time`, so the slow
 first step does not count). Jobs are grouped by their overrides minus `seed`; the table has one row per
 configuration with n (jobs) and mean ± std (sample std, ddof=1) per metric. Writes PREFIX.md and PREFIX.csv
-(default PREFIX: MULTIRUN_DIR/summary). Jobs without a metrics.csv are reported and skipped.
+(default PREFIX: MULTIRUN_DIR/summary). Jobs without a metrics.csv, and jobs that have not finished (by their
+config.yaml: no test/ metrics with test=true, or a last.ckpt short of model.train_steps) are listed and counted
+as skipped in their configuration's row, and left out of its means.
 Exit status: 0 on success, 2 when there is nothing to aggregate.
 """
 from __future__ import annotations
@@ -20,8 +22,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+HERE = Path(__file__).resolve().parent
 MEDIAN_METRICS = {"train/step_time"}  # per-step quantities: the median over the run, not the last value
 NOT_METRICS = {"epoch", "step"}
+SKIP = "skipped"  # column of collect's frame: why the job is left out of the means ("" for a finished job)
 
 
 class AggregateError(ValueError):
@@ -60,6 +64,35 @@ def read_metrics(csv_path: Path) -> dict[str, float]:
     return out
 
 
+def unfinished(job_dir: Path, metrics: dict[str, float]) -> str | None:
+    """Why a job with a metrics.csv has not finished (failed, killed or still running), or None. A partial
+    metrics.csv holds the val/ figures of some earlier step, which were averaged with the finished jobs' final ones
+    as if they were final. Judged from the job's config.yaml: with ``test`` on, a finished job has test/ metrics;
+    its ``checkpoints/last.ckpt`` has done ``model.train_steps``. Without config.yaml (runs copied without it)
+    nothing is judged."""
+    cfg_path = job_dir / "config.yaml"
+    if not cfg_path.is_file():
+        return None
+    cfg = yaml.safe_load(cfg_path.read_text()) or {}
+    steps = (cfg.get("model") or {}).get("train_steps")
+    last = job_dir / "checkpoints" / "last.ckpt"
+    if steps is not None and last.is_file():
+        if str(HERE.parent) not in sys.path:  # the repository, for neuralsde
+            sys.path.insert(0, str(HERE.parent))
+        from neuralsde.checkpoints import read_checkpoint
+        from neuralsde.errors import CheckpointError
+
+        try:
+            done = int(read_checkpoint(last)["neuralsde"].get("train_step", 0))
+        except CheckpointError as err:
+            return f"unreadable checkpoints/last.ckpt ({err})"
+        if done < int(steps):
+            return f"unfinished: trained {done} of model.train_steps={steps} steps (failed, killed or still running)"
+    if cfg.get("test") and not any(k.startswith("test/") for k in metrics):
+        return "unfinished: no test/ metrics though test=true (failed, killed or still running)"
+    return None
+
+
 def default_metrics(columns) -> list[str]:
     """val/ and test/ metrics (without bootstrap bounds) and the step time: what the paper tables compare."""
     keep = [c for c in columns if c.startswith(("val/", "test/")) and not c.endswith(("_ci_low", "_ci_high"))]
@@ -81,21 +114,33 @@ def collect(multirun_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
     for job in jobs:
         csv_path = job / "csv" / "metrics.csv"
         name = str(job.relative_to(root))
-        if not csv_path.is_file():
-            skipped.append(f"{name}: no csv/metrics.csv (job failed, still running, or logger without csv)")
-            continue
-        try:
-            metrics = read_metrics(csv_path)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-            skipped.append(f"{name}: unreadable csv/metrics.csv ({type(err).__name__}: {err})")
-            continue
         overrides = {f"ov:{k}": v for k, v in read_overrides(job).items()}
-        rows.append({"job": name, **overrides, **metrics})
-    if not rows:
-        raise AggregateError(f"None of the {len(jobs)} jobs under {str(root)!r} has a readable csv/metrics.csv:\n  "
+        label = " ".join(f"{k[3:]}={v}" for k, v in overrides.items())
+        # a skipped job keeps its row (no metrics, SKIP its reason): its configuration counts it, so a
+        # configuration whose jobs all failed still has a row instead of vanishing from the table
+        metrics, reason = {}, None
+        if not csv_path.is_file():
+            reason = "no csv/metrics.csv (job failed, still running, or logger without csv)"
+        else:
+            try:
+                metrics = read_metrics(csv_path)
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+                reason = f"unreadable csv/metrics.csv ({type(err).__name__}: {err})"
+            reason = reason or unfinished(job, metrics)
+        if reason:
+            skipped.append(f"{name}: {reason}; overrides: {label or '(none)'}")
+            metrics = {}
+        rows.append({"job": name, SKIP: reason or "", **overrides, **metrics})
+    if all(r[SKIP] for r in rows):
+        raise AggregateError(f"None of the {len(jobs)} jobs under {str(root)!r} has finished with a readable "
+                             "csv/metrics.csv:\n  "
                              + "\n  ".join(skipped) + "\nFix: check the jobs' train.log for the error, "
                              "and run with the csv logger (logger=csv or logger=many).")
     return pd.DataFrame(rows), skipped
+
+
+def metric_columns(jobs: pd.DataFrame) -> list[str]:
+    return [c for c in jobs.columns if c not in ("job", SKIP) and not c.startswith("ov:")]
 
 
 def summarise(jobs: pd.DataFrame, metrics: list[str] | None = None, ignore: tuple[str, ...] = ("seed",),
@@ -103,16 +148,18 @@ def summarise(jobs: pd.DataFrame, metrics: list[str] | None = None, ignore: tupl
     """Group ``jobs`` (from ``collect``) by their overrides minus ``ignore``.
 
     Returns ``(table, common)``: ``table`` has ``config`` (the overrides that vary between configurations,
-    or ``all`` when there is one), ``n``, ``seeds``, then ``<metric>_mean``, ``<metric>_std``, ``<metric>_n``
-    per metric; ``common`` are the overrides shared by every job (ignored keys excluded). A metric no job
-    logged is an error, or dropped with ``skip_unknown``."""
+    or ``all`` when there is one), ``n`` (finished jobs), ``skipped`` (the others), ``seeds``, then
+    ``<metric>_mean``, ``<metric>_std``, ``<metric>_n`` per metric; ``common`` are the overrides shared by
+    every job (ignored keys excluded). A metric no job logged is an error, or dropped with ``skip_unknown``."""
     ov_cols = [c for c in jobs.columns if c.startswith("ov:")]
     group_cols = [c for c in ov_cols if c[3:] not in ignore]
     frame = jobs.copy()
     frame[ov_cols] = frame[ov_cols].fillna("<unset>")
     varying = [c for c in group_cols if frame[c].nunique() > 1]
     common = {c[3:]: frame[c].iloc[0] for c in group_cols if c not in varying}
-    metric_cols = [c for c in jobs.columns if c != "job" and c not in ov_cols]
+    metric_cols = metric_columns(jobs)
+    if SKIP not in frame:
+        frame[SKIP] = ""
     if metrics is None:
         metrics = default_metrics(metric_cols)
     unknown = [m for m in metrics if m not in metric_cols]
@@ -126,8 +173,11 @@ def summarise(jobs: pd.DataFrame, metrics: list[str] | None = None, ignore: tupl
     for key, part in groups:
         key = key if isinstance(key, tuple) else (key,)
         label = " ".join(f"{c[3:]}={v}" for c, v in zip(varying, key, strict=True)) or "all"
+        n_skipped = int((part[SKIP] != "").sum())
+        part = part[part[SKIP] == ""]
         seeds = ",".join(part["ov:seed"].astype(str)) if "ov:seed" in part else ""
-        row = {"config": label, **{c[3:]: v for c, v in zip(varying, key, strict=True)}, "n": len(part), "seeds": seeds}
+        row = {"config": label, **{c[3:]: v for c, v in zip(varying, key, strict=True)}, "n": len(part),
+               "skipped": n_skipped, "seeds": seeds}
         for m in metrics:
             values = part[m].dropna() if m in part else pd.Series(dtype=float)
             row[f"{m}_mean"] = values.mean() if len(values) else math.nan
@@ -148,7 +198,8 @@ def to_markdown(table: pd.DataFrame, metrics: list[str], common: dict[str, str] 
     header = ["config", "n", *metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, r in table.iterrows():
-        cells = [f"`{r['config']}`", str(r["n"])]
+        skipped = r.get("skipped", 0)
+        cells = [f"`{r['config']}`", f"{r['n']} (+{skipped} skipped)" if skipped else str(r["n"])]
         cells += [_fmt(r[f"{m}_mean"], r[f"{m}_std"], r[f"{m}_n"], r["n"]) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     if common:
@@ -186,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.all_metrics:
             jobs, _ = collect(args.multirun_dir)
-            metrics = [c for c in jobs.columns if c != "job" and not c.startswith("ov:")]
+            metrics = metric_columns(jobs)
         _, text, skipped = aggregate(args.multirun_dir, args.out, metrics, ignore)
     except AggregateError as err:
         print(f"aggregate.py: {err}", file=sys.stderr)

@@ -367,3 +367,35 @@ def test_aggregate_folder_with_jobs_at_several_depths(tmp_path):
     fake_job(tmp_path / "old", 0, ["seed=0", "solver=midpoint"], [{"step": 0, "val/sig_mmd": 5.0}])
     jobs, _ = agg.collect(tmp_path)
     assert list(jobs["job"]) == ["0", "2", "10", "old/0"]
+
+
+def test_aggregate_leaves_out_unfinished_jobs_and_counts_them(tmp_path):
+    # a job killed at step 2 of 4 (or still running) has a metrics.csv with an early val/ figure; it was averaged
+    # with the finished jobs' final ones, n counting it, nothing said
+    import torch
+
+    def job(num, seed, solver, val, done, test=True):
+        rows = [{"step": 0, "val/sig_mmd": val}] + ([{"step": 4, "test/sig_mmd": val}] if test else [])
+        d = fake_job(tmp_path, num, [f"solver={solver}", f"seed={seed}"], rows)
+        (d / "config.yaml").write_text(f"model:\n  train_steps: 4\ntest: {str(test).lower()}\n")
+        (d / "checkpoints").mkdir()
+        torch.save({"neuralsde": {"family": "sdegan", "train_step": done}, "state_dict": {}},
+                   d / "checkpoints" / "last.ckpt")
+
+    job(0, 0, "midpoint", 1.0, 4)
+    job(1, 1, "midpoint", 3.0, 4)
+    job(2, 2, "midpoint", 100.0, 2, test=False)  # killed at step 2: no test/ metrics, checkpoint short
+    job(3, 0, "euler_heun", 100.0, 2, test=False)  # test=false: only its checkpoint tells
+    job(4, 1, "euler_heun", 100.0, 4, test=True)
+    (tmp_path / "4" / "csv" / "metrics.csv").write_text("step,val/sig_mmd\n0,100.0\n")  # died in its test stage
+    table, text, skipped = agg.aggregate(tmp_path)
+    mid, euler = table.iloc[0], table.iloc[1]
+    assert (mid["n"], mid["skipped"], mid["seeds"]) == (2, 1, "0,1")
+    assert mid["val/sig_mmd_mean"] == pytest.approx(2.0)
+    assert (euler["n"], euler["skipped"]) == (0, 2) and math.isnan(euler["val/sig_mmd_mean"])
+    assert "| `solver=midpoint` | 2 (+1 skipped) | 2 ± 1.4 |" in text
+    assert "| `solver=euler_heun` | 0 (+2 skipped) | — |" in text
+    assert skipped[0].startswith("2: unfinished: trained 2 of model.train_steps=4 steps")
+    assert skipped[0].endswith("overrides: solver=midpoint seed=2")
+    assert skipped[2].startswith("4: unfinished: no test/ metrics though test=true")
+    assert len(skipped) == 3 and all(s in text for s in skipped)
