@@ -4,7 +4,7 @@
                                 [--ignore seed] [--all-metrics]
 
 Each job directory (one holding `.hydra/overrides.yaml`) contributes its overrides and, from
-`csv/metrics.csv`, the last non-NaN value of each metric (the median for `train/step_time`, so the slow
+`csv/metrics.csv`, the last logged value of each metric (the median for `train/step_time`, so the slow
 first step does not count). Jobs are grouped by their overrides minus `seed`; the table has one row per
 configuration with n (jobs) and mean ± std (sample std, ddof=1) per metric. Writes PREFIX.md and PREFIX.csv
 (default PREFIX: MULTIRUN_DIR/summary). Jobs without a metrics.csv, and jobs that have not finished (by their
@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 MEDIAN_METRICS = {"train/step_time"}  # per-step quantities: the median over the run, not the last value
 NOT_METRICS = {"epoch", "step"}
 SKIP = "skipped"  # column of collect's frame: why the job is left out of the means ("" for a finished job)
+NONFINITE = "nonfinite"  # column of collect's frame: the metrics whose last logged value is NaN or inf
 
 
 class AggregateError(ValueError):
@@ -52,13 +53,18 @@ def read_overrides(job_dir: Path) -> dict[str, str]:
 
 
 def read_metrics(csv_path: Path) -> dict[str, float]:
-    """Last non-NaN value of every metric column (median for ``MEDIAN_METRICS``)."""
-    frame = pd.read_csv(csv_path)
+    """Last logged value of every metric column, NaN and inf included (median of the finite ones for
+    ``MEDIAN_METRICS``). Lightning's CSV logger leaves a metric not logged at a row empty and writes a NaN as
+    ``nan``: read as one, a run whose val/sig_mmd went NaN at its end reported its last finite value instead."""
+    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     out = {}
     for col in frame.columns:
         if col in NOT_METRICS:
             continue
-        values = pd.to_numeric(frame[col], errors="coerce").dropna()
+        raw = frame[col].str.strip()
+        values = pd.to_numeric(raw[raw != ""], errors="coerce")
+        if col in MEDIAN_METRICS:
+            values = values[values.map(math.isfinite)]
         if len(values):
             out[col] = float(values.median() if col in MEDIAN_METRICS else values.iloc[-1])
     return out
@@ -130,7 +136,8 @@ def collect(multirun_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
         if reason:
             skipped.append(f"{name}: {reason}; overrides: {label or '(none)'}")
             metrics = {}
-        rows.append({"job": name, SKIP: reason or "", **overrides, **metrics})
+        bad = ",".join(k for k, v in metrics.items() if not math.isfinite(v))
+        rows.append({"job": name, SKIP: reason or "", NONFINITE: bad, **overrides, **metrics})
     if all(r[SKIP] for r in rows):
         raise AggregateError(f"None of the {len(jobs)} jobs under {str(root)!r} has finished with a readable "
                              "csv/metrics.csv:\n  "
@@ -140,7 +147,7 @@ def collect(multirun_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
 
 
 def metric_columns(jobs: pd.DataFrame) -> list[str]:
-    return [c for c in jobs.columns if c not in ("job", SKIP) and not c.startswith("ov:")]
+    return [c for c in jobs.columns if c not in ("job", SKIP, NONFINITE) and not c.startswith("ov:")]
 
 
 def summarise(jobs: pd.DataFrame, metrics: list[str] | None = None, ignore: tuple[str, ...] = ("seed",),
@@ -158,8 +165,9 @@ def summarise(jobs: pd.DataFrame, metrics: list[str] | None = None, ignore: tupl
     varying = [c for c in group_cols if frame[c].nunique() > 1]
     common = {c[3:]: frame[c].iloc[0] for c in group_cols if c not in varying}
     metric_cols = metric_columns(jobs)
-    if SKIP not in frame:
-        frame[SKIP] = ""
+    for col in (SKIP, NONFINITE):
+        if col not in frame:
+            frame[col] = ""
     if metrics is None:
         metrics = default_metrics(metric_cols)
     unknown = [m for m in metrics if m not in metric_cols]
@@ -179,19 +187,24 @@ def summarise(jobs: pd.DataFrame, metrics: list[str] | None = None, ignore: tupl
         row = {"config": label, **{c[3:]: v for c, v in zip(varying, key, strict=True)}, "n": len(part),
                "skipped": n_skipped, "seeds": seeds}
         for m in metrics:
+            # a NaN or inf cannot enter a mean; it is counted (<m>_nonfinite) and shown, never dropped unsaid
             values = part[m].dropna() if m in part else pd.Series(dtype=float)
+            values = values[values.map(math.isfinite)]
             row[f"{m}_mean"] = values.mean() if len(values) else math.nan
             row[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
             row[f"{m}_n"] = len(values)
+            row[f"{m}_nonfinite"] = sum(m in bad.split(",") for bad in part[NONFINITE])
         rows.append(row)
     return pd.DataFrame(rows), common
 
 
-def _fmt(mean: float, std: float, n: int, n_jobs: int) -> str:
-    if n == 0 or not math.isfinite(mean):
-        return "—"
-    text = f"{mean:.4g}" if not math.isfinite(std) else f"{mean:.4g} ± {std:.2g}"
-    return text if n == n_jobs else f"{text} (n={n})"  # flag a metric some jobs did not log
+def _fmt(mean: float, std: float, n: int, n_jobs: int, nonfinite: int = 0) -> str:
+    if n == 0 and not nonfinite:
+        return "—"  # not logged by this configuration
+    text = "—" if n == 0 else f"{mean:.4g}" if not math.isfinite(std) else f"{mean:.4g} ± {std:.2g}"
+    # flag a metric some jobs did not log, or logged as NaN/inf
+    notes = ([f"n={n}"] if n != n_jobs and n else []) + ([f"{nonfinite} NaN/inf"] if nonfinite else [])
+    return f"{text} ({'; '.join(notes)})" if notes else text
 
 
 def to_markdown(table: pd.DataFrame, metrics: list[str], common: dict[str, str] | None = None) -> str:
@@ -200,7 +213,8 @@ def to_markdown(table: pd.DataFrame, metrics: list[str], common: dict[str, str] 
     for _, r in table.iterrows():
         skipped = r.get("skipped", 0)
         cells = [f"`{r['config']}`", f"{r['n']} (+{skipped} skipped)" if skipped else str(r["n"])]
-        cells += [_fmt(r[f"{m}_mean"], r[f"{m}_std"], r[f"{m}_n"], r["n"]) for m in metrics]
+        cells += [_fmt(r[f"{m}_mean"], r[f"{m}_std"], r[f"{m}_n"], r["n"], r.get(f"{m}_nonfinite", 0))
+                  for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     if common:
         lines.append("\nShared by every job: " + " ".join(f"`{k}={v}`" for k, v in common.items()))
@@ -214,6 +228,10 @@ def aggregate(multirun_dir: str | Path, out: str | Path | None = None, metrics: 
     table, common = summarise(jobs, metrics, ignore, skip_unknown)
     metrics = [c[:-5] for c in table.columns if c.endswith("_mean")]
     text = to_markdown(table, metrics, common)
+    bad = [(r["job"], m, r[m]) for _, r in jobs[jobs[NONFINITE] != ""].iterrows() for m in metrics
+           if m in r[NONFINITE].split(",")]
+    if bad:
+        text += "\nNaN/inf last values (left out of the means):\n" + "".join(f"- {j}: {m}={v}\n" for j, m, v in bad)
     if skipped:
         text += "\nSkipped jobs:\n" + "".join(f"- {s}\n" for s in skipped)
     prefix = Path(out) if out else Path(multirun_dir) / "summary"

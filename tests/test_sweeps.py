@@ -399,3 +399,24 @@ def test_aggregate_leaves_out_unfinished_jobs_and_counts_them(tmp_path):
     assert skipped[0].endswith("overrides: solver=midpoint seed=2")
     assert skipped[2].startswith("4: unfinished: no test/ metrics though test=true")
     assert len(skipped) == 3 and all(s in text for s in skipped)
+
+
+def test_aggregate_reports_a_metric_that_ended_nan(tmp_path):
+    # seed 2 diverged: its last val/sig_mmd is NaN (an earlier one 0.5) and its test/sig_mmd inf. The NaN was
+    # read as "not logged" and the earlier 0.5 averaged in; the inf was averaged into an inf mean
+    fake_job(tmp_path, 0, ["seed=0"], [{"step": 0, "val/sig_mmd": 1.0}, {"step": 1, "test/sig_mmd": 1.0}])
+    fake_job(tmp_path, 1, ["seed=1"], [{"step": 0, "val/sig_mmd": 3.0}, {"step": 1, "test/sig_mmd": 2.0}])
+    job = fake_job(tmp_path, 2, ["seed=2"], [])
+    # as Lightning's CSV logger writes them: a metric not logged at a row empty, a NaN as nan
+    (job / "csv" / "metrics.csv").write_text("step,val/sig_mmd,test/sig_mmd\n0,0.5,\n1,nan,\n2,,inf\n")
+    table, text, _ = agg.aggregate(tmp_path, metrics=["val/sig_mmd", "test/sig_mmd"])
+    row = table.iloc[0]
+    assert row["val/sig_mmd_mean"] == pytest.approx(2.0) and row["val/sig_mmd_n"] == 2
+    assert row["val/sig_mmd_nonfinite"] == 1 and row["test/sig_mmd_mean"] == pytest.approx(1.5)
+    assert "| `all` | 3 | 2 ± 1.4 (n=2; 1 NaN/inf) | 1.5 ± 0.71 (n=2; 1 NaN/inf) |" in text
+    assert "- 2: val/sig_mmd=nan\n- 2: test/sig_mmd=inf\n" in text
+    # a metric NaN in every job: shown as such, not as one nobody logged
+    job = fake_job(tmp_path / "all_nan", 0, ["seed=0"], [])
+    (job / "csv" / "metrics.csv").write_text("step,val/sig_mmd\n0,nan\n")
+    _, text, _ = agg.aggregate(tmp_path / "all_nan")
+    assert "| `all` | 1 | — (1 NaN/inf) |" in text
