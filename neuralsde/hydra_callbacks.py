@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from neuralsde.config_checks import check_job
 from neuralsde.errors import CheckpointError, ConfigError, DataError
-from neuralsde.resume import refuse_used_run_dir
+from neuralsde.resume import other_run_settings, refuse_used_run_dir
 
 
 def _saved_runs(root: Path) -> list[Path]:
@@ -91,6 +91,7 @@ class CheckSweepJobs(Callback):
             out = _output_dir(job_cfg)
             with open_dict(job_cfg):
                 del job_cfg["hydra"]  # what the task is given (hydra.core.utils.run_job)
+            _check_continues_its_own_run(num, overrides, job_cfg, out)
             try:
                 check_job(job_cfg)
             except (ConfigError, DataError, CheckpointError) as err:
@@ -110,6 +111,35 @@ class CheckSweepJobs(Callback):
                                         f"run{also}. Fix: {fix}."))
                 if path is not None:
                     used[path] = (num, overrides)
+
+
+def _check_continues_its_own_run(num: int, overrides: str, job_cfg: DictConfig, out: str | None) -> None:
+    """A ``resume=auto`` rerun of a sweep continues each job from the checkpoint in its numbered directory, so a
+    rerun whose jobs are numbered otherwise (``-m seed=1 resume=auto`` into a sweep of ``seed=0,1``) met another
+    job's run there: a finished one was returned as this job's result, and Hydra relabelled the directory with this
+    job's overrides, so aggregate.py reported seed 0's metrics as seed 1's."""
+    from neuralsde.checkpoints import read_checkpoint
+
+    if job_cfg.get("resume") != "auto" or job_cfg.get("ckpt_path") or out is None:
+        return
+    saved = sorted((Path(out) / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not saved:
+        return
+    try:
+        current = {k: OmegaConf.to_container(job_cfg[k], resolve=True) if OmegaConf.is_config(job_cfg[k])
+                   else job_cfg[k] for k in ("seed", "data", "model", "solver") if k in job_cfg}
+        ckpt_cfg = read_checkpoint(saved[-1])["neuralsde"].get("config")
+    except Exception:  # noqa: BLE001 - unresolvable here or unreadable: the job itself reports it
+        return
+    differ = other_run_settings(ckpt_cfg, current)
+    if differ:
+        job = f"sweep job {num}" + (f" ({overrides})" if overrides else "")
+        mine = " ".join(f"{d.split('=')[0]}={OmegaConf.select(job_cfg, d.split('=')[0])}" for d in differ[:6])
+        _refuse(ConfigError(f"{job} would continue the run in {out!r} (resume=auto), but that run was trained with "
+                            f"{' '.join(differ[:6])} (this job: {mine}): the job would report that run's metrics "
+                            "as its own, under its overrides. Fix: rerun the sweep with its first command's overrides "
+                            "in the same order (the job numbers must name the same runs), or give this sweep a new "
+                            "hydra.sweep.dir."))
 
 
 # Logged figures where higher is better (the latent SDE's bound and likelihood): every other one (losses, distances,

@@ -221,6 +221,20 @@ def changed_settings(saved: dict | None, current: dict | None) -> list[str]:
     return out
 
 
+def other_run_settings(saved: dict | None, current: dict) -> list[str]:
+    """The checkpoint's ``key=value`` for each setting that makes its run another one than ``current`` (a resolved
+    config's seed, data, model, solver): not the training length or the optimiser, which a continued run may
+    change. Empty without a saved config."""
+    if not saved:
+        return []
+    out = [s for s in changed_settings(saved, current) if not s.startswith("model.optimizer.")]
+    before, now = saved.get("solver") or {}, current.get("solver") or {}
+    out += [f"solver.{k}={before[k]}" for k in before if k in now and before[k] != now[k]]
+    if saved.get("seed") != current.get("seed") and f"seed={saved.get('seed')}" not in out:
+        out.insert(0, f"seed={saved.get('seed')}")
+    return out
+
+
 def ckpt_allows_change() -> bool:
     return os.environ.get("NEURALSDE_ALLOW_RESUME_CHANGE") == "1"
 

@@ -75,6 +75,25 @@ def test_aggregate_cli_on_multirun(multirun, tmp_path):
     assert "| `all` | 2 |" in md and " ± " in md and md in proc.stdout
 
 
+def test_a_resume_auto_rerun_numbered_otherwise_is_refused(multirun, tmp_path):
+    # `-m seed=1 resume=auto` into the sweep of seed=0,1: its job 0 met seed 0's finished run in 0/, returned that
+    # run's metrics as seed 1's, and Hydra relabelled 0/ with seed=1, so aggregate.py reported seed 0's metrics twice
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(multirun, sweep)
+    before = (sweep / "0" / ".hydra" / "overrides.yaml").read_text()
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "seed=1", *TINY, "resume=auto",
+                           f"hydra.sweep.dir={sweep}"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert (f"ConfigError: sweep job 0 would continue the run in '{sweep / '0'}' (resume=auto), but that run was "
+            "trained with seed=0 (this job: seed=1):") in proc.stderr and "Fix:" in proc.stderr
+    assert (sweep / "0" / ".hydra" / "overrides.yaml").read_text() == before
+    # the same command as the first (job numbers naming the same runs) goes on: both jobs have finished
+    train_py("-m", "seed=0,1", *TINY, "resume=auto", f"hydra.sweep.dir={sweep}")
+    assert "seed=0" in (sweep / "0" / ".hydra" / "overrides.yaml").read_text()
+
+
 @pytest.mark.parametrize("sweep, error", [
     # trainer.max_epochs=-1,1 trained job 0 to the end before job 1 was refused (on SLURM: hours later)
     (["trainer.max_epochs=-1,1"], "sweep job 1 (trainer.max_epochs=1) would fail, so no job was started: "
