@@ -228,6 +228,18 @@ def aggregate(multirun_dir: str | Path, out: str | Path | None = None, metrics: 
     table, common = summarise(jobs, metrics, ignore, skip_unknown)
     metrics = [c[:-5] for c in table.columns if c.endswith("_mean")]
     text = to_markdown(table, metrics, common)
+    # which std, over what: a table copied into a paper must say it (the CSV's columns are <metric>_mean/_std/_n)
+    pooled = ", ".join(f"`{k}`" for k in ignore) or "nothing"
+    text += (f"\nCells: mean ± sample standard deviation (n − 1 denominator) over a configuration's n finished jobs, "
+             f"pooled over {pooled}; a value without ± is one job's; (n=k): only k of them logged the metric.\n")
+    done = jobs[jobs[SKIP] == ""]
+    ov_cols = [c for c in done.columns if c.startswith("ov:")]
+    same = done.fillna({c: "<unset>" for c in ov_cols}).groupby(ov_cols)["job"].apply(list) if ov_cols else \
+        pd.Series([list(done["job"])])
+    twins = [jobs_ for jobs_ in same if len(jobs_) > 1]
+    if twins:  # e.g. a folder holding a sweep and a copy of it: one run counted twice narrows the std
+        text += ("\nJobs with the same overrides, the same run repeated (bit-identical on CPU), each counted in n: "
+                 + "; ".join(", ".join(t) for t in twins) + ". Fix: aggregate one copy of each.\n")
     bad = [(r["job"], m, r[m]) for _, r in jobs[jobs[NONFINITE] != ""].iterrows() for m in metrics
            if m in r[NONFINITE].split(",")]
     if bad:

@@ -439,3 +439,18 @@ def test_aggregate_reports_a_metric_that_ended_nan(tmp_path):
     (job / "csv" / "metrics.csv").write_text("step,val/sig_mmd\n0,nan\n")
     _, text, _ = agg.aggregate(tmp_path / "all_nan")
     assert "| `all` | 1 | — (1 NaN/inf) |" in text
+
+
+def test_aggregate_states_its_statistics_and_flags_repeated_runs(tmp_path):
+    # the table did not say which std (a reader cannot tell sample from population, or a standard error); a folder
+    # with a sweep and a copy of it pooled each run twice (n=4 from 2 seeds) without a word
+    for root in (tmp_path, tmp_path / "copy"):
+        for seed, val in ((0, 1.0), (1, 3.0)):
+            fake_job(root, seed, [f"seed={seed}"], [{"step": 0, "val/sig_mmd": val}])
+    table, text, _ = agg.aggregate(tmp_path)
+    assert table.loc[0, "n"] == 4 and table.loc[0, "val/sig_mmd_std"] == pytest.approx(2 / math.sqrt(3))
+    assert "mean ± sample standard deviation (n − 1 denominator) over a configuration's n finished jobs, pooled " \
+           "over `seed`" in text
+    assert "the same run repeated (bit-identical on CPU), each counted in n: 0, copy/0; 1, copy/1." in text
+    _, text, _ = agg.aggregate(tmp_path / "copy")
+    assert "same run repeated" not in text
