@@ -97,7 +97,8 @@ def machine() -> str:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (f"- CPU: {cpu}, {os.cpu_count()} cores (torch threads {torch.get_num_threads()})\n"
+    # this process's default, not the runs' threads (each table's section says those)
+    return (f"- CPU: {cpu}, {os.cpu_count()} cores (torch's default threads {torch.get_num_threads()})\n"
             f"- GPU: {gpu}\n- torch {torch.__version__}, Python {platform.python_version()}, {platform.platform()}\n"
             f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}\n")
 
@@ -133,6 +134,20 @@ def run(cmd: list[str], log_path: Path, label: str = "", poll_s: float = 2.0,
             if rc is not None:
                 return rc, time.perf_counter() - start
             time.sleep(poll_s)
+
+
+def run_threads(sweep_dir: Path) -> str:
+    """The torch threads its runs trained with (``threads`` in their config.yaml): the experiments set their own
+    (ou_sdegan: 1), so the machine's default, all the header gave, misstated the step times' setting."""
+    import yaml
+
+    values = set()
+    for cfg_path in sorted(sweep_dir.glob("*/config.yaml")):
+        values.add((yaml.safe_load(cfg_path.read_text()) or {}).get("threads"))
+    if not values:
+        return ""
+    shown = ", ".join(sorted("torch's default" if v is None else str(v) for v in values))
+    return f"Torch threads per run: {shown} (`threads`)."
 
 
 def tail(path: Path, n: int = 15) -> str:
@@ -204,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         except AggregateError as err:
             failures += 1
             text = f"No table: {err}\n"
+        note = " ".join(x for x in (note, run_threads(sweep_dir)) if x)
         sections.append(f"## ({t}) {title}\n\n```bash\n{shown}\n```\n\n{note}\n\n{text}")
     if args.dry_run:
         return 0

@@ -314,6 +314,20 @@ def test_paper_tables_aggregate_only_without_runs_writes_nothing(tmp_path):
     assert (tmp_path / "paper_tables.md").read_text() == "earlier tables\n"
 
 
+def test_paper_tables_says_the_runs_threads(tmp_path):
+    # table (a)'s step times come from ou_sdegan's threads=1 runs; the page gave only this process's default (2)
+    import paper_tables
+
+    table_a = tmp_path / "cpu" / "table_a"
+    for num, solver in enumerate(("reversible_heun", "midpoint")):
+        job = fake_job(table_a, num, [f"solver={solver}", "seed=0"],
+                       [{"step": 0, "train/step_time": 0.1, "val/sig_mmd": 1.0, "test/sig_mmd": 1.0}])
+        (job / "config.yaml").write_text("threads: 1\ntest: true\n")
+    assert paper_tables.main(["--aggregate-only", "--tables", "a", "--results", str(tmp_path)]) == 0
+    md = (tmp_path / "paper_tables.md").read_text()
+    assert "Torch threads per run: 1 (`threads`)." in md and "torch's default threads" in md
+
+
 def test_paper_tables_dry_run_prints_the_commands():
     proc = script("paper_tables.py", "--dry-run", "--seeds", "0,1", "--steps", "4")
     assert proc.returncode == 0, proc.stderr
