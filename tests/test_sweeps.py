@@ -75,6 +75,25 @@ def test_aggregate_cli_on_multirun(multirun, tmp_path):
     assert "| `all` | 2 |" in md and " ± " in md and md in proc.stdout
 
 
+def test_a_sweep_job_reruns_bit_identically_as_a_single_run(multirun, tmp_path):
+    # README ("Reruns are exact on CPU"): the same command again, here outside the sweep, gives the same metrics
+    # (but the timing columns) and the same weights, optimiser states included
+    import torch
+
+    train_py("seed=0", *TINY, f"hydra.run.dir={tmp_path / 'again'}")
+    timing = ["train/step_time", "train/steps_per_s"]
+    first, again = (pd.read_csv(d / "csv" / "metrics.csv").drop(columns=timing) for d in (multirun / "0",
+                                                                                            tmp_path / "again"))
+    pd.testing.assert_frame_equal(first, again, check_exact=True)
+    a, b = (torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+            for d in (multirun / "0", tmp_path / "again"))
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    for sa, sb in zip(a["optimizer_states"], b["optimizer_states"], strict=True):
+        assert all(torch.equal(x, sb["state"][i][n]) for i, st in sa["state"].items() for n, x in st.items()
+                   if torch.is_tensor(x))
+
+
 def test_a_resume_auto_rerun_numbered_otherwise_is_refused(multirun, tmp_path):
     # `-m seed=1 resume=auto` into the sweep of seed=0,1: its job 0 met seed 0's finished run in 0/, returned that
     # run's metrics as seed 1's, and Hydra relabelled 0/ with seed=1, so aggregate.py reported seed 0's metrics twice
