@@ -34,17 +34,6 @@ def _torchcde_fill(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _torchcde_forward(self, x):
-    """``CDEClassifier.forward`` as it was."""
-    import torchcde
-
-    path = torchcde.LinearInterpolation(torchcde.linear_interpolation_coeffs(x))
-    z0 = self.initial(path.evaluate(path.interval[0]))
-    zt = torchcde.cdeint(X=path, func=self._f, z0=z0, t=path.interval, method=self.method,
-                         options={"step_size": 1.0}, adjoint=False)
-    return self.readout(zt[:, -1]).squeeze(-1)
-
-
 def run(ctx) -> list[dict]:
     from neuralsde.data.interpolation import fill_missing
     from neuralsde.metrics import sig_mmd
@@ -78,7 +67,7 @@ def run(ctx) -> list[dict]:
     sets = [_paths(16, 64, 1, missing=0.3 if i % 2 == 0 else 0.0, seed=10 + i) for i in range(4)]
     written_out = CDEClassifier.forward
     try:
-        CDEClassifier.forward = _torchcde_forward
+        CDEClassifier.forward = CDEClassifier.torchcde_forward
         before = real_fake_classification(*sets, epochs=1, seed=0)
     finally:
         CDEClassifier.forward = written_out
@@ -90,7 +79,7 @@ def run(ctx) -> list[dict]:
     def step(forward):
         return lambda: torch.autograd.grad(forward(model, batch).square().mean(), params)
 
-    t = interleaved({"torchcde": step(_torchcde_forward), "written": step(written_out)},
+    t = interleaved({"torchcde": step(CDEClassifier.torchcde_forward), "written": step(written_out)},
                     reps=5 if ctx.smoke else 10 if ctx.quick else 30)
     rows.append({"what": "real/fake metric, a training step of its CDE classifier (batch 64, 64 times, rk4; "
                          "10 epochs of 8 steps in a test stage): torchcde.cdeint / written-out solve",

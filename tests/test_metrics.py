@@ -224,17 +224,6 @@ def test_classifier_deterministic_with_missing_values():
         real_fake_classification(*args, classifier="transformer")
 
 
-def _torchcde_forward(self, x):
-    """The CDE classifier as it was written with torchcde and torchdiffeq: the reference for the written-out one."""
-    import torchcde
-
-    path = torchcde.LinearInterpolation(torchcde.linear_interpolation_coeffs(x))
-    z0 = self.initial(path.evaluate(path.interval[0]))
-    zt = torchcde.cdeint(X=path, func=self._f, z0=z0, t=path.interval, method=self.method,
-                         options={"step_size": 1.0}, adjoint=False)
-    return self.readout(zt[:, -1]).squeeze(-1)
-
-
 @pytest.mark.parametrize("method", ["rk4", "euler", "midpoint"])
 def test_cde_classifier_gives_torchcdes_logits_gradients_and_scores_bit_for_bit(method, monkeypatch):
     import torchcde
@@ -244,7 +233,7 @@ def test_cde_classifier_gives_torchcdes_logits_gradients_and_scores_bit_for_bit(
     x = ou(32, length=12, channels=2, seed=1)
     torch.manual_seed(0)
     model = CDEClassifier(3, 8, method)
-    logits = [model(x), _torchcde_forward(model, x)]
+    logits = [model(x), CDEClassifier.torchcde_forward(model, x)]
     grads = [torch.autograd.grad(v.square().sum(), list(model.parameters())) for v in logits]
     assert torch.equal(*logits) and all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
     args = (with_gaps(ou(40, length=12, seed=1)), ou(40, length=12, theta=3.0, seed=2),
@@ -254,7 +243,7 @@ def test_cde_classifier_gives_torchcdes_logits_gradients_and_scores_bit_for_bit(
     monkeypatch.setattr(torchcde, "cdeint", lambda *a, **k: calls.append(1) or cdeint(*a, **k))
     written_out = real_fake_classification(*args, epochs=2, method=method, seed=5)
     assert calls == []  # its per-evaluation bookkeeping made training the classifier 1.3x slower
-    monkeypatch.setattr(CDEClassifier, "forward", _torchcde_forward)
+    monkeypatch.setattr(CDEClassifier, "forward", CDEClassifier.torchcde_forward)
     assert written_out == real_fake_classification(*args, epochs=2, method=method, seed=5)
 
 
@@ -457,7 +446,6 @@ def test_autocorrelation_plot_gives_many_channels_a_panel_each():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # matplotlib warns when the layout cannot fit the panels
         fig.savefig(io.BytesIO(), format="png")
-
 
 
 def test_marginal_and_autocorrelation_plots_name_every_channel():

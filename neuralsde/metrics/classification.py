@@ -83,6 +83,17 @@ class CDEClassifier(nn.Module):
             z = z + step
         return self.readout(z).squeeze(-1)
 
+    def torchcde_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` through ``torchcde.cdeint`` over ``torchcde.LinearInterpolation``: the library reference the
+        written-out ``forward`` must equal bit for bit (tests/test_metrics.py, bench row 11)."""
+        import torchcde
+
+        path = torchcde.LinearInterpolation(torchcde.linear_interpolation_coeffs(x))
+        z0 = self.initial(path.evaluate(path.interval[0]))
+        zt = torchcde.cdeint(X=path, func=self._f, z0=z0, t=path.interval, method=self.method,
+                             options={"step_size": 1.0}, adjoint=False)
+        return self.readout(zt[:, -1]).squeeze(-1)
+
 
 class GRUClassifier(nn.Module):
     """GRU over the observations; logit from the last hidden state."""
