@@ -73,8 +73,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         # one in the pickle as an OverflowError traceback
         damaged = _failing_crc(path)
         ckpt = None if damaged else torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, OverflowError, MemoryError,
-            ValueError) as err:
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, OverflowError) as err:
         raise CheckpointError(corrupt.format(type(err).__name__)) from None
     if damaged:
         raise CheckpointError(corrupt.format(f"{damaged} fails its CRC check"))

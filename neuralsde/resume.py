@@ -97,14 +97,16 @@ def finished_run_metrics(cfg: DictConfig, ckpt_path: str | None) -> dict[str, fl
     done = int(read_checkpoint(ckpt_path)["neuralsde"].get("train_step", 0))
     if done < int(cfg.model.train_steps):
         return None
-    metrics, csv = {}, out_dir / "csv" / "metrics.csv"
-    if csv.is_file():
-        import pandas as pd
+    from neuralsde.run_metrics import last_logged
 
-        frame = pd.read_csv(csv)
-        metrics = {key: float(frame[key].dropna().iloc[-1]) for key in frame.columns
-                   if key not in ("step", "epoch") and frame[key].notna().any()}
-    log.info("resume=auto: %s has already trained its %d steps; nothing to do", ckpt_path, done)
+    csv = out_dir / "csv" / "metrics.csv"
+    metrics = last_logged(csv) if csv.is_file() else {}  # a NaN at the end stays NaN, as aggregate.py reads it
+    if cfg.get("test") and not any(key.startswith("test/") for key in metrics):
+        # trained, but stopped in its test stage (last.ckpt is written before it): not run again here
+        log.warning("resume=auto: %s has trained its %d steps but logged no test/ metrics (stopped during its test "
+                    "stage?). Fix: python eval.py ckpt_path=%s scores it", ckpt_path, done, ckpt_path)
+    else:
+        log.info("resume=auto: %s has already trained its %d steps; nothing to do", ckpt_path, done)
     return metrics
 
 
@@ -227,7 +229,10 @@ def other_run_settings(saved: dict | None, current: dict) -> list[str]:
     change. Empty without a saved config."""
     if not saved:
         return []
-    out = [s for s in changed_settings(saved, current) if not s.startswith("model.optimizer.")]
+    # where the data lie (data.source.data_dir follows the launch directory; SLURM jobs stage data elsewhere) and how
+    # large the evaluation batches are do not make another run; check_resume_compatible compares the data themselves
+    out = [s for s in changed_settings(saved, current) if not s.startswith("model.optimizer.")
+           and not s.partition("=")[0].endswith("_dir") and s.partition("=")[0] != "data.eval_batch_size"]
     before, now = saved.get("solver") or {}, current.get("solver") or {}
     out += [f"solver.{k}={before[k]}" for k in before if k in now and before[k] != now[k]]
     if saved.get("seed") != current.get("seed") and f"seed={saved.get('seed')}" not in out:

@@ -22,9 +22,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from neuralsde.run_metrics import MEDIAN_METRICS, NOT_METRICS  # noqa: F401 - the columns aggregate.py reads
+from neuralsde.run_metrics import last_logged as read_metrics
+
 HERE = Path(__file__).resolve().parent
-MEDIAN_METRICS = {"train/step_time"}  # per-step quantities: the median over the run, not the last value
-NOT_METRICS = {"epoch", "step"}
 SKIP = "skipped"  # column of collect's frame: why the job is left out of the means ("" for a finished job)
 NONFINITE = "nonfinite"  # column of collect's frame: the metrics whose last logged value is NaN or inf
 
@@ -49,24 +50,6 @@ def read_overrides(job_dir: Path) -> dict[str, str]:
     for item in items:
         key, _, value = str(item).partition("=")
         out[key.lstrip("+")] = value
-    return out
-
-
-def read_metrics(csv_path: Path) -> dict[str, float]:
-    """Last logged value of every metric column, NaN and inf included (median of the finite ones for
-    ``MEDIAN_METRICS``). Lightning's CSV logger leaves a metric not logged at a row empty and writes a NaN as
-    ``nan``: read as one, a run whose val/sig_mmd went NaN at its end reported its last finite value instead."""
-    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    out = {}
-    for col in frame.columns:
-        if col in NOT_METRICS:
-            continue
-        raw = frame[col].str.strip()
-        values = pd.to_numeric(raw[raw != ""], errors="coerce")
-        if col in MEDIAN_METRICS:
-            values = values[values.map(math.isfinite)]
-        if len(values):
-            out[col] = float(values.median() if col in MEDIAN_METRICS else values.iloc[-1])
     return out
 
 

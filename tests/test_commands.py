@@ -90,6 +90,7 @@ def test_eval_and_sample_use_the_runs_threads(sdegan_run, tmp_path, monkeypatch)
     monkeypatch.setattr(commands, "_sample_with_progress",
                         lambda *a: (seen.setdefault("sample", torch.get_num_threads()), real_sampler(*a))[1])
     ckpt = str(sdegan_run / "checkpoints" / "last.ckpt")
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         run_eval(_cmd_cfg("eval", tmp_path / "e", ckpt_path=ckpt, n_samples=64))
@@ -99,7 +100,7 @@ def test_eval_and_sample_use_the_runs_threads(sdegan_run, tmp_path, monkeypatch)
         run_eval(_cmd_cfg("eval", tmp_path / "e2", ckpt_path=ckpt, n_samples=64, cfg_overrides=["threads=null"]))
         assert seen == {"eval": 2}
     finally:
-        torch.set_num_threads(1)
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("ext", [".csv", ".npz", ".parquet"])
@@ -386,7 +387,7 @@ def test_options_added_with_plus_are_refused(sdegan_run, tmp_path, kind):
 @pytest.mark.parametrize("script", ["eval.py", "sample.py"])
 def test_help_shows_the_commands_own_options(script):
     """``--help`` listed train.py's config groups (data, model, experiment, ...), which these commands do not take."""
-    res = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"python {script} ckpt_path=" in res.stdout and "ckpt_path: ???" in res.stdout
     assert "Configuration groups" not in res.stdout and "experiment:" not in res.stdout

@@ -1,4 +1,6 @@
+
 """Exact resume: k steps + resume for k more equals 2k uninterrupted steps; checkpoint safety; NaN handling."""
+import math
 import multiprocessing as mp
 
 import pandas as pd
@@ -8,7 +10,7 @@ from omegaconf import open_dict
 
 from neuralsde.checkpoints import AtomicCheckpointIO, read_checkpoint
 from neuralsde.errors import CheckpointError, ConfigError, TrainingDivergedError
-from neuralsde.resume import changed_settings, check_resume_compatible
+from neuralsde.resume import changed_settings, check_resume_compatible, finished_run_metrics, other_run_settings
 from neuralsde.training import build, train
 from tests.conftest import compose_config, shrink
 
@@ -383,6 +385,33 @@ def test_changed_settings_ignores_train_steps():
     # data.seed is ${seed}: a changed run seed is fixed with seed=..., not data.seed=...
     assert changed_settings({"seed": 0, "data": {"seed": 0}}, {"seed": 1, "data": {"seed": 1}}) == ["seed=0"]
     assert changed_settings({"seed": 0, "data": {"seed": 5}}, {"seed": 0, "data": {"seed": 6}}) == ["data.seed=5"]
+
+
+
+def test_other_run_settings_ignore_where_the_data_lie():
+    # a sweep rerun launched from another directory (data.source.data_dir follows it) or with data staged elsewhere
+    # was refused as "another run"; the data themselves are compared by check_resume_compatible
+    saved = {"seed": 0, "data": {"eval_batch_size": 1024, "source": {"data_dir": "/a", "cache_dir": "/c", "n": 5}}}
+    now = {"seed": 0, "data": {"eval_batch_size": 256, "source": {"data_dir": "/b", "cache_dir": "/d", "n": 5}}}
+    assert other_run_settings(saved, now) == []
+    now["data"]["source"]["n"] = 6
+    assert other_run_settings(saved, now) == ["data.source.n=5"]
+
+
+def test_a_finished_run_rerun_returns_its_last_figures_nan_included(tmp_path, caplog):
+    # the rerun's copy of "last logged value" dropped NaNs (the sweeper got the last finite one), as aggregate.py
+    # once did; and a run stopped in its test stage (last.ckpt is written before it) passed as finished silently
+    _run(tmp_path, "a", 2)
+    csv = tmp_path / "a" / "csv" / "metrics.csv"
+    csv.write_text("step,val/sig_mmd,train/d_loss\n0,0.5,1.0\n1,nan,\n")
+    cfg = shrink(compose_config(), tmp_path / "a", steps=2)
+    with open_dict(cfg):
+        cfg.resume, cfg.test = "auto", True
+    last = str(tmp_path / "a" / "checkpoints" / "last.ckpt")
+    with caplog.at_level("WARNING", logger="neuralsde.resume"):
+        got = finished_run_metrics(cfg, last)
+    assert math.isnan(got["val/sig_mmd"]) and got["train/d_loss"] == 1.0
+    assert "logged no test/ metrics" in caplog.text and f"python eval.py ckpt_path={last}" in caplog.text
 
 
 def test_resume_follows_the_configs_optimiser_settings(tmp_path):

@@ -17,7 +17,8 @@ from tests.conftest import CONFIG_DIR, ROOT
 sys.path.insert(0, str(ROOT / "scripts"))
 import aggregate as agg  # noqa: E402
 
-TINY = ["data.source.n_paths=64", "data.source.t_size=16", "data.batch_size=16", "data.eval_batch_size=32",
+TINY = ["trainer.accelerator=cpu", "data.source.n_paths=64",  # bit-identity is a CPU claim
+         "data.source.t_size=16", "data.batch_size=16", "data.eval_batch_size=32",
         "model.train_steps=2", "model.swa_start=1", "trainer.val_check_interval=1",
         "callbacks.metrics.val_metrics=[sig_mmd]", "callbacks.metrics.test_metrics=[sig_mmd]",
         "callbacks.metrics.n_samples=32", "extras.print_config=false", "test=true"]
