@@ -162,17 +162,9 @@ def test_figures_get_the_datas_own_times_as_sample_py_writes_them(monkeypatch):
     assert torch.allclose(drawn["fake"][0, :, 0], torch.linspace(0, 2, 11))
 
 
-def _torchcde_fill(x: torch.Tensor) -> torch.Tensor:
-    import torchcde
-
-    times = x[0, :, 0]
-    shared = bool((x[..., 0] == times).all())
-    return torchcde.linear_interpolation_coeffs(x, t=times if shared else None)
-
-
 def test_fill_missing_gives_torchcdes_values_bit_for_bit():
     # interior, leading and trailing gaps, whole channels missing, one shared grid or per-path times, both dtypes
-    from neuralsde.data.interpolation import fill_missing
+    from neuralsde.data.interpolation import fill_missing, torchcde_fill
 
     gen = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float64):
@@ -185,7 +177,7 @@ def test_fill_missing_gives_torchcdes_values_bit_for_bit():
                 values[0, :, 1] = float("nan")
                 x = torch.cat([t.unsqueeze(-1), values], dim=-1)
                 filled = fill_missing(x)
-                assert torch.equal(filled, _torchcde_fill(x)), (dtype, shared, frac)
+                assert torch.equal(filled, torchcde_fill(x)), (dtype, shared, frac)
                 assert not torch.isnan(filled).any() and (filled[0, :, 2] == 0).all()
 
 

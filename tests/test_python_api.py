@@ -1,6 +1,8 @@
 """The Python route of the README: compose a config, build the model, sample; wrong inputs named, not read."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -59,16 +61,19 @@ def test_reconstruct_and_elbo_refuse_wrong_inputs(latent):
         model.elbo_terms(x[..., 1], dm.filled["test"][:6])
     log_lik, kl, zs = model.elbo_terms(x, dm.filled["test"][:6])
     assert log_lik.shape == kl.shape == (6,)
-    assert model.double().reconstruct(x.double()).dtype == torch.float64
+    try:
+        assert model.double().reconstruct(x.double()).dtype == torch.float64
+    finally:
+        model.float()  # the module-scoped model is shared with the next test
 
 
 def test_the_readmes_latent_lines(latent):
     dm, model = latent
-    model = model.float()  # the test above leaves the shared model in float64
     assert model.reconstruct(dm.test[:8]).shape == dm.test[:8].shape
     scores = model.split_elbo(dm.test_dataloader())
-    assert set(scores) == {"elbo", "log_lik", "kl"}
-    assert scores["elbo"] == pytest.approx(scores["log_lik"] - scores["kl"])
+    assert set(scores) == {"elbo", "log_lik", "kl"} and all(math.isfinite(v) for v in scores.values())
+    assert model.split_elbo(dm.test_dataloader()) == scores  # seeded as the test stage (whose figure it equals:
+    # tests/test_commands.py), not drawn from the global RNG
 
 
 def test_discriminator_refuses_wrong_inputs():
