@@ -161,8 +161,10 @@ def load_state(model: torch.nn.Module, ckpt: dict, overridden: bool = True) -> N
         if not overridden:
             raise CheckpointError(f"The checkpoint does not fit the model that its own config builds ({detail}): it "
                                   f"was written by another version of neuralsde-lab (checkpoint format "
-                                  f"{ckpt['neuralsde'].get('format')!r}). Fix: load it with the version of the code "
-                                  "that trained it.")
+                                  f"{ckpt['neuralsde'].get('format')!r}), or the data at its config's path have "
+                                  "changed since (e.g. a CSV's channels). Fix: load it with the version of the code "
+                                  "that trained it, or point it at the data it was trained on with "
+                                  "'cfg_overrides=[\"paths.data_dir=...\"]'.")
         raise CheckpointError(f"The checkpoint does not fit the model built from the config ({detail}). The model "
                               "size or dataset differs from the run that wrote it. Fix: use the checkpoint's own "
                               "config (drop size/data overrides).")
