@@ -173,10 +173,36 @@ def load_state(model: torch.nn.Module, ckpt: dict, overridden: bool = True) -> N
 
 def load_model(path: str | os.PathLike, overrides: list[str] | None = None):
     """Rebuild ``(model, datamodule, cfg)`` from a checkpoint: family and config are read from it."""
-    from neuralsde.training import build
+    ckpt = read_checkpoint(path)
+    cfg = checkpoint_config(ckpt, overrides)
+    return (*_with_data(ckpt, cfg, path, overrides), cfg)
+
+
+def load_sampler(path: str | os.PathLike, overrides: list[str] | None = None):
+    """``(model, channel_names, source_times, cfg)`` from a checkpoint, without reading its data: a run trained
+    on a cluster is sampled where its data are absent. The weights hold ``times`` and the normaliser, the
+    ``neuralsde`` entry the rest; a checkpoint written before that entry held them rebuilds its data."""
+    from neuralsde.data.preprocessing import Normalizer
+    from neuralsde.training import build_model
 
     ckpt = read_checkpoint(path)
     cfg = checkpoint_config(ckpt, overrides)
+    data = ckpt["neuralsde"].get("data")
+    if data is None:
+        model, datamodule = _with_data(ckpt, cfg, path, overrides)
+        return model, datamodule.channel_names, datamodule.source_times, cfg
+    state = ckpt["state_dict"]
+    model = build_model(cfg, state["times"], Normalizer(state["normalizer.shift"], state["normalizer.scale"]))
+    model.data_meta = data
+    load_state(model, ckpt, overridden=bool(overrides))
+    model.eval()
+    return model, list(data["channel_names"]), data["source_times"], cfg
+
+
+def _with_data(ckpt: dict, cfg: DictConfig, path, overrides):
+    """``(model, datamodule)`` of a checkpoint, its data rebuilt from ``cfg``."""
+    from neuralsde.training import build
+
     try:
         datamodule, model = build(cfg)
     except DataError as err:  # its fix names a config option, which eval.py and sample.py take in cfg_overrides
@@ -188,4 +214,4 @@ def load_model(path: str | os.PathLike, overrides: list[str] | None = None):
         datamodule.adopt_normalization(state["normalizer.shift"], state["normalizer.scale"])
     load_state(model, ckpt, overridden=bool(overrides))
     model.eval()
-    return model, datamodule, cfg
+    return model, datamodule

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from neuralsde.checkpoints import check_checkpoint_path, load_model
+from neuralsde.checkpoints import check_checkpoint_path, load_model, load_sampler
 from neuralsde.errors import ConfigError, check_int
 from neuralsde.evaluation import check_n_samples, evaluate, print_metrics_table
 from neuralsde.metrics import check_metric_names
@@ -120,11 +120,12 @@ def run_sample(cfg: DictConfig) -> Path:
     from neuralsde.training import torch_threads
 
     path = check_sample(cfg)
-    model, datamodule, train_cfg = load_model(cfg.ckpt_path, list(cfg.cfg_overrides))
+    # the data are not read (a checkpoint holds what sampling needs of them), so a laptop without them samples
+    model, channel_names, source_times, train_cfg = load_sampler(cfg.ckpt_path, list(cfg.cfg_overrides))
     with torch_threads(train_cfg.get("threads")):  # the run's own CPU threads, as in run_eval
         paths = _sample_with_progress(model, int(cfg.n), int(cfg.batch_size), int(cfg.seed))
     # the model's time channel -> the data's own times, in float64 (a CSV's Unix timestamps do not fit a float32)
-    write_paths(path, paths, datamodule.channel_names, times=datamodule.source_times)
+    write_paths(path, paths, channel_names, times=source_times)
     log.info("Wrote %d paths to %s", len(paths), path)
     return path
 

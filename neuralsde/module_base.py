@@ -44,6 +44,7 @@ class GenerativeModule(pl.LightningModule):
         self.register_load_state_dict_post_hook(_forget_steps_taken)
         self.run_config: dict | None = None  # set by neuralsde.training.build, resolved
         self.run_config_source: dict | None = None  # the same with interpolations kept (training.config_source)
+        self.data_meta: dict | None = None  # set by build: the data's channel_names and source_times, for sample.py
         self._pending_rng: dict | None = None
         self._batch_start = 0.0
 
@@ -178,7 +179,7 @@ class GenerativeModule(pl.LightningModule):
         checkpoint["neuralsde"] = {"family": self.family, "format": CHECKPOINT_FORMAT,
                                    "train_step": self.steps_taken, "config": self.run_config,
                                    "config_source": self.run_config_source,
-                                   "rng": _get_rng_states(), "wandb_id": self._wandb_id()}
+                                   "rng": _get_rng_states(), "wandb_id": self._wandb_id(), "data": self.data_meta}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get("neuralsde")

@@ -76,12 +76,20 @@ def build(cfg: DictConfig):
     check_resolvable(cfg)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
+    model = build_model(cfg, datamodule.times, datamodule.normalizer)
+    # what sample.py needs of the data, saved in checkpoints so that sampling works where the data are absent
+    model.data_meta = {"channel_names": list(datamodule.channel_names),
+                       "source_times": datamodule.source_times.clone()}
+    return datamodule, model
+
+
+def build_model(cfg: DictConfig, times, normalizer):
+    """The model of ``cfg`` on ``times`` with ``normalizer``: from the data (``build``) or from a checkpoint."""
     solver = SolverConfig(**OmegaConf.to_container(cfg.solver, resolve=True))
-    model = instantiate(cfg.model, times=datamodule.times, normalizer=datamodule.normalizer,
-                                    solver=solver, _convert_="all")
+    model = instantiate(cfg.model, times=times, normalizer=normalizer, solver=solver, _convert_="all")
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     model.run_config_source = config_source(cfg)
-    return datamodule, model
+    return model
 
 
 def config_source(cfg: DictConfig) -> dict:

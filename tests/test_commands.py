@@ -251,8 +251,12 @@ def test_samples_carry_the_datas_own_times(tmp_path):
         assert np.allclose(np.load(out)["times"], np.arange(8) * 0.5)
 
 
-def test_sample_names_cfg_overrides_when_the_runs_data_have_moved(tmp_path):
-    rows = [f"{i},{k},{np.sin(i + k):.4f}" for i in range(40) for k in range(8)]
+def test_sample_needs_no_data_where_the_checkpoint_holds_their_times_and_names(tmp_path):
+    """A run trained on a cluster, sampled on a laptop: sample.py rebuilt the data from the checkpoint's config
+    for their channel names and times, and failed where the CSV was absent."""
+    # date-times 17 min 3 s apart: hours since the first, which a float32 does not hold exactly
+    rows = [f"{i},{pd.Timestamp('2024-01-01') + pd.Timedelta(seconds=1023 * k)},{np.sin(i + k):.4f}"
+            for i in range(40) for k in range(8)]
     data = tmp_path / "d.csv"
     data.write_text("id,t,v\n" + "\n".join(rows) + "\n")
     cfg = shrink(compose_config(["data=csv", f"data.source.path={data}", "data.source.time_column=t",
@@ -261,13 +265,44 @@ def test_sample_names_cfg_overrides_when_the_runs_data_have_moved(tmp_path):
         cfg.test = False
         cfg.callbacks.pop("metrics")
     train(cfg)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    old = read_checkpoint(ckpt)
+    old["neuralsde"].pop("data", None)  # a checkpoint written before the entry: it rebuilds the data
+    torch.save(old, tmp_path / "old.ckpt")
+    outs = [tmp_path / f"{name}.csv" for name in ("present", "absent", "old_moved")]
+    run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=str(ckpt), n=3, out=str(outs[0])))
     data.rename(tmp_path / "moved.csv")
-    ckpt = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=str(ckpt), n=3, out=str(outs[1])))
+    assert outs[1].read_bytes() == outs[0].read_bytes()
+    frame = pd.read_csv(outs[1])
+    assert list(frame.columns) == ["path", "time", "v"]
+    np.testing.assert_array_equal(frame["time"].to_numpy()[:8], np.arange(8) * 1023 / 3600)
     with pytest.raises(DataError, match=r"file not found.*eval.py and sample.py change it with 'cfg_overrides="):
-        run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=ckpt, n=3, out=str(tmp_path / "s.npz")))
-    run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=ckpt, n=3, out=str(tmp_path / "s.npz"),
+        load_model(ckpt)  # eval.py still rebuilds the data, and its error names the fix
+    with pytest.raises(DataError, match=r"file not found.*cfg_overrides="):
+        run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=str(tmp_path / "old.ckpt"), n=3, out=str(outs[2])))
+    run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=str(tmp_path / "old.ckpt"), n=3, out=str(outs[2]),
                         cfg_overrides=[f"data.source.path={tmp_path / 'moved.csv'}"]))  # the fix it names
-    assert np.load(tmp_path / "s.npz")["values"].shape[0] == 3
+    assert outs[2].read_bytes() == outs[0].read_bytes()
+
+
+@pytest.mark.parametrize("run", ["sdegan_run", "latent_run"])
+def test_sample_reads_no_data_and_writes_what_it_did_with_them(run, tmp_path, monkeypatch, request):
+    """The same file, bit for bit, from a checkpoint whose data are absent as from an older checkpoint (no stored
+    channel names and times) that rebuilds its data."""
+    from neuralsde.data.datamodule import TimeSeriesDataModule
+
+    ckpt = request.getfixturevalue(run) / "checkpoints" / "last.ckpt"
+    old = read_checkpoint(ckpt)
+    old["neuralsde"].pop("data", None)
+    torch.save(old, tmp_path / "old.ckpt")
+    run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=str(tmp_path / "old.ckpt"), n=5, out=str(tmp_path / "a.csv")))
+
+    def absent(self, stage=None):
+        raise DataError("the data are absent")
+    monkeypatch.setattr(TimeSeriesDataModule, "setup", absent)
+    run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=str(ckpt), n=5, out=str(tmp_path / "b.csv")))
+    assert (tmp_path / "b.csv").read_bytes() == (tmp_path / "a.csv").read_bytes()
 
 
 def test_eval_entry_point_runs(sdegan_run, tmp_path):
