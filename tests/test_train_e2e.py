@@ -24,6 +24,28 @@ def test_fast_dev_run(tiny_cfg, tmp_path, caplog):
     assert not any("litlogger" in r.getMessage() for r in caplog.records)
 
 
+
+@pytest.mark.parametrize("experiment", ["ou_sdegan", "ou_latent_sde"])
+def test_debug_fast_runs_every_test_metric_at_smoke_size(tmp_path, experiment):
+    # debug=fast is the smoke test before a long job: its test stage trained the real/fake classifier (10 epochs)
+    # and the TSTR forecaster (30 epochs) on 256 paths, most of the run's time; now each metric runs once, small.
+    from neuralsde.metrics import METRICS
+    from tests.conftest import compose_config, shrink
+
+    composed = compose_config([f"experiment={experiment}", "debug=fast"])
+    metrics_cfg = composed.callbacks.metrics.copy()
+    assert metrics_cfg.n_samples <= 32
+    assert metrics_cfg.options.classifier_epochs == 1 and metrics_cfg.options.forecast_epochs == 1
+    assert metrics_cfg.options.n_boot <= 10
+    cfg = shrink(composed, tmp_path)
+    with open_dict(cfg):
+        cfg.callbacks.metrics = metrics_cfg  # shrink's own sizes replaced by debug=fast's
+    logged = train(cfg)
+    wanted = {f"test/{key}" for name in metrics_cfg.test_metrics for key in METRICS[name].keys}
+    wanted.discard("test/cross_corr_error")  # absent for OU's single data channel
+    assert wanted <= set(logged) and all(math.isfinite(logged[key]) for key in wanted)
+
+
 def test_float64_training(tiny_cfg, tmp_path):
     import torch
 
