@@ -32,7 +32,7 @@ def test_offline_wandb_run_has_metrics_and_images(tiny_cfg, tmp_path, monkeypatc
     assert hparams.seed == cfg.seed and hparams.data.batch_size == cfg.data.batch_size and "generator" in hparams
 
 
-def _history_keys(run_file) -> list[dict[str, str]]:
+def _history_keys(run_file, with_kinds: bool = False):
     """Each history row of an offline run's ``.wandb`` file as {key: JSON value} (LevelDB-style log records of
     protobufs)."""
     import struct
@@ -52,13 +52,32 @@ def _history_keys(run_file) -> list[dict[str, str]]:
         part = chunk if kind in (1, 2) else part + chunk  # full, first, middle, last
         if kind in (1, 4):
             records.append(part)
-    rows = []
+    rows, kinds = [], set()
     for raw in records:
         record = pb.Record()
         record.ParseFromString(raw)
+        kinds.add(record.WhichOneof("record_type"))
         if record.WhichOneof("record_type") == "history":
             rows.append({item.key or "/".join(item.nested_key): item.value_json for item in record.history.item})
-    return rows
+    return (rows, kinds) if with_kinds else rows
+
+
+def _finished_history(tmp_path) -> list[dict[str, str]]:
+    """The history rows of the one offline run under ``tmp_path``, once wandb's service has written the whole file:
+    it closes the file after ``wandb.finish()`` returns, so a loaded machine read a file still short of its rows.
+    The exit record comes last; waited for up to 60 s."""
+    import time
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    deadline = time.monotonic() + 60
+    while True:
+        rows, kinds = _history_keys(run_file, with_kinds=True)
+        if "exit" in kinds or time.monotonic() > deadline:
+            assert "exit" in kinds, f"wandb never finished writing {run_file} ({pb.__name__})"
+            return rows
+        time.sleep(0.2)
 
 
 def test_wandb_keeps_the_figures_when_more_rows_than_steps_were_logged(tiny_cfg, tmp_path):
@@ -71,8 +90,7 @@ def test_wandb_keeps_the_figures_when_more_rows_than_steps_were_logged(tiny_cfg,
         cfg.trainer.log_every_n_steps = 1
         cfg.callbacks.metrics.val_metrics = ["marginal_w1"]
     train(cfg)
-    (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
-    rows = _history_keys(run_file)
+    rows = _finished_history(tmp_path)
     assert any("train/loss" in row for row in rows)
     for figure in ("samples", "reconstruction"):
         (row,) = [row for row in rows if any(key.startswith(f"{figure}/") for key in row)]
@@ -89,7 +107,6 @@ def test_periodic_sample_figures_share_one_wandb_key(tiny_cfg, tmp_path):
     train(cfg)
     assert {p.name for p in (tmp_path / "plots").glob("samples*.png")} == {
         "samples_step000001.png", "samples_step000002.png", "samples.png"}
-    (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
-    rows = _history_keys(run_file)
+    rows = _finished_history(tmp_path)
     assert not any(key.startswith("samples_step") for row in rows for key in row)
     assert [row["trainer/global_step"] for row in rows if "samples/path" in row] == ["1", "2", "2"]
