@@ -185,9 +185,7 @@ class SDEGAN(GenerativeModule):
         """Generated paths for an alternating discriminator step, which never backpropagates into the generator:
         solved without its autograd graph (same numbers and noise draws, less memory and time)."""
         with torch.no_grad():
-            fake = self.generator(self.times, n)
-        # compiled fields (solver.compile) can return inference tensors, which the discriminator's adjoint cannot save
-        return fake.clone() if fake.is_inference() else fake
+            return self.generator(self.times, n)
 
     def train_batch(self, batch):
         _, real = batch  # the NaN-filled paths: the discriminator reads their interpolation
