@@ -166,15 +166,21 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monke
     assert int(read_checkpoint(tmp_path / "checkpoints" / "step000008.ckpt")["state_dict"]["train_step"]) == 4
 
 
-def test_last_checkpoint_holds_the_final_weights(tmp_path):
-    # A periodic save at training step 4 (8 optimiser steps), then one more step: last.ckpt must be step 5's, the
-    # weights the test stage scores and eval.py, sample.py and a resume read.
-    cfg = shrink(compose_config(), tmp_path, steps=5)
+def _periodic_run(tmp_path, steps: int, every: int):
+    """Train ``steps`` steps with a periodic checkpoint every ``every`` optimiser steps, no validation or test."""
+    cfg = shrink(compose_config(), tmp_path, steps=steps)
     with open_dict(cfg):
         cfg.test = False
         cfg.trainer.val_check_interval = 1000
-        cfg.callbacks.model_checkpoint.every_n_train_steps = 8
+        cfg.callbacks.model_checkpoint.every_n_train_steps = every
     train(cfg)
+    return cfg
+
+
+def test_last_checkpoint_holds_the_final_weights(tmp_path):
+    # A periodic save at training step 4 (8 optimiser steps), then one more step: last.ckpt must be step 5's, the
+    # weights the test stage scores and eval.py, sample.py and a resume read.
+    _periodic_run(tmp_path, steps=5, every=8)
     last = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert int(last["state_dict"]["train_step"]) == 5 and last["global_step"] == 10
     assert int(read_checkpoint(tmp_path / "checkpoints" / "step000008.ckpt")["state_dict"]["train_step"]) == 4
@@ -184,12 +190,7 @@ def test_a_run_continued_in_its_own_directory_keeps_one_last_checkpoint(tmp_path
     # Continuing in its own directory from its first periodic checkpoint (saved before any last.ckpt) or with another
     # checkpoint interval, Lightning could not restore the callback's state and wrote last-v1.ckpt beside a stale
     # last.ckpt, which eval.py, sample.py and a later resume then read.
-    cfg = shrink(compose_config(), tmp_path, steps=4)
-    with open_dict(cfg):
-        cfg.test = False
-        cfg.trainer.val_check_interval = 1000
-        cfg.callbacks.model_checkpoint.every_n_train_steps = 4
-    train(cfg)
+    cfg = _periodic_run(tmp_path, steps=4, every=4)
     with open_dict(cfg):
         cfg.ckpt_path = str(tmp_path / "checkpoints" / "step000004.ckpt")  # training step 2
         cfg.model.train_steps = 5
