@@ -717,3 +717,23 @@ def test_transpose_contraction_both_ways(rows, channels, hidden):
     out = torch.empty(rows, channels, dtype=torch.float64)
     fused_module.transpose_contract(F, a, out)
     assert torch.allclose(out, torch.einsum("rch,rh->rc", F, a), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_training_solve_after_an_inference_mode_solve(fused):
+    # Lightning validates under inference mode; grids and index tensors it first built there are cached for every
+    # later solve, and a training solve must still be able to save them for backward (generic path: compiled fields)
+    func = discriminator_field(torch.float64)
+    field = generator_field(torch.float64)
+    steps = 37 if fused else 41  # grid lengths no other test uses, so this test builds them first
+    X_values = torch.randn(B, steps, C, dtype=torch.float64).cumsum(1)
+    z0 = torch.randn(B, H, dtype=torch.float64)
+    y0 = torch.randn(B, H, dtype=torch.float64)
+    ts = torch.arange(steps, dtype=torch.float64)
+    dW = sample_increments(steps - 1, B, W, 1.0, torch.Generator().manual_seed(0), torch.float64)
+    with torch.inference_mode():
+        fast_cdeint(func, z0, X_values, fused=fused)
+        fast_sdeint(field, y0, ts, 1.0, dW, fused=fused)
+    inputs = (X_values.requires_grad_(), y0.requires_grad_())
+    loss = fast_cdeint(func, z0, X_values, fused=fused).sum() + fast_sdeint(field, y0, ts, 1.0, dW, fused=fused).sum()
+    assert all(torch.isfinite(g).all() for g in torch.autograd.grad(loss, inputs))

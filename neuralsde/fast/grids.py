@@ -43,8 +43,11 @@ def time_grid(ts, dt: float, like: torch.Tensor | None = None) -> tuple[torch.Te
     key = (t0, obs[-1], float(dt), dtype, device)
     grid = _GRIDS.get(key)
     if grid is None:
-        # t0 + k*dt is exact for such grids, so it equals torchsde's repeated addition.
-        grid = _GRIDS[key] = torch.tensor([t0 + k * dt for k in range(obs[-1] + 1)], dtype=dtype, device=device)
+        # t0 + k*dt is exact for such grids, so it equals torchsde's repeated addition. Made outside inference mode:
+        # a grid first built by a validation or eval pass would be an inference tensor, which a later training
+        # solve cannot save for backward.
+        with torch.inference_mode(False):
+            grid = _GRIDS[key] = torch.tensor([t0 + k * dt for k in range(obs[-1] + 1)], dtype=dtype, device=device)
     return grid, obs
 
 

@@ -54,5 +54,6 @@ def index_tensor(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
     key = (values, device)
     t = _INDEX.get(key)
     if t is None:
-        t = _INDEX[key] = torch.as_tensor(values, dtype=torch.int64, device=device)
+        with torch.inference_mode(False):  # as the grids: kept for later training solves, which save it for backward
+            t = _INDEX[key] = torch.as_tensor(values, dtype=torch.int64, device=device)
     return t
