@@ -181,6 +181,12 @@ class SDEGAN(GenerativeModule):
     def parameters_with_grads(self) -> list[torch.nn.Parameter]:
         return [*self.generator.parameters(), *self.discriminator.parameters()]
 
+    def _critic_fakes(self, n: int) -> torch.Tensor:
+        """Generated paths for an alternating discriminator step, which never backpropagates into the generator:
+        solved without its autograd graph (same numbers and noise draws, less memory and time)."""
+        with torch.no_grad():
+            return self.generator(self.times, n)
+
     def train_batch(self, batch):
         _, real = batch  # the NaN-filled paths: the discriminator reads their interpolation
         opt_g, opt_d = self.optimizers()
@@ -205,8 +211,8 @@ class SDEGAN(GenerativeModule):
             opt_d.zero_grad(set_to_none=True)
             g_loss = -fake_score.detach()
         else:
-            fake = self.generator(self.times, real.size(0))
-            fake_score, real_score = self._mean_scores(self.discriminator, fake.detach(), real)
+            fake = self._critic_fakes(real.size(0))
+            fake_score, real_score = self._mean_scores(self.discriminator, fake, real)
             d_loss = fake_score - real_score
             if not self.check_finite("train/d_loss", d_loss):
                 return
