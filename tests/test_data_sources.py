@@ -138,24 +138,61 @@ def test_lobster_files_that_do_not_cover_the_session_are_refused(tmp_path):
         LobsterSource(str(tmp_path), bar_minutes=0)
 
 
+def _lobster_day(folder: Path, price_usd: float) -> dict:
+    """LOBSTER files m.csv and o.csv in ``folder``: 10 minutes of events every 5 s at a constant book; the options
+    that read them."""
+    folder.mkdir(exist_ok=True)
+    times = [34200 + 5 * i for i in range(120)]
+    (folder / "m.csv").write_text("".join(f"{t},1,{i},100,{int(price_usd * 1e4)},1\n" for i, t in enumerate(times)))
+    ask, bid = int((price_usd + 0.01) * 1e4), int((price_usd - 0.01) * 1e4)
+    (folder / "o.csv").write_text(f"{ask},100,{bid},100\n" * len(times))
+    return dict(message_file="m.csv", orderbook_file="o.csv", session_end_s=34800, window_length=10)
+
+
 def test_lobster_cache_follows_the_contents_of_other_files(tmp_path):
     """Other LOBSTER files are used unverified, and the cache was keyed on their names alone: another day saved under
     the same names came back from the cache as the old day's bars."""
     folder = tmp_path / "lobster_goog"
-    folder.mkdir()
-
-    def day(price_usd: float) -> None:  # 10 minutes of events every 5 s at a constant book
-        times = [34200 + 5 * i for i in range(120)]
-        (folder / "m.csv").write_text("".join(f"{t},1,{i},100,{int(price_usd * 1e4)},1\n" for i, t in enumerate(times)))
-        ask, bid = int((price_usd + 0.01) * 1e4), int((price_usd - 0.01) * 1e4)
-        (folder / "o.csv").write_text(f"{ask},100,{bid},100\n" * len(times))
-
-    options = dict(message_file="m.csv", orderbook_file="o.csv", session_end_s=34800, window_length=10,
-                   cache_dir=str(tmp_path / "cache"))
-    day(500.0)
+    options = {**_lobster_day(folder, 500.0), "cache_dir": str(tmp_path / "cache")}
     assert torch.allclose(LobsterSource(str(tmp_path), **options).load().values[..., 0], torch.tensor(500.0))
-    day(600.0)  # another day under the same file names, with the cache warm
+    _lobster_day(folder, 600.0)  # another day under the same file names, with the cache warm
     assert torch.allclose(LobsterSource(str(tmp_path), **options).load().values[..., 0], torch.tensor(600.0))
+
+
+def test_lobster_cache_hit_does_not_hash_the_files_again(tmp_path, monkeypatch):
+    """The cache key is the files' sha256: every run hashed the user's files (LOBSTER days can be gigabytes), even
+    when the cache answered. They are hashed again only when their size or mtime changes."""
+    folder = tmp_path / "lobster_goog"
+    options = {**_lobster_day(folder, 500.0), "cache_dir": str(tmp_path / "cache")}
+    hashed = []
+    monkeypatch.setattr(cache_mod, "sha256_of", lambda path: hashed.append(Path(path).name) or download.sha256_of(path))
+    past = os.stat(folder / "m.csv").st_mtime_ns - 60 * 10**9  # older than the racy window: remembered
+    for name in ("m.csv", "o.csv"):
+        os.utime(folder / name, ns=(past, past))
+    first = LobsterSource(str(tmp_path), **options).load()
+    assert sorted(hashed) == ["m.csv", "o.csv"]
+    hashed.clear()
+    again = LobsterSource(str(tmp_path), **options).load()
+    assert hashed == [] and torch.equal(again.values, first.values)
+    _lobster_day(folder, 600.0)  # same sizes; a new mtime: hashed again, and the new day's bars
+    changed = LobsterSource(str(tmp_path), **options).load()
+    assert sorted(hashed) == ["m.csv", "o.csv"]
+    assert torch.allclose(changed.values[..., 0], torch.tensor(600.0))
+    hashed.clear()
+    uncached = LobsterSource(str(tmp_path), **options, use_cache=False).load()  # no cache: no key to compute
+    assert hashed == [] and torch.equal(uncached.values, changed.values)
+
+
+def test_file_sha256_does_not_remember_a_file_changed_just_now(tmp_path, monkeypatch):
+    """Two writes of the same size within one timestamp tick leave size and mtime as they were; a file this fresh is
+    hashed on every call rather than remembered."""
+    path, memo = tmp_path / "f.csv", tmp_path / "memo.json"
+    path.write_text("1,2\n")
+    assert cache_mod.file_sha256(path, memo) == download.sha256_of(path)
+    stat = path.stat()
+    path.write_text("3,4\n")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same tick
+    assert cache_mod.file_sha256(path, memo) == download.sha256_of(path)
 
 
 def test_energy_drops_noise_columns():

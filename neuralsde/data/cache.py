@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -17,8 +18,13 @@ import torch
 
 from neuralsde.atomic import atomic_write
 from neuralsde.data.base import RawSeries
+from neuralsde.data.download import sha256_of
 
 log = logging.getLogger(__name__)
+
+# A file changed less than this long ago is not remembered: a second change within the filesystem's timestamp
+# granularity (up to 2 s on FAT), at the same size, would leave its size and mtime as they were (git's racy-clean rule).
+RACY_S = 2.0
 
 _FIELDS = ("times", "values", "channel_names", "labels", "label_names", "window_start", "meta")
 
@@ -82,3 +88,29 @@ def cached(path: str | Path, version: int | str, build_fn: Callable[[], RawSerie
                     "run. Fix: set data.source.cache_dir to a writable folder, e.g. data.source.cache_dir=datasets.",
                     path, err)
     return raw
+
+
+def file_sha256(path: str | Path, memo: str | Path) -> str:
+    """sha256 of ``path``'s contents, remembered in the JSON file ``memo`` under the resolved path with the file's
+    size and mtime_ns: hashed again only when one of those changes (a source that keys its cache on the contents of
+    the user's files, which can be gigabytes, hashed them on every run). An unwritable ``memo`` only costs the hash."""
+    path, memo = Path(path).resolve(), Path(memo)
+    stat = path.stat()
+    facts = [stat.st_size, stat.st_mtime_ns]
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):  # absent, unreadable or cut short: everything is hashed afresh
+        known = {}
+    entry = known.get(str(path)) if isinstance(known, dict) else None
+    if isinstance(entry, dict) and entry.get("facts") == facts:
+        return entry["sha256"]
+    digest = sha256_of(path)
+    if time.time_ns() - stat.st_mtime_ns > RACY_S * 1e9:
+        known = known if isinstance(known, dict) else {}
+        known[str(path)] = {"facts": facts, "sha256": digest}
+        try:
+            with atomic_write(memo) as fh:
+                fh.write(json.dumps(known, indent=1).encode())
+        except OSError as err:
+            log.debug("Could not remember file hashes in %s (%s).", memo, err)
+    return digest

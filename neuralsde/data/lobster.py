@@ -22,8 +22,8 @@ import pandas as pd
 import torch
 
 from neuralsde.data.base import RawSeries
-from neuralsde.data.cache import cache_path, cached
-from neuralsde.data.download import ensure_file, sha256_of
+from neuralsde.data.cache import cache_path, cached, file_sha256
+from neuralsde.data.download import ensure_file
 from neuralsde.data.windows import sliding_windows
 from neuralsde.errors import DataError, bad_option
 
@@ -124,17 +124,21 @@ class LobsterSource:
             raise DataError(f"{err} LOBSTER data are not downloaded automatically (no redistribution "
                             f"licence): get LOBSTER_SampleFile_GOOG_2012-06-21_1.zip from {SAMPLE_PAGE} "
                             f"and unpack it into {Path(self.data_dir) / NAME}.") from err
-        # The files' contents key the cache, not only their names: other files than the verified sample are used
-        # unverified, and another day saved under the same name came back as the old day's bars from the cache.
-        contents = [SHA256.get(f) or sha256_of(p) for f, p in zip(self.files, (message, orderbook), strict=True)]
-        options = {"bar_minutes": self.bar_minutes, "window_length": self.window_length, "stride": self.stride,
-                   "session": self.session, "files": self.files, "sha256": contents}
         build = lambda: self._build(message, orderbook)
-        raw = build() if not self.use_cache else cached(cache_path(self.cache_dir, NAME, options), VERSION, build,
-                                                        options)
+        raw = build() if not self.use_cache else self._cached(message, orderbook, build)
         if self.rebase:
             raw = _rebase_midpoint(raw)
         return raw.validate(NAME)
+
+    def _cached(self, message: Path, orderbook: Path, build) -> RawSeries:
+        # The files' contents key the cache, not only their names: other files than the verified sample are used
+        # unverified, and another day saved under the same name came back as the old day's bars from the cache.
+        memo = Path(self.cache_dir) / NAME / "prepared" / "file-sha256.json"
+        contents = [SHA256.get(f) or file_sha256(p, memo)
+                    for f, p in zip(self.files, (message, orderbook), strict=True)]
+        options = {"bar_minutes": self.bar_minutes, "window_length": self.window_length, "stride": self.stride,
+                   "session": self.session, "files": self.files, "sha256": contents}
+        return cached(cache_path(self.cache_dir, NAME, options), VERSION, build, options)
 
     def _build(self, message: Path, orderbook: Path) -> RawSeries:
         msg, book = _read(message, 6), _read(orderbook, 4)
