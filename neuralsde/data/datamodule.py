@@ -95,9 +95,8 @@ class TimeSeriesDataModule(pl.LightningDataModule):
         self.source_times = raw.times.double().clone()  # the observation times in the data's own units
         self.source_time_unit = raw.meta.get("time_unit")  # for the figures' time axes
         self.data_size, self.channel_names = c, list(raw.channel_names)
-        self.split_indices = dict(zip(("train", "val", "test"), idx, strict=False))
-        self.train, self.val, self.test = (self._with_time(self.normalizer(raw.values[i])) for i in idx)
-        self.filled = {name: fill_missing(getattr(self, name)) for name in ("train", "val", "test")}
+        self.split_indices = dict(zip(("train", "val", "test"), idx, strict=True))
+        self._normalise_splits()
 
     def adopt_normalization(self, shift: torch.Tensor, scale: torch.Tensor) -> None:
         """Re-express the splits in another normalisation: a checkpoint's, the units its model works in. With data
@@ -110,9 +109,14 @@ class TimeSeriesDataModule(pl.LightningDataModule):
             return
         self.normalizer.shift.copy_(shift)
         self.normalizer.scale.copy_(scale)
-        self.train, self.val, self.test = (self._with_time(self.normalizer(self.raw.values[self.split_indices[name]]))
-                                           for name in ("train", "val", "test"))
-        self.filled = {name: fill_missing(getattr(self, name)) for name in ("train", "val", "test")}
+        self._normalise_splits()
+
+    def _normalise_splits(self) -> None:
+        """``train``/``val``/``test`` from the raw values in the normaliser's units, with the time channel, and
+        ``filled``, their NaN-free copies (filled once here: it costs more than a discriminator evaluation)."""
+        for name, i in self.split_indices.items():
+            setattr(self, name, self._with_time(self.normalizer(self.raw.values[i])))
+        self.filled = {name: fill_missing(getattr(self, name)) for name in self.split_indices}
 
     def _with_time(self, values: torch.Tensor) -> torch.Tensor:
         t = self.times.view(1, -1, 1).expand(values.size(0), -1, 1)
