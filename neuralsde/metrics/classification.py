@@ -134,8 +134,8 @@ def real_fake_classification(
     fake path has been given the missing values of a randomly drawn real path of its split (``mask_like``), so
     missingness itself is not a cue. Time is mapped to [0, 1] with the real training range. Training uses
     Adam for ``epochs`` passes in minibatches of ``batch_size``, seeded by ``seed``; the model is trained on
-    the device of ``real_train``. ``classifier``: "cde" (neural CDE, fixed-step ``method`` "rk4" or "euler")
-    or "gru". Accuracy and BCE are class-balanced held-out values; 0.5 / log(2) ≈ 0.693 is chance.
+    the device of ``real_train``. ``classifier``: "cde" (neural CDE, fixed-step ``method`` "rk4", "euler" or
+    "midpoint") or "gru". Accuracy and BCE are class-balanced held-out values; 0.5 / log(2) ≈ 0.693 is chance.
     """
     if classifier not in CLASSIFIERS:
         raise bad_option("classifier", classifier, f"one of {CLASSIFIERS}", 'use "cde" (default) or "gru"')
