@@ -163,4 +163,5 @@ class MetricsCallback(pl.Callback):
         log_figure(trainer, plot_autocorrelation(real, fake, channel_names=names), "autocorrelation", out)
         history = {k: v for k, v in self.history.items() if k.startswith("val/")}  # intervals shade their metric
         if history:
-            log_figure(trainer, plot_metric_history(history), "metric_history", out)
+            ci = make_options(**self.options).ci  # the interval's level, for its legend
+            log_figure(trainer, plot_metric_history(history, ci), "metric_history", out)

@@ -170,5 +170,24 @@ def test_metric_history_shades_the_mmd_interval_and_prints_plain_ticks():
     fig.canvas.draw()
     assert shown[1].yaxis.get_offset_text().get_text() == ""
     assert all(t.get_text().startswith("0.36") for t in shown[1].get_yticklabels() if t.get_text())
+    # the legend names the level the intervals were computed at (callbacks.metrics.options.ci), not always 95%
+    legend = plot_metric_history(history, ci=0.9).axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["90% bootstrap interval"]
     # a lone interval with no metric keeps its own panel
     assert [ax.get_title() for ax in plot_metric_history({"x_ci_low": [(1, 0.0)]}).axes] == ["x_ci_low"]
+
+
+def test_metrics_callback_labels_the_interval_at_its_own_level(monkeypatch):
+    # callbacks.metrics.options.ci=0.9 computed 90% intervals, and metric_history.png called them 95%
+    from types import SimpleNamespace
+
+    import neuralsde.evaluation as evaluation
+
+    drawn = {}
+    monkeypatch.setattr(evaluation, "log_figure", lambda trainer, fig, name, out: drawn.setdefault(name, fig))
+    callback = MetricsCallback("/tmp/unused", options={"ci": 0.9})
+    callback.history = {"val/sig_mmd": [(2, 0.5)], "val/sig_mmd_ci_low": [(2, 0.1)], "val/sig_mmd_ci_high": [(2, 0.9)]}
+    dm = SimpleNamespace(channel_names=["a"], to_plot_units=lambda x: x, source_time_unit=None)
+    callback._plots(SimpleNamespace(datamodule=dm), paths(channels=1, seed=1), paths(channels=1, seed=2))
+    legend = drawn["metric_history"].axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["90% bootstrap interval"]

@@ -188,12 +188,12 @@ def _finite(points) -> list[tuple[int, float]]:
     return [(s, float(v)) for s, v in points if torch.isfinite(torch.tensor(float(v)))]
 
 
-def plot_metric_history(history: dict[str, list[tuple[int, float]]]) -> Figure:
+def plot_metric_history(history: dict[str, list[tuple[int, float]]], ci: float = 0.95) -> Figure:
     """One panel per metric: value against training step, from ``{name: [(step, value), ...]}``.
 
     Non-finite values are skipped; a metric with no finite value gets an empty, titled panel. ``<name>_ci_low`` and
-    ``<name>_ci_high`` (the signature MMD's bootstrap interval) shade their metric's panel instead of getting their
-    own: without it a change of the MMD could not be told from its sampling noise.
+    ``<name>_ci_high`` (the signature MMD's bootstrap interval, at level ``ci``, the metrics' option) shade their
+    metric's panel instead of getting their own: without it a change of the MMD could not be told from its noise.
     """
     if not history:
         raise ConfigError("history is empty: expected {metric name: [(step, value), ...]}. Fix: log metrics first.")
@@ -213,7 +213,7 @@ def plot_metric_history(history: dict[str, list[tuple[int, float]]]) -> Figure:
             band = [(s, low[s], high[s]) for s in steps if s in low and s in high]
             if band:
                 b_steps, b_low, b_high = zip(*band, strict=True)
-                ax.fill_between(b_steps, b_low, b_high, alpha=0.2, label="95% bootstrap interval")
+                ax.fill_between(b_steps, b_low, b_high, alpha=0.2, label=f"{100 * ci:g}% bootstrap interval")
                 ax.legend(fontsize="small")
         ax.set_title(name)
         ax.set_xlabel("training step")  # the model's own count (train/step), not the CSV's 0-based `step` column
