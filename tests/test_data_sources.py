@@ -268,12 +268,7 @@ def test_a_download_cut_short_says_so_and_leaves_nothing(tmp_path, monkeypatch, 
 
 def test_zip_members_extracted_and_verified(tmp_path, monkeypatch):
     members = {"a.csv": b"x\n1\n", "b.csv": b"x\n2\n"}
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for name, content in members.items():
-            zf.writestr(f"folder/{name}", content)
-
-    monkeypatch.setattr(download, "download_url", lambda url, dest, **_: dest.write_bytes(buffer.getvalue()))
+    monkeypatch.setattr(download, "download_url", lambda url, dest, **_: dest.write_bytes(zip_of(members)))
     (tmp_path / "ds").mkdir()
     paths = download.ensure_zip_members("ds", {n: sha(c) for n, c in members.items()},
                                         "https://example.invalid/data.zip", tmp_path)
