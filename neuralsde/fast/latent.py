@@ -10,56 +10,26 @@ One evaluation at evaluation-time index ``k`` of the state ``Y = [y, l]``:
     KL integrand                |v|^2 / 2, v = (f - h) / g (torchsde's stable division),
 
 so ``F = [f, |v|^2 / 2]``, ``G = [g, 0]``. The VJP is written out by hand; what the parameter (and context)
-gradients need from each evaluation is kept in chunk buffers and summed a chunk at a time (one GEMM per layer
-instead of some thirty small accumulations per step). The solvers call it through their indexed-field protocol
-(``neuralsde.fast.solve``; ``midpoint.midpoint_solve`` at ``midpoint.evaluation_times``), so the adjoints around
-it are the generic ones, tested against torchsde. Other structures take the autograd path.
+gradients need from each evaluation is kept in chunk buffers and summed a chunk at a time (``latent_sums``). The
+solvers call it through their indexed-field protocol (``neuralsde.fast.solve``; ``midpoint.midpoint_solve`` at
+``midpoint.evaluation_times``), so the adjoints around it are the generic ones, tested against torchsde. Structures
+other than those ``latent_match`` accepts take the autograd path.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from neuralsde.fast.heads import _BWD, _FWD, parse, plain
+from neuralsde.fast.heads import _BWD, _FWD
+from neuralsde.fast.latent_match import DIFFUSION_LIPSWISH, supported
+from neuralsde.fast.latent_sums import Chunk, flush, module_grads, zero_grads
 from neuralsde.fast.logqp import STABLE_EPS, logqp_field
 from neuralsde.fast.probe import agrees
-from neuralsde.fast.records import chunk_size
 
 _SILU_BWD = torch.ops.aten.silu_backward.default
 _SILU_BWD_INTO, _SILU_INTO = _BWD["silu"], _FWD["silu"]  # the forms that write into out= / grad_input=
 CHUNK = None  # evaluations per parameter-gradient sum; None: as many as fit in records.CACHE_BYTES
 BIAS_ROWS = 32  # evaluations whose first-layer biases are formed at once (FusedLatent._bias)
-DIFFUSION_LIPSWISH = 0.909  # DiagonalDiffusion's activation scale (written in its forward; the probe checks it)
-
-
-def _hidden_scales(acts) -> list[float] | None:
-    """The scale of each hidden activation if all are (scaled) SiLU, as LipSwish is; else None."""
-    if any(kind != "silu" for kind, _ in acts):
-        return None
-    return [scale for _, scale in acts]
-
-
-def _supported(sde) -> tuple | None:
-    """``(posterior linears, prior linears, activation scales)`` if ``sde`` is a plain ``LatentSDEFunc``."""
-    if type(sde).__qualname__ != "LatentSDEFunc" or not plain(sde):
-        return None
-    if any(name in vars(sde) for name in ("f", "g", "h", "_time", "_context_at", "forward")):
-        return None  # an instance override (a test sets f = h): the module path sees it, this would not
-    diffusion = getattr(sde, "diffusion", None)
-    if type(diffusion).__qualname__ != "DiagonalDiffusion" or "forward" in vars(diffusion):
-        return None
-    post, prior = parse(sde.posterior_net), parse(sde.prior_net)
-    if post is None or prior is None or post[2] or prior[2] or len(post[0]) != len(prior[0]) or len(post[0]) < 2:
-        return None
-    scales, prior_scales = _hidden_scales(post[1]), _hidden_scales(prior[1])
-    if scales is None or scales != prior_scales:
-        return None
-    if any(a.out_features != b.out_features for a, b in zip(post[0][:-1], prior[0][:-1], strict=True)):
-        return None
-    context = getattr(sde, "context", None)
-    if not isinstance(context, torch.Tensor) or context.dim() != 3:
-        return None
-    return post[0], prior[0], scales
 
 
 class _Local:
@@ -73,23 +43,6 @@ class _Local:
 
 def _silu_bwd(grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
     return _SILU_BWD(grad, x) if out is None else _SILU_BWD_INTO(grad, x, grad_input=out)
-
-
-class _Chunk:
-    """Per-evaluation inputs and cotangents that the parameter gradients read, for ``size`` evaluations."""
-
-    def __init__(self, fl: FusedLatent):
-        batch, d, hd = fl.batch, fl.d, fl.w1.size(-1)
-        widths = [w.size(1) for w in fl.ws] + [w.size(0) for w in fl.ws] + [fl.w0y.size(0), d, d, 2 * d * hd]
-        self.size = chunk_size(batch * sum(widths) * fl.like.element_size(), fl.points, CHUNK)
-
-        def new(*shape):
-            return fl.like.new_empty(self.size, batch, *shape)
-        self.y, self.d_og, self.sg, self.d_pg = new(d), new(d), new(d, hd), new(d, hd)
-        self.acts = [new(w.size(1)) for w in fl.ws]  # inputs of the later layers
-        self.dd = [new(w.size(0)) for w in fl.ws]  # cotangents of the later layers' outputs
-        self.dd0 = new(fl.w0y.size(0))  # cotangents of the first layer's outputs
-        self.ks = [0] * self.size
 
 
 class FusedLatent:
@@ -209,15 +162,7 @@ class FusedLatent:
     # ------------------------------------------------------------------------------------------- VJP
 
     def _start(self):
-        diff, zeros = self.sde.diffusion, torch.zeros_like
-        self.grads = {
-            "w": [zeros(w) for w in self.ws],  # raw block-diagonal products, scaled at the end
-            "b": [zeros(b) for b in self.bs],
-            "w0y": zeros(self.w0y), "w_t": zeros(self.w_t), "b0": zeros(self.w_t), "w0c": zeros(self.w0c),
-            "context": zeros(self.context), "w_out": zeros(diff.w_out), "b_out": zeros(diff.b_out),
-            "b_in": zeros(diff.b_in), "w_in": zeros(diff.w_in),
-        }
-        self.chunk, self.filled = _Chunk(self), 0
+        self.grads, self.chunk, self.filled = zero_grads(self), Chunk(self, CHUNK), 0
 
     def _vjp(self, loc: _Local, a_F: torch.Tensor, a_G: torch.Tensor) -> torch.Tensor:
         c, d, s = self.chunk, self.d, loc.slot
@@ -238,81 +183,24 @@ class FusedLatent:
             c.ks[s] = loc.k
             self.filled += 1
             if self.filled == c.size:
-                self._flush()
+                flush(self)
         return torch.cat([dy, dy.new_zeros(dy.size(0), 1)], 1)
-
-    def _flush(self) -> None:
-        """Sum the parameter and context gradients of the chunk's ``filled`` evaluations."""
-        c, gr, m, h = self.chunk, self.grads, self.filled, self.hid
-        self.filled = 0
-        if m == 0:
-            return
-        ks = torch.as_tensor(c.ks[:m], device=self.tau.device)
-        tau, y = self.tau[ks], c.y[:m]
-        rows = m * y.size(1)
-        # diffusion
-        d_og, d_pg = c.d_og[:m], c.d_pg[:m]
-        gr["w_out"].add_((d_og.unsqueeze(-1) * c.sg[:m]).sum((0, 1)), alpha=DIFFUSION_LIPSWISH)
-        gr["b_out"] += d_og.sum((0, 1))
-        per_k = d_pg.sum(1)  # (m, d, Hd)
-        gr["b_in"] += per_k.sum(0)
-        gr["w_in"][:, 0] += (tau @ per_k.view(m, -1)).view_as(per_k[0])
-        gr["w_in"][:, 1] += (y.unsqueeze(-1) * d_pg).sum((0, 1))
-        # drifts: the heads' diagonal blocks only (the off-diagonal ones are structurally zero)
-        for i, gw in enumerate(gr["w"]):
-            dd, a = c.dd[i][:m].view(rows, -1), c.acts[i][:m].view(rows, -1)
-            n_out, n_in = dd.size(1) // 2, a.size(1) // 2
-            gw[:n_out, :n_in].addmm_(dd[:, :n_out].t(), a[:, :n_in])
-            gw[n_out:, n_in:].addmm_(dd[:, n_out:].t(), a[:, n_in:])
-            gr["b"][i] += dd.sum(0)
-        dd0 = c.dd0[:m]  # (m, B, 2H): cotangents of the first layer's outputs
-        col = dd0.sum(1)
-        gr["b0"] += col.sum(0)
-        gr["w_t"] += tau @ col
-        gr["w0y"].addmm_(dd0.view(rows, -1).t(), y.reshape(rows, -1))
-        dp = dd0[..., :h]  # the posterior's: it alone reads the context
-        idx = self.idx[ks]
-        gr["w0c"].addmm_(dp.reshape(rows, h).t(), self.context[:, idx].transpose(0, 1).reshape(rows, -1))
-        gr["context"].index_add_(1, idx, (dp @ self.w0c).transpose(0, 1))
 
     def param_grads(self, params) -> list[torch.Tensor | None]:
         """Gradients of ``params`` (the module's parameters and the context) summed over every VJP."""
         if self.chunk is None:
             self._start()
-        self._flush()
-        gr, h = self.grads, self.hid
-        ts, last = self.sde.time_scale, len(self.ws)
-        out = {}
-
-        def put(p, g):  # a layer the posterior and prior drifts share (tied weights) gets both heads' parts
-            out[id(p)] = g if id(p) not in out else out[id(p)] + g
-        post, prior = self.post, self.prior
-        for head, lins, rows in ((0, post, slice(0, h)), (1, prior, slice(h, 2 * h))):
-            w0 = torch.cat([gr["w_t"][rows].unsqueeze(1), gr["w0y"][rows]]
-                           + ([gr["w0c"]] if head == 0 else []), 1)
-            put(lins[0].weight, w0)
-            put(lins[0].bias, gr["b0"][rows].clone())
-            for i in range(1, last + 1):
-                gw, gb = gr["w"][i - 1], gr["b"][i - 1]
-                n_out, n_in = gw.size(0) // 2, gw.size(1) // 2
-                r = slice(0, n_out) if head == 0 else slice(n_out, 2 * n_out)
-                c = slice(0, n_in) if head == 0 else slice(n_in, 2 * n_in)
-                factor = self.scales[i - 1] * (ts if i == last else 1.0)
-                put(lins[i].weight, gw[r, c] * factor)
-                put(lins[i].bias, gb[r] * (ts if i == last else 1.0))
-        diff = self.sde.diffusion
-        out[id(diff.w_out)], out[id(diff.b_out)] = gr["w_out"], gr["b_out"]
-        out[id(diff.b_in)], out[id(diff.w_in)] = gr["b_in"], gr["w_in"]
-        out[id(self.sde.context)] = gr["context"]
+        flush(self)
+        grads = module_grads(self, params)
         self.grads = self.chunk = None
-        return [out.get(id(p)) for p in params]
+        return grads
 
 
 def fused_latent(sde: nn.Module, params, times: torch.Tensor, Y0: torch.Tensor) -> FusedLatent | None:
     """A ``FusedLatent`` for ``sde`` at the evaluation ``times`` if it is a plain ``LatentSDEFunc`` whose
     differentiated tensors (``params``) are its own parameters and context, and a probe evaluation agrees with the
     module; else None."""
-    found = _supported(sde)
+    found = supported(sde)
     if found is None:
         return None
     own = {id(p) for p in sde.parameters()} | {id(sde.context)}
