@@ -293,7 +293,7 @@ def _cost_split(step, reps: int = 3) -> dict:
     """cProfile of ``step``, seconds per step: field evaluations, their VJPs, parameter-gradient GEMMs,
     contractions and outputs (``_Contract``, ``_Outputs``), the rest of the two solves (cotangent products,
     record bookkeeping, set-up, probes), and everything outside them (optimisers, clipping, averaging, readouts)."""
-    from neuralsde.fast import fused, midpoint, probe
+    from neuralsde.fast import fused, midpoint, mlp_kernels, probe
     from neuralsde.fast.mlp import FusedMLP
     prof = cProfile.Profile()
     prof.enable()
@@ -312,9 +312,9 @@ def _cost_split(step, reps: int = 3) -> dict:
     def nested(fn, caller):  # the time of ``fn``'s calls from ``caller``, which cum(caller) already holds
         return stats.get(key(fn), (0, 0, 0, 0, {}))[4].get(key(caller), (0, 0, 0, 0))[3] / reps
 
-    def cum_named(*names):  # FusedMLP's methods and the per-solve closures of the same names (kernels, evaluator)
-        mlp_file = inspect.getsourcefile(FusedMLP)
-        return sum(v[3] for (f, _, name), v in stats.items() if f == mlp_file and name in names) / reps
+    def cum_named(*names):  # FusedMLP's methods and the per-solve closures of the same names (mlp_kernels)
+        files = {inspect.getsourcefile(FusedMLP), inspect.getsourcefile(mlp_kernels)}
+        return sum(v[3] for (f, _, name), v in stats.items() if f in files and name in names) / reps
     total = sum(v[2] for v in stats.values()) / reps
     solves = cum(fused._FusedAdjoint.forward, fused._FusedAdjoint.backward, midpoint._FusedMidpointAdjoint.forward,
                  midpoint._FusedMidpointAdjoint.backward, probe.fused_field)

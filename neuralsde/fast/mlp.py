@@ -10,17 +10,18 @@ on CPU ``torch.tanh`` costs several times ``torch.sigmoid`` plus one in-place af
 2026-11-30: 30 vs 9 us for 128 x 64 floats). Its VJP is ``tanh_backward`` of the result, as autograd's.
 
 Evaluations that will be differentiated are *recorded* in a slot of fixed-size chunk buffers (written in
-place through ``out=``); parameter gradients are summed with one matmul per layer per full chunk, so the
-backward pass holds ``O(chunk)`` records, not ``O(steps)``. One spare slot (``cache``) holds an evaluation whose
-VJP goes to the state only (midpoint's first adjoint stage). Plain evaluations (``evaluate``) record nothing.
+place through ``out=``); parameter gradients are summed with one matmul per layer per full chunk (``mlp_sums``),
+so the backward pass holds ``O(chunk)`` records, not ``O(steps)``. One spare slot (``cache``) holds an evaluation
+whose VJP goes to the state only (midpoint's first adjoint stage). Plain evaluations (``evaluate``) record nothing.
+The solver loops call straight-line forms of these methods (``mlp_kernels``).
 """
 from __future__ import annotations
 
 import torch
 
+from neuralsde.fast import mlp_kernels, mlp_sums
 from neuralsde.fast.heads import _BWD, _FWD, parse, plain
 from neuralsde.fast.records import Records, chunk_size
-from neuralsde.fast.scratch import index_tensor
 
 CHUNK = None  # recorded evaluations per parameter-gradient matmul; None: as many as fit in records.CACHE_BYTES
 
@@ -45,12 +46,12 @@ class FusedMLP:
         n_out = sum(lin.out_features for lin in self.layers[-1])
         if sorted(perm) != list(range(n_out)) or n_out != channels * hidden:
             raise ValueError("bad output permutation")
-        self._blocks_at = [None] + [self._blocks(i) for i in range(1, len(self.layers))]
+        self._blocks_at = [None] + [mlp_sums.head_blocks(self, i) for i in range(1, len(self.layers))]
         self.rec = None
         self._records = {}  # (batch, chunk, dtype, device, inference mode) -> Records
         self._consts = {}  # per (dtype, device): index tensors and constants that do not change with the weights
 
-    def _scale(self, i: int) -> float:
+    def layer_scale(self, i: int) -> float:
         """Factor between layer ``i``'s fused weights and the modules' (the previous LipSwish's scale)."""
         return self.acts[i - 1][1] if i else 1.0
 
@@ -86,7 +87,7 @@ class FusedMLP:
             self.wz_t, self.bias_t = (self.wz * f0).t(), bias.unbind(0)
             self.ws, self.bs, self.ws_t = [], [], []
             for i, lins in enumerate(self.layers[1:], start=1):
-                w = torch.block_diag(*[lin.weight for lin in lins]).mul_(self._scale(i))
+                w = torch.block_diag(*[lin.weight for lin in lins]).mul_(self.layer_scale(i))
                 b = torch.cat([lin.bias for lin in lins])
                 if i == last:
                     w, b = w[perm], b[perm].mul_(two)
@@ -112,78 +113,13 @@ class FusedMLP:
         """Buffer for the input of the evaluation recorded in slot ``s``: write it there with ``out=``."""
         return self.rec.slots[s][0]
 
-    def _blocks(self, i: int) -> list[tuple[int, int, int, int]] | None:
-        """Row and column ranges of the heads' blocks in fused layer ``i >= 1`` (block-diagonal: the weight
-        gradient needs only these); None for one head, or where a head's rows are not contiguous after the output
-        permutation."""
-        if len(self.layers[i]) == 1:
-            return None
-        rows, r = [], 0
-        for lin in self.layers[i]:
-            rows.append((r, r + lin.out_features))
-            r += lin.out_features
-        if i == len(self.layers) - 1:  # fused row f holds the heads' row perm[f]
-            pos = [sorted(f for f, src in enumerate(self.perm) if r0 <= src < r1) for r0, r1 in rows]
-            if any(p[-1] - p[0] + 1 != len(p) for p in pos):
-                return None
-            rows = [(p[0], p[-1] + 1) for p in pos]
-        cols = [0]
-        for lin in self.layers[i]:
-            cols.append(cols[-1] + lin.in_features)
-        return [(r0, r1, c0, c1) for (r0, r1), c0, c1 in zip(rows, cols[:-1], cols[1:], strict=True)]
-
     def flush(self, n: int) -> None:
-        """Sum the parameter gradients of the evaluations recorded in slots ``0 .. n - 1``; the caller fills a
-        chunk of ``rec.size`` slots, flushes, and reuses them."""
-        r = self.rec
-        first = self.acc is None
-        if first:
-            self.acc = [None] * len(self.layers)
-        for i in range(len(self.layers)):
-            d = r.d[i][:n]
-            d2 = d.reshape(-1, d.size(2))
-            x = (r.z if i == 0 else r.a[i - 1])[:n].reshape(d2.size(0), -1)
-            blocks = self._blocks_at[i] if i else None
-            if i == 0:
-                col = d.sum(1)  # (n, O0)
-                gw = d2.t() @ x
-                if self.timed:
-                    tsc = self.tsc[index_tensor(tuple(r.times[:n]), d.device)].to(d.dtype)
-                    gw = torch.cat([(tsc @ col).unsqueeze(1), gw], 1)
-                gb = col.sum(0)
-            elif blocks is None:
-                gw, gb = d2.t() @ x, d.sum((0, 1))
-            else:  # only the heads' diagonal blocks: the off-diagonal ones are structurally zero
-                gw = torch.zeros(d2.size(1), x.size(1), dtype=d.dtype, device=d.device) if first else self.acc[i][0]
-                for r0, r1, c0, c1 in blocks:
-                    gw[r0:r1, c0:c1].addmm_(d2[:, r0:r1].t(), x[:, c0:c1])
-                gb = d.sum((0, 1))
-                if not first:
-                    self.acc[i][1].add_(gb)
-                    continue
-            if first:
-                self.acc[i] = (gw, gb)
-            else:
-                self.acc[i][0].add_(gw)
-                self.acc[i][1].add_(gb)
+        """Sum the parameter gradients of the evaluations recorded in slots ``0 .. n - 1`` (``mlp_sums.flush``)."""
+        mlp_sums.flush(self, n)
 
     def param_grads(self) -> list[torch.Tensor]:
         """Gradients of ``self.params`` summed over every flushed VJP."""
-        last = len(self.layers) - 1
-        grads = [[] for _ in self.layers[0]]
-        for i, (w, b) in enumerate(self.acc):
-            if i:
-                w = w.mul_(self._scale(i))
-            if i == last:
-                w, b = w[self.inv_perm], b[self.inv_perm]
-            r = c = 0
-            for h, lin in enumerate(self.layers[i]):
-                o, n = lin.out_features, lin.in_features
-                gw = w[r:r + o] if i == 0 else w[r:r + o, c:c + n]
-                grads[h] += [gw.contiguous(), b[r:r + o].contiguous()]
-                r, c = r + o, c + n
-        self.rec = self.acc = None  # free the records
-        return [g for per_head in grads for g in per_head]
+        return mlp_sums.param_grads(self)
 
     # ------------------------------------------------------------------------------------ evaluate, VJP
 
@@ -216,46 +152,12 @@ class FusedMLP:
         return out3
 
     def evaluator(self):
-        """``evaluate`` with the current weights bound once per solve (straight-line code for one hidden layer
-        and a final tanh, as ``kernels``)."""
-        if len(self.ws) != 1 or not self.final_tanh:
-            return self.evaluate
-        bias_t, wz_t, b1, w1_t, act, minus_one = (self.bias_t, self.wz_t, self.bs[0], self.ws_t[0], self.act_fns[0],
-                                                  self.minus_one)
-        channels, hidden, addmm, sigmoid, add = self.channels, self.hidden, torch.addmm, torch.sigmoid, torch.add
-
-        def evaluate(z, k, out=None):
-            h = sigmoid(addmm(b1, act(addmm(bias_t[k], z, wz_t)), w1_t), out=out)
-            return add(minus_one, h, alpha=2, out=h).view(z.size(0), channels, hidden)
-        return evaluate
+        """``evaluate`` with the current weights bound once per solve (``mlp_kernels.evaluator``)."""
+        return mlp_kernels.evaluator(self)
 
     def kernels(self):
-        """``(record, vjp)`` for the solver loops, as the methods but with the current weights and record slots
-        bound once per solve: for one hidden layer and a final tanh (the framework's fields) straight-line code,
-        since Python attribute lookups and loops cost a visible share of a step at these sizes."""
-        if len(self.ws) != 1 or not self.final_tanh:
-            return self.record, self.vjp
-        r = self.rec
-        slots, times, cache = r.slots, r.times, r.cache
-        bias_t, wz_t, wz, b1, w1_t, w1 = self.bias_t, self.wz_t, self.wz, self.bs[0], self.ws_t[0], self.ws[0]
-        act, act_bwd, reads_input, minus_one = self.act_fns[0], self.bwd_fns[0], self.bwd_reads_input[0], self.minus_one
-        addmm, sigmoid, add, mm, tanh_bwd = torch.addmm, torch.sigmoid, torch.add, torch.mm, _BWD["tanh"]
-
-        def record(z, k, slot):
-            zs, outs, acts, field, _, field3 = slots[slot]
-            times[slot] = k
-            if z is not zs and slot != cache:
-                zs.copy_(z)
-            h = addmm(bias_t[k], z, wz_t, out=outs[0])
-            add(minus_one, sigmoid(addmm(b1, act(h, out=acts[0]), w1_t, out=outs[1]), out=field), alpha=2, out=field)
-            return field3
-
-        def vjp(grad, acc=None, *, slot, out=None):
-            _, outs, acts, field, ds, _ = slots[slot]
-            d = tanh_bwd(grad.view(grad.size(0), -1), field, grad_input=ds[1])
-            d = act_bwd(mm(d, w1), outs[0] if reads_input else acts[0], grad_input=ds[0])
-            return mm(d, wz, out=out) if acc is None else addmm(acc, d, wz, out=out)
-        return record, vjp
+        """``(record, vjp)`` for the solver loops, bound once per solve (``mlp_kernels.kernels``)."""
+        return mlp_kernels.kernels(self)
 
     def vjp(self, grad: torch.Tensor, acc: torch.Tensor | None = None, *, slot: int,
             out: torch.Tensor | None = None) -> torch.Tensor:
