@@ -12,11 +12,7 @@ from torch import nn
 
 from neuralsde.fast.grids import knot_grid
 from neuralsde.fast.reversible_heun import solve
-
-
-def knot_derivatives(X_values: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
-    """Slopes of the pieces of the linear interpolation: X_values ``(B, L, C)``, knots ``(L,)`` -> ``(B, L - 1, C)``."""
-    return (X_values[:, 1:, :] - X_values[:, :-1, :]) / (knots[1:] - knots[:-1]).unsqueeze(-1)
+from neuralsde.fast.slopes import path_slopes
 
 
 def _field(func):
@@ -39,13 +35,9 @@ def fast_cdeint(func: nn.Module, z0: torch.Tensor, X_values: torch.Tensor, ts: t
     """
     if X_values.dim() != 3 or X_values.size(1) < 2:
         raise ValueError(f"X_values must have shape (batch, length >= 2, channels), got {tuple(X_values.shape)}")
-    length = X_values.size(1)
-    knots = torch.linspace(0, length - 1, length, dtype=X_values.dtype, device=X_values.device)
-    ts = (0.0, length - 1.0) if ts is None else ts  # Python numbers: no tensor is read
+    ts = (0.0, X_values.size(1) - 1.0) if ts is None else ts  # Python numbers: no tensor is read
     t_grid, obs = knot_grid(ts, dt, X_values)
-    # Index of the piece torchcde's LinearInterpolation.derivative picks at each grid time.
-    piece = torch.bucketize(t_grid.to(X_values.dtype), knots).sub(1).clamp(0, length - 2)
-    U = knot_derivatives(X_values, knots).transpose(0, 1)[piece]  # (N + 1, B, C)
+    U = path_slopes(X_values, t_grid)  # (N + 1, B, C)
     params = tuple(func.parameters()) if adjoint_params is None else tuple(adjoint_params)
     if adjoint and fused:
         from neuralsde.fast.fused import fused_cdeint

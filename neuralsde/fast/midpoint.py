@@ -37,7 +37,6 @@ import torch
 from torch import nn
 
 from neuralsde.fast.cde import _field as _cde_field
-from neuralsde.fast.cde import knot_derivatives
 from neuralsde.fast.fused import _Contract, _rows, sde_controls, transpose_contract
 from neuralsde.fast.grids import checked_grid, knot_grid, shape_checked
 from neuralsde.fast.midpoint_generic import (
@@ -51,6 +50,7 @@ from neuralsde.fast.midpoint_generic import (
 from neuralsde.fast.once import first_order
 from neuralsde.fast.probe import fused_field
 from neuralsde.fast.scratch import scratch
+from neuralsde.fast.slopes import path_slopes
 
 # ---------------------------------------------------------------------------------- fused (hand-written VJPs)
 
@@ -196,14 +196,6 @@ def midpoint_sdeint(vector_field: nn.Module, y0: torch.Tensor, ts: torch.Tensor,
     return midpoint_solve(lambda t, y, u: vector_field.f_and_g(t, y), y0, ts, dt, dW, params, adjoint)
 
 
-def piece_slopes(X_values: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-    """``dX/dt`` at each of ``times`` ``(M,)`` as torchcde's LinearInterpolation on knots ``0..L-1``: ``(M, B, C)``."""
-    length = X_values.size(1)
-    knots = torch.linspace(0, length - 1, length, dtype=X_values.dtype, device=X_values.device)
-    piece = torch.bucketize(times.to(X_values.dtype), knots).sub(1).clamp(0, length - 2)
-    return knot_derivatives(X_values, knots).transpose(0, 1)[piece]
-
-
 def midpoint_cdeint(func: nn.Module, z0: torch.Tensor, X_values: torch.Tensor, ts: torch.Tensor | None = None,
                     dt: float = 1.0, adjoint: bool = True, adjoint_params=None, fused: bool = True) -> torch.Tensor:
     """``dz = func(t, z) dX`` by the midpoint method; equals ``torchcde.cdeint(..., backend='torchsde',
@@ -213,12 +205,12 @@ def midpoint_cdeint(func: nn.Module, z0: torch.Tensor, X_values: torch.Tensor, t
     if X_values.dim() != 3 or X_values.size(1) < 2:
         raise ValueError(f"X_values must have shape (batch, length >= 2, channels), got {tuple(X_values.shape)}")
     t_grid, obs = knot_grid(ts, dt, X_values)
-    U, U_mid = piece_slopes(X_values, t_grid[:-1]), piece_slopes(X_values, mid_times(t_grid))
+    U, U_mid = path_slopes(X_values, t_grid[:-1]), path_slopes(X_values, mid_times(t_grid))
     field = _cde_field(func)
     if not adjoint:
         return _integrate(field, z0, t_grid, obs, float(dt), None, U, U_mid)
-    U_mid = piece_slopes(X_values, reverse_mid_times(t_grid))  # the forward's U_mid on exact grids
-    U_next = piece_slopes(X_values, t_grid[1:])
+    U_mid = path_slopes(X_values, reverse_mid_times(t_grid))  # the forward's U_mid on exact grids
+    U_next = path_slopes(X_values, t_grid[1:])
     params = tuple(func.parameters()) if adjoint_params is None else tuple(adjoint_params)
     if fused:
         zs = _fused_cdeint(func, z0, t_grid, obs, float(dt), U, U_mid, U_next, params)
