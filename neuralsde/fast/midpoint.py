@@ -1,11 +1,11 @@
-"""Lean midpoint (torchsde's ``method="midpoint"``) for the Stratonovich SDE and the linear-interpolation CDE.
+"""Lean midpoint (torchsde's ``method="midpoint"``) for the Stratonovich SDE and the CDE on an interpolated path.
 
 One step from ``t_k`` to ``t_{k+1} = t_k + dt``, ``t' = t_k + dt / 2``, same increment ``dW_k`` in both stages:
 
     y' = y_k + f(t_k, y_k) dt / 2 + g(t_k, y_k) dW_k / 2,    y_{k+1} = y_k + f(t', y') dt + g(t', y') dW_k.
 
 For the CDE (torchcde: drift ``func(t, z) @ dX/dt(t)``, zero diffusion) ``dX/dt`` is taken as torchcde's
-``LinearInterpolation.derivative`` does, from the piece *left* of ``t`` (``bucketize - 1``, clamped): at a knot
+interpolations take it (``slopes``), from the piece *left* of ``t`` (``bucketize - 1``, clamped): at a knot
 ``t_k`` the piece ending there (piece 0 at t0), at ``t'`` the piece containing it.
 
 Gradients, ``adjoint=True``: torchsde's continuous adjoint (``sdeint_adjoint(method="midpoint",
@@ -197,20 +197,22 @@ def midpoint_sdeint(vector_field: nn.Module, y0: torch.Tensor, ts: torch.Tensor,
 
 
 def midpoint_cdeint(func: nn.Module, z0: torch.Tensor, X_values: torch.Tensor, ts: torch.Tensor | None = None,
-                    dt: float = 1.0, adjoint: bool = True, adjoint_params=None, fused: bool = True) -> torch.Tensor:
+                    dt: float = 1.0, adjoint: bool = True, adjoint_params=None, fused: bool = True,
+                    interpolation: str = "linear") -> torch.Tensor:
     """``dz = func(t, z) dX`` by the midpoint method; equals ``torchcde.cdeint(..., backend='torchsde',
-    method='midpoint')`` on ``LinearInterpolation(X_values)``. Arguments and layout as ``fast_cdeint``;
+    method='midpoint')`` on ``LinearInterpolation(X_values)`` (or the Hermite cubic, ``interpolation="hermite"``).
+    Arguments and layout as ``fast_cdeint``;
     gradients (to func's parameters, z0 and X_values) as ``midpoint_sdeint``: adjoint=True torchcde's
     ``adjoint=True`` (continuous adjoint, X_values among its ``adjoint_params``), adjoint=False exact."""
     if X_values.dim() != 3 or X_values.size(1) < 2:
         raise ValueError(f"X_values must have shape (batch, length >= 2, channels), got {tuple(X_values.shape)}")
     t_grid, obs = knot_grid(ts, dt, X_values)
-    U, U_mid = path_slopes(X_values, t_grid[:-1]), path_slopes(X_values, mid_times(t_grid))
+    U, U_mid = (path_slopes(X_values, t, interpolation) for t in (t_grid[:-1], mid_times(t_grid)))
     field = _cde_field(func)
     if not adjoint:
         return _integrate(field, z0, t_grid, obs, float(dt), None, U, U_mid)
-    U_mid = path_slopes(X_values, reverse_mid_times(t_grid))  # the forward's U_mid on exact grids
-    U_next = path_slopes(X_values, t_grid[1:])
+    U_mid = path_slopes(X_values, reverse_mid_times(t_grid), interpolation)  # the forward's U_mid on exact grids
+    U_next = path_slopes(X_values, t_grid[1:], interpolation)
     params = tuple(func.parameters()) if adjoint_params is None else tuple(adjoint_params)
     if fused:
         zs = _fused_cdeint(func, z0, t_grid, obs, float(dt), U, U_mid, U_next, params)

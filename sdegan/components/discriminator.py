@@ -40,9 +40,9 @@ class Discriminator(nn.Module):
     linear interpolation (torchcde's ``linear_interpolation_coeffs``) before the CDE is solved.
 
     ``interpolation="hermite"`` drives the CDE by torchcde's Hermite cubic spline with backward differences
-    (through torchsde on either backend: the fast backend integrates piecewise-linear controls only). Its
-    derivative at an observation time is the linear interpolation's there (the backward difference), so it
-    changes the solve only where a solver evaluates between observations: ``midpoint``, or ``dt < 1``.
+    (the fast backend evaluates its slopes itself: ``neuralsde.fast.slopes``). Its derivative at an observation
+    time is the linear interpolation's there (the backward difference), so it changes the solve only where a
+    solver evaluates between observations: ``midpoint``, or ``dt < 1``.
     """
 
     def __init__(self, data_size: int, hidden_size: int = 16, mlp_size: int = 16, num_layers: int = 1,
@@ -74,10 +74,11 @@ class Discriminator(nn.Module):
         solver = solver or self.solver
         coeffs = paths if filled or not torch.isnan(paths).any() else torchcde.linear_interpolation_coeffs(paths)
         z0 = self.initial(coeffs[:, 0])
-        if solver.backend == "fast" and self.interpolation == "linear":
+        if solver.backend == "fast":
             from neuralsde.fast import fast_cdeint, midpoint_cdeint
             solve = midpoint_cdeint if solver.method == "midpoint" else fast_cdeint
-            zs = solve(self.func, z0, coeffs, None, solver.dt, adjoint=solver.adjoint)  # ts [0, T - 1]: reads z(T)
+            zs = solve(self.func, z0, coeffs, None, solver.dt, adjoint=solver.adjoint,  # ts [0, T - 1]: reads z(T)
+                       interpolation=self.interpolation)
             z_last = zs[-1]
         else:
             ts = torch.arange(paths.size(1), device=paths.device, dtype=paths.dtype)
