@@ -35,7 +35,7 @@ BIAS_ROWS = 32  # evaluations whose first-layer biases are formed at once (Fused
 class _Local:
     """An evaluation at grid index ``k`` with what its VJP needs."""
 
-    __slots__ = ("owner", "k", "slot", "y", "pres", "acts", "pg", "sg", "sig", "gs", "mask", "v", "f", "gt")
+    __slots__ = ("owner", "k", "slot", "pres", "pg", "sig", "gs", "mask", "v", "f", "gt")
 
     def vjp(self, a_f, a_g, params, need_u):
         return self.owner._vjp(self, a_f, a_g), None, [None] * len(params)
@@ -110,10 +110,9 @@ class FusedLatent:
             slot = self.filled
             y = self.chunk.y[slot].copy_(y)
         pre = torch.addmm(self._bias(k), y, self.w0y_t)
-        pres, acts = [pre], []
+        pres = [pre]
         for i, (w_t, b) in enumerate(zip(self.ws_t, self.bs, strict=True)):
             a = torch.nn.functional.silu(pre) if slot is None else _SILU_INTO(pre, out=self.chunk.acts[i][slot])
-            acts.append(a)
             pre = torch.addmm(b, a, w_t)
             pres.append(pre)
         f, h = pre[:, :d], pre[:, d:]
@@ -127,8 +126,9 @@ class FusedLatent:
         F = torch.cat([f, 0.5 * (v * v).sum(1, keepdim=True)], 1)
         G = torch.cat([g, g.new_zeros(g.size(0), 1)], 1)
         if keep is not None:
-            keep.k, keep.slot, keep.y, keep.pres, keep.acts = k, slot, y, pres, acts
-            keep.pg, keep.sg, keep.sig, keep.gs, keep.mask, keep.v = pg, sg, sig, gs, mask, v
+            # the VJP's reads; the parameter gradients' (y, activations) are in the chunk slot
+            keep.k, keep.slot, keep.pres = k, slot, pres
+            keep.pg, keep.sig, keep.gs, keep.mask, keep.v = pg, sig, gs, mask, v
             keep.f, keep.gt = F, G
         return F, G
 
