@@ -36,8 +36,6 @@ def fast_cdeint(func: nn.Module, z0: torch.Tensor, X_values: torch.Tensor, ts: t
     fused: in adjoint mode, solve sdegan's ``DiscriminatorCDE`` or the latent SDE's CDE encoder field with
     hand-written VJPs (``neuralsde.fast.mlp.cde_mlp``; see ``fast_sdeint``).
     """
-    if X_values.dim() != 3 or X_values.size(1) < 2:
-        raise ValueError(f"X_values must have shape (batch, length >= 2, channels), got {tuple(X_values.shape)}")
     ts = (0.0, X_values.size(1) - 1.0) if ts is None else ts  # Python numbers: no tensor is read
     t_grid, obs = knot_grid(ts, dt, X_values)
     U = path_slopes(X_values, t_grid, interpolation)  # (N + 1, B, C)

@@ -54,6 +54,8 @@ def time_grid(ts, dt: float, like: torch.Tensor | None = None) -> tuple[torch.Te
 def knot_grid(ts, dt: float, X_values: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     """``time_grid`` of a CDE's output times ``ts`` on the knots ``0 .. L - 1`` of ``X_values`` ``(B, L, C)``;
     ``ts=None`` is ``[0, L - 1]``, taken without reading a tensor."""
+    if X_values.dim() != 3 or X_values.size(1) < 2:
+        raise ValueError(f"X_values must have shape (batch, length >= 2, channels), got {tuple(X_values.shape)}")
     last = X_values.size(1) - 1
     if ts is None:
         ts = (0.0, float(last))

@@ -204,14 +204,14 @@ def midpoint_cdeint(func: nn.Module, z0: torch.Tensor, X_values: torch.Tensor, t
     Arguments and layout as ``fast_cdeint``;
     gradients (to func's parameters, z0 and X_values) as ``midpoint_sdeint``: adjoint=True torchcde's
     ``adjoint=True`` (continuous adjoint, X_values among its ``adjoint_params``), adjoint=False exact."""
-    if X_values.dim() != 3 or X_values.size(1) < 2:
-        raise ValueError(f"X_values must have shape (batch, length >= 2, channels), got {tuple(X_values.shape)}")
     t_grid, obs = knot_grid(ts, dt, X_values)
-    U, U_mid = (path_slopes(X_values, t, interpolation) for t in (t_grid[:-1], mid_times(t_grid)))
+    U = path_slopes(X_values, t_grid[:-1], interpolation)
     field = _cde_field(func)
     if not adjoint:
+        U_mid = path_slopes(X_values, mid_times(t_grid), interpolation)
         return _integrate(field, z0, t_grid, obs, float(dt), None, U, U_mid)
-    U_mid = path_slopes(X_values, reverse_mid_times(t_grid), interpolation)  # the forward's U_mid on exact grids
+    # the adjoint's second-stage times, torchsde's reverse-time arithmetic; the forward's midpoints on exact grids
+    U_mid = path_slopes(X_values, reverse_mid_times(t_grid), interpolation)
     U_next = path_slopes(X_values, t_grid[1:], interpolation)
     params = tuple(func.parameters()) if adjoint_params is None else tuple(adjoint_params)
     if fused:
