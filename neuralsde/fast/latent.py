@@ -3,7 +3,7 @@
 One evaluation at evaluation-time index ``k`` of the state ``Y = [y, l]``:
 
     posterior and prior drifts  [f, h] = two MLPs, run as one: first layers stacked (the posterior's time and
-                                context columns folded into a per-step bias, computed 32 steps at a time),
+                                context columns folded into a per-step bias, made ``BIAS_ROWS`` steps at a time),
                                 later layers block-diagonal, time scale folded into the last;
     diffusion                   g_i = ns (floor + scale sigmoid(w_out_i . lipswish(b_in_i + tau w0_i + y_i w1_i)
                                 + b_out_i)), all dimensions in one broadcast;
