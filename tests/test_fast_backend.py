@@ -510,6 +510,14 @@ def test_a_diffusion_of_the_wrong_noise_type_is_refused(method, adjoint):
         sdeint(Declared().double(), y0, ts, cfg, entropy=0)
 
 
+@pytest.mark.parametrize("solve", [fast_cdeint, midpoint_cdeint])
+def test_a_path_of_the_wrong_shape_is_refused(solve):
+    func, z0 = CDEFunc().double(), torch.zeros(B, H, dtype=torch.float64)
+    for X_values in (torch.zeros(B, T, dtype=torch.float64), torch.zeros(B, 1, C, dtype=torch.float64)):
+        with pytest.raises(ValueError, match=r"X_values must have shape \(batch, length >= 2, channels\)"):
+            solve(func, z0, X_values)
+
+
 def test_solver_config_fast_midpoint():
     from neuralsde.errors import ConfigError
     from neuralsde.solver import SolverConfig
