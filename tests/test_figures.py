@@ -177,6 +177,16 @@ def test_metric_history_shades_the_mmd_interval_and_prints_plain_ticks():
     assert [ax.get_title() for ax in plot_metric_history({"x_ci_low": [(1, 0.0)]}).axes] == ["x_ci_low"]
 
 
+def test_metric_history_spreading_over_decades_gets_a_log_axis_whatever_its_sign():
+    # the latent SDE's val/elbo starts thousands below where it ends: on a linear axis its later values were flat
+    from neuralsde.metrics.plots import plot_metric_history
+
+    fig = plot_metric_history({"val/elbo": [(1, -4e3), (2, -60.0), (3, -12.0)], "val/sig_mmd": [(1, 3.0), (2, 0.01)],
+                               "val/acf_error": [(1, 0.3), (2, 0.2)], "mixed": [(1, -500.0), (2, 1.0)]})
+    assert [ax.get_yscale() for ax in fig.axes if ax.get_visible()] == ["symlog", "log", "linear", "linear"]
+    fig.canvas.draw()  # the symlog axis draws (a zero linthresh would raise)
+
+
 def test_metrics_callback_labels_the_interval_at_its_own_level(monkeypatch):
     # callbacks.metrics.options.ci=0.9 computed 90% intervals, and metric_history.png called them 95%
     from types import SimpleNamespace

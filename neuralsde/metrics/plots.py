@@ -6,6 +6,7 @@ headless, leave no global figure state behind, and can be saved or logged by the
 
 from __future__ import annotations
 
+import math
 import textwrap
 from typing import Sequence
 
@@ -185,7 +186,7 @@ def plot_autocorrelation(real: torch.Tensor, fake: torch.Tensor, *, max_lag: int
 
 
 def _finite(points) -> list[tuple[int, float]]:
-    return [(s, float(v)) for s, v in points if torch.isfinite(torch.tensor(float(v)))]
+    return [(s, float(v)) for s, v in points if math.isfinite(float(v))]
 
 
 def plot_metric_history(history: dict[str, list[tuple[int, float]]], ci: float = 0.95) -> Figure:
@@ -207,8 +208,12 @@ def plot_metric_history(history: dict[str, list[tuple[int, float]]], ci: float =
         if points:
             steps, values = zip(*points, strict=True)
             ax.plot(steps, values, marker="o", markersize=3)
-            if min(values) > 0 and max(values) > 100 * min(values):
-                ax.set_yscale("log")  # early values of e.g. the signature MMD dwarf the rest
+            magnitudes = [abs(v) for v in values]
+            if min(magnitudes) > 0 and max(magnitudes) > 100 * min(magnitudes):
+                if min(values) > 0:
+                    ax.set_yscale("log")  # early values of e.g. the signature MMD dwarf the rest
+                elif max(values) < 0:  # the same for a negative metric, e.g. the latent SDE's ELBO
+                    ax.set_yscale("symlog", linthresh=min(magnitudes))
             low, high = (dict(_finite(history.get(f"{name}_ci_{end}", []))) for end in ("low", "high"))
             band = [(s, low[s], high[s]) for s in steps if s in low and s in high]
             if band:
