@@ -31,14 +31,16 @@ class RunCheckpoint(ModelCheckpoint):
     only beside a periodic save, so the steps after the last ``every_n_train_steps`` were in no checkpoint, and
     eval.py, sample.py and a resume read another model than the one the test stage scored."""
 
-    def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
+    def on_train_start(self, trainer, pl_module) -> None:
         # last.ckpt is always this run's: Lightning wrote last-v1.ckpt beside a stale last.ckpt when a run continued
         # in its own directory (a requeue) from a checkpoint whose callback state it could not restore (another
-        # checkpoint interval, or a periodic checkpoint saved before the first last.ckpt). Runs never share a
-        # directory otherwise (resume.refuse_used_run_dir).
-        if self.dirpath is not None:
-            self.last_model_path = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
-        super()._save_last_checkpoint(trainer, monitor_candidates)
+        # checkpoint interval, or a periodic checkpoint saved before the first last.ckpt). Lightning versions a
+        # name only when it is not ``last_model_path``, set here after the restore. Runs never share a directory
+        # otherwise (resume.refuse_used_run_dir).
+        super().on_train_start(trainer, pl_module)
+        if self.save_last and self.dirpath is not None:
+            self.last_model_path = self.format_checkpoint_name(self._monitor_candidates(trainer),
+                                                               self.CHECKPOINT_NAME_LAST)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.fast_dev_run:

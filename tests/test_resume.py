@@ -189,7 +189,8 @@ def test_last_checkpoint_holds_the_final_weights(tmp_path):
 def test_a_run_continued_in_its_own_directory_keeps_one_last_checkpoint(tmp_path):
     # Continuing in its own directory from its first periodic checkpoint (saved before any last.ckpt) or with another
     # checkpoint interval, Lightning could not restore the callback's state and wrote last-v1.ckpt beside a stale
-    # last.ckpt, which eval.py, sample.py and a later resume then read.
+    # last.ckpt, which eval.py, sample.py and a later resume then read. RunCheckpoint relies on how Lightning
+    # versions names (never last_model_path's): this fails if that changes.
     cfg = _periodic_run(tmp_path, steps=4, every=4)
     with open_dict(cfg):
         cfg.ckpt_path = str(tmp_path / "checkpoints" / "step000004.ckpt")  # training step 2
