@@ -19,11 +19,37 @@ FAMILY_TARGETS = {"sdegan": "sdegan.module.SDEGAN", "latent_sde": "latent_sde.mo
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file in the same folder, then renames it into place, so a
-    process killed while saving leaves the previous checkpoint intact and loadable."""
+    process killed while saving leaves the previous checkpoint intact and loadable. A checkpoint already read
+    (``preload``) is what its next ``load_checkpoint`` of that unchanged file returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._preloaded: tuple[tuple, dict] | None = None
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         with atomic_write(path, suffix=".tmp", fsync=True) as f:
             torch.save(checkpoint, f)
+
+    def preload(self, path, checkpoint: dict) -> None:
+        """``checkpoint``, read from ``path`` by ``read_checkpoint``, for Lightning's restore: a resume reads the
+        file once (a large checkpoint took a load and a CRC pass per check)."""
+        self._preloaded = (_file_identity(path), checkpoint)
+
+    def load_checkpoint(self, path, *args, **kwargs) -> dict:
+        preloaded, self._preloaded = self._preloaded, None  # once: not held through the training
+        if preloaded is not None and preloaded[0] is not None and preloaded[0] == _file_identity(path):
+            return preloaded[1]
+        return super().load_checkpoint(path, *args, **kwargs)
+
+
+def _file_identity(path) -> tuple | None:
+    """The file at ``path`` as (resolved path, mtime, size): a file replaced meanwhile is read again."""
+    try:
+        path = Path(path).expanduser().resolve()
+        stat = path.stat()
+    except OSError:  # not a local file: Lightning's own loader reports it
+        return None
+    return str(path), stat.st_mtime_ns, stat.st_size
 
 
 class RunCheckpoint(ModelCheckpoint):

@@ -85,16 +85,15 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return str(found[-1])
 
 
-def finished_run_metrics(cfg: DictConfig, ckpt_path: str | None) -> dict[str, float] | None:
+def finished_run_metrics(cfg: DictConfig, ckpt_path: str | None, ckpt: dict | None) -> dict[str, float] | None:
     """With ``resume=auto``, a run whose own newest checkpoint has done its ``model.train_steps``: its last logged
     metrics (``csv/metrics.csv``), else None. Rerunning a sweep with ``resume=auto`` to finish its interrupted jobs
-    (as the used-sweep-directory error advises) failed every finished job with "nothing is left to train"."""
-    from neuralsde.checkpoints import read_checkpoint
-
+    (as the used-sweep-directory error advises) failed every finished job with "nothing is left to train".
+    ``ckpt``: the checkpoint read from ``ckpt_path`` (``read_checkpoint``)."""
     out_dir = Path(cfg.paths.output_dir)
     if cfg.get("resume") != "auto" or cfg.get("ckpt_path") or not continues_in(ckpt_path, out_dir):
         return None
-    done = int(read_checkpoint(ckpt_path)["neuralsde"].get("train_step", 0))
+    done = int(ckpt["neuralsde"].get("train_step", 0))
     if done < int(cfg.model.train_steps):
         return None
     from neuralsde.run_metrics import last_logged
@@ -110,11 +109,9 @@ def finished_run_metrics(cfg: DictConfig, ckpt_path: str | None) -> dict[str, fl
     return metrics
 
 
-def check_resume_compatible(ckpt_path: str, model) -> None:
-    """Refuse a checkpoint of another family, model size or dataset before Lightning meets it."""
-    from neuralsde.checkpoints import read_checkpoint
-
-    ckpt = read_checkpoint(ckpt_path)
+def check_resume_compatible(ckpt_path: str, model, ckpt: dict) -> None:
+    """Refuse a checkpoint (``ckpt``, read from ``ckpt_path``) of another family, model size or dataset before
+    Lightning meets it."""
     if ckpt["neuralsde"]["family"] != model.family:
         raise CheckpointError(f"{ckpt_path!r} holds a {ckpt['neuralsde']['family']!r} model but this config builds "
                               f"a {model.family!r} model. Fix: resume with the experiment that wrote it.")

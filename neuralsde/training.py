@@ -13,6 +13,7 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from neuralsde.checkpoints import AtomicCheckpointIO, read_checkpoint
 from neuralsde.config_checks import (
     check_accelerator,
     check_job,
@@ -150,7 +151,9 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg)
-    finished = finished_run_metrics(cfg, ckpt_path)
+    # read once: the checks, the wandb run id and Lightning's restore take this copy
+    ckpt = read_checkpoint(ckpt_path) if ckpt_path is not None else None
+    finished = finished_run_metrics(cfg, ckpt_path, ckpt)
     if finished is not None:  # resume=auto on a finished run (a sweep rerun to finish its other jobs)
         return finished
     continuing = refuse_used_run_dir(out_dir, ckpt_path)
@@ -158,15 +161,18 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
 
     datamodule, model = build(cfg)
-    if ckpt_path is not None:
-        check_resume_compatible(ckpt_path, model)
-        _continue_wandb_run(cfg, ckpt_path)
+    if ckpt is not None:
+        check_resume_compatible(ckpt_path, model, ckpt)
+        _continue_wandb_run(cfg, ckpt)
     _group_wandb_sweep(cfg)
     if continuing:
         set_aside_metrics(out_dir)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if ckpt is not None and isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+        trainer.strategy.checkpoint_io.preload(ckpt_path, ckpt)
+    del ckpt  # Lightning's restore lets go of it; not held here through the training
     # The whole resolved config as the run's hyperparameters: Lightning logs only the module's (network sizes,
     # solver, optimiser), so a wandb run's config had no seed, dataset, batch size or trainer to filter runs by.
     # trainer.loggers: under fast_dev_run Lightning's no-op stand-ins, so no wandb run is started for it.
@@ -197,15 +203,13 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     return result
 
 
-def _continue_wandb_run(cfg: DictConfig, ckpt_path: str) -> None:
+def _continue_wandb_run(cfg: DictConfig, ckpt: dict) -> None:
     from omegaconf import open_dict
-
-    from neuralsde.checkpoints import read_checkpoint
 
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
     if wandb_cfg is None or wandb_cfg.get("id"):
         return
-    run_id = read_checkpoint(ckpt_path)["neuralsde"].get("wandb_id")
+    run_id = ckpt["neuralsde"].get("wandb_id")
     if run_id:
         with open_dict(cfg):
             cfg.logger.wandb.id = run_id

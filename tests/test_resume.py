@@ -376,7 +376,7 @@ def test_refused_resume_names_the_changed_setting(tmp_path):
     _, other = build(compose_config([*RESUME_TINY, "data.source.n_paths=80", f"paths.output_dir={tmp_path}"]))
     with pytest.raises(CheckpointError, match=r"the dataset differs.*Fix: resume with the checkpoint's values of the "
                                               r"settings that differ: data.source.n_paths=64, or set"):
-        check_resume_compatible(str(ckpt), other)
+        check_resume_compatible(str(ckpt), other, read_checkpoint(ckpt))
 
 
 def test_changed_settings_ignores_train_steps():
@@ -411,7 +411,7 @@ def test_a_finished_run_rerun_returns_its_last_figures_nan_included(tmp_path, ca
         cfg.resume, cfg.test = "auto", True
     last = str(tmp_path / "a" / "checkpoints" / "last.ckpt")
     with caplog.at_level("WARNING", logger="neuralsde.resume"):
-        got = finished_run_metrics(cfg, last)
+        got = finished_run_metrics(cfg, last, read_checkpoint(last))
     assert math.isnan(got["val/sig_mmd"]) and got["train/d_loss"] == 1.0
     assert "logged no test/ metrics" in caplog.text and f"python eval.py ckpt_path={last}" in caplog.text
 
@@ -452,3 +452,28 @@ def test_latent_resume_restarts_its_schedule_from_a_new_learning_rate(tmp_path):
     # two steps decayed at the checkpoint's 0.999, the third at the new 0.5, all from the new initial rate
     lrs = [g["lr"] for g in state["optimizer_states"][0]["param_groups"]]
     assert lrs == pytest.approx([1e-3 * 0.999 ** 2 * 0.5] * 2, rel=1e-12)
+
+
+def test_a_resume_reads_its_checkpoint_once(tmp_path, monkeypatch):
+    # resume=auto continuing its own run loaded and CRC-checked the checkpoint in finished_run_metrics and in
+    # check_resume_compatible, and loaded it again in Lightning's restore
+    import zipfile
+
+    _run(tmp_path, "job", 2)
+    cfg = shrink(compose_config(["resume=auto", f"resume_dir={tmp_path / 'job'}"]), tmp_path / "job", steps=3)
+    with open_dict(cfg):
+        cfg.test = False
+        cfg.trainer.val_check_interval = 2
+        cfg.callbacks.model_checkpoint.every_n_train_steps = 1000
+    loads, crc_checks = [], []
+    real_load, real_testzip = torch.load, zipfile.ZipFile.testzip
+
+    def load(f, *args, **kwargs):
+        if ".ckpt" in str(getattr(f, "name", f)):
+            loads.append(f)
+        return real_load(f, *args, **kwargs)
+    monkeypatch.setattr(torch, "load", load)
+    monkeypatch.setattr(zipfile.ZipFile, "testzip", lambda self: (crc_checks.append(self), real_testzip(self))[1])
+    train(cfg)
+    assert (len(loads), len(crc_checks)) == (1, 1)
+    assert int(read_checkpoint(tmp_path / "job" / "checkpoints" / "last.ckpt")["state_dict"]["train_step"]) == 3
