@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from neuralsde.data.batches import _rank_and_world
 from neuralsde.data.preprocessing import Normalizer
@@ -193,7 +193,10 @@ class GenerativeModule(pl.LightningModule):
         if self._trainer is not None and "optimizer_states" in checkpoint:  # resuming a fit (not load_from_checkpoint)
             from neuralsde.resume import follow_optimizer_config
 
-            follow_optimizer_config(checkpoint, self.configure_optimizers())  # a changed learning rate takes effect
+            path = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
+            # a changed learning rate takes effect
+            for change in follow_optimizer_config(checkpoint, self.configure_optimizers(), str(path)):
+                rank_zero_info(f"Resuming with the config's optimiser settings: {change}")
             # Data changed on purpose (NEURALSDE_ALLOW_RESUME_CHANGE=1) were normalised with their own statistics;
             # the checkpoint's are about to replace them in the normaliser the data share: the data follow the model.
             state, dm = checkpoint.get("state_dict", {}), getattr(self._trainer, "datamodule", None)

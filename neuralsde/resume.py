@@ -111,7 +111,8 @@ def finished_run_metrics(cfg: DictConfig, ckpt_path: str | None, ckpt: dict | No
 
 def check_resume_compatible(ckpt_path: str, model, ckpt: dict) -> None:
     """Refuse a checkpoint (``ckpt``, read from ``ckpt_path``) of another family, model size or dataset before
-    Lightning meets it."""
+    Lightning meets it. Its optimiser settings then follow the config as Lightning restores it
+    (``GenerativeModule.on_load_checkpoint``)."""
     if ckpt["neuralsde"]["family"] != model.family:
         raise CheckpointError(f"{ckpt_path!r} holds a {ckpt['neuralsde']['family']!r} model but this config builds "
                               f"a {model.family!r} model. Fix: resume with the experiment that wrote it.")
@@ -139,8 +140,7 @@ def check_resume_compatible(ckpt_path: str, model, ckpt: dict) -> None:
                "resume with the config of the run that wrote it")
         allow = "" if differ else ", or set NEURALSDE_ALLOW_RESUME_CHANGE=1 to allow it deliberately"
         raise CheckpointError(f"Cannot resume from {ckpt_path!r}: {what}. Fix: {fix}{allow}.")
-    for change in follow_optimizer_config(ckpt, model.configure_optimizers(), ckpt_path):
-        log.info("Resuming with the config's optimiser settings: %s", change)
+    refuse_other_optimizer(ckpt, model.configure_optimizers(), ckpt_path)  # here, before any logger has started
 
 
 # A scheduler's progress, kept from the checkpoint; its other entries (ExponentialLR's gamma) follow the config.
@@ -153,28 +153,12 @@ def follow_optimizer_config(checkpoint: dict, configured, ckpt_path: str = "the 
     learning rate lowered on resume, as the divergence message advises, was silently replaced by the checkpoint's
     (and another optimiser met its state as a KeyError). Kept: the state (moments, step counts) and the schedule's
     progress; a changed initial learning rate rescales the scheduled one. Another optimiser kind is refused."""
-    optimizers, schedulers = [], []
-    for item in configured if isinstance(configured, (list, tuple)) else [configured]:
-        if isinstance(item, dict):
-            optimizers.append(item["optimizer"])
-            sched = item.get("lr_scheduler")
-            schedulers += [sched["scheduler"] if isinstance(sched, dict) else sched] if sched is not None else []
-        else:
-            optimizers.append(item)
+    optimizers, schedulers = _optimizers_and_schedulers(configured)
+    refuse_other_optimizer(checkpoint, configured, ckpt_path)
     saved_opts, saved_scheds = checkpoint.get("optimizer_states") or [], checkpoint.get("lr_schedulers") or []
     changes = []
     for i, (opt, saved) in enumerate(zip(optimizers, saved_opts, strict=False)):
         groups = saved["param_groups"]
-        # Another optimiser has settings of its own on both sides (Adadelta's rho, Adam's betas); a checkpoint of an
-        # older torch merely lacks settings added since, which torch's load_state_dict fills in.
-        if any(set(old) - set(group) - {"initial_lr"} and set(group) - set(old) - {"initial_lr"}
-               for group, old in zip(opt.param_groups, groups, strict=False)):
-            saved_cfg = ((checkpoint.get("neuralsde") or {}).get("config") or {}).get("model") or {}
-            name = (saved_cfg.get("optimizer") or {}).get("name", "<the checkpoint's>")
-            raise CheckpointError(f"Cannot resume from {ckpt_path!r}: it was trained with another optimiser "
-                                  f"(model.optimizer.name={name}), whose state cannot carry over to this config's "
-                                  f"{type(opt).__name__}. Fix: resume with model.optimizer.name={name} (learning "
-                                  "rates and other optimiser settings may change on resume).")
         for j, (group, old) in enumerate(zip(opt.param_groups, groups, strict=False)):
             for key, value in group.items():
                 if key not in ("params", "lr", "initial_lr") and key in old and old[key] != value:
@@ -196,6 +180,36 @@ def follow_optimizer_config(checkpoint: dict, configured, ckpt_path: str = "the 
                 changes.append(f"{type(sched).__name__}: {key} {state.get(key)} -> {value}")
                 state[key] = value
     return changes
+
+
+def refuse_other_optimizer(checkpoint: dict, configured, ckpt_path: str = "the checkpoint") -> None:
+    """A CheckpointError if the checkpoint's optimisers are of another kind than the config's (``configured``: what
+    ``configure_optimizers`` returns), whose state cannot carry over."""
+    saved_opts = checkpoint.get("optimizer_states") or []
+    for opt, saved in zip(_optimizers_and_schedulers(configured)[0], saved_opts, strict=False):
+        # Another optimiser has settings of its own on both sides (Adadelta's rho, Adam's betas); a checkpoint of an
+        # older torch merely lacks settings added since, which torch's load_state_dict fills in.
+        if any(set(old) - set(group) - {"initial_lr"} and set(group) - set(old) - {"initial_lr"}
+               for group, old in zip(opt.param_groups, saved["param_groups"], strict=False)):
+            saved_cfg = ((checkpoint.get("neuralsde") or {}).get("config") or {}).get("model") or {}
+            name = (saved_cfg.get("optimizer") or {}).get("name", "<the checkpoint's>")
+            raise CheckpointError(f"Cannot resume from {ckpt_path!r}: it was trained with another optimiser "
+                                  f"(model.optimizer.name={name}), whose state cannot carry over to this config's "
+                                  f"{type(opt).__name__}. Fix: resume with model.optimizer.name={name} (learning "
+                                  "rates and other optimiser settings may change on resume).")
+
+
+def _optimizers_and_schedulers(configured) -> tuple[list, list]:
+    """The optimisers and schedulers in what ``configure_optimizers`` returns."""
+    optimizers, schedulers = [], []
+    for item in configured if isinstance(configured, (list, tuple)) else [configured]:
+        if isinstance(item, dict):
+            optimizers.append(item["optimizer"])
+            sched = item.get("lr_scheduler")
+            schedulers += [sched["scheduler"] if isinstance(sched, dict) else sched] if sched is not None else []
+        else:
+            optimizers.append(item)
+    return optimizers, schedulers
 
 
 def changed_settings(saved: dict | None, current: dict | None) -> list[str]:

@@ -427,6 +427,7 @@ def test_resume_follows_the_configs_optimiser_settings(tmp_path):
     with pytest.raises(CheckpointError, match=r"another optimiser \(model.optimizer.name=adadelta\).*Fix: resume "
                                               r"with model.optimizer.name=adadelta"):
         _run(tmp_path, "c", 3, last, ("model.optimizer.name=adam",))
+    assert not (tmp_path / "c" / "csv").exists()  # refused before the loggers started
 
 
 def test_optimiser_settings_an_older_torch_lacked_are_not_another_optimiser():
@@ -454,10 +455,12 @@ def test_latent_resume_restarts_its_schedule_from_a_new_learning_rate(tmp_path):
     assert lrs == pytest.approx([1e-3 * 0.999 ** 2 * 0.5] * 2, rel=1e-12)
 
 
-def test_a_resume_reads_its_checkpoint_once(tmp_path, monkeypatch):
-    # resume=auto continuing its own run loaded and CRC-checked the checkpoint in finished_run_metrics and in
-    # check_resume_compatible, and loaded it again in Lightning's restore
+def test_a_resume_reads_its_checkpoint_once_and_follows_the_config_once(tmp_path, monkeypatch):
+    # resume=auto continuing its own run loaded and CRC-checked the checkpoint in finished_run_metrics, in
+    # check_resume_compatible and again in Lightning's restore, and made the optimiser states follow the config twice
     import zipfile
+
+    from neuralsde import resume
 
     _run(tmp_path, "job", 2)
     cfg = shrink(compose_config(["resume=auto", f"resume_dir={tmp_path / 'job'}"]), tmp_path / "job", steps=3)
@@ -465,8 +468,8 @@ def test_a_resume_reads_its_checkpoint_once(tmp_path, monkeypatch):
         cfg.test = False
         cfg.trainer.val_check_interval = 2
         cfg.callbacks.model_checkpoint.every_n_train_steps = 1000
-    loads, crc_checks = [], []
-    real_load, real_testzip = torch.load, zipfile.ZipFile.testzip
+    loads, crc_checks, follows = [], [], []
+    real_load, real_testzip, real_follow = torch.load, zipfile.ZipFile.testzip, resume.follow_optimizer_config
 
     def load(f, *args, **kwargs):
         if ".ckpt" in str(getattr(f, "name", f)):
@@ -474,6 +477,7 @@ def test_a_resume_reads_its_checkpoint_once(tmp_path, monkeypatch):
         return real_load(f, *args, **kwargs)
     monkeypatch.setattr(torch, "load", load)
     monkeypatch.setattr(zipfile.ZipFile, "testzip", lambda self: (crc_checks.append(self), real_testzip(self))[1])
+    monkeypatch.setattr(resume, "follow_optimizer_config", lambda *a, **k: (follows.append(a), real_follow(*a, **k))[1])
     train(cfg)
-    assert (len(loads), len(crc_checks)) == (1, 1)
+    assert (len(loads), len(crc_checks), len(follows)) == (1, 1, 1)
     assert int(read_checkpoint(tmp_path / "job" / "checkpoints" / "last.ckpt")["state_dict"]["train_step"]) == 3
