@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from neuralsde.atomic import atomic_write
-from neuralsde.errors import CheckpointError, DataError
+from neuralsde.errors import CheckpointError, ConfigError, DataError
 
 FAMILY_TARGETS = {"sdegan": "sdegan.module.SDEGAN", "latent_sde": "latent_sde.module.LatentSDE"}
 
@@ -219,12 +219,28 @@ def load_sampler(path: str | os.PathLike, overrides: list[str] | None = None):
     if data is None:
         model, datamodule = _with_data(ckpt, cfg, path, overrides)
         return model, datamodule.channel_names, datamodule.source_times, cfg
+    _refuse_unused_data_overrides(checkpoint_config(ckpt), cfg, overrides)
     state = ckpt["state_dict"]
     model = build_model(cfg, state["times"], Normalizer(state["normalizer.shift"], state["normalizer.scale"]))
     model.data_meta = data
     load_state(model, ckpt, overridden=bool(overrides))
     model.eval()
     return model, list(data["channel_names"]), data["source_times"], cfg
+
+
+def _refuse_unused_data_overrides(saved: DictConfig, cfg: DictConfig, overrides) -> None:
+    """``load_sampler`` reads no data: the model generates on the checkpoint's times, in its units, and the channel
+    names and times written come from the checkpoint, so ``data.normalize=none`` changed nothing, silently. Where
+    the data lie (``*_dir``, ``path``) is harmless to pass and ignored."""
+    from neuralsde.resume import changed_settings
+
+    changed = [s for s in changed_settings({"data": OmegaConf.to_container(saved.data, resolve=True)},
+                                           {"data": OmegaConf.to_container(cfg.data, resolve=True)})
+               if not s.partition("=")[0].endswith(("_dir", ".path"))]
+    if changed:
+        raise ConfigError(f"cfg_overrides {list(overrides)} change data settings that sampling does not use (the "
+                          f"checkpoint's: {' '.join(changed)}): the checkpoint holds the times, units and channel "
+                          "names its model generates in, and sample.py reads no data. Fix: drop those overrides.")
 
 
 def _with_data(ckpt: dict, cfg: DictConfig, path, overrides):

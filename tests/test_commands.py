@@ -286,6 +286,21 @@ def test_sample_needs_no_data_where_the_checkpoint_holds_their_times_and_names(t
     assert outs[2].read_bytes() == outs[0].read_bytes()
 
 
+def test_sample_refuses_data_overrides_it_does_not_use(sdegan_run, tmp_path):
+    """A checkpoint holding its data's times and names is sampled without its data, and a data override such as
+    data.normalize=none changed nothing, silently; where the data lie is harmless and passes."""
+    ckpt = str(sdegan_run / "checkpoints" / "last.ckpt")
+    out = tmp_path / "a.csv"
+    with pytest.raises(ConfigError, match=r"cfg_overrides \['data.normalize=none'\] change data settings that "
+                                          r"sampling does not use \(the checkpoint's: data.normalize=standard\)"):
+        run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=ckpt, n=3, out=str(out),
+                            cfg_overrides=["data.normalize=none"]))
+    assert not out.exists()
+    run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=ckpt, n=3, out=str(out),
+                        cfg_overrides=[f"paths.data_dir={tmp_path}", "threads=null"]))
+    assert out.is_file()
+
+
 @pytest.mark.parametrize("run", ["sdegan_run", "latent_run"])
 def test_sample_reads_no_data_and_writes_what_it_did_with_them(run, tmp_path, monkeypatch, request):
     """The same file, bit for bit, from a checkpoint whose data are absent as from an older checkpoint (no stored
