@@ -22,10 +22,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from neuralsde.run_metrics import MEDIAN_METRICS, NOT_METRICS  # noqa: F401 - the columns aggregate.py reads
-from neuralsde.run_metrics import last_logged as read_metrics
-
 HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:  # this checkout's neuralsde, not one installed from elsewhere
+    sys.path.insert(0, str(HERE.parent))
+
+from neuralsde.run_metrics import last_logged as read_metrics  # noqa: E402
+
 SKIP = "skipped"  # column of collect's frame: why the job is left out of the means ("" for a finished job)
 NONFINITE = "nonfinite"  # column of collect's frame: the metrics whose last logged value is NaN or inf
 
@@ -66,8 +68,6 @@ def unfinished(job_dir: Path, metrics: dict[str, float]) -> str | None:
     steps = (cfg.get("model") or {}).get("train_steps")
     last = job_dir / "checkpoints" / "last.ckpt"
     if steps is not None and last.is_file():
-        if str(HERE.parent) not in sys.path:  # the repository, for neuralsde
-            sys.path.insert(0, str(HERE.parent))
         from neuralsde.checkpoints import read_checkpoint
         from neuralsde.errors import CheckpointError
 

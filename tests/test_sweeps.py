@@ -326,6 +326,23 @@ def test_aggregate_cli_errors(tmp_path, capsys):
     assert "val/sig_mdm" in err and "val/sig_mmd" in err
 
 
+def test_aggregate_script_reads_with_its_own_checkouts_package(tmp_path):
+    # It imported neuralsde from wherever it was installed (an editable install of another checkout: that one's
+    # reading of metrics.csv); the repository was put on sys.path only later, for reading checkpoints, too late.
+    import shutil
+
+    copy = tmp_path / "checkout"
+    shutil.copytree(ROOT / "neuralsde", copy / "neuralsde", ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "aggregate.py", copy / "scripts")
+    with open(copy / "neuralsde" / "run_metrics.py", "a") as f:
+        f.write("\nimport sys\nprint('this checkout', file=sys.stderr)\n")
+    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(copy / "scripts" / "aggregate.py"), "--help"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "this checkout" in proc.stderr, proc.stderr[-2000:]
+
+
 # --- paper_tables.py ------------------------------------------------------------------------------------
 def test_paper_tables_aggregate_only_without_runs_writes_nothing(tmp_path):
     (tmp_path / "paper_tables.md").write_text("earlier tables\n")
