@@ -132,6 +132,18 @@ def test_crash_while_saving_keeps_previous_checkpoint(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
+def test_a_preloaded_checkpoint_is_given_once_and_only_for_the_unchanged_file(tmp_path):
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"state": torch.arange(3)}, path)
+    preloaded = {"state": torch.arange(3)}
+    io.preload(path, preloaded)
+    assert io.load_checkpoint(path) is preloaded
+    assert io.load_checkpoint(path) is not preloaded  # given once: not held through the training
+    io.preload(path, preloaded)
+    io.save_checkpoint({"state": torch.arange(4)}, path)  # replaced meanwhile: read again
+    assert torch.equal(io.load_checkpoint(path)["state"], torch.arange(4))
+
+
 def test_checkpoints_get_the_permissions_of_a_plain_file(tmp_path):
     import os
     import stat
