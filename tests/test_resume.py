@@ -493,3 +493,11 @@ def test_a_resume_reads_its_checkpoint_once_and_follows_the_config_once(tmp_path
     train(cfg)
     assert (len(loads), len(crc_checks), len(follows)) == (1, 1, 1)
     assert int(read_checkpoint(tmp_path / "job" / "checkpoints" / "last.ckpt")["state_dict"]["train_step"]) == 3
+
+
+def test_a_resumed_runs_metric_history_spans_the_whole_training(tmp_path):
+    # MetricsCallback keeps its history in the checkpoint, so metric_history.png of a resumed run is not only its own
+    _run(tmp_path, "a", 4)
+    _, state = _run(tmp_path, "b", 6, tmp_path / "a" / "checkpoints" / "last.ckpt")
+    history = next(v["history"] for k, v in state["callbacks"].items() if "MetricsCallback" in k)
+    assert [step for step, _ in history["val/marginal_w1"]] == [2, 4, 6]
