@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from neuralsde.data.batches import _rank_and_world
@@ -190,13 +191,14 @@ class GenerativeModule(pl.LightningModule):
             raise CheckpointError(f"The checkpoint holds a {meta['family']!r} model but the config builds a "
                                   f"{self.family!r} model. Fix: use the experiment the checkpoint came from.")
         self._pending_rng = meta.get("rng")
-        if self._trainer is not None and "optimizer_states" in checkpoint:  # resuming a fit (not load_from_checkpoint)
+        if self._trainer is not None and "optimizer_states" in checkpoint:  # by a Trainer, not load_from_checkpoint
             from neuralsde.resume import follow_optimizer_config
 
-            path = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
-            # a changed learning rate takes effect
-            for change in follow_optimizer_config(checkpoint, self.configure_optimizers(), str(path)):
-                rank_zero_info(f"Resuming with the config's optimiser settings: {change}")
+            if self._trainer.state.fn == TrainerFn.FITTING:  # validate/test(ckpt_path=...) optimise nothing
+                path = self._trainer.ckpt_path or "the checkpoint"
+                # a changed learning rate takes effect
+                for change in follow_optimizer_config(checkpoint, self.configure_optimizers(), str(path)):
+                    rank_zero_info(f"Resuming with the config's optimiser settings: {change}")
             # Data changed on purpose (NEURALSDE_ALLOW_RESUME_CHANGE=1) were normalised with their own statistics;
             # the checkpoint's are about to replace them in the normaliser the data share: the data follow the model.
             state, dm = checkpoint.get("state_dict", {}), getattr(self._trainer, "datamodule", None)

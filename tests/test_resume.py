@@ -501,3 +501,18 @@ def test_a_resumed_runs_metric_history_spans_the_whole_training(tmp_path):
     _, state = _run(tmp_path, "b", 6, tmp_path / "a" / "checkpoints" / "last.ckpt")
     history = next(v["history"] for k, v in state["callbacks"].items() if "MetricsCallback" in k)
     assert [step for step, _ in history["val/marginal_w1"]] == [2, 4, 6]
+
+
+def test_scoring_a_checkpoint_with_another_optimiser_configured_is_not_a_resume(tmp_path):
+    # trainer.validate/test(ckpt_path=...) restores the optimiser states too: on_load_checkpoint made them follow the
+    # config, and refused an Adam config for an Adadelta checkpoint though nothing is optimised there
+    import pytorch_lightning as pl
+
+    _run(tmp_path, "a", 2)
+    cfg = shrink(compose_config(["model.optimizer.name=adam"]), tmp_path / "b", steps=2)
+    datamodule, model = build(cfg)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, limit_val_batches=1,
+                         enable_model_summary=False, callbacks=[])
+    trainer.validate(model, datamodule=datamodule, ckpt_path=tmp_path / "a" / "checkpoints" / "last.ckpt",
+                     verbose=False)
+    assert int(model.train_step) == 2
