@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
@@ -117,11 +118,18 @@ class GenerativeModule(pl.LightningModule):
             self.log_dict(metrics, **kwargs)
 
     def check_finite(self, name: str, value: torch.Tensor) -> bool:
-        """True if ``value`` is finite. Otherwise raise, or warn and return False with ``skip_nonfinite``."""
-        if torch.isfinite(value).all():
+        """True if ``value`` is finite. Otherwise raise, or warn and return False with ``skip_nonfinite``.
+
+        Under DDP every process takes the same decision (one all-reduce): a batch skipped or a run stopped on one
+        process alone left the others waiting in the gradient all-reduce for good (a NaN on one rank hung ddp_sim)."""
+        bad = non_finite_ranks(value)
+        if not bad:
             return True
-        message = (f"{name} is {value.item() if value.numel() == 1 else 'non-finite'} at training step "
-                   f"{self.steps_taken}. Likely causes: {self.divergence_causes}.")
+        _, world = _rank_and_world()
+        shown = value.item() if value.numel() == 1 and not torch.isfinite(value).all() else "non-finite"
+        where = "" if world == 1 else f" on process(es) {bad} of {world}"
+        message = (f"{name} is {shown}{where} at training step {self.steps_taken}. Likely causes: "
+                   f"{self.divergence_causes}.")
         if self.skip_nonfinite:
             rank_zero_warn(message + " Skipping this batch (model.skip_nonfinite=true).")
             return False
@@ -211,6 +219,18 @@ class GenerativeModule(pl.LightningModule):
             if type(logger).__name__ == "WandbLogger":
                 return logger.experiment.id
         return None
+
+
+def non_finite_ranks(value: torch.Tensor) -> list[int]:
+    """The ranks where ``value`` holds a NaN or an infinity (``[0]`` or ``[]`` without DDP), the same list on every
+    rank: one host read, and under DDP one all-reduce of a ``world``-long flag vector before it."""
+    rank, world = _rank_and_world()
+    if world == 1:
+        return [] if torch.isfinite(value).all() else [0]
+    flags = torch.zeros(world, dtype=torch.int32, device=value.device)
+    flags[rank] = (~torch.isfinite(value)).any()
+    dist.all_reduce(flags)
+    return [r for r, flag in enumerate(flags.tolist()) if flag]
 
 
 @contextmanager

@@ -1,9 +1,14 @@
 """trainer=ddp_sim: two CPU processes over gloo hold identical parameters after every step."""
+import json
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from tests.conftest import ROOT
 
@@ -58,3 +63,53 @@ def test_ddp_validation_and_test_figures_equal_a_single_process_on_the_same_weig
                          enable_model_summary=False)
     single = trainer.test(model, datamodule=datamodule, verbose=False)[0]["test/elbo"]
     assert ddp == pytest.approx(single, rel=1e-5)
+
+
+def _check_finite_on_rank(rank, world, init_file, skip, out_dir):
+    from neuralsde.data.preprocessing import Normalizer
+    from neuralsde.errors import TrainingDivergedError
+    from neuralsde.module_base import GenerativeModule
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model = GenerativeModule(torch.arange(5.0), Normalizer(torch.zeros(1), torch.ones(1)), train_steps=3,
+                                 skip_nonfinite=skip)
+        try:
+            result = model.check_finite("train/d_loss", torch.tensor(float("nan") if rank == 1 else 0.5))
+        except TrainingDivergedError as err:
+            result = str(err)
+        (out_dir / f"{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_a_non_finite_loss_on_one_rank_is_decided_alike_on_every_rank(tmp_path, skip):
+    # A NaN loss on rank 1 alone: rank 1 skipped the batch (or raised) while rank 0 went on into the gradient
+    # all-reduce and waited there for good (ddp_sim with model.skip_nonfinite=true hung for 13 minutes).
+    mp.spawn(_check_finite_on_rank, args=(2, tmp_path / "init", skip, tmp_path), nprocs=2)
+    results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
+    if skip:
+        assert results == [False, False]
+    else:
+        assert all("train/d_loss is" in r and "on process(es) [1] of 2 at training step 0" in r for r in results)
+        assert "is nan on process(es) [1]" in results[1]
+
+
+class PoisonRankOne(pl.Callback):
+    """Turns rank 1's batch at training step 1 into NaNs (the other rank's stays finite)."""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_rank == 1 and module.steps_taken == 1:
+            for tensor in batch:
+                tensor.fill_(float("nan"))
+
+
+@pytest.mark.slow
+def test_ddp_run_skips_a_batch_that_is_non_finite_on_one_rank_on_every_rank(tmp_path):
+    out, check = _ddp_run(tmp_path, ["model.swa_start=1", "model.skip_nonfinite=true",
+                                     "+callbacks.poison._target_=tests.test_ddp.PoisonRankOne"])
+    lines = check.read_text().split()
+    assert [int(x) for x in lines[0::3]] == [1, 2, 3]  # every step ended with the ranks' parameters equal
+    last = pd.read_csv(out / "csv" / "metrics.csv").dropna(subset=["train/d_loss"]).iloc[-1]
+    assert last["train/step"] == 3 and abs(last["train/d_loss"]) < 1e3  # trained on past the skipped batch
