@@ -18,10 +18,10 @@ TINY = ["data.source.n_paths=128", "data.source.t_size=16", "data.batch_size=16"
         "extras.print_config=false", "callbacks.progress_bar=null"]
 
 
-def _ddp_run(tmp_path, overrides):
+def _ddp_run(tmp_path, overrides, trainer=("trainer=ddp_sim",)):
     out = tmp_path / "run"
     check = tmp_path / "check.txt"
-    cmd = [sys.executable, "train.py", "trainer=ddp_sim", *TINY, *overrides,
+    cmd = [sys.executable, "train.py", *trainer, *TINY, *overrides,
            "+callbacks.rank_check._target_=neuralsde.distributed.RankConsistencyCheck",
            f"+callbacks.rank_check.out_file={check}", f"hydra.run.dir={out}"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -48,21 +48,39 @@ def test_ranks_stay_identical_and_share_one_run_directory(tmp_path, overrides):
 
 
 @pytest.mark.slow
-def test_ddp_validation_and_test_figures_equal_a_single_process_on_the_same_weights(tmp_path):
+@pytest.mark.parametrize("trainer", [("trainer=ddp_sim",), ("trainer=cpu", "trainer.devices=2")])
+def test_ddp_validation_and_test_figures_equal_a_single_process_on_the_same_weights(tmp_path, trainer):
     # Lightning's DistributedSampler split (and padded) the test split between the ranks: test/elbo was -2536 under
-    # ddp_sim against -2320 from one process testing the same checkpoint.
-    import pytorch_lightning as pl
-
+    # ddp_sim against -2320 from one process testing the same checkpoint; ddp_sim turned the sampler off, but
+    # trainer.devices=2 alone (Lightning's default use_distributed_sampler) read -638.6 against -747.3.
     from neuralsde.checkpoints import load_model
 
     out, _ = _ddp_run(tmp_path, ["experiment=ou_latent_sde", "model.train_steps=2",
-                                 "callbacks.metrics.test_metrics=[marginal_w1]"])
+                                 "callbacks.metrics.test_metrics=[marginal_w1]"], trainer)
     ddp = pd.read_csv(out / "csv" / "metrics.csv")["test/elbo"].dropna().iloc[-1]
     model, datamodule, _ = load_model(out / "checkpoints" / "last.ckpt")
     trainer = pl.Trainer(devices=1, accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_model_summary=False)
     single = trainer.test(model, datamodule=datamodule, verbose=False)[0]["test/elbo"]
     assert ddp == pytest.approx(single, rel=1e-5)
+
+
+def test_lightning_keeps_the_whole_validation_and_test_splits_on_every_rank(tmp_path):
+    # What Lightning does to the datamodule's evaluation loaders under DDP with its default use_distributed_sampler
+    # (trainer=gpu trainer.devices=4): each rank's batches must still hold every path of the split, once, in order.
+    from pytorch_lightning.trainer.states import RunningStage
+
+    from neuralsde.training import build
+    from tests.conftest import compose_config, shrink
+
+    datamodule, _ = build(shrink(compose_config([]), tmp_path))
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
+    assert trainer._accelerator_connector.use_distributed_sampler and trainer.world_size == 2
+    for name, stage in (("val", RunningStage.VALIDATING), ("test", RunningStage.TESTING)):
+        loader = trainer._data_connector._prepare_dataloader(getattr(datamodule, f"{name}_dataloader")(),
+                                                             shuffle=False, mode=stage)
+        seen = torch.cat([paths for paths, _ in loader])
+        assert torch.equal(seen.nan_to_num(), getattr(datamodule, name).nan_to_num())
 
 
 def _check_finite_on_rank(rank, world, init_file, skip, out_dir):
