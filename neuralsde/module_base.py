@@ -188,7 +188,8 @@ class GenerativeModule(pl.LightningModule):
         checkpoint["neuralsde"] = {"family": self.family, "format": CHECKPOINT_FORMAT,
                                    "train_step": self.steps_taken, "config": self.run_config,
                                    "config_source": self.run_config_source,
-                                   "rng": _get_rng_states(), "wandb_id": self._wandb_id(), "data": self.data_meta}
+                                   "rng": _get_rng_states(), "wandb_id": self._wandb_id(), "data": self.data_meta,
+                                   "batch": self._batch_geometry()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get("neuralsde")
@@ -207,11 +208,22 @@ class GenerativeModule(pl.LightningModule):
                 # a changed learning rate takes effect
                 for change in follow_optimizer_config(checkpoint, self.configure_optimizers(), str(path)):
                     rank_zero_info(f"Resuming with the config's optimiser settings: {change}")
+                note = batch_change_note(meta.get("batch"), self._batch_geometry())
+                if note is not None:
+                    (rank_zero_warn if note[0] == "warn" else rank_zero_info)(note[1])
             # Data changed on purpose (NEURALSDE_ALLOW_RESUME_CHANGE=1) were normalised with their own statistics;
             # the checkpoint's are about to replace them in the normaliser the data share: the data follow the model.
             state, dm = checkpoint.get("state_dict", {}), getattr(self._trainer, "datamodule", None)
             if "normalizer.shift" in state and hasattr(dm, "adopt_normalization"):
                 dm.adopt_normalization(state["normalizer.shift"], state["normalizer.scale"])
+
+    def _batch_geometry(self) -> dict | None:
+        """``{"processes", "batch_size"}`` of this fit: each process trains on ``batch_size`` paths a step."""
+        trainer = self._trainer
+        batch_size = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
+        if trainer is None or batch_size is None:
+            return None
+        return {"processes": int(trainer.world_size), "batch_size": int(batch_size)}
 
     def _wandb_id(self) -> str | None:
         trainer = self._trainer
@@ -219,6 +231,25 @@ class GenerativeModule(pl.LightningModule):
             if type(logger).__name__ == "WandbLogger":
                 return logger.experiment.id
         return None
+
+
+def batch_change_note(saved: dict | None, now: dict | None) -> tuple[str, str] | None:
+    """What a resume under another number of processes changes: ``("warn", ...)`` when the effective batch
+    (``processes x data.batch_size``, which the learning rate is tuned for) differs, ``("info", ...)`` when only the
+    split between processes does (the run goes on with the same batch, not bit for bit as it would have), else
+    None. A DDP checkpoint resumed on one device (or the reverse) silently trained on another batch."""
+    if not saved or not now or saved == now:
+        return None
+    before, after = (g["processes"] * g["batch_size"] for g in (saved, now))
+    ran = (f"The checkpoint was trained by {saved['processes']} process(es) x data.batch_size={saved['batch_size']} "
+           f"({before} paths a step); this run has {now['processes']} x {now['batch_size']}")
+    if before == after:
+        return "info", (f"{ran}: the same paths a step, split otherwise, so the run continues with other noise and "
+                        "batches than the uninterrupted one would have.")
+    fix = (f"data.batch_size={before // now['processes']}" if before % now["processes"] == 0 else
+           f"a data.batch_size that makes {now['processes']} x data.batch_size = {before}")
+    return "warn", (f"{ran} ({after} paths a step): training continues with another effective batch than the "
+                    f"learning rate was set for. Fix: {fix} keeps the checkpoint's batch, unless the change is wanted.")
 
 
 def non_finite_ranks(value: torch.Tensor) -> list[int]:

@@ -131,3 +131,32 @@ def test_ddp_run_skips_a_batch_that_is_non_finite_on_one_rank_on_every_rank(tmp_
     assert [int(x) for x in lines[0::3]] == [1, 2, 3]  # every step ended with the ranks' parameters equal
     last = pd.read_csv(out / "csv" / "metrics.csv").dropna(subset=["train/d_loss"]).iloc[-1]
     assert last["train/step"] == 3 and abs(last["train/d_loss"]) < 1e3  # trained on past the skipped batch
+
+
+def test_a_resume_under_another_number_of_processes_says_what_changes_in_the_batch():
+    from neuralsde.module_base import batch_change_note
+
+    assert batch_change_note({"processes": 2, "batch_size": 16}, {"processes": 2, "batch_size": 16}) is None
+    assert batch_change_note(None, {"processes": 1, "batch_size": 16}) is None  # a checkpoint from before the record
+    level, text = batch_change_note({"processes": 2, "batch_size": 16}, {"processes": 1, "batch_size": 16})
+    assert level == "warn" and "(32 paths a step)" in text and "(16 paths a step)" in text
+    assert "Fix: data.batch_size=32 keeps" in text
+    # the laptop run moved to a 4-GPU node: the paper's batch of 128 is kept by 32 a process
+    _, text = batch_change_note({"processes": 1, "batch_size": 128}, {"processes": 4, "batch_size": 128})
+    assert "Fix: data.batch_size=32 keeps" in text
+    _, text = batch_change_note({"processes": 1, "batch_size": 100}, {"processes": 3, "batch_size": 100})
+    assert "3 x data.batch_size = 100" in text
+    level, text = batch_change_note({"processes": 2, "batch_size": 16}, {"processes": 1, "batch_size": 32})
+    assert level == "info" and "the same paths a step" in text
+
+
+@pytest.mark.slow
+def test_a_ddp_checkpoint_resumes_on_one_process_and_says_the_batch_changed(tmp_path):
+    out, _ = _ddp_run(tmp_path, ["model.swa_start=1"])
+    res = subprocess.run([sys.executable, "train.py", "trainer=cpu", *TINY, "model.train_steps=4", "model.swa_start=1",
+                          f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={tmp_path / 'one'}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "trained by 2 process(es) x data.batch_size=16 (32 paths a step); this run has 1 x 16" in res.stderr
+    ckpt = torch.load(tmp_path / "one" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["neuralsde"]["train_step"] == 4 and ckpt["neuralsde"]["batch"] == {"processes": 1, "batch_size": 16}
