@@ -36,12 +36,19 @@ def _ddp_run(tmp_path, overrides, trainer=("trainer=ddp_sim",)):
     pytest.param(["experiment=ou_latent_sde"], marks=pytest.mark.slow),
 ])
 def test_ranks_stay_identical_and_share_one_run_directory(tmp_path, overrides):
-    out, check = _ddp_run(tmp_path, overrides)
+    gan = "experiment=ou_latent_sde" not in overrides
+    probe = ["+callbacks.probe._target_=tests.test_ddp.FakeBatchProbe",
+             f"+callbacks.probe.out_file={tmp_path / 'fakes.txt'}"] if gan else []
+    out, check = _ddp_run(tmp_path, overrides + probe)
     lines = check.read_text().split()
     steps = [int(x) for x in lines[0::3]]
     assert steps == [1, 2, 3] and set(lines[1::3]) == {"2"}
+    if gan:  # each rank generated its own fake batch at every step (identical ones add no information)
+        sums = [[float(x) for x in line.split()] for line in (tmp_path / "fakes.txt").read_text().splitlines()]
+        assert len(sums) == 3 and all(rank0 != rank1 for rank0, rank1 in sums)
     # One output directory per run, not per rank; rank 0 alone writes the logs and checkpoints.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["check.txt", "run"]
+    written = {"check.txt", "run"} | ({"fakes.txt"} if gan else set())
+    assert {p.name for p in tmp_path.iterdir()} == written
     assert (out / "checkpoints" / "last.ckpt").is_file()
     metrics = pd.read_csv(out / "csv" / "metrics.csv")
     assert metrics["train/step"].max() == 3
@@ -81,6 +88,27 @@ def test_lightning_keeps_the_whole_validation_and_test_splits_on_every_rank(tmp_
                                                              shuffle=False, mode=stage)
         seen = torch.cat([paths for paths, _ in loader])
         assert torch.equal(seen.nan_to_num(), getattr(datamodule, name).nan_to_num())
+
+
+class FakeBatchProbe(pl.Callback):
+    """Rank 0 writes a line per training step: the sum of the paths each rank's generator made in that step."""
+
+    def __init__(self, out_file: str):
+        self.out_file, self.sums = out_file, []
+
+    def on_train_start(self, trainer, module):
+        module.generator.register_forward_hook(lambda net, args, out: self.sums.append(out.detach().double().sum()))
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.sums.clear()  # validation between steps may sample from the generator
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        mine = torch.stack(self.sums).sum().reshape(1)
+        gathered = [torch.zeros_like(mine) for _ in range(trainer.world_size)]
+        dist.all_gather(gathered, mine)
+        if trainer.is_global_zero:
+            with open(self.out_file, "a") as f:
+                f.write(" ".join(repr(float(g)) for g in gathered) + "\n")
 
 
 def _check_finite_on_rank(rank, world, init_file, skip, out_dir):
