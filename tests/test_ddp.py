@@ -18,9 +18,9 @@ TINY = ["data.source.n_paths=128", "data.source.t_size=16", "data.batch_size=16"
         "extras.print_config=false", "callbacks.progress_bar=null"]
 
 
-def _ddp_run(tmp_path, overrides, trainer=("trainer=ddp_sim",)):
-    out = tmp_path / "run"
-    check = tmp_path / "check.txt"
+def _ddp_run(tmp_path, overrides, trainer=("trainer=ddp_sim",), name="run"):
+    out = tmp_path / name
+    check = tmp_path / ("check.txt" if name == "run" else f"check_{name}.txt")
     cmd = [sys.executable, "train.py", *trainer, *TINY, *overrides,
            "+callbacks.rank_check._target_=neuralsde.distributed.RankConsistencyCheck",
            f"+callbacks.rank_check.out_file={check}", f"hydra.run.dir={out}"]
@@ -188,3 +188,26 @@ def test_a_ddp_checkpoint_resumes_on_one_process_and_says_the_batch_changed(tmp_
     assert "trained by 2 process(es) x data.batch_size=16 (32 paths a step); this run has 1 x 16" in res.stderr
     ckpt = torch.load(tmp_path / "one" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["neuralsde"]["train_step"] == 4 and ckpt["neuralsde"]["batch"] == {"processes": 1, "batch_size": 16}
+
+
+@pytest.mark.slow
+def test_ddp_reruns_and_resumes_are_bit_identical(tmp_path):
+    # the README's claim for trainer=ddp_sim: same seed and number of processes, same run; a resume under the same
+    # number of processes continues as the uninterrupted run (each rank's noise stream comes from rank 0's RNG state)
+    steps = ["model.train_steps=4", "model.swa_start=1", "trainer.log_every_n_steps=1",
+             "callbacks.model_checkpoint.every_n_train_steps=4"]  # optimiser steps: after two batches
+    full, _ = _ddp_run(tmp_path, steps, name="full")
+    again, _ = _ddp_run(tmp_path, steps, name="again")
+    resumed, _ = _ddp_run(tmp_path, [*steps, f"ckpt_path={full / 'checkpoints' / 'step000004.ckpt'}"], name="resumed")
+
+    def losses(run):
+        logged = pd.read_csv(run / "csv" / "metrics.csv").dropna(subset=["train/d_loss"])
+        return dict(zip(logged["train/step"].astype(int), logged["train/d_loss"], strict=True))
+
+    def state(run):
+        return torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+
+    assert list(losses(full)) == [1, 2, 3, 4] and losses(again) == losses(full)
+    assert losses(resumed) == {k: v for k, v in losses(full).items() if k > 2}
+    for other in (again, resumed):
+        assert all(torch.equal(value, state(other)[key]) for key, value in state(full).items())
