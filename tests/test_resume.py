@@ -31,6 +31,21 @@ def _run(tmp_path, name, steps, ckpt_path=None, overrides=()):
     return log, state
 
 
+def assert_same_training_state(full: dict, resumed: dict) -> None:
+    """Two checkpoints hold the same training state: parameters, averaged parameters and buffers, optimiser states
+    and the torch RNG."""
+    assert full["state_dict"].keys() == resumed["state_dict"].keys()
+    for key, value in full["state_dict"].items():  # parameters and averaged parameters alike
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    assert len(full["optimizer_states"]) == len(resumed["optimizer_states"])
+    for a, b in zip(full["optimizer_states"], resumed["optimizer_states"], strict=True):
+        assert a["state"] and a["state"].keys() == b["state"].keys()
+        for pid, st in a["state"].items():
+            for name, tensor in st.items():
+                assert torch.equal(torch.as_tensor(tensor), torch.as_tensor(b["state"][pid][name])), (pid, name)
+    assert full["neuralsde"]["rng"]["torch"].equal(resumed["neuralsde"]["rng"]["torch"])
+
+
 def test_host_step_count_follows_the_buffer_through_steps_and_loads(tmp_path):
     # steps_taken mirrors the train_step buffer on the host (a read of the buffer waits for a GPU); loading weights
     # (resume, eval.py) must refresh it, or a resumed run would restart its data and its stopping count at zero.
@@ -73,16 +88,8 @@ def test_resume_equals_uninterrupted_run(tmp_path, overrides):
     g_losses = full_log["train/g_loss"].dropna().to_numpy()
     assert len(g_losses) == 2 * k and (resumed_log["train/g_loss"].dropna().to_numpy() == g_losses[k:]).all()
     assert int(resumed["state_dict"]["train_step"]) == 2 * k
-    assert full["state_dict"].keys() == resumed["state_dict"].keys()
-    for key, value in full["state_dict"].items():  # parameters and averaged parameters alike
-        assert torch.equal(value, resumed["state_dict"][key]), key
     assert len(full["optimizer_states"]) == 2  # generator and discriminator
-    for a, b in zip(full["optimizer_states"], resumed["optimizer_states"], strict=True):
-        assert a["state"] and a["state"].keys() == b["state"].keys()
-        for pid, st in a["state"].items():
-            for name, tensor in st.items():
-                assert torch.equal(torch.as_tensor(tensor), torch.as_tensor(b["state"][pid][name]))
-    assert full["neuralsde"]["rng"]["torch"].equal(resumed["neuralsde"]["rng"]["torch"])
+    assert_same_training_state(full, resumed)
     # the validation history that metric_history.png plots: the whole run's, not only the resumed part's
     history = full["callbacks"]["MetricsCallback"]["history"]["val/marginal_w1"]
     resumed_history = dict(resumed["callbacks"]["MetricsCallback"]["history"]["val/marginal_w1"])
@@ -101,15 +108,8 @@ def test_latent_sde_resume_equals_uninterrupted_run(tmp_path):
         losses = full_log[key].dropna().to_numpy()
         assert len(losses) == 2 * k and (resumed_log[key].dropna().to_numpy() == losses[k:]).all(), key
     assert int(resumed["state_dict"]["train_step"]) == 2 * k
-    assert full["state_dict"].keys() == resumed["state_dict"].keys()
-    for key, value in full["state_dict"].items():
-        assert torch.equal(value, resumed["state_dict"][key]), key
-    assert len(full["optimizer_states"]) == len(resumed["optimizer_states"]) >= 1
-    for a, b in zip(full["optimizer_states"], resumed["optimizer_states"], strict=True):
-        assert a["state"] and a["state"].keys() == b["state"].keys()
-        for pid, st in a["state"].items():
-            for name, tensor in st.items():
-                assert torch.equal(torch.as_tensor(tensor), torch.as_tensor(b["state"][pid][name])), (pid, name)
+    assert len(full["optimizer_states"]) >= 1
+    assert_same_training_state(full, resumed)
     assert [s["_last_lr"] for s in full["lr_schedulers"]] == [s["_last_lr"] for s in resumed["lr_schedulers"]]
 
 
