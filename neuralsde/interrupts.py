@@ -1,0 +1,143 @@
+"""Ctrl-C and SIGTERM (SLURM preemption, ``kill``): the run stops at the end of its training step in progress,
+writes its ``last.ckpt``, flushes its logs, says how to continue, and exits non-zero. Lightning's own machinery
+does most of it: its SIGTERM handler stops the loop at a step's end (``SIGTERMException``), ``on_exception`` hooks
+run, then loggers are finalised (the CSV logger writes its buffered rows). Added here: Ctrl-C takes that same path
+(Lightning raised ``KeyboardInterrupt`` wherever the step was, a state no checkpoint may hold), the checkpoint
+itself, and a non-zero exit status (a ``SIGTERMException`` exits with 0)."""
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from pytorch_lightning.callbacks import OnExceptionCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
+
+EXIT_CTRL_C, EXIT_SIGTERM = 130, 143  # a shell's 128 + signal number
+NOT_RESUME_OPTIONS = {"ckpt_path", "resume", "resume_dir"}  # replaced by the checkpoint in the resume command
+
+
+class InterruptCheckpoint(OnExceptionCheckpoint):
+    """Writes ``dirpath/last.ckpt`` (through the trainer's checkpoint IO, atomic here) when Ctrl-C or SIGTERM stops
+    training, unless a step was cut off midway (a second Ctrl-C) or the run is a ``fast_dev_run``. Other exceptions
+    (a diverged run) write nothing: the last checkpoint written before them is the good one."""
+
+    def __init__(self, dirpath: str, filename: str = "last") -> None:
+        super().__init__(dirpath, filename)
+        self.ctrl_c = False
+        self._fit_start_step: int | None = None  # the module's step count when fit began
+        self._unstarted_batch = False  # saving while the next batch is fetched but not started
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.ctrl_c = False
+        self._fit_start_step = int(pl_module.train_step)
+        # Installed after Lightning has registered its handlers, so its teardown puts the previous one back.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, lambda signum, frame: self._stop_after_step(trainer))
+
+    def _stop_after_step(self, trainer) -> None:
+        self.ctrl_c = True
+        # Lightning's graceful stop, as a SIGTERM asks (a private name: the ctrl_c test fails if it changes)
+        trainer._signal_connector.received_sigterm = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+        # os.write: a print or log call from a signal handler can meet the stream's buffer mid-write
+        os.write(2, b"\nCtrl-C: stopping at the end of this training step to save last.ckpt "
+                    b"(Ctrl-C again stops at once, without it)\n")
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            return
+        ctrl_c = self.ctrl_c or isinstance(exception, KeyboardInterrupt)
+        code = 1  # Lightning's own sys.exit(1) after a KeyboardInterrupt
+        if isinstance(exception, SIGTERMException):
+            code = exception.code = EXIT_CTRL_C if ctrl_c else EXIT_SIGTERM  # Lightning re-raises this very exception
+        saved, why_not = self._save(trainer, pl_module)
+        if trainer.is_global_zero:
+            log.warning(self._message("Ctrl-C" if ctrl_c else "SIGTERM", trainer, pl_module, saved, why_not))
+        _finish_wandb_run(code)
+
+    def _save(self, trainer, pl_module) -> tuple[bool, str]:
+        """Write the checkpoint if the state is one a resume can continue from exactly: ``(saved, why not)``."""
+        if trainer.state.fn != TrainerFn.FITTING:
+            return False, "training had finished"
+        if trainer.fast_dev_run:
+            # resume=auto would continue from it: a one-batch smoke test instead of the real run
+            return False, "a fast_dev_run writes no checkpoint"
+        if self._fit_start_step is None:  # stopped while setting up or restoring: the weights may be half loaded
+            return False, "training had not started"
+        if int(pl_module.train_step) == self._fit_start_step:
+            return False, "no training step had finished since the start"
+        # Lightning's counters of the batch in progress: ready (fetched), started, processed (optimisers stepped),
+        # completed (hooks run, logs written). All equal: between steps, where Lightning's SIGTERM stop raises.
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        ready, started, processed, completed = progress.ready, progress.started, progress.processed, progress.completed
+        if not started == processed == completed or ready - completed not in (0, 1):
+            # a KeyboardInterrupt raised inside a step (a second Ctrl-C): its state and logs are partial
+            return False, "the training step in progress was cut off midway"
+        self._unstarted_batch = ready == completed + 1  # raised after the next batch was fetched, before its step
+        try:
+            trainer.save_checkpoint(self.ckpt_path)
+        finally:
+            self._unstarted_batch = False
+        return True, ""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if self._unstarted_batch:
+            # as if it had not been fetched: restored as it is, Lightning counted one batch too many (the resumed
+            # run's logged steps were one ahead); the batches are a function of the step, nothing else changed
+            progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+            for counts in (progress["current"], progress["total"]):
+                counts["ready"] -= 1
+
+    def _message(self, cause: str, trainer, pl_module, saved: bool, why_not: str) -> str:
+        step = int(pl_module.train_step)
+        head = f"Interrupted ({cause}) after training step {step} of {pl_module.train_steps}"
+        if saved:
+            ckpt = str(Path(self.ckpt_path).resolve())
+            return f"{head}: saved {ckpt}. Continue with: {resume_command(ckpt)}"
+        earlier = _newest_checkpoint(trainer)
+        if why_not == "training had finished" and earlier:
+            return f"{head}, in the {trainer.state.fn} stage: training had finished. Score it with: " \
+                   f"python eval.py ckpt_path={shlex.quote(earlier)}"
+        if earlier and not trainer.fast_dev_run:
+            return f"{head}: no checkpoint written ({why_not}); the newest is {earlier}. Continue with: " \
+                   f"{resume_command(earlier)}"
+        return f"{head}: no checkpoint written ({why_not})."
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        """Keep the file: ``OnExceptionCheckpoint`` deletes it at the end of a run that raised nothing, and here it
+        is ``last.ckpt``, the run's final weights."""
+
+
+def _finish_wandb_run(code: int) -> None:
+    """Finish the wandb run as failed: the plain ``wandb.finish()`` after every job recorded exit code 0, and an
+    interrupted run showed as finished."""
+    wandb = sys.modules.get("wandb")  # never imported: no run to finish
+    if wandb is not None and wandb.run is not None:
+        wandb.run.finish(exit_code=code)
+
+
+def _newest_checkpoint(trainer) -> str | None:
+    """This run's newest checkpoint file, else the one it resumed from, else None."""
+    callback = trainer.checkpoint_callback
+    for path in (getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", ""), trainer.ckpt_path):
+        if path and Path(path).is_file():
+            return str(Path(path).resolve())
+    return None
+
+
+def resume_command(ckpt: str) -> str:
+    """The command that continues this run from ``ckpt``: train.py with the run's own overrides (read from Hydra;
+    none when training from Python) and ``ckpt_path``. It writes to a new run directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    kept = [o for o in overrides if o.partition("=")[0].lstrip("+~") not in NOT_RESUME_OPTIONS]
+    return shlex.join(["python", "train.py", *kept, f"ckpt_path={ckpt}"])

@@ -1,0 +1,199 @@
+"""Ctrl-C and SIGTERM: the run stops at a step's end with its last.ckpt and its logs, and continues exactly."""
+import os
+import signal
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import pytorch_lightning as pl
+from omegaconf import open_dict
+
+import neuralsde.training as training
+from neuralsde import checkpoints
+from neuralsde.checkpoints import read_checkpoint
+from neuralsde.interrupts import EXIT_CTRL_C, EXIT_SIGTERM, resume_command
+from neuralsde.resume import resolve_ckpt_path
+from tests.conftest import ROOT, compose_config, shrink
+from tests.test_resume import _run, assert_same_training_state
+
+K = 3  # the interrupted runs stop after this many of their 2 * K training steps
+
+
+class Interrupt(pl.Callback):
+    """At training step ``step``: ``sigterm`` / ``ctrl_c`` send the signal as ``kill`` or a terminal does (inside
+    the step: the run stops at its end), ``raise`` raises KeyboardInterrupt before step ``step + 1`` starts,
+    ``twice`` presses Ctrl-C a second time before the step has finished, ``setup`` before the fit has restored its
+    checkpoint."""
+
+    def __init__(self, how: str, step: int = K):
+        self.how, self.step = how, step
+
+    def on_fit_start(self, trainer, module):
+        if self.how == "setup":
+            raise KeyboardInterrupt
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if self.how in ("ctrl_c", "twice") and module.steps_taken == self.step - 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        if self.how == "raise" and module.steps_taken == self.step:
+            raise KeyboardInterrupt
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if self.how == "sigterm" and module.steps_taken == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        if self.how == "twice" and module.steps_taken == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def _with_callback(monkeypatch, callback):
+    instantiate_all = training._instantiate_all
+    monkeypatch.setattr(training, "_instantiate_all",  # the callbacks, not the loggers
+                        lambda group: instantiate_all(group) + ([callback] if "model_checkpoint" in group else []))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("full"), "full", 2 * K)
+
+
+@pytest.mark.parametrize("how, code", [("sigterm", EXIT_SIGTERM), ("ctrl_c", EXIT_CTRL_C), ("raise", 1)])
+def test_an_interrupted_run_saves_its_step_and_resumes_exactly(tmp_path, monkeypatch, caplog, uninterrupted, how,
+                                                                 code):
+    # The steps since the last periodic checkpoint (every 1000 optimiser steps here) were lost: Lightning wrote no
+    # checkpoint on Ctrl-C or SIGTERM, and a SIGTERM exited with status 0.
+    _with_callback(monkeypatch, Interrupt(how))
+    with caplog.at_level("WARNING", logger="neuralsde.interrupts"), pytest.raises(SystemExit) as stop:
+        _run(tmp_path, "stopped", 2 * K)
+    assert stop.value.code == code
+    monkeypatch.undo()
+    last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    state = read_checkpoint(last)
+    assert int(state["state_dict"]["train_step"]) == K and state["global_step"] == 2 * K
+    logged = pd.read_csv(tmp_path / "stopped" / "csv" / "metrics.csv").dropna(subset=["train/d_loss"])
+    assert logged["step"].tolist() == list(range(K))  # every step's metrics, the last one's too
+    assert f"after training step {K} of {2 * K}: saved {last}. Continue with: python train.py" in caplog.text
+    assert f"ckpt_path={last}" in caplog.text
+
+    full_log, full = uninterrupted
+    ctrl_c = signal.getsignal(signal.SIGINT)
+    resumed_log, resumed = _run(tmp_path, "resumed", 2 * K, last)
+    assert signal.getsignal(signal.SIGINT) is ctrl_c  # the handler for training is gone with it
+    full_losses = full_log.dropna(subset=["train/d_loss"])
+    resumed_losses = resumed_log.dropna(subset=["train/d_loss"])
+    assert resumed_losses["step"].tolist() == list(range(K, 2 * K))  # neither re-run nor skipped
+    assert resumed_losses["train/d_loss"].tolist() == full_losses["train/d_loss"].tolist()[K:]
+    assert full["global_step"] == resumed["global_step"] == 4 * K
+    assert_same_training_state(full, resumed)
+
+
+def _periodic_run(tmp_path, monkeypatch, callback, overrides=()):
+    """Train 2 * K steps with a checkpoint every training step but the third, interrupted by ``callback``."""
+    cfg = shrink(compose_config(list(overrides)), tmp_path, steps=2 * K)
+    with open_dict(cfg):
+        cfg.test = False
+        cfg.trainer.val_check_interval = 1000
+        cfg.callbacks.model_checkpoint.every_n_train_steps = 2  # optimiser steps: every training step
+    _with_callback(monkeypatch, callback)
+    return cfg
+
+
+def test_an_interrupted_wandb_run_finishes_as_failed(tmp_path, monkeypatch):
+    # wandb.finish() after every job recorded exit code 0: a preempted run showed as finished
+    from wandb.sdk.wandb_run import Run
+
+    codes, finish = [], Run.finish
+    monkeypatch.setattr(Run, "finish", lambda run, exit_code=None, **kw: (codes.append(exit_code),
+                                                                           finish(run, exit_code, **kw))[1])
+    cfg = _periodic_run(tmp_path, monkeypatch, Interrupt("sigterm"), ["logger=wandb"])
+    with pytest.raises(SystemExit):
+        training.train(cfg)
+    assert codes[0] == EXIT_SIGTERM
+
+
+def test_a_second_ctrl_c_inside_a_step_writes_nothing(tmp_path, monkeypatch, caplog):
+    # Its state is partial (optimisers stepped, logs not written): the checkpoint of the step before it is kept.
+    cfg = _periodic_run(tmp_path, monkeypatch, Interrupt("twice"))
+    with caplog.at_level("WARNING", logger="neuralsde.interrupts"), pytest.raises(SystemExit) as stop:
+        training.train(cfg)
+    assert stop.value.code == 1
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert int(read_checkpoint(last)["state_dict"]["train_step"]) == K - 1  # the callback stopped step K's save
+    assert "no checkpoint written (the training step in progress was cut off midway)" in caplog.text
+    assert f"the newest is {last}" in caplog.text
+    assert not list((tmp_path / "checkpoints").glob(".*"))  # no temporary file left
+
+
+def test_ctrl_c_before_training_starts_writes_nothing(tmp_path, monkeypatch):
+    # a resumed run's weights may be half restored then; a fresh run's are untrained, and resume=auto would take them
+    cfg = _periodic_run(tmp_path, monkeypatch, Interrupt("setup"))
+    with pytest.raises(SystemExit):
+        training.train(cfg)
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_ctrl_c_while_the_checkpoint_is_written_keeps_the_previous_one(tmp_path, monkeypatch):
+    cfg = _periodic_run(tmp_path, monkeypatch, Interrupt("sigterm"))
+    save = checkpoints.torch.save
+    last = tmp_path / "checkpoints" / "last.ckpt"
+
+    def pressed_midway(obj, f, *args, **kwargs):
+        if int(obj["state_dict"]["train_step"]) == K and f.name != str(last):  # the interrupt's own save
+            f.write(b"half a checkpoint")
+            raise KeyboardInterrupt
+        save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints.torch, "save", pressed_midway)
+    with open_dict(cfg):
+        cfg.callbacks.model_checkpoint.every_n_train_steps = 4  # the last periodic save: step 2
+    with pytest.raises(KeyboardInterrupt):
+        training.train(cfg)
+    assert int(read_checkpoint(last)["state_dict"]["train_step"]) == K - 1
+    assert not list((tmp_path / "checkpoints").glob(".*"))
+
+
+def test_an_interrupted_fast_dev_run_leaves_no_checkpoint_to_resume(tmp_path, monkeypatch, caplog):
+    # resume=auto would continue the newest checkpoint: a one-batch smoke test's instead of the real run's
+    cfg = _periodic_run(tmp_path, monkeypatch, Interrupt("sigterm", step=1), ["debug=fast"])
+    with caplog.at_level("WARNING", logger="neuralsde.interrupts"), pytest.raises(SystemExit) as stop:
+        training.train(cfg)
+    assert stop.value.code == EXIT_SIGTERM
+    assert "no checkpoint written (a fast_dev_run writes no checkpoint)" in caplog.text
+    assert not list(tmp_path.rglob("*.ckpt"))
+    with open_dict(cfg):
+        cfg.resume, cfg.resume_dir = "auto", str(tmp_path)
+        cfg.paths.log_dir = str(tmp_path / "logs")
+    assert resolve_ckpt_path(cfg) is None  # starts afresh
+
+
+def test_the_resume_command_keeps_the_runs_overrides():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["seed=3", "resume=auto", "data.source.n_paths=64"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert resume_command("/runs/a b/last.ckpt") == \
+            "python train.py seed=3 data.source.n_paths=64 'ckpt_path=/runs/a b/last.ckpt'"
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def test_train_py_stopped_by_sigterm_exits_non_zero_with_its_checkpoint(tmp_path):
+    # The command line as a user meets it: Hydra, the exit status, and the line that says how to continue.
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "data.source.n_paths=64", "data.source.t_size=16", "data.batch_size=16",
+           "model.train_steps=6", "test=false", "trainer.accelerator=cpu", "trainer.val_check_interval=1000",
+           "callbacks.progress_bar=null", "callbacks.metrics=null", "+callbacks.stop._target_=tests.test_interrupts."
+           "Interrupt", "+callbacks.stop.how=sigterm", f"hydra.run.dir={out}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == EXIT_SIGTERM, done.stderr[-2000:]
+    last = out / "checkpoints" / "last.ckpt"
+    assert int(read_checkpoint(last)["state_dict"]["train_step"]) == K
+    line = next(line for line in (done.stdout + done.stderr).splitlines() if "Interrupted (SIGTERM)" in line)
+    assert f"saved {last}. Continue with: python train.py data.source.n_paths=64 " in line
+    assert line.endswith(f" +callbacks.stop.how=sigterm ckpt_path={last}")  # hydra.run.dir: a new one
