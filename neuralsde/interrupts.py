@@ -83,7 +83,7 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
             return False, "the training step in progress was cut off midway"
         self._unstarted_batch = ready == completed + 1  # raised after the next batch was fetched, before its step
         try:
-            trainer.save_checkpoint(self.ckpt_path)
+            trainer.save_checkpoint(self.ckpt_path, weights_only=False)
         finally:
             self._unstarted_batch = False
         return True, ""
