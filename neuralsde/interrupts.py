@@ -83,7 +83,11 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
             return False, "the training step in progress was cut off midway"
         self._unstarted_batch = ready == completed + 1  # raised after the next batch was fetched, before its step
         try:
-            trainer.save_checkpoint(self.ckpt_path, weights_only=False)
+            # not trainer.save_checkpoint: its barriers hung a DDP run whose ranks had stopped at different points (a
+            # rank sent SIGTERM twice by `kill` and its launcher ran one more collective). Rank 0 holds the weights.
+            if trainer.is_global_zero:
+                checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+                trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, self.ckpt_path)
         finally:
             self._unstarted_batch = False
         return True, ""

@@ -182,18 +182,41 @@ def test_the_resume_command_keeps_the_runs_overrides():
         HydraConfig.instance().cfg = None
 
 
-def test_train_py_stopped_by_sigterm_exits_non_zero_with_its_checkpoint(tmp_path):
-    # The command line as a user meets it: Hydra, the exit status, and the line that says how to continue.
+def _train_py(tmp_path, *overrides):
+    """``python train.py`` at tiny sizes, stopped by SIGTERM at training step K: (finished process, run dir). Its own
+    session: a run that hangs is killed with every rank."""
     out = tmp_path / "run"
     cmd = [sys.executable, "train.py", "data.source.n_paths=64", "data.source.t_size=16", "data.batch_size=16",
            "model.train_steps=6", "test=false", "trainer.accelerator=cpu", "trainer.val_check_interval=1000",
-           "callbacks.progress_bar=null", "callbacks.metrics=null", "+callbacks.stop._target_=tests.test_interrupts."
-           "Interrupt", "+callbacks.stop.how=sigterm", f"hydra.run.dir={out}"]
+           "callbacks.progress_bar=null", "callbacks.metrics=null", *overrides,
+           "+callbacks.stop._target_=tests.test_interrupts.Interrupt", "+callbacks.stop.how=sigterm",
+           f"hydra.run.dir={out}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == EXIT_SIGTERM, done.stderr[-2000:]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, output), out
+
+
+def test_train_py_stopped_by_sigterm_exits_non_zero_with_its_checkpoint(tmp_path):
+    # The command line as a user meets it: Hydra, the exit status, and the line that says how to continue.
+    done, out = _train_py(tmp_path)
+    assert done.returncode == EXIT_SIGTERM, done.stdout[-2000:]
     last = out / "checkpoints" / "last.ckpt"
     assert int(read_checkpoint(last)["state_dict"]["train_step"]) == K
-    line = next(line for line in (done.stdout + done.stderr).splitlines() if "Interrupted (SIGTERM)" in line)
+    line = next(line for line in done.stdout.splitlines() if "Interrupted (SIGTERM)" in line)
     assert f"saved {last}. Continue with: python train.py data.source.n_paths=64 " in line
     assert line.endswith(f" +callbacks.stop.how=sigterm ckpt_path={last}")  # hydra.run.dir: a new one
+
+
+@pytest.mark.slow
+def test_ddp_ranks_stopped_by_sigterm_save_without_waiting_for_each_other(tmp_path):
+    # Every rank gets a SIGTERM (as from SLURM) and rank 1 another from Lightning's launcher: the barriers of
+    # trainer.save_checkpoint waited forever for a rank that was in another collective.
+    done, out = _train_py(tmp_path, "trainer=ddp_sim", "extras.print_config=false")
+    assert done.returncode == EXIT_SIGTERM, done.stdout[-2000:]
+    assert int(read_checkpoint(out / "checkpoints" / "last.ckpt")["state_dict"]["train_step"]) == K
