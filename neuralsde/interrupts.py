@@ -108,7 +108,7 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
             return f"{head}: saved {ckpt}. Continue with: {resume_command(ckpt)}"
         earlier = _newest_checkpoint(trainer)
         if why_not == "training had finished" and earlier:
-            return f"{head}, in the {trainer.state.fn} stage: training had finished. Score it with: " \
+            return f"{head}, in the {trainer.state.fn.value} stage: training had finished. Score it with: " \
                    f"python eval.py ckpt_path={shlex.quote(earlier)}"
         if earlier and not trainer.fast_dev_run:
             return f"{head}: no checkpoint written ({why_not}); the newest is {earlier}. Continue with: " \

@@ -24,13 +24,17 @@ class Interrupt(pl.Callback):
     """At training step ``step``: ``sigterm`` / ``ctrl_c`` send the signal as ``kill`` or a terminal does (inside
     the step: the run stops at its end), ``raise`` raises KeyboardInterrupt before step ``step + 1`` starts,
     ``twice`` presses Ctrl-C a second time before the step has finished, ``setup`` before the fit has restored its
-    checkpoint."""
+    checkpoint, ``test`` in the test stage."""
 
     def __init__(self, how: str, step: int = K):
         self.how, self.step = how, step
 
     def on_fit_start(self, trainer, module):
         if self.how == "setup":
+            raise KeyboardInterrupt
+
+    def on_test_start(self, trainer, module):
+        if self.how == "test":
             raise KeyboardInterrupt
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
@@ -130,6 +134,17 @@ def test_ctrl_c_before_training_starts_writes_nothing(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         training.train(cfg)
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_ctrl_c_in_the_test_stage_points_at_eval_py(tmp_path, monkeypatch, caplog):
+    cfg = _periodic_run(tmp_path, monkeypatch, Interrupt("test"))
+    with open_dict(cfg):
+        cfg.test = True
+    with caplog.at_level("WARNING", logger="neuralsde.interrupts"), pytest.raises(SystemExit):
+        training.train(cfg)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert int(read_checkpoint(last)["state_dict"]["train_step"]) == 2 * K  # written when training ended
+    assert f"in the test stage: training had finished. Score it with: python eval.py ckpt_path={last}" in caplog.text
 
 
 def test_ctrl_c_while_the_checkpoint_is_written_keeps_the_previous_one(tmp_path, monkeypatch):
