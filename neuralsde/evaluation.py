@@ -102,8 +102,8 @@ class MetricsCallback(pl.Callback):
         self.val_metrics = check_metric_names(val_metrics, allow_training=False)
         self.test_metrics = check_metric_names(test_metrics)
         self.n_samples = check_n_samples(n_samples, "callbacks.metrics.n_samples")
-        self.seed, self.options = seed, dict(options or {})
-        make_options(where="callbacks.metrics.options.", **self.options)  # checked before training, not mid-run
+        # parsed and checked once, before training (a bad value stopped a run mid-way), for every stage and figure
+        self.seed, self.options = seed, make_options(where="callbacks.metrics.options.", **dict(options or {}))
         self.history: dict[str, list[tuple[int, float]]] = {}
         self.plot_max_channels = check_max_channels(plot_max_channels, "callbacks.metrics.plot_max_channels")
 
@@ -163,5 +163,4 @@ class MetricsCallback(pl.Callback):
         log_figure(trainer, plot_autocorrelation(real, fake, channel_names=names), "autocorrelation", out)
         history = {k: v for k, v in self.history.items() if k.startswith("val/")}  # intervals shade their metric
         if history:
-            ci = make_options(**self.options).ci  # the interval's level, for its legend
-            log_figure(trainer, plot_metric_history(history, ci), "metric_history", out)
+            log_figure(trainer, plot_metric_history(history, self.options.ci), "metric_history", out)
