@@ -219,7 +219,8 @@ def load_sampler(path: str | os.PathLike, overrides: list[str] | None = None):
     if data is None:
         model, datamodule = _with_data(ckpt, cfg, path, overrides)
         return model, datamodule.channel_names, datamodule.source_times, cfg
-    _refuse_unused_data_overrides(checkpoint_config(ckpt), cfg, overrides)
+    if overrides:  # else cfg is the checkpoint's own config: nothing to compare
+        _refuse_unused_data_overrides(checkpoint_config(ckpt), cfg, overrides)
     state = ckpt["state_dict"]
     model = build_model(cfg, state["times"], Normalizer(state["normalizer.shift"], state["normalizer.scale"]))
     model.data_meta = data
@@ -231,16 +232,20 @@ def load_sampler(path: str | os.PathLike, overrides: list[str] | None = None):
 def _refuse_unused_data_overrides(saved: DictConfig, cfg: DictConfig, overrides) -> None:
     """``load_sampler`` reads no data: the model generates on the checkpoint's times, in its units, and the channel
     names and times written come from the checkpoint, so ``data.normalize=none`` changed nothing, silently. Where
-    the data lie (``*_dir``, ``path``) is harmless to pass and ignored."""
+    the data lie (``*_dir``, ``path``) is harmless to pass and ignored. ``seed`` is compared too: data.seed follows
+    it, and ``changed_settings`` then names ``seed=``, the override given, not ``data.seed=``."""
     from neuralsde.resume import changed_settings
 
-    changed = [s for s in changed_settings({"data": OmegaConf.to_container(saved.data, resolve=True)},
-                                           {"data": OmegaConf.to_container(cfg.data, resolve=True)})
+    def compared(c: DictConfig) -> dict:
+        return {"seed": c.get("seed"), "data": OmegaConf.to_container(c.data, resolve=True)}
+
+    changed = [s for s in changed_settings(compared(saved), compared(cfg))
                if not s.partition("=")[0].endswith(("_dir", ".path"))]
     if changed:
         raise ConfigError(f"cfg_overrides {list(overrides)} change data settings that sampling does not use (the "
                           f"checkpoint's: {' '.join(changed)}): the checkpoint holds the times, units and channel "
-                          "names its model generates in, and sample.py reads no data. Fix: drop those overrides.")
+                          "names its model generates in, and sample.py reads no data (its own seed=... sets the "
+                          "generator's noise). Fix: drop those overrides.")
 
 
 def _with_data(ckpt: dict, cfg: DictConfig, path, overrides):

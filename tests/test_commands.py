@@ -301,6 +301,16 @@ def test_sample_refuses_data_overrides_it_does_not_use(sdegan_run, tmp_path):
     assert out.is_file()
 
 
+def test_sample_names_the_seed_override_it_refuses(sdegan_run, tmp_path):
+    """cfg_overrides=["seed=3"] (meant for sample.py's own seed=) reaches the data only through data.seed=${seed}: the
+    refusal named data.seed=..., a setting the user never wrote; it names seed=, and sample.py's own seed."""
+    ckpt = str(sdegan_run / "checkpoints" / "last.ckpt")
+    saved = read_checkpoint(ckpt)["neuralsde"]["config"]["seed"]
+    with pytest.raises(ConfigError, match=rf"\(the checkpoint's: seed={saved}\).*its own seed=\.\.\. sets"):
+        run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=ckpt, n=3, out=str(tmp_path / "a.csv"),
+                            cfg_overrides=[f"seed={saved + 1}"]))
+
+
 @pytest.mark.parametrize("run", ["sdegan_run", "latent_run"])
 def test_sample_reads_no_data_and_writes_what_it_did_with_them(run, tmp_path, monkeypatch, request):
     """The same file, bit for bit, from a checkpoint whose data are absent as from an older checkpoint (no stored
