@@ -3,7 +3,10 @@ writes its ``last.ckpt``, flushes its logs, says how to continue, and exits non-
 does most of it: its SIGTERM handler stops the loop at a step's end (``SIGTERMException``), ``on_exception`` hooks
 run, then loggers are finalised (the CSV logger writes its buffered rows). Added here: Ctrl-C takes that same path
 (Lightning raised ``KeyboardInterrupt`` wherever the step was, a state no checkpoint may hold), the checkpoint
-itself, and a non-zero exit status (a ``SIGTERMException`` exits with 0)."""
+itself, and a non-zero exit status (a ``SIGTERMException`` exits with 0).
+
+SLURM's requeue notices take the same path (``neuralsde/requeue.py`` says which and who requeues): the job stops at
+a step's end, writes ``last.ckpt`` where ``resume=auto`` looks, and only then is requeued."""
 from __future__ import annotations
 
 import logging
@@ -17,6 +20,8 @@ from pathlib import Path
 from pytorch_lightning.callbacks import OnExceptionCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from neuralsde import requeue
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +39,20 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         self.ctrl_c = False
         self._fit_start_step: int | None = None  # the module's step count when fit began
         self._unstarted_batch = False  # saving while the next batch is fetched but not started
+        self.requeue = requeue.Requeue()
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        requeue.take_over_lightning_requeue(trainer, self.requeue)  # before Lightning registers its handlers
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.ctrl_c = False
+        self.requeue.signum = None
         self._fit_start_step = int(pl_module.train_step)
         # Installed after Lightning has registered its handlers, so its teardown puts the previous one back.
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, lambda signum, frame: self._stop_after_step(trainer))
+            for signum in self.requeue.install(lambda signum, frame: self._requeue_after_step(trainer, signum)):
+                log.debug("%s: stop at a step's end, save, then requeue", signal.Signals(signum).name)
 
     def _stop_after_step(self, trainer) -> None:
         self.ctrl_c = True
@@ -51,16 +63,28 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         os.write(2, b"\nCtrl-C: stopping at the end of this training step to save last.ckpt "
                     b"(Ctrl-C again stops at once, without it)\n")
 
+    def _requeue_after_step(self, trainer, signum: int) -> None:
+        self.requeue.signum = signum
+        trainer._signal_connector.received_sigterm = True  # as for Ctrl-C: Lightning's stop at the step's end
+        os.write(2, f"\n{signal.Signals(signum).name} (SLURM: preempted or near the time limit): stopping at the end "
+                    "of this training step to save last.ckpt, then requeueing\n".encode())
+
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             return
         ctrl_c = self.ctrl_c or isinstance(exception, KeyboardInterrupt)
+        signum = self.requeue.signum if not ctrl_c else None
         code = 1  # Lightning's own sys.exit(1) after a KeyboardInterrupt
         if isinstance(exception, SIGTERMException):
-            code = exception.code = EXIT_CTRL_C if ctrl_c else EXIT_SIGTERM  # Lightning re-raises this very exception
+            # Lightning re-raises this very exception
+            code = exception.code = EXIT_CTRL_C if ctrl_c else 128 + signum if signum else EXIT_SIGTERM
         saved, why_not = self._save(trainer, pl_module)
+        cause = "Ctrl-C" if ctrl_c else f"{signal.Signals(signum).name}, SLURM requeue" if signum else "SIGTERM"
+        message = self._message(cause, trainer, pl_module, saved, why_not)
+        if signum:  # after the save: the requeued job must find it
+            message += "\n" + self.requeue.run(signum, trainer.is_global_zero)
         if trainer.is_global_zero:
-            log.warning(self._message("Ctrl-C" if ctrl_c else "SIGTERM", trainer, pl_module, saved, why_not))
+            log.warning(message)
         _finish_wandb_run(code)
 
     def _save(self, trainer, pl_module) -> tuple[bool, str]:

@@ -20,6 +20,14 @@ def continues_in(ckpt_path: str | None, run_dir: Path) -> bool:
     return ckpt_path is not None and Path(str(ckpt_path)).expanduser().resolve().is_relative_to(Path(run_dir).resolve())
 
 
+def own_checkpoints(run_dir: Path) -> list[Path]:
+    """A run directory's checkpoints, oldest first: ``checkpoints/`` and Lightning's SLURM ``hpc_ckpt_N.ckpt`` (written
+    into the run directory itself by its auto-requeue, when ``InterruptCheckpoint`` is off). Unseen, such a file was
+    taken by Lightning behind this module's back (no compatibility check, the earlier metrics deleted)."""
+    found = [*(run_dir / "checkpoints").glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+    return sorted(found, key=lambda p: p.stat().st_mtime)
+
+
 def refuse_used_run_dir(out_dir: Path, ckpt_path: str | None) -> bool:
     """Runs never overwrite each other: a run directory given by hand (``hydra.run.dir``) whose run has written
     checkpoints would get its config and metrics replaced, and new checkpoints beside its own (``last-v1.ckpt``).
@@ -32,7 +40,7 @@ def refuse_used_run_dir(out_dir: Path, ckpt_path: str | None) -> bool:
         return False
     if continues_in(ckpt_path, out_dir):
         return True
-    saved = sorted((out_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    saved = own_checkpoints(out_dir)
     if saved:
         raise ConfigError(f"The run directory {str(out_dir)!r} already holds a run with checkpoints. Runs never "
                           "overwrite each other. Fix: choose a new hydra.run.dir (left unset, every run gets its own "
@@ -71,7 +79,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     # first start and its requeues (the first start failed with "found no checkpoint", and without resume_dir a
     # requeue took the newest checkpoint under logs/train/runs, another run's, and was refused for it).
     own_dir = not resume_dir or Path(str(resume_dir)).expanduser().resolve() == out_dir.resolve()
-    own = sorted((out_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if own_dir else []
+    own = own_checkpoints(out_dir) if own_dir else []
     own_job = (not resume_dir and in_multirun()) or (bool(resume_dir) and own_dir)
     root = out_dir if own_job else Path(resume_dir or Path(cfg.paths.log_dir) / cfg.task_name / "runs")
     found = own or sorted(root.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)

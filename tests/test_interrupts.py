@@ -18,13 +18,14 @@ from tests.conftest import ROOT, compose_config, shrink
 from tests.test_resume import _run, assert_same_training_state
 
 K = 3  # the interrupted runs stop after this many of their 2 * K training steps
+SIGNALS = {"sigterm": signal.SIGTERM, "sigusr1": signal.SIGUSR1, "sigusr2": signal.SIGUSR2}
 
 
 class Interrupt(pl.Callback):
-    """At training step ``step``: ``sigterm`` / ``ctrl_c`` send the signal as ``kill`` or a terminal does (inside
-    the step: the run stops at its end), ``raise`` raises KeyboardInterrupt before step ``step + 1`` starts,
-    ``twice`` presses Ctrl-C a second time before the step has finished, ``setup`` before the fit has restored its
-    checkpoint, ``test`` in the test stage."""
+    """At training step ``step``: ``sigterm`` / ``sigusr1`` / ``sigusr2`` / ``ctrl_c`` send the signal as ``kill``,
+    SLURM or a terminal does (inside the step: the run stops at its end), ``raise`` raises KeyboardInterrupt before
+    step ``step + 1`` starts, ``twice`` presses Ctrl-C a second time before the step has finished, ``setup`` before
+    the fit has restored its checkpoint, ``test`` in the test stage."""
 
     def __init__(self, how: str, step: int = K):
         self.how, self.step = how, step
@@ -44,8 +45,8 @@ class Interrupt(pl.Callback):
             raise KeyboardInterrupt
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if self.how == "sigterm" and module.steps_taken == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
+        if self.how in SIGNALS and module.steps_taken == self.step:
+            os.kill(os.getpid(), SIGNALS[self.how])
         if self.how == "twice" and module.steps_taken == self.step:
             os.kill(os.getpid(), signal.SIGINT)
 
