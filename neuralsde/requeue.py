@@ -15,6 +15,7 @@ import signal
 import subprocess
 
 REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+CONTINUES = "started again in this run directory, it continues from this checkpoint (resume.resolve_ckpt_path)."
 
 
 class Requeue:
@@ -49,7 +50,7 @@ class Requeue:
             try:
                 launcher(signum, None)
             except SystemExit:  # submitit exits once it has requeued
-                return "The launcher requeued the job; it continues from this checkpoint with resume=auto."
+                return f"The launcher requeued the job; {CONTINUES}"
             except Exception as err:  # noqa: BLE001  (submitit's "not requeued" and scontrol failures alike)
                 return f"The launcher did not requeue the job: {err}"
             return "The launcher's handler for the signal ran."
@@ -79,7 +80,7 @@ def scontrol_requeue() -> str:
         why = (done.stderr or done.stdout).strip()
         return f"Not requeued: scontrol requeue {job} exited with status {done.returncode} ({why}). Fix: requeue " \
                "it by hand, or run the command above."
-    return f"Requeued SLURM job {job}; it continues from this checkpoint with resume=auto."
+    return f"Requeued SLURM job {job}; {CONTINUES}"
 
 
 def take_over_lightning_requeue(trainer, requeue: Requeue) -> None:

@@ -68,6 +68,8 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     another run)."""
     if cfg.get("ckpt_path"):
         return str(cfg.ckpt_path)
+    if cfg.get("resume") is None and requeued_slurm_job():
+        return _own_after_requeue(Path(cfg.paths.output_dir))
     if cfg.get("resume") in (None, False, "none"):
         return None
     if cfg.resume != "auto":
@@ -93,13 +95,34 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return str(found[-1])
 
 
+def requeued_slurm_job() -> bool:
+    """Whether this process is a SLURM job started again after a requeue (preemption, a time limit's requeue, or
+    ``scontrol requeue``): SLURM counts the restarts in ``SLURM_RESTART_COUNT``."""
+    return os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
+
+
+def _own_after_requeue(out_dir: Path) -> str | None:
+    """A requeued job left at ``resume`` unset continues its own run directory's newest checkpoint, as with
+    ``resume=auto``: it ran that very command before and was stopped (it failed as a used run directory)."""
+    own = own_checkpoints(out_dir) if out_dir.is_dir() else []
+    if own:
+        log.info("SLURM requeued this job (SLURM_RESTART_COUNT=%s): continuing from its own %s",
+                 os.environ["SLURM_RESTART_COUNT"], own[-1])
+        return str(own[-1])
+    log.warning("SLURM requeued this job but its run directory %s holds no checkpoint: starting from scratch. A "
+                "single job's run directory changes at every start unless fixed: pass hydra.run.dir=<a fixed "
+                "directory> resume=auto resume_dir=<the same> (a sweep's jobs keep theirs)", out_dir)
+    return None
+
+
 def finished_run_metrics(cfg: DictConfig, ckpt_path: str | None, ckpt: dict | None) -> dict[str, float] | None:
     """With ``resume=auto``, a run whose own newest checkpoint has done its ``model.train_steps``: its last logged
     metrics (``csv/metrics.csv``), else None. Rerunning a sweep with ``resume=auto`` to finish its interrupted jobs
     (as the used-sweep-directory error advises) failed every finished job with "nothing is left to train".
     ``ckpt``: the checkpoint read from ``ckpt_path`` (``read_checkpoint``)."""
     out_dir = Path(cfg.paths.output_dir)
-    if cfg.get("resume") != "auto" or cfg.get("ckpt_path") or not continues_in(ckpt_path, out_dir):
+    resuming = cfg.get("resume") == "auto" or (cfg.get("resume") is None and requeued_slurm_job())
+    if not resuming or cfg.get("ckpt_path") or not continues_in(ckpt_path, out_dir):
         return None
     done = int(ckpt["neuralsde"].get("train_step", 0))
     if done < int(cfg.model.train_steps):

@@ -64,7 +64,7 @@ def test_a_requeued_slurm_job_continues_from_the_step_it_was_stopped_at(tmp_path
     last = run_dir / "checkpoints" / "last.ckpt"
     assert int(read_checkpoint(last)["state_dict"]["train_step"]) == K
     assert f"Interrupted (SIGUSR1, SLURM requeue) after training step {K} of {2 * K}: saved {last}" in stopped.stdout
-    assert "Requeued SLURM job 4242; it continues from this checkpoint with resume=auto." in stopped.stdout
+    assert "Requeued SLURM job 4242; started again in this run directory, it continues" in stopped.stdout
 
     requeued = _slurm_job(tmp_path, "sigusr1", run_dir, restarts=1)  # the same command, as SLURM reruns it
     assert requeued.returncode == 0, requeued.stdout[-3000:]
@@ -152,7 +152,10 @@ def test_a_requeue_notice_saves_the_step_and_the_requeued_job_continues_exactly(
     last = tmp_path / "job" / "checkpoints" / "last.ckpt"
     assert int(read_checkpoint(last)["state_dict"]["train_step"]) == K
 
-    resumed_log, resumed = _run(tmp_path, "job", 2 * K, overrides=["resume=auto"])  # the requeued job
+    # the requeued job: resume=auto, or (a sweep's job as the user wrote it) SLURM's restart count alone
+    if how == "sigusr2":
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    resumed_log, resumed = _run(tmp_path, "job", 2 * K, overrides=["resume=auto"] if how == "sigusr1" else [])
     full_log, full = uninterrupted
     resumed_losses, full_losses = (log.dropna(subset=["train/d_loss"]) for log in (resumed_log, full_log))
     assert resumed_losses["step"].tolist() == list(range(K, 2 * K))  # neither re-run nor skipped
@@ -173,6 +176,34 @@ def test_resume_auto_and_the_run_dir_check_see_lightnings_hpc_checkpoints(tmp_pa
 
     with pytest.raises(ConfigError, match="already holds a run with checkpoints"):
         refuse_used_run_dir(tmp_path, None)
+
+
+def test_a_requeued_job_without_its_checkpoints_starts_afresh_and_says_why(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    cfg = shrink(compose_config([]), tmp_path / "new", steps=2)
+    with caplog.at_level("WARNING", logger="neuralsde.resume"):
+        assert resolve_ckpt_path(cfg) is None
+    assert "SLURM requeued this job but its run directory" in caplog.text and "hydra.run.dir=" in caplog.text
+    with open_dict(cfg):
+        cfg.resume = "none"  # said outright: never a checkpoint
+    (tmp_path / "new" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "new" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert resolve_ckpt_path(cfg) is None
+
+
+def test_a_requeued_single_job_in_its_fixed_run_dir_is_not_refused(tmp_path, monkeypatch):
+    # Hydra's check before the job: SLURM reruns the command as it was, resume unset, in a directory it has used
+    from omegaconf import OmegaConf
+
+    from neuralsde.hydra_callbacks import RefuseUsedRunDir
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    cfg = OmegaConf.create({"hydra": {"run": {"dir": str(tmp_path)}}, "resume": None, "ckpt_path": None})
+    with pytest.raises(SystemExit):
+        RefuseUsedRunDir().on_run_start(cfg)  # another command given a used directory
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    RefuseUsedRunDir().on_run_start(cfg)
 
 
 @pytest.mark.parametrize("env, job", [({"SLURM_JOB_ID": "7"}, "7"),
