@@ -206,6 +206,26 @@ def test_a_requeued_single_job_in_its_fixed_run_dir_is_not_refused(tmp_path, mon
     RefuseUsedRunDir().on_run_start(cfg)
 
 
+def test_the_slurm_launcher_asks_for_notice_and_requeues(tmp_path, monkeypatch):
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    from tests.test_sweeps import hydra_cfg
+
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2))
+    params = OmegaConf.to_container(hydra_cfg(["hydra/launcher=slurm"]).hydra.launcher, resolve=False)
+    for key in ("_target_", "submitit_folder", "setup"):
+        params.pop(key)
+    assert params["max_num_timeout"] > 0  # a requeued job continues itself: timeouts may requeue it too
+    executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm", slurm_max_num_timeout=params.pop(
+        "max_num_timeout"))
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    text = executor._executor._make_submission_file_text("python -u -m submitit.core._submit x", "uid")
+    assert "#SBATCH --signal=USR2@120" in text and "#SBATCH --requeue" in text, text
+
+
 @pytest.mark.parametrize("env, job", [({"SLURM_JOB_ID": "7"}, "7"),
                                       ({"SLURM_JOB_ID": "9", "SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "2"},
                                        "7_2")])
