@@ -78,6 +78,13 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_train_end(trainer, pl_module)
 
 
+def run_checkpoint(trainer) -> str | None:
+    """The newest checkpoint file this run has written (its checkpoint callback's last, else best), if any."""
+    callback = trainer.checkpoint_callback
+    path = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+    return path if path and Path(path).is_file() else None
+
+
 def check_checkpoint_path(path: str | os.PathLike) -> Path:
     """``path`` as a file that exists (without reading it: a sweep checks every job's before the first)."""
     path = Path(path).expanduser()

@@ -22,6 +22,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from neuralsde import requeue
+from neuralsde.checkpoints import run_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         super().__init__(dirpath, filename)
         self.ctrl_c = False
         self._fit_start_step: int | None = None  # the module's step count when fit began
-        self._unstarted_batch = False  # saving while the next batch is fetched but not started
         self.requeue = requeue.Requeue()
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -47,7 +47,7 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
     def on_train_start(self, trainer, pl_module) -> None:
         self.ctrl_c = False
         self.requeue.signum = None
-        self._fit_start_step = int(pl_module.train_step)
+        self._fit_start_step = pl_module.steps_taken
         # Installed after Lightning has registered its handlers, so its teardown puts the previous one back.
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, lambda signum, frame: self._stop_after_step(trainer))
@@ -96,7 +96,7 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
             return False, "a fast_dev_run writes no checkpoint"
         if self._fit_start_step is None:  # stopped while setting up or restoring: the weights may be half loaded
             return False, "training had not started"
-        if int(pl_module.train_step) == self._fit_start_step:
+        if pl_module.steps_taken == self._fit_start_step:
             return False, "no training step had finished since the start"
         # Lightning's counters of the batch in progress: ready (fetched), started, processed (optimisers stepped),
         # completed (hooks run, logs written). All equal: between steps, where Lightning's SIGTERM stop raises.
@@ -105,27 +105,22 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         if not started == processed == completed or ready - completed not in (0, 1):
             # a KeyboardInterrupt raised inside a step (a second Ctrl-C): its state and logs are partial
             return False, "the training step in progress was cut off midway"
-        self._unstarted_batch = ready == completed + 1  # raised after the next batch was fetched, before its step
-        try:
-            # not trainer.save_checkpoint: its barriers hung a DDP run whose ranks had stopped at different points (a
-            # rank sent SIGTERM twice by `kill` and its launcher ran one more collective). Rank 0 holds the weights.
-            if trainer.is_global_zero:
-                checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-                trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, self.ckpt_path)
-        finally:
-            self._unstarted_batch = False
+        # not trainer.save_checkpoint: its barriers hung a DDP run whose ranks had stopped at different points (a
+        # rank sent SIGTERM twice by `kill` and its launcher ran one more collective). Rank 0 holds the weights.
+        if trainer.is_global_zero:
+            checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+            if ready == completed + 1:
+                # raised after the next batch was fetched, before its step: saved as if it had not been fetched
+                # (restored as it is, Lightning counted one batch too many and the resumed run's logged steps were
+                # one ahead); the batches are a function of the step, nothing else changed
+                progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+                for counts in (progress["current"], progress["total"]):
+                    counts["ready"] -= 1
+            trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, self.ckpt_path)
         return True, ""
 
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        if self._unstarted_batch:
-            # as if it had not been fetched: restored as it is, Lightning counted one batch too many (the resumed
-            # run's logged steps were one ahead); the batches are a function of the step, nothing else changed
-            progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
-            for counts in (progress["current"], progress["total"]):
-                counts["ready"] -= 1
-
     def _message(self, cause: str, trainer, pl_module, saved: bool, why_not: str) -> str:
-        step = int(pl_module.train_step)
+        step = pl_module.steps_taken
         head = f"Interrupted ({cause}) after training step {step} of {pl_module.train_steps}"
         if saved:
             ckpt = str(Path(self.ckpt_path).resolve())
@@ -154,11 +149,9 @@ def _finish_wandb_run(code: int) -> None:
 
 def _newest_checkpoint(trainer) -> str | None:
     """This run's newest checkpoint file, else the one it resumed from, else None."""
-    callback = trainer.checkpoint_callback
-    for path in (getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", ""), trainer.ckpt_path):
-        if path and Path(path).is_file():
-            return str(Path(path).resolve())
-    return None
+    path = run_checkpoint(trainer) or (trainer.ckpt_path if trainer.ckpt_path and Path(trainer.ckpt_path).is_file()
+                                       else None)
+    return None if path is None else str(Path(path).resolve())
 
 
 def resume_command(ckpt: str) -> str:

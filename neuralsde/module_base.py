@@ -4,7 +4,6 @@ from __future__ import annotations
 import random
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
@@ -13,6 +12,7 @@ import torch.distributed as dist
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
+from neuralsde.checkpoints import run_checkpoint
 from neuralsde.data.batches import _rank_and_world
 from neuralsde.data.preprocessing import Normalizer
 from neuralsde.errors import CheckpointError, DataError, TrainingDivergedError, check_int
@@ -141,9 +141,7 @@ class GenerativeModule(pl.LightningModule):
 
     def _last_checkpoint(self) -> str | None:
         """The newest checkpoint this run has written, if any."""
-        callback = None if self._trainer is None else self._trainer.checkpoint_callback
-        path = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
-        return path if path and Path(path).is_file() else None
+        return None if self._trainer is None else run_checkpoint(self._trainer)
 
     def check_input_paths(self, paths, name: str = "paths") -> torch.Tensor:
         """``paths`` as the model reads them, ``(batch, T, 1 + C)`` on its grid and in its dtype, or a DataError
