@@ -178,6 +178,21 @@ def test_a_resume_under_another_number_of_processes_says_what_changes_in_the_bat
     assert level == "info" and "the same paths a step" in text
 
 
+def test_a_resume_warns_when_the_checkpoints_batch_had_another_number_of_processes(tmp_path):
+    # the note's wiring in one process (the DDP run that writes such a checkpoint is the slow test below): a
+    # checkpoint recorded as trained by 2 processes x 16 paths, resumed by 1 x 16
+    from tests.test_resume import _run
+
+    _run(tmp_path, "a", 2)
+    ckpt = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["neuralsde"]["batch"] == {"processes": 1, "batch_size": 16}
+    ckpt["neuralsde"]["batch"]["processes"] = 2
+    torch.save(ckpt, tmp_path / "ddp.ckpt")
+    with pytest.warns(UserWarning, match=r"trained by 2 process\(es\) x data.batch_size=16 \(32 paths a step\); "
+                                         r"this run has 1 x 16 \(16 paths a step\).*Fix: data.batch_size=32 keeps"):
+        _run(tmp_path, "b", 3, tmp_path / "ddp.ckpt")
+
+
 @pytest.mark.slow
 def test_a_ddp_checkpoint_resumes_on_one_process_and_says_the_batch_changed(tmp_path):
     out, _ = _ddp_run(tmp_path, ["model.swa_start=1"])
