@@ -186,6 +186,7 @@ def test_lobster_cache_hit_does_not_hash_the_files_again(tmp_path, monkeypatch):
 def test_file_sha256_does_not_remember_a_file_changed_just_now(tmp_path, monkeypatch):
     """Two writes of the same size within one timestamp tick leave size and mtime as they were; a file this fresh is
     hashed on every call rather than remembered."""
+    monkeypatch.setattr(cache_mod, "RACY_S", 600.0)  # "just now" even if a loaded machine stalls between lines
     path, memo = tmp_path / "f.csv", tmp_path / "memo.json"
     path.write_text("1,2\n")
     assert cache_mod.file_sha256(path, memo) == download.sha256_of(path)
