@@ -728,12 +728,16 @@ def test_transpose_contraction_both_ways(rows, channels, hidden):
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_training_solve_after_an_inference_mode_solve(fused):
+def test_training_solve_after_an_inference_mode_solve(fused, monkeypatch):
     # Lightning validates under inference mode; grids and index tensors it first built there are cached for every
     # later solve, and a training solve must still be able to save them for backward (generic path: compiled fields)
+    from neuralsde.fast import grids, scratch
+
+    for module, cache in ((grids, "_GRIDS"), (scratch, "_INDEX")):  # empty, whatever earlier tests built
+        monkeypatch.setattr(module, cache, {})
     func = discriminator_field(torch.float64)
     field = generator_field(torch.float64)
-    steps = 37 if fused else 41  # grid lengths no other test uses, so this test builds them first
+    steps = 37 if fused else 41
     X_values = torch.randn(B, steps, C, dtype=torch.float64).cumsum(1)
     z0 = torch.randn(B, H, dtype=torch.float64)
     y0 = torch.randn(B, H, dtype=torch.float64)

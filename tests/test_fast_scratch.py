@@ -43,10 +43,13 @@ def test_alternating_shapes_keep_their_own_buffers(monkeypatch):
     assert scratch("t.a", (1,), like) is a and scratch("t.b", (1,), like) is not b
 
 
-def test_cached_index_and_grid_tensors_are_normal_tensors_even_when_first_made_in_inference_mode():
+def test_cached_index_and_grid_tensors_are_normal_tensors_even_when_first_made_in_inference_mode(monkeypatch):
     # kept for every later solve: an inference tensor could not be saved for backward by a training solve
+    from neuralsde.fast import grids
     from neuralsde.fast.grids import time_grid
     from neuralsde.fast.scratch import index_tensor
+    monkeypatch.setattr(grids, "_GRIDS", {})  # empty, whatever earlier tests built: made here, in inference mode
+    monkeypatch.setattr(scratch_module, "_INDEX", {})
     with torch.inference_mode():
         index = index_tensor((3, 1, 4, 1, 5, 9, 2, 6), torch.device("cpu"))
         grid, _ = time_grid([0.0, 0.25, 43.0], 0.25, like=torch.zeros(1))
