@@ -129,12 +129,15 @@ def test_a_second_ctrl_c_inside_a_step_writes_nothing(tmp_path, monkeypatch, cap
     assert not list((tmp_path / "checkpoints").glob(".*"))  # no temporary file left
 
 
-def test_ctrl_c_before_training_starts_writes_nothing(tmp_path, monkeypatch):
+@pytest.mark.parametrize("how, step, why", [("setup", K, "training had not started"),
+                                            ("raise", 0, "no training step had finished since the start")])
+def test_ctrl_c_before_training_starts_writes_nothing(tmp_path, monkeypatch, caplog, how, step, why):
     # a resumed run's weights may be half restored then; a fresh run's are untrained, and resume=auto would take them
-    cfg = _periodic_run(tmp_path, monkeypatch, Interrupt("setup"))
-    with pytest.raises(SystemExit):
+    cfg = _periodic_run(tmp_path, monkeypatch, Interrupt(how, step))
+    with caplog.at_level("WARNING", logger="neuralsde.interrupts"), pytest.raises(SystemExit):
         training.train(cfg)
     assert not list(tmp_path.rglob("*.ckpt"))
+    assert f"after training step 0 of {2 * K}: no checkpoint written ({why})." in caplog.text
 
 
 def test_ctrl_c_in_the_test_stage_points_at_eval_py(tmp_path, monkeypatch, caplog):
