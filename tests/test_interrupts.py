@@ -230,6 +230,7 @@ def test_train_py_stopped_by_sigterm_exits_non_zero_with_its_checkpoint(tmp_path
     line = next(line for line in done.stdout.splitlines() if "Interrupted (SIGTERM)" in line)
     assert f"saved {last}. Continue with: python train.py data.source.n_paths=64 " in line
     assert line.endswith(f" +callbacks.stop.how=sigterm ckpt_path={last}")  # hydra.run.dir: a new one
+    assert "weights_only" not in done.stdout  # Lightning's INFO line when the save leaves it unset
 
 
 @pytest.mark.slow
