@@ -1,4 +1,5 @@
 """trainer=ddp_sim: two CPU processes over gloo hold identical parameters after every step."""
+import datetime
 import json
 import subprocess
 import sys
@@ -116,7 +117,9 @@ def _check_finite_on_rank(rank, world, init_file, skip, out_dir):
     from neuralsde.errors import TrainingDivergedError
     from neuralsde.module_base import GenerativeModule
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    # a rank left alone in a collective fails after a minute instead of gloo's 30
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
     try:
         model = GenerativeModule(torch.arange(5.0), Normalizer(torch.zeros(1), torch.ones(1)), train_steps=3,
                                  skip_nonfinite=skip)
