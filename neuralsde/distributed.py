@@ -1,9 +1,61 @@
-"""Multi-process checks: every rank must hold the same parameters and averaged parameters."""
+"""Data-parallel training: the DDP strategy a model needs, and a check that every rank holds the same parameters
+and averaged parameters."""
 from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+from hydra.utils import get_class
+from omegaconf import DictConfig, ListConfig
+from pytorch_lightning.strategies import DDPStrategy, StrategyRegistry
+
+from neuralsde.errors import ConfigError
+
+
+def ddp_options(trainer_cfg: DictConfig, model) -> dict:
+    """The ``strategy`` to merge into ``trainer_cfg`` (``{}``: none) so that DDP looks for unused parameters exactly
+    when ``model`` leaves some without gradients in a backward pass (``model.leaves_parameters_unused``: the
+    alternating SDE-GAN update's discriminator-only steps). Looking costs a traversal of the autograd graph every
+    step and, where nothing is unused, a notice from torch on every rank; not looking, where something is, fails
+    the next step.
+
+    ``trainer=ddp``/``ddp_sim`` (a ``DDPStrategy`` node) get ``find_unused_parameters`` unless it is set there; a
+    DDP that Lightning picks itself (``trainer.devices=2`` with ``strategy: auto``, or ``strategy=ddp``) becomes
+    Lightning's ``*_find_unused_parameters_true`` variant where the model needs it."""
+    unused = bool(getattr(model, "leaves_parameters_unused", False))
+    strategy = trainer_cfg.strategy if "strategy" in trainer_cfg else "auto"
+    if isinstance(strategy, DictConfig):
+        if not issubclass(get_class(strategy._target_), DDPStrategy):
+            return {}
+        if "find_unused_parameters" not in strategy:
+            return {"strategy": {"find_unused_parameters": unused}}
+        if unused and not strategy.find_unused_parameters:
+            raise ConfigError("trainer.strategy.find_unused_parameters=false, but model.update=alternating leaves the "
+                              "generator without gradients in its discriminator-only steps, which DDP then waits "
+                              "for. Fix: drop the override (the strategy sets it for this model).")
+        return {}
+    if not unused or not isinstance(strategy, str):
+        return {}
+    name = "ddp" if strategy == "auto" and _processes(trainer_cfg) > 1 else strategy
+    name = f"{name}_find_unused_parameters_true"
+    return {"strategy": name} if name in StrategyRegistry else {}
+
+
+def _processes(trainer_cfg: DictConfig) -> int:
+    """The number of processes Lightning starts for ``trainer_cfg``'s devices and nodes: above one, its ``auto``
+    strategy is DDP."""
+    devices = trainer_cfg.devices if "devices" in trainer_cfg else "auto"
+    if isinstance(devices, str) and "," in devices:  # "0,1": device ids
+        devices = [d for d in devices.split(",") if d.strip()]
+    if isinstance(devices, (list, ListConfig)):
+        count = len(devices)
+    elif str(devices) in ("-1", "auto"):
+        accelerator = str(trainer_cfg.accelerator if "accelerator" in trainer_cfg else "auto")
+        cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+        count = torch.cuda.device_count() if cuda else 1
+    else:
+        count = int(devices)
+    return count * int(trainer_cfg.num_nodes if "num_nodes" in trainer_cfg else 1)
 
 
 def state_fingerprint(module: torch.nn.Module) -> torch.Tensor:

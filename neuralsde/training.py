@@ -22,6 +22,7 @@ from neuralsde.config_checks import (
     not_a_number,
     unknown_option,
 )
+from neuralsde.distributed import ddp_options
 from neuralsde.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
 from neuralsde.evaluation import print_metrics_table
 from neuralsde.resume import (
@@ -169,7 +170,9 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         set_aside_metrics(out_dir)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # DDP's find_unused_parameters as this model needs it
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                      **ddp_options(cfg.trainer, model))
     if ckpt is not None and isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
         trainer.strategy.checkpoint_io.preload(ckpt_path, ckpt)
     del ckpt  # Lightning's restore lets go of it; not held here through the training

@@ -178,6 +178,12 @@ class SDEGAN(GenerativeModule):
         # copies: the graph's outputs are overwritten by the next replay, and the logs may hold these
         return tuple(t.clone() for t in self._graphed(real, *self.generator.draw(self.times, real.size(0))))
 
+    @property
+    def leaves_parameters_unused(self) -> bool:
+        """Whether a backward pass leaves parameters without gradients (DDP must then look for them every step):
+        the alternating update's discriminator-only steps never reach the generator."""
+        return self.update == "alternating"
+
     def parameters_with_grads(self) -> list[torch.nn.Parameter]:
         return [*self.generator.parameters(), *self.discriminator.parameters()]
 

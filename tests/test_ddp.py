@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from neuralsde.errors import ConfigError
 from tests.conftest import ROOT
 
 TINY = ["data.source.n_paths=128", "data.source.t_size=16", "data.batch_size=16", "model.train_steps=3",
@@ -30,17 +31,28 @@ def _ddp_run(tmp_path, overrides, trainer=("trainer=ddp_sim",), name="run"):
     return out, check
 
 
-@pytest.mark.parametrize("overrides", [
-    ["model.swa_start=1"],
-    pytest.param(["model.swa_start=1", "model.update=alternating", "model.n_critic=2"], marks=pytest.mark.slow),
-    pytest.param(["model.swa_start=1", "model.lipschitz=gradient_penalty"], marks=pytest.mark.slow),
-    pytest.param(["experiment=ou_latent_sde"], marks=pytest.mark.slow),
+ALTERNATING = ["model.swa_start=1", "model.update=alternating", "model.n_critic=2"]
+
+
+@pytest.mark.parametrize("overrides, trainer", [
+    (["model.swa_start=1"], ("trainer=ddp_sim",)),
+    pytest.param(ALTERNATING, ("trainer=ddp_sim",), marks=pytest.mark.slow),
+    # Lightning's own DDP (as trainer=gpu trainer.devices=4 gets): it failed at step 2 with "parameters that were
+    # not used" until the strategy looked for unused parameters for this update
+    pytest.param(ALTERNATING, ("trainer=cpu", "trainer.devices=2"), marks=pytest.mark.slow),
+    pytest.param(["model.swa_start=1", "model.lipschitz=gradient_penalty"], ("trainer=ddp_sim",),
+                 marks=pytest.mark.slow),
+    pytest.param(["experiment=ou_latent_sde"], ("trainer=ddp_sim",), marks=pytest.mark.slow),
 ])
-def test_ranks_stay_identical_and_share_one_run_directory(tmp_path, overrides):
+def test_ranks_stay_identical_and_share_one_run_directory(tmp_path, overrides, trainer):
     gan = "experiment=ou_latent_sde" not in overrides
     probe = ["+callbacks.probe._target_=tests.test_ddp.FakeBatchProbe",
              f"+callbacks.probe.out_file={tmp_path / 'fakes.txt'}"] if gan else []
-    out, check = _ddp_run(tmp_path, overrides + probe)
+    probe += ["+callbacks.unused._target_=tests.test_ddp.UnusedParametersProbe",
+              f"+callbacks.unused.out_file={tmp_path / 'unused.txt'}"]
+    out, check = _ddp_run(tmp_path, overrides + probe, trainer)
+    # DDP looked for unused parameters only for the alternating update (the others trained without, ranks equal)
+    assert (tmp_path / "unused.txt").read_text() == str("model.update=alternating" in overrides)
     lines = check.read_text().split()
     steps = [int(x) for x in lines[0::3]]
     assert steps == [1, 2, 3] and set(lines[1::3]) == {"2"}
@@ -48,7 +60,7 @@ def test_ranks_stay_identical_and_share_one_run_directory(tmp_path, overrides):
         sums = [[float(x) for x in line.split()] for line in (tmp_path / "fakes.txt").read_text().splitlines()]
         assert len(sums) == 3 and all(rank0 != rank1 for rank0, rank1 in sums)
     # One output directory per run, not per rank; rank 0 alone writes the logs and checkpoints.
-    written = {"check.txt", "run"} | ({"fakes.txt"} if gan else set())
+    written = {"check.txt", "run", "unused.txt"} | ({"fakes.txt"} if gan else set())
     assert {p.name for p in tmp_path.iterdir()} == written
     assert (out / "checkpoints" / "last.ckpt").is_file()
     metrics = pd.read_csv(out / "csv" / "metrics.csv")
@@ -73,6 +85,39 @@ def test_ddp_validation_and_test_figures_equal_a_single_process_on_the_same_weig
     assert ddp == pytest.approx(single, rel=1e-5)
 
 
+@pytest.mark.parametrize("model, leaves_unused", [
+    ([], False), (["model.update=alternating"], True), (["experiment=ou_latent_sde"], False)])
+def test_ddp_looks_for_unused_parameters_only_where_the_model_leaves_some(tmp_path, model, leaves_unused):
+    # trainer=ddp set find_unused_parameters for every model: the simultaneous update and the latent SDE paid a
+    # graph traversal per step and torch's notice on every rank; Lightning's own DDP (trainer.devices=2) never set
+    # it, and the alternating update failed at step 2 with "parameters that were not used".
+    from neuralsde.distributed import ddp_options
+    from neuralsde.training import build
+    from tests.conftest import compose_config, shrink
+
+    _, built = build(shrink(compose_config(model), tmp_path))
+    assert getattr(built, "leaves_parameters_unused", False) is leaves_unused
+    fix = {"strategy": "ddp_find_unused_parameters_true"} if leaves_unused else {}
+    for trainer, options in ((["trainer=ddp"], {"strategy": {"find_unused_parameters": leaves_unused}}),
+                             (["trainer=ddp_sim"], {"strategy": {"find_unused_parameters": leaves_unused}}),
+                             (["trainer=cpu", "trainer.devices=2"], fix),
+                             (["trainer=gpu", "trainer.devices=4"], fix),
+                             (["trainer=gpu", "trainer.devices=[0,2]"], fix),
+                             (["trainer=gpu", "trainer.devices=2", "+trainer.strategy=ddp"], fix),
+                             (["trainer=cpu"], {}),  # one process: no DDP to configure
+                             (["trainer=cpu", "trainer.devices=2", "+trainer.strategy=ddp_spawn"],
+                              {"strategy": "ddp_spawn_find_unused_parameters_true"} if leaves_unused else {})):
+        assert ddp_options(compose_config([*model, *trainer]).trainer, built) == options, trainer
+    # set by hand: kept where it works (e.g. to measure its cost), refused where DDP would fail at step 2
+    forced = compose_config([*model, "trainer=ddp_sim",
+                             f"+trainer.strategy.find_unused_parameters={not leaves_unused}"]).trainer
+    if leaves_unused:
+        with pytest.raises(ConfigError, match="model.update=alternating leaves the generator without gradients"):
+            ddp_options(forced, built)
+    else:
+        assert ddp_options(forced, built) == {}
+
+
 def test_lightning_keeps_the_whole_validation_and_test_splits_on_every_rank(tmp_path):
     # What Lightning does to the datamodule's evaluation loaders under DDP with its default use_distributed_sampler
     # (trainer=gpu trainer.devices=4): each rank's batches must still hold every path of the split, once, in order.
@@ -89,6 +134,18 @@ def test_lightning_keeps_the_whole_validation_and_test_splits_on_every_rank(tmp_
                                                              shuffle=False, mode=stage)
         seen = torch.cat([paths for paths, _ in loader])
         assert torch.equal(seen.nan_to_num(), getattr(datamodule, name).nan_to_num())
+
+
+class UnusedParametersProbe(pl.Callback):
+    """Rank 0 writes whether the DDP wrapper it trains in looks for unused parameters ("True" / "False")."""
+
+    def __init__(self, out_file: str):
+        self.out_file = out_file
+
+    def on_train_start(self, trainer, module):
+        if trainer.is_global_zero:
+            with open(self.out_file, "w") as f:
+                f.write(str(trainer.strategy.model.find_unused_parameters))
 
 
 class FakeBatchProbe(pl.Callback):
