@@ -72,6 +72,9 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         return _own_after_requeue(Path(cfg.paths.output_dir))
     if cfg.get("resume") in (None, False, "none"):
         return None
+    # every DDP process resolves it (the same file): one says so
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
     if cfg.resume != "auto":
         raise ConfigError(f"resume={cfg.resume!r} is not valid: expected null or 'auto'. Fix: use resume=auto, or "
                           "ckpt_path=PATH for a specific checkpoint.")
@@ -86,12 +89,12 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     root = out_dir if own_job else Path(resume_dir or Path(cfg.paths.log_dir) / cfg.task_name / "runs")
     found = own or sorted(root.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found and own_job:
-        log.info("resume=auto: no checkpoint in this job's directory yet, starting from scratch")
+        rank_zero_only(log.info)("resume=auto: no checkpoint in this job's directory yet, starting from scratch")
         return None
     if not found:
         raise ConfigError(f"resume=auto found no checkpoint under {str(root)!r}. Fix: set resume_dir=<run directory> "
                           "or pass ckpt_path=PATH.")
-    log.info("resume=auto: continuing from %s", found[-1])
+    rank_zero_only(log.info)("resume=auto: continuing from %s", found[-1])
     return str(found[-1])
 
 

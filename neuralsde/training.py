@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 
 from neuralsde.checkpoints import AtomicCheckpointIO, read_checkpoint
 from neuralsde.config_checks import (
@@ -159,7 +160,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         return finished
     continuing = refuse_used_run_dir(out_dir, ckpt_path)
     out_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    if rank_zero_only.rank == 0:  # DDP: the other processes would rewrite it while a reader may be reading it
+        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
 
     datamodule, model = build(cfg)
     if ckpt is not None:

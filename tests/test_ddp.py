@@ -118,6 +118,30 @@ def test_ddp_looks_for_unused_parameters_only_where_the_model_leaves_some(tmp_pa
         assert ddp_options(forced, built) == {}
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_only_rank_zero_writes_the_config_and_says_where_it_resumes(tmp_path, monkeypatch, caplog, rank):
+    # every DDP process wrote config.yaml (rank 1 again, while a reader such as aggregate.py may read it) and
+    # logged the resume=auto line; rank 1 stands in here for Lightning's second process up to building the data
+    from pytorch_lightning.utilities import rank_zero_only
+
+    import neuralsde.training as training
+    from tests.conftest import compose_config, shrink
+
+    class Built(Exception):
+        pass
+
+    def stop(cfg):
+        raise Built
+
+    monkeypatch.setattr(rank_zero_only, "rank", rank)
+    monkeypatch.setattr(training, "build", stop)
+    cfg = shrink(compose_config(["resume=auto", f"resume_dir={tmp_path}"]), tmp_path)  # its own dir: a fresh start
+    with caplog.at_level("INFO", logger="neuralsde.resume"), pytest.raises(Built):
+        training.train(cfg)
+    assert (tmp_path / "config.yaml").is_file() is (rank == 0)
+    assert ("resume=auto: no checkpoint in this job's directory yet" in caplog.text) is (rank == 0)
+
+
 def test_lightning_keeps_the_whole_validation_and_test_splits_on_every_rank(tmp_path):
     # What Lightning does to the datamodule's evaluation loaders under DDP with its default use_distributed_sampler
     # (trainer=gpu trainer.devices=4): each rank's batches must still hold every path of the split, once, in order.
