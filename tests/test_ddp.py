@@ -142,20 +142,26 @@ def test_only_rank_zero_writes_the_config_and_says_where_it_resumes(tmp_path, mo
     assert ("resume=auto: no checkpoint in this job's directory yet" in caplog.text) is (rank == 0)
 
 
-def test_lightning_keeps_the_whole_validation_and_test_splits_on_every_rank(tmp_path):
-    # What Lightning does to the datamodule's evaluation loaders under DDP with its default use_distributed_sampler
-    # (trainer=gpu trainer.devices=4): each rank's batches must still hold every path of the split, once, in order.
+@pytest.mark.parametrize("trainer", [["trainer=ddp_sim"], ["trainer=cpu", "trainer.devices=2"]])
+def test_lightning_leaves_the_training_and_evaluation_loaders_as_they_are_under_ddp(tmp_path, trainer):
+    # What Lightning does to the datamodule's loaders under DDP with its default use_distributed_sampler (which
+    # trainer=ddp/ddp_sim had turned off; trainer=gpu trainer.devices=4 has it on): the training loader is left to
+    # StepBatches' own sharding, and each rank's evaluation batches hold every path of the split, once, in order.
+    from hydra.utils import instantiate
     from pytorch_lightning.trainer.states import RunningStage
 
     from neuralsde.training import build
     from tests.conftest import compose_config, shrink
 
-    datamodule, _ = build(shrink(compose_config([]), tmp_path))
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
+    cfg = shrink(compose_config(trainer), tmp_path)
+    datamodule, _ = build(cfg)
+    trainer = instantiate(cfg.trainer, logger=False)
     assert trainer._accelerator_connector.use_distributed_sampler and trainer.world_size == 2
+    prepare = trainer._data_connector._prepare_dataloader
+    train = datamodule.train_dataloader()
+    assert prepare(train, shuffle=True, mode=RunningStage.TRAINING) is train
     for name, stage in (("val", RunningStage.VALIDATING), ("test", RunningStage.TESTING)):
-        loader = trainer._data_connector._prepare_dataloader(getattr(datamodule, f"{name}_dataloader")(),
-                                                             shuffle=False, mode=stage)
+        loader = prepare(getattr(datamodule, f"{name}_dataloader")(), shuffle=False, mode=stage)
         seen = torch.cat([paths for paths, _ in loader])
         assert torch.equal(seen.nan_to_num(), getattr(datamodule, name).nan_to_num())
 
