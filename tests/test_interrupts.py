@@ -210,7 +210,12 @@ def _train_py(tmp_path, *overrides):
            "callbacks.progress_bar=null", "callbacks.metrics=null", *overrides,
            "+callbacks.stop._target_=tests.test_interrupts.Interrupt", "+callbacks.stop.how=sigterm",
            f"hydra.run.dir={out}"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    return run_in_own_session(cmd, {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}), out
+
+
+def run_in_own_session(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
+    """``cmd`` run from the project root in its own session, output captured: a run that hangs past 300 s is killed
+    with every process it started (DDP ranks)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
@@ -218,7 +223,7 @@ def _train_py(tmp_path, *overrides):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         raise
-    return subprocess.CompletedProcess(cmd, proc.returncode, output), out
+    return subprocess.CompletedProcess(cmd, proc.returncode, output)
 
 
 def test_train_py_stopped_by_sigterm_exits_non_zero_with_its_checkpoint(tmp_path):

@@ -2,7 +2,6 @@
 is requeued, and the requeued job (the same command, resume=auto) continues exactly."""
 import os
 import signal
-import subprocess
 import sys
 
 import pandas as pd
@@ -14,7 +13,7 @@ from neuralsde import requeue
 from neuralsde.checkpoints import read_checkpoint
 from neuralsde.resume import refuse_used_run_dir, resolve_ckpt_path
 from tests.conftest import ROOT, compose_config, shrink
-from tests.test_interrupts import SIGNALS, K, _with_callback
+from tests.test_interrupts import SIGNALS, K, _with_callback, run_in_own_session
 from tests.test_resume import _run, assert_same_training_state
 
 # What srun sets for a one-task job step: Lightning then detects SLURM and turns its auto-requeue on.
@@ -39,14 +38,7 @@ def _slurm_job(tmp_path, stop: str, run_dir, restarts: int = 0):
            f"hydra.run.dir={run_dir}", "resume=auto", f"resume_dir={run_dir}"]
     env = {**os.environ, **SLURM_STEP, "SLURM_RESTART_COUNT": str(restarts), "PYTHONPATH": str(ROOT),
            "WANDB_MODE": "offline", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    return subprocess.CompletedProcess(cmd, proc.returncode, output)
+    return run_in_own_session(cmd, env)
 
 
 def _losses(run_dir):
