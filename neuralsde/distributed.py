@@ -22,7 +22,7 @@ def ddp_options(trainer_cfg: DictConfig, model) -> dict:
     ``trainer=ddp``/``ddp_sim`` (a ``DDPStrategy`` node) get ``find_unused_parameters`` unless it is set there; a
     DDP that Lightning picks itself (``trainer.devices=2`` with ``strategy: auto``, or ``strategy=ddp``) becomes
     Lightning's ``*_find_unused_parameters_true`` variant where the model needs it."""
-    unused = bool(getattr(model, "leaves_parameters_unused", False))
+    unused = model.leaves_parameters_unused
     strategy = trainer_cfg.strategy if "strategy" in trainer_cfg else "auto"
     if isinstance(strategy, DictConfig):
         if not issubclass(get_class(strategy._target_), DDPStrategy):

@@ -59,6 +59,12 @@ class GenerativeModule(pl.LightningModule):
         return self._steps_taken
 
     @property
+    def leaves_parameters_unused(self) -> bool:
+        """Whether a backward pass leaves some parameters without gradients (DDP must then look for them every step;
+        ``neuralsde.distributed.ddp_options``). None of this family's models do unless they say so."""
+        return False
+
+    @property
     def t_size(self) -> int:
         return self.times.numel()
 

@@ -96,7 +96,7 @@ def test_ddp_looks_for_unused_parameters_only_where_the_model_leaves_some(tmp_pa
     from tests.conftest import compose_config, shrink
 
     _, built = build(shrink(compose_config(model), tmp_path))
-    assert getattr(built, "leaves_parameters_unused", False) is leaves_unused
+    assert built.leaves_parameters_unused is leaves_unused
     fix = {"strategy": "ddp_find_unused_parameters_true"} if leaves_unused else {}
     for trainer, options in ((["trainer=ddp"], {"strategy": {"find_unused_parameters": leaves_unused}}),
                              (["trainer=ddp_sim"], {"strategy": {"find_unused_parameters": leaves_unused}}),
