@@ -17,7 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
-from pytorch_lightning.callbacks import OnExceptionCheckpoint
+from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -30,16 +30,24 @@ EXIT_CTRL_C, EXIT_SIGTERM = 130, 143  # a shell's 128 + signal number
 NOT_RESUME_OPTIONS = {"ckpt_path", "resume", "resume_dir"}  # replaced by the checkpoint in the resume command
 
 
-class InterruptCheckpoint(OnExceptionCheckpoint):
+class InterruptCheckpoint(Callback):
     """Writes ``dirpath/last.ckpt`` (through the trainer's checkpoint IO, atomic here) when Ctrl-C or SIGTERM stops
     training, unless a step was cut off midway (a second Ctrl-C) or the run is a ``fast_dev_run``. Other exceptions
-    (a diverged run) write nothing: the last checkpoint written before them is the good one."""
+    (a diverged run) write nothing: the last checkpoint written before them is the good one.
+
+    Not Lightning's ``OnExceptionCheckpoint``: with one of those among the callbacks, every ``fit`` without a
+    ``ckpt_path`` loads the newest ``last.ckpt`` it finds (and warns twice at the start of a fresh run); which
+    checkpoint a run continues is ``resume``'s decision here (``neuralsde.resume.resolve_ckpt_path``)."""
 
     def __init__(self, dirpath: str, filename: str = "last") -> None:
-        super().__init__(dirpath, filename)
+        self.dirpath, self.filename = dirpath, filename
         self.ctrl_c = False
         self._fit_start_step: int | None = None  # the module's step count when fit began
         self.requeue = requeue.Requeue()
+
+    @property
+    def ckpt_path(self) -> str:
+        return os.path.join(self.dirpath, f"{self.filename}.ckpt")
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         requeue.take_over_lightning_requeue(trainer, self.requeue)  # before Lightning registers its handlers
@@ -133,10 +141,6 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
             return f"{head}: no checkpoint written ({why_not}); the newest is {earlier}. Continue with: " \
                    f"{resume_command(earlier)}"
         return f"{head}: no checkpoint written ({why_not})."
-
-    def teardown(self, trainer, pl_module, stage: str) -> None:
-        """Keep the file: ``OnExceptionCheckpoint`` deletes it at the end of a run that raised nothing, and here it
-        is ``last.ckpt``, the run's final weights."""
 
 
 def _finish_wandb_run(code: int) -> None:

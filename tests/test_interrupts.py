@@ -245,3 +245,10 @@ def test_ddp_ranks_stopped_by_sigterm_save_without_waiting_for_each_other(tmp_pa
     done, out = _train_py(tmp_path, "trainer=ddp_sim", "extras.print_config=false")
     assert done.returncode == EXIT_SIGTERM, done.stdout[-2000:]
     assert int(read_checkpoint(out / "checkpoints" / "last.ckpt")["state_dict"]["train_step"]) == K
+
+
+def test_a_fresh_run_leaves_the_choice_of_checkpoint_to_resume(tmp_path, recwarn):
+    # As a Lightning OnExceptionCheckpoint, the callback made every fit without ckpt_path load the newest last.ckpt
+    # Lightning found (resume's decision, refuse_used_run_dir's guard), with two warnings at each fresh run's start
+    _run(tmp_path, "fresh", steps=2)
+    assert not [str(w.message) for w in recwarn if "ckpt_path" in str(w.message)]
