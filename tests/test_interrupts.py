@@ -1,5 +1,6 @@
 """Ctrl-C and SIGTERM: the run stops at a step's end with its last.ckpt and its logs, and continues exactly."""
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -222,7 +223,8 @@ def run_in_own_session(cmd: list[str], env: dict) -> subprocess.CompletedProcess
         output, _ = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        raise
+        output, _ = proc.communicate()  # what it printed before it hung: the only clue on a CI machine
+        raise AssertionError(f"{shlex.join(cmd)} did not finish in 300 s; it printed:\n{output[-3000:]}") from None
     return subprocess.CompletedProcess(cmd, proc.returncode, output)
 
 
