@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from neuralsde.errors import CheckpointError, ConfigError
 
@@ -72,9 +73,6 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         return _own_after_requeue(Path(cfg.paths.output_dir))
     if cfg.get("resume") in (None, False, "none"):
         return None
-    # every DDP process resolves it (the same file): one says so
-    from pytorch_lightning.utilities.rank_zero import rank_zero_only
-
     if cfg.resume != "auto":
         raise ConfigError(f"resume={cfg.resume!r} is not valid: expected null or 'auto'. Fix: use resume=auto, or "
                           "ckpt_path=PATH for a specific checkpoint.")
@@ -88,7 +86,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     own_job = (not resume_dir and in_multirun()) or (bool(resume_dir) and own_dir)
     root = out_dir if own_job else Path(resume_dir or Path(cfg.paths.log_dir) / cfg.task_name / "runs")
     found = own or sorted(root.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found and own_job:
+    if not found and own_job:  # every DDP process resolves it (the same file): one says so
         rank_zero_only(log.info)("resume=auto: no checkpoint in this job's directory yet, starting from scratch")
         return None
     if not found:
@@ -108,13 +106,15 @@ def _own_after_requeue(out_dir: Path) -> str | None:
     """A requeued job left at ``resume`` unset continues its own run directory's newest checkpoint, as with
     ``resume=auto``: it ran that very command before and was stopped (it failed as a used run directory)."""
     own = own_checkpoints(out_dir) if out_dir.is_dir() else []
+    # every DDP process resolves it (the same file): one says so
     if own:
-        log.info("SLURM requeued this job (SLURM_RESTART_COUNT=%s): continuing from its own %s",
-                 os.environ["SLURM_RESTART_COUNT"], own[-1])
+        rank_zero_only(log.info)("SLURM requeued this job (SLURM_RESTART_COUNT=%s): continuing from its own %s",
+                                 os.environ["SLURM_RESTART_COUNT"], own[-1])
         return str(own[-1])
-    log.warning("SLURM requeued this job but its run directory %s holds no checkpoint: starting from scratch. A "
-                "single job's run directory changes at every start unless fixed: pass hydra.run.dir=<a fixed "
-                "directory> resume=auto resume_dir=<the same> (a sweep's jobs keep theirs)", out_dir)
+    rank_zero_only(log.warning)("SLURM requeued this job but its run directory %s holds no checkpoint: starting from "
+                                "scratch. A single job's run directory changes at every start unless fixed: pass "
+                                "hydra.run.dir=<a fixed directory> resume=auto resume_dir=<the same> (a sweep's jobs "
+                                "keep theirs)", out_dir)
     return None
 
 

@@ -170,16 +170,27 @@ def test_resume_auto_and_the_run_dir_check_see_lightnings_hpc_checkpoints(tmp_pa
         refuse_used_run_dir(tmp_path, None)
 
 
-def test_a_requeued_job_without_its_checkpoints_starts_afresh_and_says_why(tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_requeued_job_without_its_checkpoints_starts_afresh_and_says_why(tmp_path, monkeypatch, caplog, rank):
+    # rank 1: Lightning's second DDP process, which said it too (as resume=auto did before rank 0 alone said it)
+    from pytorch_lightning.utilities import rank_zero_only
+
+    monkeypatch.setattr(rank_zero_only, "rank", rank)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
     cfg = shrink(compose_config([]), tmp_path / "new", steps=2)
     with caplog.at_level("WARNING", logger="neuralsde.resume"):
         assert resolve_ckpt_path(cfg) is None
-    assert "SLURM requeued this job but its run directory" in caplog.text and "hydra.run.dir=" in caplog.text
+    said = "SLURM requeued this job but its run directory" in caplog.text and "hydra.run.dir=" in caplog.text
+    assert said is (rank == 0)
+    last = tmp_path / "new" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"")
+    with caplog.at_level("INFO", logger="neuralsde.resume"):
+        assert resolve_ckpt_path(cfg) == str(last)  # its own, once it has one
+    assert (f"SLURM requeued this job (SLURM_RESTART_COUNT=2): continuing from its own {last}" in caplog.text) is (
+        rank == 0)
     with open_dict(cfg):
         cfg.resume = "none"  # said outright: never a checkpoint
-    (tmp_path / "new" / "checkpoints").mkdir(parents=True)
-    (tmp_path / "new" / "checkpoints" / "last.ckpt").write_bytes(b"")
     assert resolve_ckpt_path(cfg) is None
 
 
