@@ -31,7 +31,8 @@ class Requeue:
         """Point the requeue signals somebody listens to (a launcher or Lightning) at ``handler``; return them.
         Call it after Lightning has registered its handlers: its teardown restores the launcher's."""
         installed = []
-        for signum in REQUEUE_SIGNALS:
+        # Lightning's may be another (SLURMEnvironment(requeue_signal=...)): its own handler is off, so ours or none
+        for signum in dict.fromkeys(s for s in (*REQUEUE_SIGNALS, self.lightning_signal) if s is not None):
             previous = signal.getsignal(signum)
             if callable(previous):
                 self._launcher[signum] = previous

@@ -244,3 +244,22 @@ def test_without_scontrol_the_message_says_it_was_not_requeued(tmp_path, monkeyp
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     monkeypatch.setenv("PATH", str(tmp_path))  # no scontrol
     assert requeue.scontrol_requeue().startswith("Not requeued: scontrol requeue 7 failed (")
+
+
+def test_lightnings_requeue_signal_is_handled_whichever_it_is():
+    # SLURMEnvironment(requeue_signal=signal.SIGHUP): with Lightning's auto-requeue taken over, nothing handled
+    # SIGHUP, whose default action then ended the job without a checkpoint or a requeue
+    signals = (signal.SIGHUP, *requeue.REQUEUE_SIGNALS)
+    before = {signum: signal.getsignal(signum) for signum in signals}
+    notice = requeue.Requeue()
+    notice.lightning_signal = signal.SIGHUP
+
+    def handler(signum, frame):
+        pass
+
+    try:
+        assert signal.SIGHUP in notice.install(handler)
+        assert signal.getsignal(signal.SIGHUP) is handler
+    finally:
+        for signum, previous in before.items():
+            signal.signal(signum, previous)
