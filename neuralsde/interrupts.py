@@ -31,9 +31,10 @@ NOT_RESUME_OPTIONS = {"ckpt_path", "resume", "resume_dir"}  # replaced by the ch
 
 
 class InterruptCheckpoint(Callback):
-    """Writes ``dirpath/last.ckpt`` (through the trainer's checkpoint IO, atomic here) when Ctrl-C or SIGTERM stops
-    training, unless a step was cut off midway (a second Ctrl-C) or the run is a ``fast_dev_run``. Other exceptions
-    (a diverged run) write nothing: the last checkpoint written before them is the good one.
+    """Writes ``dirpath/last.ckpt`` (through the trainer's checkpoint IO, atomic here) when Ctrl-C, SIGTERM or a
+    SLURM requeue notice (then requeues the job) stops training, unless a step was cut off midway (a second Ctrl-C)
+    or the run is a ``fast_dev_run``. Other exceptions (a diverged run) write nothing: the last checkpoint written
+    before them is the good one.
 
     Not Lightning's ``OnExceptionCheckpoint``: with one of those among the callbacks, every ``fit`` without a
     ``ckpt_path`` loads the newest ``last.ckpt`` it finds (and warns twice at the start of a fresh run); which

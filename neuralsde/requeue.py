@@ -2,12 +2,12 @@
 
 Two senders: Lightning's SLURM auto-requeue (SIGUSR1, e.g. ``sbatch --signal=USR1@90``) and submitit, the
 ``hydra/launcher=slurm`` launcher (SIGUSR2, ``signal_delay_s`` before the time limit, or on preemption where the
-cluster sends it). Both acted inside the signal handler, wherever the step was: Lightning wrote
-``hpc_ckpt_N.ckpt`` into the run directory, where ``resume=auto`` does not look, with a mid-step state and barriers
-that can hang DDP ranks; submitit requeued and exited at once, so the requeued job lost every step since the last
-periodic checkpoint. Here the notice only stops training; Lightning's requeue is then ours (``scontrol requeue``,
-no hpc checkpoint), and a launcher's own handler (submitit's, which counts timeouts against ``max_num_timeout``)
-runs after ``last.ckpt`` is written."""
+cluster sends it). Both acted inside the signal handler, wherever the step was: Lightning wrote ``hpc_ckpt_N.ckpt``
+into the run directory, where ``resume=auto`` did not look (``resume.own_checkpoints`` now does), with a mid-step
+state and barriers that can hang DDP ranks; submitit requeued and exited at once, so the requeued job lost every
+step since the last periodic checkpoint. Here the notice only stops training; Lightning's requeue is then ours
+(``scontrol requeue``, no hpc checkpoint), and a launcher's own handler (submitit's, which counts timeouts against
+``max_num_timeout``) runs after ``last.ckpt`` is written."""
 from __future__ import annotations
 
 import os
