@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -50,8 +51,9 @@ def refuse_used_run_dir(out_dir: Path, ckpt_path: str | None) -> bool:
     return False
 
 
-def set_aside_metrics(out_dir: Path) -> None:
-    """Keep a continued run's earlier ``csv/metrics.csv``, which Lightning's CSV logger deletes when it starts."""
+def set_aside_metrics(out_dir: Path) -> Path | None:
+    """Keep a continued run's earlier ``csv/metrics.csv``, which Lightning's CSV logger deletes when it starts:
+    the path it is kept at, or None without one."""
     earlier = out_dir / "csv" / "metrics.csv"
     if earlier.is_file():
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
@@ -59,6 +61,26 @@ def set_aside_metrics(out_dir: Path) -> None:
         while kept.exists():  # two continuations within one second: the first one's metrics are kept too
             kept, n = earlier.with_name(f"metrics_before_{stamp}-{n}.csv"), n + 1
         earlier.replace(kept)
+        return kept
+    return None
+
+
+def put_back_metrics(out_dir: Path, kept: Path | None) -> None:
+    """A finished run's test stage run again (``finished_run_metrics``): its earlier rows (``kept``, set aside) and
+    the new test rows in one ``csv/metrics.csv`` again, which ``scripts/aggregate.py`` reads whole (the test rows
+    alone lost every val/ figure). Also after an interrupted test stage, so the next rerun finds them."""
+    import pandas as pd
+
+    if kept is None or not kept.is_file():
+        return
+    csv = out_dir / "csv" / "metrics.csv"
+    frames = [pd.read_csv(kept, dtype=str, keep_default_na=False)]  # as written: empty cells and 'nan' kept apart
+    if csv.is_file() and csv.stat().st_size:  # none, or empty, where the test stage was stopped again
+        frames.append(pd.read_csv(csv, dtype=str, keep_default_na=False))
+    tmp = csv.with_name(f".{csv.name}.tmp")
+    pd.concat(frames, ignore_index=True).fillna("").to_csv(tmp, index=False)
+    tmp.replace(csv)
+    kept.unlink()
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
@@ -118,11 +140,14 @@ def _own_after_requeue(out_dir: Path) -> str | None:
     return None
 
 
-def finished_run_metrics(cfg: DictConfig, ckpt_path: str | None, ckpt: dict | None) -> dict[str, float] | None:
+def finished_run_metrics(cfg: DictConfig, ckpt_path: str | None, ckpt: dict | None,
+                         test_stage: Callable[[], dict[str, float]] | None = None) -> dict[str, float] | None:
     """With ``resume=auto``, a run whose own newest checkpoint has done its ``model.train_steps``: its last logged
     metrics (``csv/metrics.csv``), else None. Rerunning a sweep with ``resume=auto`` to finish its interrupted jobs
     (as the used-sweep-directory error advises) failed every finished job with "nothing is left to train".
-    ``ckpt``: the checkpoint read from ``ckpt_path`` (``read_checkpoint``)."""
+    ``ckpt``: the checkpoint read from ``ckpt_path`` (``read_checkpoint``). A run stopped in its test stage
+    (``last.ckpt`` is written before it) with ``test`` on has ``test_stage()`` run, which returns its metrics:
+    a requeued job or a sweep rerun ended without the test/ figures that ``scripts/aggregate.py`` reads."""
     out_dir = Path(cfg.paths.output_dir)
     resuming = cfg.get("resume") == "auto" or (cfg.get("resume") is None and requeued_slurm_job())
     if not resuming or cfg.get("ckpt_path") or not continues_in(ckpt_path, out_dir):
@@ -134,12 +159,15 @@ def finished_run_metrics(cfg: DictConfig, ckpt_path: str | None, ckpt: dict | No
 
     csv = out_dir / "csv" / "metrics.csv"
     metrics = last_logged(csv) if csv.is_file() else {}  # a NaN at the end stays NaN, as aggregate.py reads it
-    if cfg.get("test") and not any(key.startswith("test/") for key in metrics):
-        # trained, but stopped in its test stage (last.ckpt is written before it): not run again here
+    if not cfg.get("test") or any(key.startswith("test/") for key in metrics):
+        log.info("resume=auto: %s has already trained its %d steps; nothing to do", ckpt_path, done)
+    elif test_stage is not None:
+        log.info("resume=auto: %s has trained its %d steps but logged no test/ metrics (stopped during its test "
+                 "stage): running its test stage", ckpt_path, done)
+        metrics.update(test_stage())
+    else:
         log.warning("resume=auto: %s has trained its %d steps but logged no test/ metrics (stopped during its test "
                     "stage?). Fix: python eval.py ckpt_path=%s scores it", ckpt_path, done, ckpt_path)
-    else:
-        log.info("resume=auto: %s has already trained its %d steps; nothing to do", ckpt_path, done)
     return metrics
 
 

@@ -5,6 +5,7 @@ import logging
 import os
 import warnings
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import hydra
@@ -30,6 +31,7 @@ from neuralsde.resume import (
     check_resume_compatible,
     finished_run_metrics,
     in_multirun,
+    put_back_metrics,
     refuse_used_run_dir,
     resolve_ckpt_path,
     set_aside_metrics,
@@ -155,21 +157,56 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resolve_ckpt_path(cfg)
     # read once: the checks, the wandb run id and Lightning's restore take this copy
     ckpt = read_checkpoint(ckpt_path) if ckpt_path is not None else None
-    finished = finished_run_metrics(cfg, ckpt_path, ckpt)
+    finished = finished_run_metrics(cfg, ckpt_path, ckpt, partial(_test_finished_run, cfg, ckpt_path, ckpt))
     if finished is not None:  # resume=auto on a finished run (a sweep rerun to finish its other jobs)
         return finished
     continuing = refuse_used_run_dir(out_dir, ckpt_path)
+    datamodule, model, trainer, loggers, _ = _set_up(cfg, ckpt_path, ckpt, continuing, fitting=True)
+    del ckpt  # Lightning's restore lets go of it; not held here through the training
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics = dict(trainer.callback_metrics)
+        if cfg.get("test"):
+            trainer.test(model, datamodule=datamodule, ckpt_path=None, verbose=False)
+            metrics.update(trainer.callback_metrics)
+    finally:
+        _finish_wandb(loggers)
+    result = _as_floats(metrics)
+    _report(trainer, model, out_dir, result)
+    return result
+
+
+def _test_finished_run(cfg: DictConfig, ckpt_path: str, ckpt: dict) -> dict[str, float]:
+    """The test stage of a run that trained to the end (``ckpt_path``, its own) but was stopped in its test stage:
+    as training runs it after the fit, logged into the run's own loggers, its earlier metrics.csv rows kept."""
+    out_dir = Path(cfg.paths.output_dir)
+    datamodule, model, trainer, loggers, kept = _set_up(cfg, ckpt_path, ckpt, continuing=True, fitting=False)
+    try:
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    finally:
+        _finish_wandb(loggers)
+        if trainer.is_global_zero:
+            put_back_metrics(out_dir, kept)
+    result = {k: v for k, v in _as_floats(trainer.callback_metrics).items() if k.startswith("test/")}
+    _report(trainer, model, out_dir, result)
+    return result
+
+
+def _set_up(cfg: DictConfig, ckpt_path: str | None, ckpt: dict | None, continuing: bool, fitting: bool):
+    """The run directory, data, model, loggers and trainer of ``cfg``: ``(datamodule, model, trainer, loggers,
+    where the earlier metrics.csv was set aside)``. ``fitting``: ``ckpt`` is to be trained further (checked for it)."""
+    out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # DDP: the other processes would rewrite it while a reader may be reading it
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
 
     datamodule, model = build(cfg)
     if ckpt is not None:
-        check_resume_compatible(ckpt_path, model, ckpt)
+        if fitting:
+            check_resume_compatible(ckpt_path, model, ckpt)
         _continue_wandb_run(cfg, ckpt)
     _group_wandb_sweep(cfg)
-    if continuing:
-        set_aside_metrics(out_dir)
+    kept = set_aside_metrics(out_dir) if continuing and rank_zero_only.rank == 0 else None
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     # DDP's find_unused_parameters as this model needs it
@@ -177,7 +214,6 @@ def _train(cfg: DictConfig) -> dict[str, float]:
                                       **ddp_options(cfg.trainer, model))
     if ckpt is not None and isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
         trainer.strategy.checkpoint_io.preload(ckpt_path, ckpt)
-    del ckpt  # Lightning's restore lets go of it; not held here through the training
     # The whole resolved config as the run's hyperparameters: Lightning logs only the module's (network sizes,
     # solver, optimiser), so a wandb run's config had no seed, dataset, batch size or trainer to filter runs by.
     # trainer.loggers: under fast_dev_run Lightning's no-op stand-ins, so no wandb run is started for it.
@@ -187,15 +223,15 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     # by one process under DDP
     if cfg.get("extras", {}).get("print_config") and trainer.is_global_zero:
         log.info("Resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        metrics = dict(trainer.callback_metrics)
-        if cfg.get("test"):
-            trainer.test(model, datamodule=datamodule, ckpt_path=None, verbose=False)
-            metrics.update(trainer.callback_metrics)
-    finally:
-        _finish_wandb(loggers)
-    result = {k: float(v) for k, v in metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    return datamodule, model, trainer, loggers, kept
+
+
+def _as_floats(metrics) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+
+
+def _report(trainer: pl.Trainer, model, out_dir: Path, result: dict[str, float]) -> None:
+    """The test table, the run directory and the checkpoint to evaluate, printed by one process."""
     tested = {k: v for k, v in result.items() if k.startswith("test/")}
     if tested and trainer.is_global_zero:
         print_metrics_table(tested, f"{model.family}, test split, after {model.steps_taken} steps")
@@ -205,7 +241,6 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         last = getattr(trainer.checkpoint_callback, "last_model_path", "")
         if last and Path(last).is_file():
             log.info("Checkpoint: %s (python eval.py ckpt_path=%s)", last, last)
-    return result
 
 
 def _continue_wandb_run(cfg: DictConfig, ckpt: dict) -> None:

@@ -254,3 +254,53 @@ def test_a_fresh_run_leaves_the_choice_of_checkpoint_to_resume(tmp_path, recwarn
     # Lightning found (resume's decision, refuse_used_run_dir's guard), with two warnings at each fresh run's start
     _run(tmp_path, "fresh", steps=2)
     assert not [str(w.message) for w in recwarn if "ckpt_path" in str(w.message)]
+
+
+def test_resume_auto_runs_the_test_stage_a_finished_run_was_stopped_in(tmp_path, monkeypatch, caplog):
+    # A run trained to the end but stopped in its test stage (a requeued SLURM job, a sweep rerun with resume=auto)
+    # ended without test/ figures, with a warning: aggregate.py left the job out as unfinished.
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import aggregate
+
+    def config(name):
+        cfg = _periodic_run(tmp_path / name, monkeypatch, Interrupt("test" if name == "stopped" else "none"))
+        with open_dict(cfg):
+            cfg.test = True
+            cfg.trainer.val_check_interval = 2  # val/ figures in the CSV, which the rerun must keep
+            cfg.trainer.log_every_n_steps = 1
+        return cfg
+
+    full = training.train(config("full"))
+    monkeypatch.undo()
+    stopped = config("stopped")
+    with pytest.raises(SystemExit):
+        training.train(stopped)
+    csv = tmp_path / "stopped" / "csv" / "metrics.csv"
+    before = pd.read_csv(csv)
+    assert not [c for c in before.columns if c.startswith("test/")]
+    assert aggregate.unfinished(tmp_path / "stopped", aggregate.read_metrics(csv)).startswith("unfinished: no test/")
+    with open_dict(stopped):
+        stopped.resume = "auto"
+    with pytest.raises(SystemExit):  # the rerun's test stage stopped too: the earlier rows stay where they were
+        training.train(stopped)
+    assert pd.read_csv(csv).equals(before) and not list(csv.parent.glob("metrics_before_*"))
+
+    monkeypatch.undo()
+    with caplog.at_level("INFO", logger="neuralsde.resume"):
+        rerun = training.train(stopped)
+    assert "running its test stage" in caplog.text and "logged no test/ metrics (stopped" in caplog.text
+    assert "Fix: python eval.py" not in caplog.text
+    tests = {k: v for k, v in full.items() if k.startswith("test/")}
+    assert tests and {k: v for k, v in rerun.items() if k.startswith("test/")} == tests
+    timing = {"train/step_time", "train/steps_per_s"}  # wall-clock figures, the runs' own
+    assert rerun.keys() == full.keys()
+    assert {k: v for k, v in rerun.items() if k not in timing} == {k: v for k, v in full.items() if k not in timing}
+    after = pd.read_csv(csv)
+    assert after.iloc[:len(before)][before.columns].equals(before)  # the earlier rows kept, the test row after them
+    logged = aggregate.read_metrics(csv)
+    assert aggregate.unfinished(tmp_path / "stopped", logged) is None
+    full_logged = aggregate.read_metrics(tmp_path / "full" / "csv" / "metrics.csv")
+    assert logged.keys() == full_logged.keys()
+    assert {k: v for k, v in logged.items() if k not in timing} == {k: v for k, v in full_logged.items()
+                                                                     if k not in timing}
+    assert not list(csv.parent.glob("metrics_before_*"))  # merged back, not left beside it

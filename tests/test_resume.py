@@ -354,6 +354,7 @@ def test_resume_auto_on_a_finished_job_returns_its_metrics(tmp_path):
     cfg = shrink(compose_config(["resume=auto"]), tmp_path / "job", steps=2)
     with open_dict(cfg):
         cfg.resume_dir = str(tmp_path / "job")
+        cfg.test = False  # as the job ran (with test on, its missing test stage would be run)
     metrics = train(cfg)
     assert metrics["train/d_loss"] == log["train/d_loss"].dropna().iloc[-1]
     assert metrics["val/marginal_w1"] == log["val/marginal_w1"].dropna().iloc[-1]
