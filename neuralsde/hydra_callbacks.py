@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from neuralsde.config_checks import check_job
 from neuralsde.errors import CheckpointError, ConfigError, DataError
-from neuralsde.resume import other_run_settings, refuse_used_run_dir, requeued_slurm_job
+from neuralsde.resume import continues_own_run, other_run_settings, refuse_used_run_dir
 
 
 def _saved_runs(root: Path) -> list[Path]:
@@ -35,7 +35,7 @@ class RefuseUsedRunDir(Callback):
     the refused command's: ``scripts/aggregate.py`` then labelled the old job's metrics with the new overrides."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        if config.get("resume") == "auto" or (config.get("resume") is None and requeued_slurm_job()):
+        if continues_own_run(config):
             return  # the job finds its own checkpoint (resume.resolve_ckpt_path)
         try:  # the job's own check, run before Hydra writes: one rule, one message
             refuse_used_run_dir(Path(config.hydra.run.dir), config.get("ckpt_path"))

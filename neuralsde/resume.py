@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from neuralsde.atomic import atomic_write
 from neuralsde.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,8 @@ def put_back_metrics(out_dir: Path, kept: Path | None) -> None:
     frames = [pd.read_csv(kept, dtype=str, keep_default_na=False)]  # as written: empty cells and 'nan' kept apart
     if csv.is_file() and csv.stat().st_size:  # none, or empty, where the test stage was stopped again
         frames.append(pd.read_csv(csv, dtype=str, keep_default_na=False))
-    tmp = csv.with_name(f".{csv.name}.tmp")
-    pd.concat(frames, ignore_index=True).fillna("").to_csv(tmp, index=False)
-    tmp.replace(csv)
+    with atomic_write(csv) as f:
+        pd.concat(frames, ignore_index=True).fillna("").to_csv(f, index=False)
     kept.unlink()
 
 
@@ -124,6 +124,11 @@ def requeued_slurm_job() -> bool:
     return os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
 
 
+def continues_own_run(cfg: DictConfig) -> bool:
+    """Whether the job continues its own run: ``resume=auto``, or ``resume`` unset in a requeued SLURM job."""
+    return cfg.get("resume") == "auto" or (cfg.get("resume") is None and requeued_slurm_job())
+
+
 def _own_after_requeue(out_dir: Path) -> str | None:
     """A requeued job left at ``resume`` unset continues its own run directory's newest checkpoint, as with
     ``resume=auto``: it ran that very command before and was stopped (it failed as a used run directory)."""
@@ -149,8 +154,7 @@ def finished_run_metrics(cfg: DictConfig, ckpt_path: str | None, ckpt: dict | No
     (``last.ckpt`` is written before it) with ``test`` on has ``test_stage()`` run, which returns its metrics:
     a requeued job or a sweep rerun ended without the test/ figures that ``scripts/aggregate.py`` reads."""
     out_dir = Path(cfg.paths.output_dir)
-    resuming = cfg.get("resume") == "auto" or (cfg.get("resume") is None and requeued_slurm_job())
-    if not resuming or cfg.get("ckpt_path") or not continues_in(ckpt_path, out_dir):
+    if not continues_own_run(cfg) or cfg.get("ckpt_path") or not continues_in(ckpt_path, out_dir):
         return None
     done = int(ckpt["neuralsde"].get("train_step", 0))
     if done < int(cfg.model.train_steps):
