@@ -39,7 +39,8 @@ class LatentSDE(GenerativeModule):
                  latent_size: int = 4, context_size: int = 16, hidden_size: int = 32, num_layers: int = 2,
                  diffusion: dict | None = None, likelihood: dict | None = None, learn_prior_z0: bool = True,
                  kl_anneal_steps: int = 100, optimizer: dict | None = None, train_steps: int = 300,
-                 diffusion_warn_threshold: float = 1e-2, val_seed: int = 0, skip_nonfinite: bool = False):
+                 diffusion_warn_threshold: float = 1e-2, val_seed: int = 0, skip_nonfinite: bool = False,
+                 sample_observation_noise: bool = False):
         super().__init__(times, normalizer, train_steps, skip_nonfinite)
         self.solver = solver if isinstance(solver, SolverConfig) else SolverConfig(**solver)
         self.solver.check_grid(torch.arange(self.t_size, dtype=torch.float32))
@@ -52,6 +53,9 @@ class LatentSDE(GenerativeModule):
         optimizer = {"name": "adam", "lr": 1e-2, "lr_decay": 0.999, "diffusion_lr_factor": 1.0, **(optimizer or {})}
         check_options(latent_size=latent_size, context_size=context_size, hidden_size=hidden_size,
                       num_layers=num_layers, diffusion=diffusion, optimizer=optimizer, kl_anneal_steps=kl_anneal_steps)
+        if not isinstance(sample_observation_noise, bool):
+            raise bad_option("model.sample_observation_noise", sample_observation_noise, "true or false",
+                             "set model.sample_observation_noise=true or false")
         if optimizer["name"] not in OPTIMIZERS:
             raise bad_option("model.optimizer.name", optimizer["name"], f"one of {sorted(OPTIMIZERS)}",
                              "set model.optimizer.name=adam")
@@ -61,7 +65,8 @@ class LatentSDE(GenerativeModule):
                                    "likelihood": likelihood, "learn_prior_z0": learn_prior_z0,
                                    "kl_anneal_steps": kl_anneal_steps, "optimizer": optimizer,
                                    "train_steps": train_steps, "diffusion_warn_threshold": diffusion_warn_threshold,
-                                   "val_seed": val_seed, "skip_nonfinite": skip_nonfinite})
+                                   "val_seed": val_seed, "skip_nonfinite": skip_nonfinite,
+                                   "sample_observation_noise": sample_observation_noise})
         c, t = self.data_size, self.t_size
         self.encoder = Encoder(c, context_size, latent_size, t, solver=self.solver, **encoder)
         self.sde = LatentSDEFunc(latent_size, context_size, hidden_size, num_layers, diffusion["hidden_size"],
@@ -75,6 +80,7 @@ class LatentSDE(GenerativeModule):
         self.kl_anneal_steps, self.optimizer_cfg = int(kl_anneal_steps), optimizer
         self.diffusion_warn_threshold, self.val_seed = float(diffusion_warn_threshold), int(val_seed)
         self._warned_degenerate = False
+        self.sample_observation_noise = sample_observation_noise  # sample.py's observation_noise= sets it
         # Sampling needs no gradients through the solver: the direct solve gives the same forward values.
         self.sample_solver = dataclasses.replace(self.solver, adjoint=False)
 
@@ -108,15 +114,23 @@ class LatentSDE(GenerativeModule):
         return torch.cat([t, values], dim=-1)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               observation_noise: bool | None = None) -> torch.Tensor:
         """``n`` paths ``(n, T, 1 + C)`` from the prior (z0 ~ p(z0), prior SDE, decoder mean), normalised units,
-        without gradients."""
+        without gradients. With ``observation_noise`` (None: ``self.sample_observation_noise``, the config's
+        ``model.sample_observation_noise``) the likelihood's noise is added: draws of the observations rather than
+        of the noiseless decoded path. It is drawn from ``generator`` after everything else, so a seed gives the same
+        decoded paths either way (for one call)."""
         self.check_n(n)
         mean, log_std = self.pz0[0], self.pz0[1]
         eps = torch.randn((n, mean.numel()), generator=generator, dtype=mean.dtype).to(mean.device)
         z0 = mean + log_std.exp() * eps
         zs = sdeint(PriorSDE(self.sde), z0, self._ts(z0), self.sample_solver, entropy=draw_entropy(generator))
-        return self._with_time(self.decoder(zs))
+        values = self.decoder(zs)
+        noisy = self.sample_observation_noise if observation_noise is None else observation_noise
+        if noisy:
+            values = self.decoder.add_observation_noise(values, generator)
+        return self._with_time(values)
 
     @torch.no_grad()
     def reconstruct(self, paths: torch.Tensor, filled: torch.Tensor | None = None,

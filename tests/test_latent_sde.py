@@ -322,3 +322,58 @@ def test_from_checkpoint_refuses_other_files(tmp_path):
     torch.save({"neuralsde": {"family": "sdegan"}, "state_dict": {}}, sdegan)
     with pytest.raises(CheckpointError, match=r"holds a 'sdegan' model, not a latent SDE. Fix: .*load_model"):
         LatentSDE.from_checkpoint(sdegan)
+
+
+def _noiseless_decode(model, n, generator):
+    """The decoded prior paths that ``sample`` drew before observation noise existed, step by step."""
+    from latent_sde.components.sdes import PriorSDE
+    from neuralsde.brownian import draw_entropy
+    from neuralsde.solver import sdeint
+
+    mean, log_std = model.pz0[0], model.pz0[1]
+    z0 = mean + log_std.exp() * torch.randn((n, mean.numel()), generator=generator, dtype=mean.dtype)
+    with torch.no_grad():
+        zs = sdeint(PriorSDE(model.sde), z0, model._ts(z0), model.sample_solver, entropy=draw_entropy(generator))
+        return model._with_time(model.decoder(zs))
+
+
+def test_samples_are_the_noiseless_decoded_paths_by_default():
+    model = make_model()
+    assert model.sample_observation_noise is False and model.hparams.sample_observation_noise is False
+    expected = _noiseless_decode(model, 6, gen(4))
+    assert torch.equal(model.sample(6, gen(4)), expected)
+    on = make_model(sample_observation_noise=True)  # the same weights (seed 0), noise on in the config
+    assert torch.equal(on.sample(6, gen(4), observation_noise=False), expected)
+
+
+@pytest.mark.parametrize("kind, mean_abs", [("gaussian", (2 / torch.pi) ** 0.5), ("laplace", 2 ** -0.5)])
+def test_sample_observation_noise_is_the_likelihoods(kind, mean_abs):
+    """With model.sample_observation_noise the samples are the decoded paths (the same seed's noiseless sample) plus
+    noise whose per-channel std is the likelihood's (Laplace: sqrt(2) x scale) and whose shape is the likelihood's
+    (E|noise| / std: sqrt(2/pi) Gaussian, 1/sqrt(2) Laplace)."""
+    model = make_model(likelihood={"kind": kind}, sample_observation_noise=True)
+    with torch.no_grad():
+        model.decoder.log_scale.copy_(torch.tensor([0.2, 0.7]).log())
+    std = model.decoder.observation_std()
+    torch.testing.assert_close(std, torch.tensor([0.2, 0.7]) * (1.0 if kind == "gaussian" else 2 ** 0.5))
+    n = 4000  # 36000 draws per channel: the std's relative standard error is under 1%
+    noisy, clean = model.sample(n, gen(5)), model.sample(n, gen(5), observation_noise=False)
+    assert torch.equal(noisy[..., 0], clean[..., 0])  # the time channel has no noise
+    noise = (noisy - clean)[..., 1:].reshape(-1, C)
+    assert (noise != 0).all()
+    torch.testing.assert_close(noise.std(0), std, rtol=0.04, atol=0)
+    assert (noise.mean(0).abs() < 4 * std / noise.size(0) ** 0.5).all()
+    torch.testing.assert_close(noise.abs().mean(0) / std, torch.full((C,), mean_abs), rtol=0.03, atol=0)
+
+
+def test_noisy_samples_repeat_with_the_seed():
+    model = make_model(sample_observation_noise=True)
+    first = model.sample(8, gen(7))
+    assert torch.equal(first, model.sample(8, gen(7)))
+    assert not torch.equal(first, model.sample(8, gen(8)))
+
+
+def test_sample_observation_noise_must_be_a_bool():
+    with pytest.raises(ConfigError, match=r"model.sample_observation_noise='yes' is not valid: expected true or false"):
+        make_model(sample_observation_noise="yes")
+

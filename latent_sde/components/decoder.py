@@ -37,6 +37,23 @@ class Decoder(nn.Module):
         """zs ``(batch, T, latent)`` -> mean ``(batch, T, C)``."""
         return self.readout(zs)
 
+    def observation_std(self) -> torch.Tensor:
+        """Per-channel standard deviation ``(C,)`` of the observation noise: the scale for a Gaussian, sqrt(2) times
+        it for a Laplace."""
+        scale = self.log_scale.exp()
+        return scale if self.kind == "gaussian" else scale * math.sqrt(2.0)
+
+    def add_observation_noise(self, mean: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """mean ``(..., C)`` plus zero-mean noise drawn from the likelihood at its per-channel scale: a draw of the
+        observations. Drawn on the CPU with ``generator`` (as the model's other sampling noise), then moved."""
+        shape, dtype = mean.shape, mean.dtype
+        if self.kind == "gaussian":
+            unit = torch.randn(shape, generator=generator, dtype=dtype)
+        else:  # Laplace(0, 1) is the difference of two independent Exp(1) draws
+            unit = (torch.empty(shape, dtype=dtype).exponential_(generator=generator)
+                    - torch.empty(shape, dtype=dtype).exponential_(generator=generator))
+        return mean + unit.to(mean.device) * self.log_scale.to(dtype).exp()
+
     def log_likelihood(self, zs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """zs ``(batch, T, latent)``, values ``(batch, T, C)`` with NaN where missing -> ``(batch,)``: the sum of
         log-densities over observed entries. Missing entries contribute exactly zero (and no gradient)."""
