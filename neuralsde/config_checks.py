@@ -62,6 +62,17 @@ def unknown_option(node, cause) -> ConfigError | None:
     return ConfigError(f"{option} is not an option of {node._target_} (it takes {known}). Fix: {fix}.")
 
 
+def check_family_options(cfg: DictConfig) -> None:
+    """Refuse ``model.sample_observation_noise`` (a latent SDE option, added with ``+``) in an SDE-GAN config: the
+    SDE-GAN has no observation model, and the generic unknown-option message did not say that noisy samples are
+    the latent SDE's alone."""
+    model = cfg.get("model") or {}
+    if model.get("_target_") == "sdegan.module.SDEGAN" and "sample_observation_noise" in model:
+        raise ConfigError("model.sample_observation_noise is an option of the latent SDE (model=latent_sde) only: "
+                          "the SDE-GAN has no observation model (no likelihood), so its samples are its generator's "
+                          "paths and there is no noise to add. Fix: remove +model.sample_observation_noise.")
+
+
 def check_resolvable(cfg: DictConfig) -> None:
     """A config composed outside a Hydra job (``hydra.compose`` in a notebook) cannot resolve ``${hydra:...}``:
     ``build`` failed after loading the data, with OmegaConf's "HydraConfig was not set" traceback."""
@@ -140,6 +151,7 @@ def check_job(cfg: DictConfig) -> None:
         return
     check_required(cfg)
     check_trainer_limits(cfg)
+    check_family_options(cfg)
     check_int("seed", cfg.get("seed"), "e.g. seed=0", minimum=None)
     check_threads(cfg.get("threads"))
     if cfg.get("ckpt_path"):  # read after the data were loaded: a sweep continuing several runs met it per job

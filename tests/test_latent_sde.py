@@ -377,3 +377,18 @@ def test_sample_observation_noise_must_be_a_bool():
     with pytest.raises(ConfigError, match=r"model.sample_observation_noise='yes' is not valid: expected true or false"):
         make_model(sample_observation_noise="yes")
 
+
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_the_sdegan_refuses_sample_observation_noise(tiny_cfg, value):
+    """The option belongs to the latent SDE: on the SDE-GAN (no likelihood) it is refused by name, before the data
+    are loaded (check_job) and when a model is built (a checkpoint's config given it in cfg_overrides)."""
+    from neuralsde.config_checks import check_job
+
+    cfg = tiny_cfg([f"+model.sample_observation_noise={value}"])
+    assert cfg.model._target_ == "sdegan.module.SDEGAN"
+    needle = (r"model.sample_observation_noise is an option of the latent SDE .* the SDE-GAN has no observation "
+              r"model.* Fix: remove \+model.sample_observation_noise")
+    with pytest.raises(ConfigError, match=needle):
+        check_job(cfg)
+    with pytest.raises(ConfigError, match=needle):
+        build(cfg)
