@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from neuralsde.checkpoints import check_checkpoint_path, load_model, load_sampler
-from neuralsde.errors import ConfigError, check_int
+from neuralsde.errors import ConfigError, bad_option, check_int
 from neuralsde.evaluation import check_n_samples, evaluate, print_metrics_table
 from neuralsde.metrics import check_metric_names
 from neuralsde.metrics.suite import make_options
@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 OUTPUT_FORMATS = (".csv", ".npz", ".parquet")
 # The options of configs/eval.yaml and configs/sample.yaml: anything else was added with `+key=...`.
 EVAL_KEYS = {"task_name", "ckpt_path", "cfg_overrides", "metrics", "n_samples", "seed", "options", "paths"}
-SAMPLE_KEYS = {"task_name", "ckpt_path", "n", "out", "overwrite", "seed", "batch_size", "cfg_overrides", "paths"}
+SAMPLE_KEYS = {"task_name", "ckpt_path", "n", "out", "overwrite", "seed", "batch_size", "cfg_overrides",
+               "observation_noise", "paths"}
 
 
 def run_eval(cfg: DictConfig) -> dict[str, float]:
@@ -48,6 +49,8 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     n_compared = len(paths["real_test"])
     used = {"n_samples": n_samples, "n_compared": n_compared, "seed": int(cfg.seed),
             "options": dataclasses.asdict(options)}  # all of them
+    if hasattr(model, "sample_observation_noise"):  # which samples the latent SDE's metrics compared
+        used["sample_observation_noise"] = model.sample_observation_noise
     _refuse_earlier_metrics(out)  # another evaluation may have finished in this directory meanwhile
     with open(out / "metrics.json", "x") as f:  # "x": never replaces a file
         f.write(json.dumps({"checkpoint": ckpt, "family": model.family, **used, "metrics": values}, indent=2))
@@ -122,6 +125,7 @@ def run_sample(cfg: DictConfig) -> Path:
     path = check_sample(cfg)
     # the data are not read (a checkpoint holds what sampling needs of them), so a laptop without them samples
     model, channel_names, source_times, train_cfg = load_sampler(cfg.ckpt_path, list(cfg.cfg_overrides))
+    set_observation_noise(model, cfg.get("observation_noise"), cfg.ckpt_path)
     with torch_threads(train_cfg.get("threads")):  # the run's own CPU threads, as in run_eval
         paths = _sample_with_progress(model, int(cfg.n), int(cfg.batch_size), int(cfg.seed))
     # the model's time channel -> the data's own times, in float64 (a CSV's Unix timestamps do not fit a float32)
@@ -140,9 +144,27 @@ def check_sample(cfg: DictConfig) -> Path:
     check_int("n", cfg.n, "e.g. n=1000", also=" (number of paths)")
     check_int("batch_size", cfg.batch_size, "e.g. batch_size=1024")
     check_int("seed", cfg.seed, "e.g. seed=0", minimum=None)
+    noise = cfg.get("observation_noise")
+    if noise is not None and not isinstance(noise, bool):
+        raise bad_option("observation_noise", noise, "true, false or null (the checkpoint's "
+                         "model.sample_observation_noise)", "e.g. observation_noise=true")
     path = check_output(cfg.out, bool(cfg.overwrite))
     check_checkpoint_path(cfg.ckpt_path)
     return path
+
+
+def set_observation_noise(model, noise: bool | None, ckpt_path) -> None:
+    """sample.py's ``observation_noise`` on the loaded model (None: the checkpoint's own setting). Only a latent SDE
+    has an observation model: ``true`` for an SDE-GAN is refused (its samples are its generator's output)."""
+    if noise is None:
+        return
+    if not hasattr(model, "sample_observation_noise"):
+        if noise:
+            raise ConfigError(f"observation_noise=true, but {str(ckpt_path)!r} holds a {model.family!r} model, which "
+                              "has no observation model to draw noise from (only the latent SDE has a likelihood). "
+                              "Fix: drop observation_noise for this checkpoint.")
+        return
+    model.sample_observation_noise = noise
 
 
 def _sample_with_progress(model, n: int, batch_size: int, seed: int) -> torch.Tensor:

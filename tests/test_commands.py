@@ -368,6 +368,56 @@ def test_eval_and_sample_on_a_latent_sde_checkpoint(latent_run, tmp_path):
     np.testing.assert_allclose(renormalised.numpy(), normalised[..., 1:].numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_sample_observation_noise_adds_the_likelihoods_noise(latent_run, tmp_path):
+    """sample.py's observation_noise=true draws the full generative model: the same seed's decoded paths plus noise
+    at the likelihood's std; null (the default) and false write the decoded paths, as before."""
+    from neuralsde.checkpoints import load_sampler
+
+    ckpt = str(latent_run / "checkpoints" / "last.ckpt")
+
+    def sample(name, **values):
+        out = tmp_path / f"{name}.npz"
+        run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=ckpt, n=400, out=str(out), batch_size=400, **values))
+        return torch.tensor(np.load(out)["values"])
+
+    clean, noisy = sample("clean"), sample("noisy", observation_noise=True)
+    assert torch.equal(sample("off", observation_noise=False), clean)
+    assert torch.equal(sample("again", observation_noise=True), noisy)  # the seed sets the noise too
+    assert not torch.equal(sample("other", observation_noise=True, seed=1), noisy)
+    model = load_sampler(ckpt)[0]
+    assert model.sample_observation_noise is False  # the checkpoint's setting: observation_noise=null keeps it
+    with torch.no_grad():
+        decoded = model.sample(400, generator=torch.Generator().manual_seed(0))[..., 1:]
+        noise = model.normalizer(noisy) - decoded  # in the model's normalised units, as its likelihood
+        std = model.decoder.observation_std()
+    torch.testing.assert_close(model.normalizer(clean), decoded, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(noise.reshape(-1, std.numel()).std(0), std, rtol=0.06, atol=0)
+
+
+def test_sample_observation_noise_is_refused_for_the_sdegan(sdegan_run, tmp_path):
+    ckpt = str(sdegan_run / "checkpoints" / "last.ckpt")
+    out = tmp_path / "s.csv"
+    with pytest.raises(ConfigError, match=r"observation_noise=true, but .* holds a 'sdegan' model, which has no "
+                                          r"observation model.*Fix: drop observation_noise"):
+        run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=ckpt, n=4, out=str(out), observation_noise=True))
+    assert not out.exists()
+    run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=ckpt, n=4, out=str(out), observation_noise=False))  # as without
+
+
+def test_eval_metrics_follow_and_record_the_observation_noise_option(latent_run, tmp_path):
+    """The metrics score model.sample, so they follow model.sample_observation_noise (set for eval.py with
+    cfg_overrides); metrics.json says which samples were compared."""
+    ckpt = str(latent_run / "checkpoints" / "last.ckpt")
+    scores = {}
+    for noisy in (False, True):
+        out = tmp_path / str(noisy)
+        scores[noisy] = run_eval(_cmd_cfg("eval", out, ckpt_path=ckpt, n_samples=64, metrics=["marginal_w1"],
+                                          cfg_overrides=[f"model.sample_observation_noise={str(noisy).lower()}"]))
+        assert json.loads((out / "metrics.json").read_text())["sample_observation_noise"] is noisy
+    assert scores[True]["test/marginal_w1"] != scores[False]["test/marginal_w1"]
+    assert scores[True]["test/elbo"] == scores[False]["test/elbo"]  # the ELBO draws no samples
+
+
 def test_eval_reports_a_latent_sde_test_elbo_as_its_test_stage(latent_run, tmp_path, capsys):
     """eval.py on a latent SDE printed and saved the sample metrics alone: not the ELBO, the family's own figure
     (and its experiments' optimized_metric), which only the training run's test stage logged."""
@@ -424,6 +474,7 @@ def sample_cfg(tmp_path, **values):
     ({"batch_size": 0}, r"batch_size=0 is not valid: expected a positive integer. Fix"),
     ({"seed": "x"}, r"seed='x' is not valid: expected an integer"),
     ({"out": "???"}, r"out is required and not set. Fix: pass out=samples.csv"),
+    ({"observation_noise": "yes"}, r"observation_noise='yes' is not valid: expected true, false or null"),
 ])
 def test_sample_options(tmp_path, values, needle):
     with pytest.raises(ConfigError, match=needle):
