@@ -10,6 +10,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
 
 from neuralsde.atomic import atomic_write
 from neuralsde.errors import CheckpointError, ConfigError, DataError
@@ -53,8 +54,8 @@ def _file_identity(path) -> tuple | None:
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` always ends as the final weights: Lightning rewrites it
-    only beside a periodic save, so the steps after the last ``every_n_train_steps`` were in no checkpoint, and
+    """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` always ends as the state after training: Lightning rewrites
+    it only beside a periodic save, so the steps after the last ``every_n_train_steps`` were in no checkpoint, and
     eval.py, sample.py and a resume read another model than the one the test stage scored."""
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -73,7 +74,10 @@ class RunCheckpoint(ModelCheckpoint):
             # Lightning's own on_train_end wrote last.ckpt here despite "checkpointing is suppressed", and
             # resume=auto then continued the newest run's checkpoint: a one-batch smoke test instead of the real run
             return
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+        # Written even when a periodic save came at this very step: that one was made inside the last batch, before
+        # its validation (a test-only rerun's metric history lacked the final point) and before Lightning counted the
+        # batch and the epoch (a rerun's test row sat one batch early, in epoch 0).
+        if self.save_last and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         super().on_train_end(trainer, pl_module)
 

@@ -198,6 +198,22 @@ def test_last_checkpoint_holds_the_final_weights(tmp_path):
     assert int(read_checkpoint(tmp_path / "checkpoints" / "step000008.ckpt")["state_dict"]["train_step"]) == 4
 
 
+def test_last_checkpoint_is_written_after_the_last_steps_validation(tmp_path):
+    # With a periodic save at the last step (4 training steps, 8 optimiser steps), last.ckpt was that save, made
+    # inside the step: before its validation (a test stage run again lacked that point of the metric history) and
+    # before Lightning counted the batch and the epoch (its test row was logged a batch early, in epoch 0)
+    cfg = shrink(compose_config([]), tmp_path, steps=4)
+    with open_dict(cfg):
+        cfg.test = False
+        cfg.trainer.val_check_interval = 2
+        cfg.callbacks.model_checkpoint.every_n_train_steps = 8
+    train(cfg)
+    last = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    history = next(v["history"] for k, v in last["callbacks"].items() if "MetricsCallback" in k)
+    assert [step for step, _ in history["val/marginal_w1"]] == [2, 4]
+    assert last["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] == 4 and last["epoch"] == 1
+
+
 def test_a_run_continued_in_its_own_directory_keeps_one_last_checkpoint(tmp_path):
     # Continuing in its own directory from its first periodic checkpoint (saved before any last.ckpt) or with another
     # checkpoint interval, Lightning could not restore the callback's state and wrote last-v1.ckpt beside a stale
