@@ -183,6 +183,10 @@ def _test_finished_run(cfg: DictConfig, ckpt_path: str, ckpt: dict) -> dict[str,
     as training runs it after the fit, logged into the run's own loggers, its earlier metrics.csv rows kept."""
     out_dir = Path(cfg.paths.output_dir)
     datamodule, model, trainer, loggers, kept = _set_up(cfg, ckpt_path, ckpt, continuing=True, fitting=False)
+    # Lightning restores the loop counters only to fit: the test row was logged at step 0 of epoch 0, where the
+    # uninterrupted run logs it after its last training step (and a continued wandb run had logged past step 0)
+    if "loops" in ckpt:
+        trainer.fit_loop.load_state_dict(ckpt["loops"]["fit_loop"])
     try:
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     finally:

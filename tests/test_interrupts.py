@@ -304,3 +304,36 @@ def test_resume_auto_runs_the_test_stage_a_finished_run_was_stopped_in(tmp_path,
     assert {k: v for k, v in logged.items() if k not in timing} == {k: v for k, v in full_logged.items()
                                                                      if k not in timing}
     assert not list(csv.parent.glob("metrics_before_*"))  # merged back, not left beside it
+
+
+def test_a_rerun_test_stage_logs_where_training_ended_with_its_whole_metric_history(tmp_path, monkeypatch):
+    # The test stage of a run stopped in it, run again by resume=auto, logged its test row at step 0 of epoch 0 (a
+    # test-only trainer restores no loop counters) and drew metric_history.png without the last validation: last.ckpt
+    # was the final step's periodic save, made inside that step, before its validation ran.
+    from neuralsde.metrics import plots
+
+    drawn, plot = [], plots.plot_metric_history
+    monkeypatch.setattr(plots, "plot_metric_history",
+                        lambda history, *args: drawn.append(history) or plot(history, *args))
+
+    def run(name, how, resume=None):
+        with monkeypatch.context() as patched:
+            cfg = _periodic_run(tmp_path / name, patched, Interrupt(how))  # a periodic save at every step, the last too
+            with open_dict(cfg):
+                cfg.test, cfg.resume = True, resume
+                cfg.trainer.val_check_interval = 2
+                cfg.callbacks.metrics.test_metrics = ["marginal_w1"]
+            training.train(cfg)
+
+    run("full", "none")
+    with pytest.raises(SystemExit):
+        run("stopped", "test")
+    run("stopped", "none", resume="auto")
+
+    def test_row(name):
+        frame = pd.read_csv(tmp_path / name / "csv" / "metrics.csv")
+        return frame.dropna(subset=["test/marginal_w1"])[["step", "epoch"]].values.tolist()
+
+    assert test_row("stopped") == test_row("full") == [[2 * K, 1]]  # after the 2 * K training batches, in epoch 1
+    assert len(drawn) == 2 and drawn[1] == drawn[0]  # the uninterrupted run's, then the rerun's
+    assert [step for step, _ in drawn[1]["val/marginal_w1"]] == [2, 4, 2 * K]
