@@ -38,6 +38,7 @@ from neuralsde.resume import (
     set_aside_metrics,
 )
 from neuralsde.solver import SolverConfig
+from neuralsde.summary import summary_callbacks
 
 log = logging.getLogger(__name__)
 # Errors that already name the option, the value and the fix: shown as they are, without wrappers or tracebacks.
@@ -214,9 +215,13 @@ def _set_up(cfg: DictConfig, ckpt_path: str | None, ckpt: dict | None, continuin
     _group_wandb_sweep(cfg)
     kept = set_aside_metrics(out_dir) if continuing and rank_zero_only.rank == 0 else None
     callbacks = _instantiate_all(cfg.get("callbacks"))
+    # the model summary without Lightning's FLOPs, all zeros here; Lightning, told its own is on, says on every start
+    # that it found another
+    summary = summary_callbacks(cfg.trainer, callbacks)
     loggers = _instantiate_all(cfg.get("logger"))
     # DDP's find_unused_parameters as this model needs it
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks + summary, logger=loggers or False,
+                                      **({"enable_model_summary": False} if summary else {}),
                                       **ddp_options(cfg.trainer, model))
     if ckpt is not None and isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
         trainer.strategy.checkpoint_io.preload(ckpt_path, ckpt)

@@ -221,6 +221,46 @@ def test_progress_bar_counts_training_steps(tiny_cfg, tmp_path, capsys):
     assert "Validation" not in out and "Training" not in out  # ... which is the only bar while fitting
 
 
+def test_model_summary_counts_parameters_and_prints_no_flops(tiny_cfg, capsys, caplog):
+    # Lightning's summary had a FLOPs column of zeros and "Total FLOPs: 0": it counts them by running the module's
+    # example input, which no model here has
+    from pytorch_lightning.utilities.model_summary import get_human_readable_count
+
+    from neuralsde.training import build
+
+    cfg = tiny_cfg()
+    with open_dict(cfg):
+        cfg.trainer.fast_dev_run = True
+        cfg.trainer.enable_model_summary = True  # tests turn it off
+        cfg.callbacks.pop("metrics")
+        cfg.test = False
+    with caplog.at_level("INFO"):
+        train(cfg)
+    out = capsys.readouterr().out
+    total = sum(p.numel() for p in build(cfg)[1].parameters())
+    assert "generator" in out and f"Total params: {get_human_readable_count(total)}" in out
+    assert "flops" not in out.lower() and "flops" not in caplog.text.lower()
+    assert "model summary callbacks" not in caplog.text  # Lightning's notice that it found a summary besides its own
+    with open_dict(cfg):
+        cfg.trainer.enable_model_summary = False
+    train(cfg)
+    assert "Total params" not in capsys.readouterr().out
+
+
+def test_the_summary_replaces_lightnings_only_where_lightning_would_add_it():
+    from omegaconf import OmegaConf
+    from pytorch_lightning.callbacks import ModelSummary
+
+    from neuralsde.summary import ParameterSummary, summary_callbacks
+
+    def added(trainer, callbacks=()):
+        return [type(cb) for cb in summary_callbacks(OmegaConf.create(trainer), list(callbacks))]
+
+    assert added({}) == added({"enable_model_summary": True}) == [ParameterSummary]
+    assert added({"enable_model_summary": False}) == added({"barebones": True}) == []
+    assert added({}, [ModelSummary(max_depth=2)]) == []  # a summary configured among the callbacks is kept
+
+
 def test_progress_bar_of_a_fast_dev_run_counts_its_one_step(tiny_cfg, capsys):
     cfg = tiny_cfg(steps=1000)
     with open_dict(cfg):
