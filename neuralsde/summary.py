@@ -20,8 +20,9 @@ class ParameterSummary(RichModelSummary):
 
     @staticmethod
     def summarize(summary_data: list[tuple[str, list[str]]], total_parameters: int, trainable_parameters: int,
-                  model_size: float, total_training_modes: dict[str, int], total_flops: int,
+                  model_size: float, total_training_modes: dict[str, int] | None = None, total_flops: int = 0,
                   **summarize_kwargs: Any) -> None:
+        # the last two are optional: Lightning before 2.3 passes neither (pyproject allows >=2.2)
         from rich import get_console
         from rich.table import Table
 
@@ -33,13 +34,15 @@ class ParameterSummary(RichModelSummary):
         for row in zip(*(values for _, values in columns), strict=True):
             table.add_row(*row)
         count = get_human_readable_count
+        rows = [("Trainable params", count(trainable_parameters)),
+                ("Non-trainable params", count(total_parameters - trainable_parameters)),
+                ("Total params", count(total_parameters)),
+                ("Total estimated model params size (MB)", get_formatted_model_size(model_size))]
+        if total_training_modes:
+            rows += [("Modules in train mode", total_training_modes["train"]),
+                     ("Modules in eval mode", total_training_modes["eval"])]
         totals = Table.grid(expand=True)
-        for label, value in (("Trainable params", count(trainable_parameters)),
-                             ("Non-trainable params", count(total_parameters - trainable_parameters)),
-                             ("Total params", count(total_parameters)),
-                             ("Total estimated model params size (MB)", get_formatted_model_size(model_size)),
-                             ("Modules in train mode", total_training_modes["train"]),
-                             ("Modules in eval mode", total_training_modes["eval"])):
+        for label, value in rows:
             totals.add_row(f"[bold]{label}[/]: {value}")
         console = get_console()
         console.print(table)

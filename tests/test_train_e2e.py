@@ -261,6 +261,19 @@ def test_the_summary_replaces_lightnings_only_where_lightning_would_add_it():
     assert added({}, [ModelSummary(max_depth=2)]) == []  # a summary configured among the callbacks is kept
 
 
+def test_the_summary_takes_the_arguments_of_older_lightning(capsys):
+    # pyproject allows Lightning 2.2, whose summarize passes neither the training modes (2.3) nor the FLOPs (2.6)
+    from neuralsde.summary import ParameterSummary
+
+    data = [(" ", ["0"]), ("Name", ["generator"]), ("Params", ["1.2 K"]), ("FLOPs", ["0"])]
+    ParameterSummary.summarize(data, 1234, 1000, 0.005)
+    out = capsys.readouterr().out
+    assert "generator" in out and "Total params: 1.2 K" in out and "Non-trainable params: 234" in out
+    assert "FLOPs" not in out and "train mode" not in out
+    ParameterSummary.summarize(data, 1234, 1000, 0.005, {"train": 3, "eval": 1}, 0)
+    assert "Modules in train mode: 3" in capsys.readouterr().out
+
+
 def test_progress_bar_of_a_fast_dev_run_counts_its_one_step(tiny_cfg, capsys):
     cfg = tiny_cfg(steps=1000)
     with open_dict(cfg):
