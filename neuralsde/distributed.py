@@ -1,6 +1,8 @@
-"""Data-parallel training: the DDP strategy a model needs, and a check that every rank holds the same parameters
-and averaged parameters."""
+"""Data-parallel training: the DDP strategy a model needs, work done once for every rank, and a check that every rank
+holds the same parameters and averaged parameters."""
 from __future__ import annotations
+
+from typing import Callable, TypeVar
 
 import pytorch_lightning as pl
 import torch
@@ -9,7 +11,10 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig
 from pytorch_lightning.strategies import DDPStrategy, StrategyRegistry
 
+from neuralsde.data.batches import _rank_and_world
 from neuralsde.errors import ConfigError
+
+T = TypeVar("T")
 
 
 def ddp_options(trainer_cfg: DictConfig, model) -> dict:
@@ -56,6 +61,34 @@ def _processes(trainer_cfg: DictConfig) -> int:
     else:
         count = int(devices)
     return count * int(trainer_cfg.num_nodes if "num_nodes" in trainer_cfg else 1)
+
+
+def computed_on_rank_zero(compute: Callable[[], T]) -> T:
+    """``compute()`` run by rank 0 alone, its (picklable) result sent to every rank: for work whose result would be
+    the same on every rank (the test metrics train a classifier and a forecaster on each), done once instead of once
+    per process. Without DDP a plain call.
+
+    Every rank must reach this call (it ends in a broadcast). An exception in ``compute`` is raised on rank 0 and, as
+    a RuntimeError naming it, on the other ranks, which would otherwise wait in the broadcast until the process
+    group's timeout (30 minutes by default)."""
+    rank, world = _rank_and_world()
+    if world == 1:
+        return compute()
+    outcome: list = [None]
+    error = None
+    if rank == 0:
+        try:
+            outcome[0] = (True, compute())
+        except Exception as err:
+            error = err
+            outcome[0] = (False, f"{type(err).__name__}: {err}")
+    dist.broadcast_object_list(outcome, src=0)
+    if error is not None:
+        raise error
+    done, result = outcome[0]
+    if not done:
+        raise RuntimeError(f"Rank 0 failed in work it does for every rank: {result}")
+    return result
 
 
 def state_fingerprint(module: torch.nn.Module) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 
 from neuralsde.callbacks import log_figure
+from neuralsde.distributed import computed_on_rank_zero
 from neuralsde.errors import check_int
 from neuralsde.metrics import CHEAP_METRICS, METRICS, check_metric_names, compute_metrics
 from neuralsde.metrics.plots import MAX_CHANNELS, check_max_channels
@@ -115,8 +116,10 @@ class MetricsCallback(pl.Callback):
     def on_validation_epoch_end(self, trainer, module) -> None:
         if trainer.sanity_checking:
             return
-        values, _ = evaluate(module, trainer.datamodule, metrics=self.val_metrics, n_samples=self.n_samples,
-                             seed=self.seed, options=self.options, split="val")
+        # every rank would compute the same values (the same weights, split and seed): rank 0 does, once
+        values = computed_on_rank_zero(lambda: evaluate(
+            module, trainer.datamodule, metrics=self.val_metrics, n_samples=self.n_samples, seed=self.seed,
+            options=self.options, split="val")[0])
         self._log(module, "val", values)
 
     def on_validation_end(self, trainer, module) -> None:
@@ -142,11 +145,20 @@ class MetricsCallback(pl.Callback):
 
     def on_test_epoch_end(self, trainer, module) -> None:
         bar = trainer.progress_bar_callback  # the full suite takes seconds to minutes: show which metric runs
-        values, paths = evaluate(module, trainer.datamodule, metrics=self.test_metrics, n_samples=self.n_samples,
-                                 seed=self.seed, options=self.options, split="test", reference=True,
-                                 progress=trainer.is_global_zero and bar is not None and not bar.is_disabled)
+        paths = {}  # rank 0's, for its figures
+
+        def suite() -> dict[str, float]:
+            values, used = evaluate(module, trainer.datamodule, metrics=self.test_metrics, n_samples=self.n_samples,
+                                    seed=self.seed, options=self.options, split="test", reference=True,
+                                    progress=bar is not None and not bar.is_disabled)
+            paths.update(used)
+            return values
+
+        # the classifier, forecaster and MMD are trained and computed once, on rank 0, not once per process
+        values = computed_on_rank_zero(suite)
         self._log(module, "test", values)
-        self._plots(trainer, paths["real_test"], paths["fake_test"])
+        if trainer.is_global_zero:
+            self._plots(trainer, paths["real_test"], paths["fake_test"])
 
     @rank_zero_only
     def _plots(self, trainer, real, fake) -> None:

@@ -1,8 +1,10 @@
 """trainer=ddp_sim: two CPU processes over gloo hold identical parameters after every step."""
+import dataclasses
 import datetime
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -249,6 +251,117 @@ def test_ddp_run_skips_a_batch_that_is_non_finite_on_one_rank_on_every_rank(tmp_
     assert [int(x) for x in lines[0::3]] == [1, 2, 3]  # every step ended with the ranks' parameters equal
     last = pd.read_csv(out / "csv" / "metrics.csv").dropna(subset=["train/d_loss"]).iloc[-1]
     assert last["train/step"] == 3 and abs(last["train/d_loss"]) < 1e3  # trained on past the skipped batch
+
+
+class MetricWorkProbe(pl.Callback):
+    """Appends a line ``<stage> <metric>`` to ``<out_dir>/work_<rank>.txt`` for every metric this process computes,
+    and writes the ``val/`` and ``test/`` figures it ends with to ``<out_dir>/figures_<rank>.json``."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir, self.saved = Path(out_dir), None
+
+    def setup(self, trainer, module, stage):
+        from neuralsde.metrics import suite
+
+        if self.saved is not None:
+            return
+        self.saved = dict(suite.METRICS)
+        work = self.out_dir / f"work_{trainer.global_rank}.txt"
+
+        def counted(name, compute):
+            def run(*args):
+                with open(work, "a") as f:
+                    f.write(f"{trainer.state.stage.value} {name}\n")
+                return compute(*args)
+            return run
+
+        for name, metric in self.saved.items():
+            suite.METRICS[name] = dataclasses.replace(metric, compute=counted(name, metric.compute))
+
+    def teardown(self, trainer, module, stage):
+        from neuralsde.metrics import suite
+
+        if self.saved is not None:
+            suite.METRICS.update(self.saved)
+            self.saved = None
+
+    def on_validation_end(self, trainer, module):
+        self._save(trainer, "val/")
+
+    def on_test_end(self, trainer, module):
+        self._save(trainer, "test/")
+
+    def _save(self, trainer, stage):
+        path = self.out_dir / f"figures_{trainer.global_rank}.json"
+        figures = json.loads(path.read_text()) if path.exists() else {}
+        figures.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(stage)})
+        path.write_text(json.dumps(figures))
+
+
+def test_ddp_computes_the_sample_metrics_once_on_rank_zero_and_every_rank_logs_a_single_process_s_figures(tmp_path):
+    # every DDP process sampled, trained the real/fake classifier and the TSTR forecaster and bootstrapped the
+    # signature MMD, to the same figures: the test stage's metric work was done once per process
+    from hydra.utils import instantiate
+
+    from neuralsde.checkpoints import load_model
+
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    out, _ = _ddp_run(tmp_path, ["model.train_steps=2", "+callbacks.probe._target_=tests.test_ddp.MetricWorkProbe",
+                                 f"+callbacks.probe.out_dir={probe}"])
+    assert not (probe / "work_1.txt").exists()  # rank 1 computed no metric, in validation or test
+    work = (probe / "work_0.txt").read_text().splitlines()
+    val_metrics = ["sig_mmd", "marginal_w1", "marginal_ks", "acf_error", "cross_corr_error"]
+    assert [line for line in work if line.startswith("validate ")] == [f"validate {m}" for m in val_metrics]
+    tested = [line.split()[1] for line in work if line.startswith("test ")]
+    assert tested.count("real_fake") == 1 and tested.count("tstr") == 1 and tested.count("sig_mmd") == 2  # + ref_
+    ranks = [json.loads((probe / f"figures_{rank}.json").read_text()) for rank in range(2)]
+    assert ranks[0] == ranks[1] and {"test/real_fake_acc", "test/tstr_loss", "val/sig_mmd"} <= set(ranks[0])
+
+    # one process testing the same weights with the same metric settings computes the same work and figures
+    model, datamodule, cfg = load_model(out / "checkpoints" / "last.ckpt")
+    single = tmp_path / "single"
+    single.mkdir()
+    metrics = instantiate(cfg.callbacks.metrics, out_dir=str(single))
+    trainer = pl.Trainer(devices=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[metrics, MetricWorkProbe(str(single))])
+    trainer.test(model, datamodule=datamodule, verbose=False)
+    assert (single / "work_0.txt").read_text().splitlines() == [line for line in work if line.startswith("test ")]
+    alone = json.loads((single / "figures_0.json").read_text())
+    assert alone == {k: v for k, v in ranks[0].items() if k.startswith("test/")}
+
+
+def _rank_zero_work(rank, world, init_file, out_dir):
+    from neuralsde.distributed import computed_on_rank_zero
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        results = []
+        for fail in (False, True):
+            def compute(fail=fail):
+                (out_dir / f"ran_{fail}_{rank}").touch()
+                if fail:
+                    raise ValueError("no test split")
+                return {"sig_mmd": 0.25, "rank": rank}
+            try:
+                results.append(computed_on_rank_zero(compute))
+            except Exception as err:
+                results.append(f"{type(err).__name__}: {err}")
+        (out_dir / f"{rank}.json").write_text(json.dumps(results))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_work_computed_on_rank_zero_reaches_every_rank_and_so_does_its_error(tmp_path):
+    mp.spawn(_rank_zero_work, args=(2, tmp_path / "init", tmp_path), nprocs=2)
+    assert sorted(p.name for p in tmp_path.glob("ran_*")) == ["ran_False_0", "ran_True_0"]
+    (done, rank0_error), (sent, rank1_error) = [json.loads((tmp_path / f"{rank}.json").read_text())
+                                                 for rank in range(2)]
+    assert done == sent == {"sig_mmd": 0.25, "rank": 0}
+    # rank 1 learns of rank 0's error instead of waiting in the broadcast until the timeout
+    assert rank0_error == "ValueError: no test split"
+    assert rank1_error == "RuntimeError: Rank 0 failed in work it does for every rank: ValueError: no test split"
 
 
 def test_a_resume_under_another_number_of_processes_says_what_changes_in_the_batch():
