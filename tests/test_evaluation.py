@@ -129,3 +129,27 @@ def test_metric_history_takes_the_familys_own_validation_figures():
     callback.on_validation_end(trainer, module)  # a second validation at step 10 adds no second point
     assert len(callback.history["val/elbo"]) == 2
     assert "train/loss" not in callback.history
+
+
+@pytest.mark.parametrize("family", [[], ["experiment=ou_latent_sde"]])
+def test_evaluation_draws_nothing_from_the_global_random_number_generators(tiny_cfg, family):
+    # Under DDP rank 0 alone evaluates (neuralsde.distributed.computed_on_rank_zero): a draw here would leave the
+    # ranks' global RNGs apart for the rest of training, and a checkpoint (rank 0's RNG) would resume rank 1 elsewhere.
+    import random
+
+    import numpy as np
+
+    from neuralsde.metrics import METRICS
+    from neuralsde.training import build
+
+    datamodule, model = build(tiny_cfg(family))
+    datamodule.setup()
+    def states():
+        name, keys, *position = np.random.get_state()  # the position moves on each draw, the keys once in 624
+        return torch.get_rng_state(), torch.from_numpy(keys.copy()), position, random.getstate()
+
+    before = states()
+    evaluate(model, datamodule, metrics=tuple(METRICS), n_samples=32, seed=0, reference=True,
+             options={"n_boot": 20, "classifier_epochs": 1, "forecast_epochs": 1})
+    after = states()
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1]) and before[2:] == after[2:]
