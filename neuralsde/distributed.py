@@ -48,7 +48,8 @@ def ddp_options(trainer_cfg: DictConfig, model) -> dict:
 
 def _processes(trainer_cfg: DictConfig) -> int:
     """The number of processes Lightning starts for ``trainer_cfg``'s devices and nodes: above one, its ``auto``
-    strategy is DDP."""
+    strategy is DDP. Lightning's public ``CUDAAccelerator.parse_devices`` (2.6) raises where no GPU is visible (a
+    GPU node's config composed on a login node or a laptop) and takes no ``"auto"``."""
     devices = trainer_cfg.devices if "devices" in trainer_cfg else "auto"
     if isinstance(devices, str) and "," in devices:  # "0,1": device ids
         devices = [d for d in devices.split(",") if d.strip()]

@@ -89,7 +89,9 @@ def take_over_lightning_requeue(trainer, requeue: Requeue) -> None:
     signal, which ``Requeue.install`` then handles. Call it before Lightning registers its signal handlers."""
     from lightning_fabric.plugins.environments import SLURMEnvironment
 
-    environment = trainer._accelerator_connector.cluster_environment  # the one Lightning's signal connector reads
+    # the one Lightning's signal connector reads; trainer.strategy.cluster_environment (public) is the same object
+    # under DDP but absent from the SingleDeviceStrategy of a one-GPU job, the usual SLURM job
+    environment = trainer._accelerator_connector.cluster_environment
     if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
         environment.auto_requeue = False
         requeue.lightning_signal = environment.requeue_signal

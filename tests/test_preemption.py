@@ -263,3 +263,23 @@ def test_lightnings_requeue_signal_is_handled_whichever_it_is():
     finally:
         for signum, previous in before.items():
             signal.signal(signum, previous)
+
+
+@pytest.mark.parametrize("requeue_signal", [None, signal.SIGHUP])
+def test_lightnings_auto_requeue_is_taken_over_in_a_one_device_slurm_job(monkeypatch, requeue_signal):
+    # The environment Lightning's signal connector reads is the accelerator connector's (private): a one-device job
+    # runs a SingleDeviceStrategy, which has no cluster_environment for trainer.strategy to hand out instead.
+    import pytorch_lightning as pl
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    for key, value in SLURM_STEP.items():
+        monkeypatch.setenv(key, value)
+    plugins = [] if requeue_signal is None else [SLURMEnvironment(requeue_signal=requeue_signal)]
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, plugins=plugins)
+    assert getattr(trainer.strategy, "cluster_environment", None) is None
+    notice = requeue.Requeue()
+    requeue.take_over_lightning_requeue(trainer, notice)
+    environment = trainer._accelerator_connector.cluster_environment
+    assert isinstance(environment, SLURMEnvironment) and not environment.auto_requeue
+    assert notice.lightning_signal == (requeue_signal or signal.SIGUSR1)
