@@ -76,7 +76,8 @@ def test_dispatch_census_no_host_reads_per_step_and_half_of_midpoints_dispatches
     # kept on the host: GenerativeModule.steps_taken)
     assert rh["host_reads"][1] <= 1 and mid["host_reads"][1] <= 1
     assert 1.85 <= mid["dispatches"][0] / rh["dispatches"][0] <= 2.0  # the fused steps: about half of midpoint's
-    assert abs(mid["dispatches"][1] - rh["dispatches"][1]) <= 0.05 * rh["dispatches"][1]  # shared set-up
+    # shared set-up: midpoint's is no heavier (it is lighter since its CDE solve reads the path's slopes once)
+    assert mid["dispatches"][1] <= 1.05 * rh["dispatches"][1]
 
 
 def test_outside_the_solver_row_compares_equal_results(tmp_path):

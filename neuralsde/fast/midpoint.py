@@ -43,9 +43,9 @@ from neuralsde.fast.midpoint_generic import (
     _GenericAdjoint,
     _IndexedAdjoint,
     _integrate,
+    adjoint_slope_times,
     evaluation_times,
     mid_times,
-    reverse_mid_times,
 )
 from neuralsde.fast.once import first_order
 from neuralsde.fast.probe import fused_field
@@ -150,12 +150,14 @@ def _fused_sdeint(vf, y0, t_grid, obs, dt, dW, params):
                                        *fused[0].params)
 
 
-def _fused_cdeint(func, z0, t_grid, obs, dt, U, U_mid, U_next, params):
+def _fused_cdeint(func, z0, t_grid, obs, dt, S, params):
     fused = fused_field(func, params, evaluation_times(t_grid), mid_times(t_grid)[0], 1, z0)
     if fused is None:
         return None
-    return _FusedMidpointAdjoint.apply(fused[0], obs, fused[1], None, (U * dt).detach(), U_mid * dt,
-                                       (U_next * dt).detach(), z0, *fused[0].params)
+    n = len(t_grid) - 1
+    V = S * dt  # one product for the three controls (rows as adjoint_slope_times)
+    return _FusedMidpointAdjoint.apply(fused[0], obs, fused[1], None, V[:n].detach(), V[n + 1:],
+                                       V[1:n + 1].detach(), z0, *fused[0].params)
 
 
 # ------------------------------------------------------------------------------------------------- public
@@ -205,19 +207,19 @@ def midpoint_cdeint(func: nn.Module, z0: torch.Tensor, X_values: torch.Tensor, t
     gradients (to func's parameters, z0 and X_values) as ``midpoint_sdeint``: adjoint=True torchcde's
     ``adjoint=True`` (continuous adjoint, X_values among its ``adjoint_params``), adjoint=False exact."""
     t_grid, obs = knot_grid(ts, dt, X_values)
-    U = path_slopes(X_values, t_grid[:-1], interpolation)
     field = _cde_field(func)
     if not adjoint:
+        # two sets, both differentiated: one call would sum X_values' gradient in another order (last-bit changes)
+        U = path_slopes(X_values, t_grid[:-1], interpolation)
         U_mid = path_slopes(X_values, mid_times(t_grid), interpolation)
         return _integrate(field, z0, t_grid, obs, float(dt), None, U, U_mid)
-    # the adjoint's second-stage times, torchsde's reverse-time arithmetic; the forward's midpoints on exact grids
-    U_mid = path_slopes(X_values, reverse_mid_times(t_grid), interpolation)
-    U_next = path_slopes(X_values, t_grid[1:], interpolation)
+    n = len(t_grid) - 1
+    S = path_slopes(X_values, adjoint_slope_times(t_grid), interpolation)
     params = tuple(func.parameters()) if adjoint_params is None else tuple(adjoint_params)
     if fused:
-        zs = _fused_cdeint(func, z0, t_grid, obs, float(dt), U, U_mid, U_next, params)
+        zs = _fused_cdeint(func, z0, t_grid, obs, float(dt), S, params)
         if zs is not None:
             return zs
     params = tuple(p for p in params if p.requires_grad)
-    return _GenericAdjoint.apply(field, t_grid, obs, float(dt), None, U.detach(), U_mid, U_next.detach(), z0,
-                                 *params)
+    return _GenericAdjoint.apply(field, t_grid, obs, float(dt), None, S[:n].detach(), S[n + 1:],
+                                 S[1:n + 1].detach(), z0, *params)

@@ -34,6 +34,14 @@ def evaluation_times(t_grid: torch.Tensor) -> torch.Tensor:
     return torch.cat([stage_times(t_grid), t_grid[1:], reverse_mid_times(t_grid)])
 
 
+def adjoint_slope_times(t_grid: torch.Tensor) -> torch.Tensor:
+    """The times ``(2N + 1,)`` at which the adjoint CDE solve reads ``dX/dt``, so that one ``path_slopes`` call
+    serves the forward and the backward: rows ``:N`` the forward's first stages (``t_k``), ``1:N + 1`` the reverse
+    first stages (``t_{k+1}``), ``N + 1:`` both second stages (``reverse_mid_times``: torchsde's reverse-time
+    arithmetic, equal to the forward's midpoints on the exact grids ``time_grid`` allows)."""
+    return torch.cat([t_grid, reverse_mid_times(t_grid)])
+
+
 # ------------------------------------------------------------------------------------- generic (autograd)
 
 def _g_prod(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
