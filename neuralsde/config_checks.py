@@ -107,6 +107,13 @@ def check_required(cfg: DictConfig) -> None:
                           f"Fix: pass {examples} on the command line.")
 
 
+def _leaf_keys(node, prefix: str = "") -> list[str]:
+    """Dotted keys of a container's leaves."""
+    if not isinstance(node, dict):
+        return [prefix[:-1]] if prefix else []
+    return [k for key, value in node.items() for k in _leaf_keys(value, f"{prefix}{key}.")]
+
+
 def _missing_keys(node, prefix: str = "") -> list[str]:
     """Dotted keys whose value is ``???``, read without resolving (``OmegaConf.missing_keys`` resolves, and
     ``${hydra:...}`` fails outside a Hydra job)."""
@@ -150,6 +157,7 @@ def check_job(cfg: DictConfig) -> None:
         check(cfg)
         return
     check_required(cfg)
+    check_local(cfg)
     check_trainer_limits(cfg)
     check_family_options(cfg)
     check_int("seed", cfg.get("seed"), "e.g. seed=0", minimum=None)
@@ -163,6 +171,20 @@ def check_job(cfg: DictConfig) -> None:
 
     SolverConfig(**OmegaConf.to_container(cfg.solver, resolve=True))
     instantiate(cfg.data)
+
+
+def check_local(cfg: DictConfig) -> None:
+    """Refuse settings that a ``configs/local/`` file put under ``local:``: without ``# @package _global_`` Hydra
+    nests the file there, where nothing reads it, so ``paths: {data_dir: ...}`` in it was silently ignored."""
+    local = cfg.get("local")
+    keys = [f"local.{key}" for key in _leaf_keys(OmegaConf.to_container(local, resolve=False))] \
+        if isinstance(local, DictConfig) else []
+    if not keys:  # no local file, or an empty one
+        return
+    raise ConfigError(f"the config of the local group (configs/local/, e.g. default.yaml) landed under `local:` "
+                      f"({', '.join(keys)}), where nothing reads it, so none of its settings apply. Fix: make "
+                      "`# @package _global_` the file's first line (as in configs/experiment/*.yaml); its keys then "
+                      "set the options they name, e.g. paths.data_dir.")
 
 
 def check_threads(n) -> None:

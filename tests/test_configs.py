@@ -7,6 +7,7 @@ from omegaconf import open_dict
 
 from neuralsde.config_checks import check_job
 from neuralsde.data.preprocessing import split_by_series
+from neuralsde.errors import ConfigError
 from neuralsde.training import _instantiate_all, build, instantiate
 from tests.conftest import CONFIG_DIR, SHARED_DATA, compose_config, shrink
 
@@ -107,3 +108,31 @@ def test_every_experiment_passes_the_checks_made_before_any_work(experiment):
     """As composed, unshrunk (what `python train.py experiment=...` runs; the build test above shrinks sizes):
     required options, trainer limits, seed, threads, solver and the data module's options (no data are loaded)."""
     check_job(compose_config([f"experiment={experiment}"]))
+
+
+def _compose_with_local(tmp_path: Path, text: str):
+    """The train config composed from a copy of configs/ whose local/default.yaml holds ``text``."""
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, configs)
+    (configs / "local" / "default.yaml").write_text(text)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        return compose(config_name="train")
+
+
+def test_a_local_file_without_the_global_package_line_is_refused_not_ignored(tmp_path):
+    """configs/local/default.yaml written as `paths: {data_dir: ...}` landed at local.paths.data_dir, where nothing
+    reads it: the run silently used datasets/ (and tried to download there)."""
+    cfg = _compose_with_local(tmp_path, "paths:\n  data_dir: /data/mine\nthreads: 2\n")
+    assert cfg.paths.data_dir != "/data/mine"
+    with pytest.raises(ConfigError, match=r"local\.paths\.data_dir, local\.threads.*# @package _global_"):
+        check_job(cfg)
+    cfg = _compose_with_local(tmp_path / "global", "# @package _global_\npaths:\n  data_dir: /data/mine\n")
+    assert cfg.paths.data_dir == "/data/mine" and "local" not in cfg
+    check_job(cfg)
+    check_job(_compose_with_local(tmp_path / "empty", ""))
