@@ -385,6 +385,30 @@ def test_cache_unwritable_dir_still_returns(tmp_path, monkeypatch, caplog):
     assert "Fix: set data.source.cache_dir to a writable folder" in said[0]
 
 
+
+def test_cache_leaves_a_folder_marked_read_only_alone_even_for_root(tmp_path, caplog):
+    """A container running as root wrote the prepared cache (and LOBSTER's hash memo) into a shared dataset folder
+    whose mode was r-x: root's write succeeds whatever the mode says."""
+    data = tmp_path / "shared"
+    (data / "lobster_goog").mkdir(parents=True)
+    (data / "lobster_goog" / "f.csv").write_text("1,2\n")
+    os.utime(data / "lobster_goog" / "f.csv", (0, 0))  # old enough for the memo to remember it
+    for folder in (data / "lobster_goog", data):
+        folder.chmod(0o555)
+    try:
+        with caplog.at_level("WARNING"):
+            raw = cache_mod.cached(data / "lobster_goog" / "prepared" / "c.pt", 1, lambda: tiny(1.0))
+        digest = cache_mod.file_sha256(data / "lobster_goog" / "f.csv", data / "lobster_goog" / "prepared" / "m.json")
+        assert raw.values.shape == (2, 3, 1) and len(digest) == 64
+        assert sorted(p.name for p in data.rglob("*")) == ["f.csv", "lobster_goog"]  # nothing written
+        said = [r.getMessage() for r in caplog.records if "Could not write cache" in r.getMessage()]
+        assert len(said) == 1 and f"{data / 'lobster_goog'} is marked read-only" in said[0]
+    finally:
+        for folder in (data, data / "lobster_goog"):
+            folder.chmod(0o755)
+    cache_mod.cached(data / "lobster_goog" / "prepared" / "c.pt", 1, lambda: tiny(1.0))  # writable again: cached
+    assert (data / "lobster_goog" / "prepared" / "c.pt").is_file()
+
 # ---- CSV ---------------------------------------------------------------------------------------------
 def write(tmp_path, text: str, name="data.csv") -> str:
     path = tmp_path / name

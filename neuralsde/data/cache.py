@@ -81,6 +81,9 @@ def cached(path: str | Path, version: int | str, build_fn: Callable[[], RawSerie
     blob = {"version": version, "options_hash": key, "options": json.dumps(options or {}, default=str),
             "raw": {f: getattr(raw, f) for f in _FIELDS}}
     try:
+        locked = marked_read_only(path.parent)
+        if locked is not None:
+            raise PermissionError(f"{locked} is marked read-only (no write permission bits)")
         write_atomic(path, blob)
     except OSError as err:  # read-only data_dir: still return the data
         # the full key: a bare cache_dir=... on the command line is no option Hydra knows
@@ -88,6 +91,16 @@ def cached(path: str | Path, version: int | str, build_fn: Callable[[], RawSerie
                     "run. Fix: set data.source.cache_dir to a writable folder, e.g. data.source.cache_dir=datasets.",
                     path, err)
     return raw
+
+
+def marked_read_only(folder: Path) -> Path | None:
+    """The nearest existing folder at or above ``folder`` if its mode grants nobody write access, else None.
+    Root may write there regardless (a container running as root wrote caches into a shared dataset mount marked
+    ``r-x``); such a mark is taken as the owner's wish that nothing be written."""
+    for candidate in (folder, *folder.parents):
+        if candidate.is_dir():
+            return candidate if not candidate.stat().st_mode & 0o222 else None
+    return None
 
 
 def file_sha256(path: str | Path, memo: str | Path) -> str:
@@ -109,6 +122,8 @@ def file_sha256(path: str | Path, memo: str | Path) -> str:
         known = known if isinstance(known, dict) else {}
         known[str(path)] = {"facts": facts, "sha256": digest}
         try:
+            if marked_read_only(memo.parent) is not None:
+                raise PermissionError(f"{memo.parent} is marked read-only")
             with atomic_write(memo) as fh:
                 fh.write(json.dumps(known, indent=1).encode())
         except OSError as err:
