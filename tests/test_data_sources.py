@@ -568,6 +568,19 @@ def test_csv_delimiter_names_and_bad_delimiters(tmp_path):
             CSVSource(path, delimiter=bad)
 
 
+@pytest.mark.parametrize("sep, name", [(";", "semicolon"), ("\t", "tab"), ("|", "pipe")])
+def test_csv_split_by_the_wrong_delimiter_names_the_right_one(tmp_path, sep, name):
+    """A semicolon file read with the default comma failed as "no numeric value columns among ['id;t;a;b']. Fix: set
+    value_columns, or check the delimiter" (with id_column set, as that column not found)."""
+    text = "".join(sep.join(row) + "\n" for row in [["id", "t", "a"], ["0", "0", "1.5"], ["0", "1", "2.5"]])
+    path = write(tmp_path, text)
+    with pytest.raises(DataError, match=rf"single column .* holds 2 .*{name}-separated\. "
+                                        rf"Fix: data\.source\.delimiter={name}\.$"):
+        CSVSource(path, id_column="id", time_column="t").load()
+    assert CSVSource(path, id_column="id", time_column="t", delimiter=name).load().channel_names == ["a"]
+    one = write(tmp_path, "a\n1\n2\n", "one.csv")  # one column and no other delimiter: a series of its own
+    assert CSVSource(one).load().channel_names == ["a"]
+
 def test_one_name_for_a_list_option_is_not_split_into_characters(tmp_path):
     """value_columns=PM25 on the command line is a string: it became ['P', 'M', '2', '5'] ("column 'P' not found";
     covariates=TEMP: "Fix: drop ['T', 'E', 'M', 'P']")."""

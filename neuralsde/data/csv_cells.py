@@ -42,6 +42,7 @@ def read_rows(path: Path, delimiter: str) -> tuple[list[str], list[list[str]], n
     if not rows:
         raise DataError(f"{path}: the file is empty. Fix: supply a CSV with a header row and data rows.")
     header = [name.strip() for name in rows[0]]
+    _check_delimiter(path, header, delimiter)
     dupes = sorted({n for n in header if header.count(n) > 1})
     if dupes or "" in header:
         raise DataError(f"{path}: header (line {lines[0]}) has duplicate or empty column names {dupes or ['']}. "
@@ -53,6 +54,24 @@ def read_rows(path: Path, delimiter: str) -> tuple[list[str], list[list[str]], n
     if len(rows) < 2:
         raise DataError(f"{path}: only a header, no data rows. Fix: add data rows.")
     return header, rows[1:], np.asarray(lines[1:])
+
+
+# Delimiters a one-column header may betray, by the name data.source.delimiter takes (a space is left out: column
+# names often hold one).
+OTHER_DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def _check_delimiter(path: Path, header: list[str], delimiter: str) -> None:
+    """A header read as one column that holds another delimiter: the file was split by the wrong character. Read on,
+    it failed later as "no numeric value columns among ['id;t;a;b']" or as an id or time column not found."""
+    if len(header) != 1:
+        return
+    found = [(char, name) for char, name in OTHER_DELIMITERS.items() if char != delimiter and char in header[0]]
+    if found:
+        char, name = max(found, key=lambda item: header[0].count(item[0]))
+        raise DataError(f"{path}: the header (line 1) is a single column {header[0]!r} when split at "
+                        f"{delimiter!r}, and it holds {header[0].count(char)} {char!r}: the file looks "
+                        f"{name}-separated. Fix: data.source.delimiter={name}.")
 
 
 def column(path: Path, header: list[str], rows: list[list[str]], name: str, role: str) -> pd.Series:
