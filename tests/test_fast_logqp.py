@@ -1,5 +1,7 @@
 """The latent SDE's KL path term on the fast backend equals torchsde's ``logqp=True`` on the same increments, and
 the fused field (hand-written VJPs) equals the autograd path."""
+import warnings
+
 import pytest
 import torch
 import torchsde
@@ -199,3 +201,15 @@ def test_fused_latent_field_sums_a_layer_the_drifts_share(method):
     assert fused_latent(sde, (*sde.parameters(), context), ts, Y0) is not None  # the fused field is what is tested
     fused, generic = _solve_both(sde, context, y0, ts, 1.0, method=method)
     assert max(rel(a, b) for a, b in zip(fused, generic, strict=True)) < 1e-12
+
+
+def test_a_diverged_field_is_no_disagreement_of_the_fused_path():
+    """Parameters gone NaN (a learning rate too high) made every probe 'disagree' with a RuntimeWarning about the
+    fused path, before the NaN loss stopped the run with the actual cause."""
+    sde, context, y0, ts = make(torch.float64)
+    Y0 = torch.cat([y0, torch.zeros(B, 1, dtype=torch.float64)], 1)
+    with torch.no_grad():
+        next(sde.posterior_net.parameters()).fill_(float("nan"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fused_latent(sde, (*sde.parameters(), context), ts, Y0) is not None

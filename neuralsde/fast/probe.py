@@ -25,7 +25,8 @@ def _select(mlp: FusedMLP, params) -> list[bool] | None:
 def agrees(F0: torch.Tensor, ref: torch.Tensor, what: str) -> bool:
     """Whether a fused evaluation ``F0`` equals the module's ``ref`` to rounding; a warning where it does not."""
     tol = 1e3 * torch.finfo(ref.dtype).eps
-    if torch.allclose(F0, ref, rtol=tol, atol=tol):
+    # equal_nan: parameters gone NaN (a diverging run) are not a code difference; the NaN loss check names them
+    if torch.allclose(F0, ref, rtol=tol, atol=tol, equal_nan=True):
         return True
     # stacklevel 5: the line that called the public solve (fast_sdeint -> fused_sdeint -> fused_field -> here)
     warnings.warn(f"fused fast path disagrees with {what} on a probe; using the generic path", RuntimeWarning,
