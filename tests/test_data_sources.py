@@ -9,6 +9,7 @@ import hashlib
 import http.client
 import io
 import os
+import re
 import urllib.error
 import zipfile
 from pathlib import Path
@@ -477,6 +478,17 @@ def test_csv_option_conflicts(tmp_path):
         CSVSource("x.csv", id_column="id", window_length=4)
     with pytest.raises(DataError, match="file not found"):
         CSVSource(str(tmp_path / "missing.csv")).load()
+
+
+def test_csv_relative_path_not_found_says_where_it_was_looked_up(tmp_path, monkeypatch):
+    """A run trained with data.source.path=data/x.csv keeps that relative path in its checkpoint; eval.py started
+    from another directory said only "data/x.csv: file not found", though the file was there."""
+    write(tmp_path, "a\n1\n2\n", "x.csv")
+    monkeypatch.chdir(tmp_path.parent)
+    with pytest.raises(DataError, match=rf"x.csv: file not found \(a relative path, looked up from "
+                                        rf"{re.escape(str(tmp_path.parent))}\)\. Fix: .*as an absolute path"):
+        CSVSource("x.csv").load()
+    assert CSVSource(f"{tmp_path.name}/x.csv").load().channel_names == ["a"]
 
 
 

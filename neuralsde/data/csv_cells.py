@@ -24,7 +24,11 @@ def read_rows(path: Path, delimiter: str) -> tuple[list[str], list[list[str]], n
     """Header, data rows and each row's line number; ragged or malformed input is refused here
     because pandas would silently pad short rows with NaN."""
     if not path.is_file():
-        raise DataError(f"{path}: file not found. Fix: check the data.source.path option.")
+        # a relative path is looked up from the current directory: eval.py or sample.py started elsewhere than the
+        # training run missed a file that is there
+        where = "" if path.is_absolute() else f" (a relative path, looked up from {Path.cwd()})"
+        fix = "check the data.source.path option" + ("" if path.is_absolute() else ", or give it as an absolute path")
+        raise DataError(f"{path}: file not found{where}. Fix: {fix}.")
     rows, lines = [], []
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
