@@ -195,3 +195,25 @@ def test_fill_missing_does_not_loop_over_paths(monkeypatch):
     x[:, 3, 1:] = float("nan")
     assert not torch.isnan(fill_missing(x)).any()
     assert calls == []
+
+
+def test_an_empty_validation_or_test_split_is_said():
+    """Three series split 0.8/0.1/0.1 gave 2/0/1: validation then ran on training paths, silently."""
+    import warnings
+
+    def source(n):
+        src = _Windows(n=n)
+        src.load = lambda: RawSeries(torch.arange(8.0), torch.randn(n, 8, 1), ["x"])
+        return src
+
+    said = {}
+    for n in (3, 30):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dm = TimeSeriesDataModule(source(n), batch_size=2, normalize="none")
+            dm.setup()
+        said[n] = [str(w.message) for w in caught if "split is empty" in str(w.message)]
+        assert len(dm.val) == (0 if n == 3 else 3)
+    assert said[30] == [] and len(said[3]) == 1
+    assert said[3][0].startswith("The validation split is empty (3 series, data.split_fractions=[0.8, 0.1, 0.1])")
+    assert "): validation figures come from training paths. Fix: use more series" in said[3][0]

@@ -90,6 +90,15 @@ class TimeSeriesDataModule(pl.LightningDataModule):
             raise DataError(f"The training split is empty ({n} series, fractions {self.fractions}). "
                             "Fix: use more data or a larger training fraction.")
         check_batch_size(self.batch_size, len(idx[0]))
+        # the loaders and metrics then fall back to another split: said, since those figures are not held out
+        instead = {"validation": "training", "test": "validation and training" if len(idx[1]) else "training"}
+        empty = [name for name, i in zip(("validation", "test"), idx[1:], strict=True) if len(i) == 0]
+        if empty:
+            rank_zero_warn(f"The {' and '.join(empty)} split{'s are' if len(empty) == 2 else ' is'} empty ({n} "
+                           f"series, data.split_fractions={list(self.fractions)}): "
+                           + "; ".join(f"{name} figures come from {instead[name]} paths" for name in empty)
+                           + ". Fix: use more series, or larger validation and test fractions in "
+                           "data.split_fractions.")
         self.normalizer = Normalizer.fit(train_raw, self.normalize)
         self.times = time_channel(raw.times, self.time_unit)
         self.source_times = raw.times.double().clone()  # the observation times in the data's own units
