@@ -207,13 +207,14 @@ def test_an_empty_validation_or_test_split_is_said():
         return src
 
     said = {}
-    for n in (3, 30):
+    for n, fractions in ((3, [0.8, 0.1, 0.1]), (30, [0.8, 0.1, 0.1]), (30, [0.9, 0.1, 0.0])):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            dm = TimeSeriesDataModule(source(n), batch_size=2, normalize="none")
+            dm = TimeSeriesDataModule(source(n), batch_size=2, normalize="none", split_fractions=fractions)
             dm.setup()
-        said[n] = [str(w.message) for w in caught if "split is empty" in str(w.message)]
+        said[n, fractions[2]] = [str(w.message) for w in caught if "split is empty" in str(w.message)]
         assert len(dm.val) == (0 if n == 3 else 3)
-    assert said[30] == [] and len(said[3]) == 1
+    assert said[30, 0.1] == [] and said[30, 0.0] == [] and len(said[3, 0.1]) == 1  # a fraction of 0 is deliberate
+    said[3] = said[3, 0.1]
     assert said[3][0].startswith("The validation split is empty (3 series, data.split_fractions=[0.8, 0.1, 0.1])")
     assert "): validation figures come from training paths. Fix: use more series" in said[3][0]

@@ -92,7 +92,9 @@ class TimeSeriesDataModule(pl.LightningDataModule):
         check_batch_size(self.batch_size, len(idx[0]))
         # the loaders and metrics then fall back to another split: said, since those figures are not held out
         instead = {"validation": "training", "test": "validation and training" if len(idx[1]) else "training"}
-        empty = [name for name, i in zip(("validation", "test"), idx[1:], strict=True) if len(i) == 0]
+        # a fraction of 0 asks for no such split; only one that rounded to no series is news
+        empty = [name for name, i, share in zip(("validation", "test"), idx[1:], self.fractions[1:], strict=True)
+                 if len(i) == 0 and share > 0]
         if empty:
             rank_zero_warn(f"The {' and '.join(empty)} split{'s are' if len(empty) == 2 else ' is'} empty ({n} "
                            f"series, data.split_fractions={list(self.fractions)}): "
