@@ -105,6 +105,14 @@ def check_checkpoint_path(path: str | os.PathLike) -> Path:
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load a checkpoint file onto the CPU, or raise a CheckpointError saying what is wrong with it."""
     path = check_checkpoint_path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    # torch.save writes a zip archive (PK), older torch a pickle (0x80): a file that begins otherwise is no checkpoint
+    # at all (the run's csv/metrics.csv or config.yaml passed by mistake), not a damaged one
+    if head and head[:2] != b"PK" and head[:1] != b"\x80":  # an empty file is a cut one (below)
+        raise CheckpointError(f"{str(path)!r} is not a checkpoint file (it begins {head!r}, not as torch.save "
+                              "writes). Fix: pass a .ckpt file written by `python train.py`, e.g. "
+                              "logs/train/runs/<run>/checkpoints/last.ckpt.")
     corrupt = (f"Checkpoint {str(path)!r} is truncated or corrupt and cannot be read ({{}}). Fix: use an earlier "
                "checkpoint of the run, e.g. last.ckpt or a periodic step*.ckpt.")
     try:

@@ -202,6 +202,9 @@ def test_checkpoint_errors(sdegan_run, tmp_path):
     (tmp_path / "flipped.ckpt").write_bytes(good[:at] + bytes([good[at] ^ 0xFF]) + good[at + 1:])
     with pytest.raises(CheckpointError, match=r"truncated or corrupt .*fails its CRC check\). Fix: use an earlier"):
         load_model(tmp_path / "flipped.ckpt")
+    (tmp_path / "metrics.csv").write_text("epoch,step,train/d_loss\n0,0,0.5\n")  # passed by mistake
+    with pytest.raises(CheckpointError, match=r"metrics.csv' is not a checkpoint file \(it begins b'epoc'.*Fix: pass"):
+        read_checkpoint(tmp_path / "metrics.csv")
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
     with pytest.raises(CheckpointError, match="not a neuralsde-lab checkpoint"):
         read_checkpoint(tmp_path / "foreign.ckpt")
