@@ -593,6 +593,22 @@ def test_csv_split_by_the_wrong_delimiter_names_the_right_one(tmp_path, sep, nam
     one = write(tmp_path, "a\n1\n2\n", "one.csv")  # one column and no other delimiter: a series of its own
     assert CSVSource(one).load().channel_names == ["a"]
 
+
+def test_csv_without_a_header_row_says_so(tmp_path, caplog):
+    """A headerless file failed as "header (line 1) has duplicate or empty column names ['0']" (its first row of
+    numbers read as names), or, with no repeated number, trained on columns named '0', '1.5', ... without its first
+    row, silently."""
+    with pytest.raises(DataError, match=r"duplicate or empty column names \['0'\]\. Line 1 holds only numbers: the "
+                                        r"file looks headerless\. Fix: add a first line naming the columns"):
+        CSVSource(write(tmp_path, "0,0,1.5\n0,1,2.5\n1,0,3.5\n1,1,4.5\n"), id_column="0").load()
+    with caplog.at_level("WARNING"):
+        CSVSource(write(tmp_path, "1,2.5\n2,3.5\n3,4.5\n", "b.csv"), time_column="1").load()
+    assert "are all numbers, so the first data row may have been read as the header" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        CSVSource(write(tmp_path, "t,a\n1,2.5\n2,3.5\n", "c.csv"), time_column="t").load()
+    assert "all numbers" not in caplog.text
+
 def test_one_name_for_a_list_option_is_not_split_into_characters(tmp_path):
     """value_columns=PM25 on the command line is a string: it became ['P', 'M', '2', '5'] ("column 'P' not found";
     covariates=TEMP: "Fix: drop ['T', 'E', 'M', 'P']")."""

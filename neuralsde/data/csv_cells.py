@@ -48,9 +48,16 @@ def read_rows(path: Path, delimiter: str) -> tuple[list[str], list[list[str]], n
     header = [name.strip() for name in rows[0]]
     _check_delimiter(path, header, delimiter)
     dupes = sorted({n for n in header if header.count(n) > 1})
+    # a file without a header row: its first row of numbers was read as the column names
+    numbers = all(pd.to_numeric(pd.Series(header), errors="coerce").notna())
+    no_header = (f" Line {lines[0]} holds only numbers: the file looks headerless. Fix: add a first line naming the "
+                 "columns, e.g. id,time,a,b.") if numbers else ""
     if dupes or "" in header:
-        raise DataError(f"{path}: header (line {lines[0]}) has duplicate or empty column names {dupes or ['']}. "
-                        "Fix: give every column a unique name.")
+        raise DataError(f"{path}: header (line {lines[0]}) has duplicate or empty column names {dupes or ['']}."
+                        + (no_header or " Fix: give every column a unique name."))
+    if numbers:
+        log.warning("CSV %s: the column names %s are all numbers, so the first data row may have been read as the "
+                    "header and left out of the data.%s", path, header, no_header)
     for row, line in zip(rows[1:], lines[1:], strict=True):
         if len(row) != len(header):
             raise DataError(f"{path}: line {line} has {len(row)} fields but the header has {len(header)}. "
