@@ -245,7 +245,8 @@ def _report(trainer: pl.Trainer, model, out_dir: Path, result: dict[str, float])
     """The test table, the run directory and the checkpoint to evaluate, printed by one process."""
     tested = {k: v for k, v in result.items() if k.startswith("test/")}
     if tested and trainer.is_global_zero:
-        print_metrics_table(tested, f"{model.family}, test split, after {model.steps_taken} steps")
+        print_metrics_table(tested, f"{model.family}, test split, after {model.steps_taken} "
+                            f"step{'' if model.steps_taken == 1 else 's'}")
     if trainer.is_global_zero:
         log.info("Output directory: %s", out_dir)
         # the path eval.py and sample.py take, so that it need not be pieced together from the table in the README

@@ -312,3 +312,4 @@ def test_test_phase_shows_one_test_bar_and_names_each_metric(tiny_cfg, capsys):
     assert "Testing:   0%" in out and "Testing: 100%" in out  # made with its total ...
     assert "0/?" not in out and "DataLoader" not in out  # ... not reset and renamed after it was drawn
     assert "metrics" in captured.err and "marginal_w1" in captured.err and "acf_error" in captured.err
+    assert "test split, after 1 step\n" in captured.out  # not "1 steps"
