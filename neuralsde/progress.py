@@ -84,6 +84,13 @@ class StepProgressBar(TQDMProgressBar):
             bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)  # drawn by close
         bar.close()
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # closing ends the bar's line where it stopped: the error or interrupt message that follows was glued onto the
+        # last draw in a redirected log
+        for bar in (self._train_progress_bar, self._val_progress_bar, self._test_progress_bar):
+            if bar is not None and not bar.disable:
+                bar.close()
+
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.state.fn != "fit" or self._train_progress_bar is None:
             return super().on_validation_end(trainer, pl_module)

@@ -288,6 +288,30 @@ def test_progress_bar_of_a_fast_dev_run_counts_its_one_step(tiny_cfg, capsys):
     assert "sdegan: 100%" in out and "1/1 [" in out and "/1000" not in out
 
 
+def test_progress_bar_line_is_ended_when_training_fails(tiny_cfg, capsys, monkeypatch):
+    # a redirected log had the error glued onto the bar's last draw: "sdegan:  67%|...| 2/3 [...]ERROR ..."
+    from sdegan.module import SDEGAN
+
+    step = SDEGAN.training_step
+
+    def failing_step(self, *args, **kwargs):
+        if self.steps_taken == 2:
+            raise RuntimeError("diverged on purpose")
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(SDEGAN, "training_step", failing_step)
+    cfg = tiny_cfg(steps=3)
+    with open_dict(cfg):
+        cfg.trainer.enable_progress_bar = True
+        cfg.callbacks.progress_bar = {"_target_": "neuralsde.progress.StepProgressBar", "refresh_rate": 1,
+                                      "refresh_interval_s": 0}
+        cfg.test = False
+    with pytest.raises(RuntimeError, match="diverged on purpose"):
+        train(cfg)
+    out = capsys.readouterr().out
+    assert "2/3 [" in out and out.endswith("\n")  # drawn where it stopped, its line ended
+
+
 def test_progress_bar_in_a_file_redraws_at_most_every_interval(tiny_cfg, capsys):
     cfg = tiny_cfg(steps=3)
     with open_dict(cfg):
