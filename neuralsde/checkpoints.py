@@ -69,6 +69,32 @@ class RunCheckpoint(ModelCheckpoint):
             self.last_model_path = self.format_checkpoint_name(self._monitor_candidates(trainer),
                                                                self.CHECKPOINT_NAME_LAST)
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._save_after_validation = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # A periodic save due at a step whose validation follows waits for it: made here, inside the step, it held the
+        # history without that validation, and a resume never ran it (Lightning restarts after the saved batch).
+        if self._periodic_save_due(trainer) and validates_after_this_batch(trainer):
+            self._save_after_validation = True
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def _periodic_save_due(self, trainer) -> bool:
+        every = self._every_n_train_steps
+        return every >= 1 and trainer.global_step % every == 0 and not self._should_skip_saving_checkpoint(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # Checkpoint callbacks run after the others (Lightning orders them last): the metric history holds this point.
+        # Saved from here, Lightning's restart counts the validation as done, as for its own validation-end saves.
+        if self._save_after_validation and not self._should_skip_saving_checkpoint(trainer):
+            self._save_after_validation = False
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+        super().on_validation_end(trainer, pl_module)
+
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.fast_dev_run:
             # Lightning's own on_train_end wrote last.ckpt here despite "checkpointing is suppressed", and
@@ -80,6 +106,14 @@ class RunCheckpoint(ModelCheckpoint):
         if self.save_last and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         super().on_train_end(trainer, pl_module)
+
+
+def validates_after_this_batch(trainer) -> bool:
+    """Whether Lightning validates once the training batch in progress ends, by its own (private) decision, which a
+    restart recomputes on the restored counters. Asked in a callback's ``on_train_batch_end``: before the module's own
+    hook stops the run at its last step, so a validation due only to that stop is not counted."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    return bool(epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
 
 
 def run_checkpoint(trainer) -> str | None:

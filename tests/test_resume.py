@@ -520,6 +520,45 @@ def test_a_resumed_runs_metric_history_spans_the_whole_training(tmp_path):
     assert [step for step, _ in history["val/marginal_w1"]] == [2, 4, 6]
 
 
+def _history(state: dict) -> dict:
+    return next(v["history"] for k, v in state["callbacks"].items() if "MetricsCallback" in k)
+
+
+def _logged(log: pd.DataFrame, column: str, since: int = 0) -> dict:
+    """``{step: value}`` of the metrics.csv rows that hold ``column``, from logged step ``since``."""
+    rows = log.dropna(subset=[column])
+    return {step: value for step, value in zip(rows["step"], rows[column], strict=True) if step >= since}
+
+
+@pytest.mark.parametrize("overrides, optimiser_steps", [((), 2), (("experiment=ou_latent_sde",), 1)])
+def test_a_resume_from_a_periodic_checkpoint_equals_the_uninterrupted_run(tmp_path, overrides, optimiser_steps):
+    # A periodic checkpoint was written inside its step, before that step's validation: its metric history lacked the
+    # point, and a run resumed from it never validated there (Lightning restarts after the saved batch), so its
+    # metric_history.png and any choice among validations differed from the uninterrupted run's.
+    def run(name, ckpt_path=None):
+        cfg = shrink(compose_config(list(overrides)), tmp_path / name, steps=6)
+        with open_dict(cfg):
+            cfg.test, cfg.ckpt_path = False, ckpt_path
+            cfg.trainer.log_every_n_steps = 1
+            cfg.trainer.val_check_interval = 2
+            cfg.callbacks.model_checkpoint.every_n_train_steps = 2 * optimiser_steps  # every other training step
+        train(cfg)
+        return (pd.read_csv(tmp_path / name / "csv" / "metrics.csv"),
+                torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False))
+
+    full_log, full = run("full")
+    periodic = tmp_path / "full" / "checkpoints" / f"step{4 * optimiser_steps:06d}.ckpt"
+    assert [step for step, _ in _history(read_checkpoint(periodic))["val/marginal_w1"]] == [2, 4]
+    resumed_log, resumed = run("resumed", periodic)
+    assert _history(resumed) == _history(full) and len(_history(full)["val/marginal_w1"]) == 3
+
+    # the resumed run logs the last two training steps (steps 4 and 5 from 0) and validates at its end only, as the
+    # uninterrupted run does from there: step 4's validation is not run a second time
+    for column in ("train/elbo" if overrides else "train/d_loss", "val/marginal_w1"):
+        assert _logged(resumed_log, column) == _logged(full_log, column, since=4), column
+    assert_same_training_state(full, resumed)
+
+
 def test_scoring_a_checkpoint_with_another_optimiser_configured_is_not_a_resume(tmp_path):
     # trainer.validate/test(ckpt_path=...) restores the optimiser states too: on_load_checkpoint made them follow the
     # config, and refused an Adam config for an Adadelta checkpoint though nothing is optimised there
