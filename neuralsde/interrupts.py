@@ -22,7 +22,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from neuralsde import requeue
-from neuralsde.checkpoints import run_checkpoint
+from neuralsde.checkpoints import run_checkpoint, validates_after_this_batch
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ class InterruptCheckpoint(Callback):
         self.dirpath, self.filename = dirpath, filename
         self.ctrl_c = False
         self._fit_start_step: int | None = None  # the module's step count when fit began
+        self._validation_due: int | None = None  # the step after which Lightning validates by its interval
+        self._validated: int | None = None  # the step after which a validation last ended
         self.requeue = requeue.Requeue()
 
     @property
@@ -62,6 +64,13 @@ class InterruptCheckpoint(Callback):
             signal.signal(signal.SIGINT, lambda signum, frame: self._stop_after_step(trainer))
             for signum in self.requeue.install(lambda signum, frame: self._requeue_after_step(trainer, signum)):
                 log.debug("%s: stop at a step's end, save, then requeue", signal.Signals(signum).name)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._validation_due = pl_module.steps_taken if validates_after_this_batch(trainer) else None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._validated = pl_module.steps_taken
 
     def _stop_after_step(self, trainer) -> None:
         self.ctrl_c = True
@@ -125,6 +134,11 @@ class InterruptCheckpoint(Callback):
                 progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
                 for counts in (progress["current"], progress["total"]):
                     counts["ready"] -= 1
+            if self._validation_due == self._validated == pl_module.steps_taken:
+                # saved after the step's validation and Lightning's count of the batch: a restart takes that
+                # validation for done and counts the batch again (as after its own saves, made at validation end),
+                # and the resumed run logged every step one later than the uninterrupted run
+                checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
             trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, self.ckpt_path)
         return True, ""
 

@@ -93,6 +93,28 @@ def test_an_interrupted_run_saves_its_step_and_resumes_exactly(tmp_path, monkeyp
     assert_same_training_state(full, resumed)
 
 
+@pytest.mark.parametrize("how", ["sigterm", "raise"])
+def test_a_run_interrupted_after_a_validation_resumes_at_its_logged_steps(tmp_path, monkeypatch, uninterrupted, how):
+    # Stopped after step 4, which validates: Lightning takes a checkpoint whose step has validated for one saved at
+    # its validation's end, before the batch is counted, and counted it again; the resumed run logged every row one
+    # step later than the uninterrupted run (4 and 5 as 5 and 6).
+    _with_callback(monkeypatch, Interrupt(how, step=4))
+    with pytest.raises(SystemExit):
+        _run(tmp_path, "stopped", 2 * K)
+    monkeypatch.undo()
+    resumed_log, resumed = _run(tmp_path, "resumed", 2 * K, tmp_path / "stopped" / "checkpoints" / "last.ckpt")
+    full_log, full = uninterrupted
+    for column in ("train/d_loss", "val/marginal_w1"):
+        full_rows = full_log.dropna(subset=[column])
+        full_rows = full_rows[full_rows["step"] >= 4]
+        resumed_rows = resumed_log.dropna(subset=[column])
+        assert resumed_rows["step"].tolist() == full_rows["step"].tolist(), column
+        assert resumed_rows[column].tolist() == full_rows[column].tolist(), column
+    history = [next(v["history"] for k, v in s["callbacks"].items() if "MetricsCallback" in k) for s in (full, resumed)]
+    assert history[0] == history[1]
+    assert_same_training_state(full, resumed)
+
+
 def _periodic_run(tmp_path, monkeypatch, callback, overrides=()):
     """Train 2 * K steps with a checkpoint every training step but the third, interrupted by ``callback``."""
     cfg = shrink(compose_config(list(overrides)), tmp_path, steps=2 * K)
