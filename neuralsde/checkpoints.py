@@ -56,7 +56,12 @@ def _file_identity(path) -> tuple | None:
 class RunCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` always ends as the state after training: Lightning rewrites
     it only beside a periodic save, so the steps after the last ``every_n_train_steps`` were in no checkpoint, and
-    eval.py, sample.py and a resume read another model than the one the test stage scored."""
+    eval.py, sample.py and a resume read another model than the one the test stage scored. A periodic checkpoint due
+    at a step that validates is written after that validation, so a resume from it continues as the run did."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._save_after_validation = False
 
     def on_train_start(self, trainer, pl_module) -> None:
         # last.ckpt is always this run's: Lightning wrote last-v1.ckpt beside a stale last.ckpt when a run continued
@@ -68,10 +73,6 @@ class RunCheckpoint(ModelCheckpoint):
         if self.save_last and self.dirpath is not None:
             self.last_model_path = self.format_checkpoint_name(self._monitor_candidates(trainer),
                                                                self.CHECKPOINT_NAME_LAST)
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._save_after_validation = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # A periodic save due at a step whose validation follows waits for it: made here, inside the step, it held the
@@ -88,6 +89,7 @@ class RunCheckpoint(ModelCheckpoint):
     def on_validation_end(self, trainer, pl_module) -> None:
         # Checkpoint callbacks run after the others (Lightning orders them last): the metric history holds this point.
         # Saved from here, Lightning's restart counts the validation as done, as for its own validation-end saves.
+        # (Had Lightning not validated after all, the save waits for the next validation, as its own deferred ones do.)
         if self._save_after_validation and not self._should_skip_saving_checkpoint(trainer):
             self._save_after_validation = False
             candidates = self._monitor_candidates(trainer)
@@ -100,9 +102,9 @@ class RunCheckpoint(ModelCheckpoint):
             # Lightning's own on_train_end wrote last.ckpt here despite "checkpointing is suppressed", and
             # resume=auto then continued the newest run's checkpoint: a one-batch smoke test instead of the real run
             return
-        # Written even when a periodic save came at this very step: that one was made inside the last batch, before
-        # its validation (a test-only rerun's metric history lacked the final point) and before Lightning counted the
-        # batch and the epoch (a rerun's test row sat one batch early, in epoch 0).
+        # Written even when a periodic save came at this very step: that one was made before Lightning counted the
+        # batch and the epoch (a rerun's test row sat one batch early, in epoch 0) and, inside the last batch, before
+        # a validation that only the end of training called for (a test-only rerun's history lacked the final point).
         if self.save_last and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         super().on_train_end(trainer, pl_module)
