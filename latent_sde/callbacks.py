@@ -6,7 +6,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 
 from latent_sde.plotting import plot_reconstruction
-from neuralsde.callbacks import log_figure
+from neuralsde.callbacks import log_figure, samples_title
 from neuralsde.metrics.plots import MAX_CHANNELS, check_max_channels
 
 
@@ -37,6 +37,6 @@ class LatentSDEPlotCallback(pl.Callback):
         module.train(was_training)
         to_units = dm.to_plot_units  # data units, the data's own times
         fig = plot_reconstruction(to_units(paths), to_units(rec.cpu()), to_units(prior.cpu()), dm.channel_names,
-                                  title=f"{module.family}, step {module.steps_taken}", max_channels=self.max_channels,
+                                  title=samples_title(module), max_channels=self.max_channels,
                                   time_unit=dm.source_time_unit)
         log_figure(trainer, fig, self.name, self.out_dir)

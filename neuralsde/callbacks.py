@@ -12,6 +12,13 @@ from neuralsde.metrics.plots import MAX_CHANNELS, check_max_channels
 from neuralsde.plotting import plot_samples
 
 
+def samples_title(module) -> str:
+    """A sample figure's title: the family and step, and whether the samples carry observation noise (a latent SDE
+    with ``model.sample_observation_noise``), which the drawn paths do not show."""
+    noise = ", samples with observation noise" if getattr(module, "sample_observation_noise", False) else ""
+    return f"{module.family}, step {module.steps_taken}{noise}"
+
+
 def log_figure(trainer: pl.Trainer, fig, name: str, out_dir: str | Path, key: str | None = None) -> Path:
     """Save ``fig`` as ``out_dir/name.png``; also log it as ``wandb.Image`` under ``key`` (default ``name``) when a
     wandb logger is active."""
@@ -49,7 +56,7 @@ class SamplePlotCallback(pl.Callback):
             fake = module.sample(self.n_paths, generator=torch.Generator().manual_seed(self.seed))
         to_units = trainer.datamodule.to_plot_units  # data units, the data's own times
         fig = plot_samples(to_units(real), to_units(fake.cpu()), trainer.datamodule.channel_names,
-                           title=f"{module.family}, step {module.steps_taken}", max_channels=self.max_channels,
+                           title=samples_title(module), max_channels=self.max_channels,
                            time_unit=trainer.datamodule.source_time_unit)
         # one wandb key for every step's figure: one panel whose step slider runs through training, not a panel per
         # samples_stepNNNNNN; the PNG files keep their step in the name

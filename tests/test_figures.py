@@ -201,3 +201,27 @@ def test_metrics_callback_labels_the_interval_at_its_own_level(monkeypatch):
     callback._plots(SimpleNamespace(datamodule=dm), paths(channels=1, seed=1), paths(channels=1, seed=2))
     legend = drawn["metric_history"].axes[0].get_legend()
     assert [t.get_text() for t in legend.get_texts()] == ["90% bootstrap interval"]
+
+
+@pytest.mark.parametrize("noise", [False, True])
+def test_sample_figures_say_whether_the_samples_carry_observation_noise(monkeypatch, noise):
+    # with model.sample_observation_noise a latent SDE's samples.png and reconstruction.png draw noisy prior samples,
+    # and their titles said "latent_sde, step N" either way
+    from types import SimpleNamespace
+
+    import latent_sde.callbacks as latent_callbacks
+    import neuralsde.callbacks as callbacks
+    from tests.test_latent_sde import make_batch, make_model
+
+    titles = []
+    for module, name in ((callbacks, "plot_samples"), (latent_callbacks, "plot_reconstruction")):
+        monkeypatch.setattr(module, name, lambda *args, title="", **kwargs: titles.append(title))
+        monkeypatch.setattr(module, "log_figure", lambda *args, **kwargs: None)
+    observed, filled = make_batch()
+    dm = SimpleNamespace(val=observed, train=observed, filled={"val": filled}, to_plot_units=lambda x: x,
+                         channel_names=None, source_time_unit=None)
+    trainer, model = SimpleNamespace(datamodule=dm), make_model(sample_observation_noise=noise)
+    SamplePlotCallback("unused", n_paths=2)._plot(trainer, model, "samples")
+    LatentSDEPlotCallback("unused", n_paths=2).on_train_end(trainer, model)
+    expected = "latent_sde, step 0" + (", samples with observation noise" if noise else "")
+    assert titles == [expected, expected]
