@@ -421,6 +421,39 @@ def test_eval_metrics_follow_and_record_the_observation_noise_option(latent_run,
     assert scores[True]["test/elbo"] == scores[False]["test/elbo"]  # the ELBO draws no samples
 
 
+def test_a_latent_sde_checkpoint_from_before_the_observation_noise_option(latent_run, tmp_path):
+    """A checkpoint whose config and hyperparameters lack model.sample_observation_noise loads with the option off;
+    sample.py's observation_noise and eval.py's '+model.sample_observation_noise=true' (as the README says) add it."""
+    from latent_sde.module import LatentSDE
+    from neuralsde.checkpoints import load_sampler
+
+    ckpt = read_checkpoint(latent_run / "checkpoints" / "last.ckpt")
+    for config in (ckpt["neuralsde"].get("config_source"), ckpt["neuralsde"].get("config")):
+        if config is not None:
+            del config["model"]["sample_observation_noise"]
+    del ckpt["hyper_parameters"]["sample_observation_noise"]
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    assert load_sampler(str(old))[0].sample_observation_noise is False
+    assert LatentSDE.from_checkpoint(old).sample_observation_noise is False
+
+    def sample(name, noise):
+        out = tmp_path / f"{name}.npz"
+        run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=str(old), n=8, out=str(out), observation_noise=noise))
+        return np.load(out)["values"]
+    assert not np.array_equal(sample("noisy", True), sample("clean", None))
+
+    def evaluate(name, override):
+        out = tmp_path / name
+        run_eval(_cmd_cfg("eval", out, ckpt_path=str(old), n_samples=32, metrics=["marginal_w1"],
+                          cfg_overrides=[override]))
+        return json.loads((out / "metrics.json").read_text())["sample_observation_noise"]
+    with pytest.raises(CheckpointError, match=r"has no key 'model.sample_observation_noise'.*write "
+                                              r"\+model.sample_observation_noise=true"):
+        evaluate("unknown", "model.sample_observation_noise=true")
+    assert evaluate("added", "+model.sample_observation_noise=true") is True
+
+
 def test_eval_reports_a_latent_sde_test_elbo_as_its_test_stage(latent_run, tmp_path, capsys):
     """eval.py on a latent SDE printed and saved the sample metrics alone: not the ELBO, the family's own figure
     (and its experiments' optimized_metric), which only the training run's test stage logged."""
