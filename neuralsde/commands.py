@@ -56,8 +56,9 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
         f.write(json.dumps({"checkpoint": ckpt, "family": model.family, **used, "metrics": values}, indent=2))
     # the ELBO rests on every test path, not on the n_compared that the sample metrics do
     whole = f"; the ELBO on all {len(datamodule.test_dataloader().dataset)} test paths" if elbo else ""
+    noisy = " with observation noise" if used.get("sample_observation_noise") else ""
     print_metrics_table(values, f"{model.family}: {cfg.ckpt_path}, {n_compared} real paths and as many generated"
-                        f"{whole}")
+                        f"{noisy}{whole}")
     log.info("Wrote %s", out / "metrics.json")
     return values
 

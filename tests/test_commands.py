@@ -407,9 +407,9 @@ def test_sample_observation_noise_is_refused_for_the_sdegan(sdegan_run, tmp_path
     run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=ckpt, n=4, out=str(out), observation_noise=False))  # as without
 
 
-def test_eval_metrics_follow_and_record_the_observation_noise_option(latent_run, tmp_path):
+def test_eval_metrics_follow_and_record_the_observation_noise_option(latent_run, tmp_path, capsys):
     """The metrics score model.sample, so they follow model.sample_observation_noise (set for eval.py with
-    cfg_overrides); metrics.json says which samples were compared."""
+    cfg_overrides); metrics.json and the table's heading say which samples were compared."""
     ckpt = str(latent_run / "checkpoints" / "last.ckpt")
     scores = {}
     for noisy in (False, True):
@@ -417,6 +417,8 @@ def test_eval_metrics_follow_and_record_the_observation_noise_option(latent_run,
         scores[noisy] = run_eval(_cmd_cfg("eval", out, ckpt_path=ckpt, n_samples=64, metrics=["marginal_w1"],
                                           cfg_overrides=[f"model.sample_observation_noise={str(noisy).lower()}"]))
         assert json.loads((out / "metrics.json").read_text())["sample_observation_noise"] is noisy
+        heading = capsys.readouterr().out.replace("\n", " ")
+        assert ("real paths and as many generated with observation noise" in heading) is noisy
     assert scores[True]["test/marginal_w1"] != scores[False]["test/marginal_w1"]
     assert scores[True]["test/elbo"] == scores[False]["test/elbo"]  # the ELBO draws no samples
 
