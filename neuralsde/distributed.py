@@ -80,7 +80,7 @@ def computed_on_rank_zero(compute: Callable[[], T]) -> T:
     if rank == 0:
         try:
             outcome[0] = (True, compute())
-        except Exception as err:
+        except BaseException as err:  # a second Ctrl-C's KeyboardInterrupt too: the other ranks wait for word
             error = err
             outcome[0] = (False, f"{type(err).__name__}: {err}")
     dist.broadcast_object_list(outcome, src=0)

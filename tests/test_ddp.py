@@ -338,15 +338,15 @@ def _rank_zero_work(rank, world, init_file, out_dir):
                             timeout=datetime.timedelta(seconds=60))
     try:
         results = []
-        for fail in (False, True):
+        for fail in (None, ValueError("no test split"), KeyboardInterrupt()):  # the last: a second Ctrl-C
             def compute(fail=fail):
-                (out_dir / f"ran_{fail}_{rank}").touch()
-                if fail:
-                    raise ValueError("no test split")
+                (out_dir / f"ran_{type(fail).__name__}_{rank}").touch()
+                if fail is not None:
+                    raise fail
                 return {"sig_mmd": 0.25, "rank": rank}
             try:
                 results.append(computed_on_rank_zero(compute))
-            except Exception as err:
+            except BaseException as err:
                 results.append(f"{type(err).__name__}: {err}")
         (out_dir / f"{rank}.json").write_text(json.dumps(results))
     finally:
@@ -355,13 +355,18 @@ def _rank_zero_work(rank, world, init_file, out_dir):
 
 def test_work_computed_on_rank_zero_reaches_every_rank_and_so_does_its_error(tmp_path):
     mp.spawn(_rank_zero_work, args=(2, tmp_path / "init", tmp_path), nprocs=2)
-    assert sorted(p.name for p in tmp_path.glob("ran_*")) == ["ran_False_0", "ran_True_0"]
-    (done, rank0_error), (sent, rank1_error) = [json.loads((tmp_path / f"{rank}.json").read_text())
-                                                 for rank in range(2)]
+    assert sorted(p.name for p in tmp_path.glob("ran_*")) == ["ran_KeyboardInterrupt_0", "ran_NoneType_0",
+                                                               "ran_ValueError_0"]
+    (done, rank0_error, rank0_stop), (sent, rank1_error, rank1_stop) = [
+        json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
     assert done == sent == {"sig_mmd": 0.25, "rank": 0}
     # rank 1 learns of rank 0's error instead of waiting in the broadcast until the timeout
     assert rank0_error == "ValueError: no test split"
     assert rank1_error == "RuntimeError: Rank 0 failed in work it does for every rank: ValueError: no test split"
+    # and of an interrupt: only an Exception was sent on, so it learned of a KeyboardInterrupt when rank 0's process
+    # went away (gloo's "Connection closed by peer"; NCCL waits out its timeout, 30 minutes by default)
+    assert rank0_stop == "KeyboardInterrupt: "
+    assert rank1_stop == "RuntimeError: Rank 0 failed in work it does for every rank: KeyboardInterrupt: "
 
 
 def test_a_resume_under_another_number_of_processes_says_what_changes_in_the_batch():
