@@ -77,7 +77,7 @@ def test_dispatch_census_no_host_reads_per_step_and_half_of_midpoints_dispatches
     assert rh["host_reads"][1] <= 1 and mid["host_reads"][1] <= 1
     assert 1.85 <= mid["dispatches"][0] / rh["dispatches"][0] <= 2.0  # the fused steps: about half of midpoint's
     # shared set-up: midpoint's is no heavier (it is lighter since its CDE solve reads the path's slopes once)
-    assert mid["dispatches"][1] <= 1.05 * rh["dispatches"][1]
+    assert mid["dispatches"][1] <= rh["dispatches"][1]
 
 
 def test_outside_the_solver_row_compares_equal_results(tmp_path):
