@@ -454,7 +454,7 @@ def test_csv_windows_of_one_series_with_datetimes(tmp_path):
     ("t,a\n0,1\n1,oops\n", {"time_column": "t", "value_columns": ["a"]}, "line 3: found 'oops', not a number"),
     ("t,a\n0,1\n1,2\n0.5,3\n", {"time_column": "t"}, r"goes backwards at line 4 \(0.5 after 1 at line 3\)"),
     ("id,t,a\nx,0,1\nx,0,2\n", {"time_column": "t", "id_column": "id"}, "series id='x': time repeats at line 3"),
-    ("t,a\n0,1\n1,2\n", {"time_column": "t", "window_length": 3}, "shorter than window_length=3"),
+    ("t,a\n0,1\n1,2\n", {"time_column": "t", "window_length": 3}, "shorter than data.source.window_length=3"),
     ("a,b\n1,\n,\n,\n2,\n", {"window_length": 2, "stride": 1, "value_columns": ["a"]},
      r"window 1 \(lines 3-4\) has every value missing"),
     ("a,b\n1,\n2,NA\n", {}, r"\['b'\] have no values"),
@@ -496,7 +496,8 @@ def test_csv_default_columns_refuse_a_bad_cell_rather_than_drop_the_column(tmp_p
     """value_columns: null silently (at INFO) dropped a whole column of numbers for one bad cell, and trained on the
     other columns; with no other column the error blamed the delimiter."""
     text = "t,a,b,note\n" + "".join(f"{i},{i},{2 * i},x\n" for i in range(50)) + "50,51,#DIV/0!,y\n"
-    with pytest.raises(DataError, match=r"column 'b', line 52: found '#DIV/0!', not a number.*set value_columns"):
+    with pytest.raises(DataError, match=r"column 'b', line 52: found '#DIV/0!', not a number.*"
+                                        r"set data\.source\.value_columns"):
         CSVSource(write(tmp_path, text), time_column="t").load()
     with pytest.raises(DataError, match="line 3: found 'inf'"):
         CSVSource(write(tmp_path, "a\n1\ninf\n2\n", "inf.csv")).load()
@@ -625,6 +626,39 @@ def test_csv_numeric_options_are_checked(option, value):
     """time_unit_seconds=0 divided by zero and ended in "observation times must be strictly increasing"."""
     with pytest.raises(ConfigError, match=f"data.source.{option}={value}"):
         CSVSource("x.csv", **{option: value})
+
+
+# The options a CSV hint may name; "path" is left out, a common word in messages.
+CSV_OPTIONS = ("time_column", "value_columns", "id_column", "window_length", "stride", "time_unit_seconds",
+               "max_union_factor", "drop_empty_windows", "delimiter")
+
+
+@pytest.mark.parametrize("text, options, fix", [
+    # the walk-through's file: 'abc' in a value column, columns picked by default or named
+    ("t,a,b\n0,1,2\n1,abc,3\n", {"time_column": "t"},
+     "set data.source.value_columns to the columns you want, without this one (data.source.value_columns=[b])"),
+    ("t,a,b\n0,1,2\n1,abc,3\n", {"time_column": "t", "value_columns": ["a", "b"]},
+     "leave it out of data.source.value_columns (data.source.value_columns=[b])"),
+    ("t,a,b\n0,1,\n1,2,NA\n", {"time_column": "t"}, "leave them out: data.source.value_columns=[a]"),
+    ("t,a\n0,1\n1,2\n", {"value_columns": ["b"]}, "set data.source.value_columns to one of them"),
+    ("t,a\n0,1\n1,2\n", {"time_column": "time"}, "set data.source.time_column to one of them"),
+    ("t,a\n0,1\n1,2\n", {"id_column": "series"}, "set data.source.id_column to one of them"),
+    ("n,m\nx,y\nz,w\n", {}, "set data.source.value_columns, or check data.source.delimiter"),
+    ("a\n1\n2\n", {"window_length": 3}, "set data.source.window_length to at most 2"),
+    ("a,b\n1,\n,\n,\n2,\n", {"window_length": 2, "value_columns": "a"},
+     "change data.source.window_length or data.source.stride, or set data.source.drop_empty_windows=true"),
+    ("a\n1\n2\n", {"id_column": "a", "window_length": 2}, "keep data.source.id_column for a file of many series, "
+                                                         "or data.source.window_length"),
+    ("a\n1\n2\n", {"stride": 2}, "set data.source.window_length too, or data.source.stride=null"),
+])
+def test_csv_hints_name_options_as_typed_on_the_command_line(tmp_path, text, options, fix):
+    """"Fix: set value_columns=..." left the user to find that the command line takes data.source.value_columns."""
+    with pytest.raises((DataError, ConfigError)) as err:
+        CSVSource(write(tmp_path, text), **options).load()
+    said = str(err.value)
+    assert fix in said.partition("Fix: ")[2], said
+    bare = re.findall(rf"(?<!data\.source\.)\b(?:{'|'.join(CSV_OPTIONS)})\b", said.replace(str(tmp_path), ""))
+    assert not bare, said
 
 
 # ---- generated sources -------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,15 @@ log = logging.getLogger(__name__)
 
 NA_STRINGS = {"", "na", "nan", "null", "n/a", "#n/a", "none"}
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+# The CSV options as typed on the command line: a fix naming "value_columns" alone left the user to find the prefix.
+OPTION = "data.source."
+
+
+def columns_override(names: list[str]) -> str:
+    """``data.source.value_columns=[a,b]`` as typed on the command line; a name other than a plain word quoted
+    for Hydra's list syntax."""
+    items = [n if re.fullmatch(r"[\w.-]+", n) else repr(n) for n in names]
+    return f"{OPTION}value_columns=[{','.join(items)}]"
 
 
 def read_rows(path: Path, delimiter: str) -> tuple[list[str], list[list[str]], np.ndarray]:
@@ -85,11 +95,13 @@ def _check_delimiter(path: Path, header: list[str], delimiter: str) -> None:
                         f"{name}-separated. Fix: data.source.delimiter={name}.")
 
 
-def column(path: Path, header: list[str], rows: list[list[str]], name: str, role: str) -> pd.Series:
-    """The stripped text cells of column ``name`` (``role``, e.g. "time column", names it in the error)."""
+def column(path: Path, header: list[str], rows: list[list[str]], name: str, role: str,
+           option: str | None = None) -> pd.Series:
+    """The stripped text cells of column ``name`` (``role``, e.g. "time column", names it in the error, and
+    ``option``, e.g. "time_column", the option that chose it)."""
     if name not in header:
-        raise DataError(f"{path}: {role} {name!r} not found; columns are {header}. "
-                        "Fix: correct the column name in the data config.")
+        fix = f"set {OPTION}{option} to one of them" if option else "correct the column name"
+        raise DataError(f"{path}: {role} {name!r} not found; columns are {header}. Fix: {fix}.")
     j = header.index(name)
     return pd.Series([row[j].strip() for row in rows], dtype=object)
 
@@ -99,16 +111,19 @@ def missing(raw: pd.Series) -> np.ndarray:
     return raw.str.lower().isin(NA_STRINGS).to_numpy()
 
 
-def numeric(path: Path, raw: pd.Series, name: str, lines: np.ndarray, chosen: bool = True) -> np.ndarray:
+def numeric(path: Path, raw: pd.Series, name: str, lines: np.ndarray, chosen: bool = True,
+            others: list[str] | None = None) -> np.ndarray:
     """Float64 column with NaN for missing markers; anything else non-numeric is a DataError.
-    ``chosen``: the column was named in value_columns (else picked by default); only the fix differs."""
+    ``chosen``: the column was named in value_columns (else picked by default); only the fix differs. ``others``: the
+    other value columns, which the fix then lists."""
     absent = missing(raw)
     values = pd.to_numeric(raw.where(~absent), errors="coerce").to_numpy(dtype="float64")
     bad = ~absent & ~np.isfinite(values)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        leave_out = ("leave the column out of value_columns" if chosen else
-                     "set value_columns to the columns you want, without this one")
+        keep = f" ({columns_override(others)})" if others else ""
+        leave_out = (f"leave it out of {OPTION}value_columns{keep}" if chosen else
+                     f"set {OPTION}value_columns to the columns you want, without this one{keep}")
         raise DataError(f"{path}: column {name!r}, line {lines[i]}: found {raw.iloc[i]!r}, not a "
                         f"number. Fix: clean that value, use NA for missing, or {leave_out}.")
     huge = np.abs(np.nan_to_num(values)) > FLOAT32_MAX

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from neuralsde.data.csv_cells import check_increasing, missing
+from neuralsde.data.csv_cells import OPTION, check_increasing, missing
 from neuralsde.errors import ConfigError, DataError
 
 
@@ -59,19 +59,19 @@ def windows(path: Path, times: np.ndarray, data: np.ndarray, lines: np.ndarray, 
     window's start ``(U,)``, values ``(N, U, C)`` and each window's first row index ``(N,)``."""
     n_rows = len(times)
     if length < 2 or stride < 1:
-        raise ConfigError(f"window_length={length}, stride={stride}: expected window_length >= 2 "
-                          "and stride >= 1. Fix: change them.")
+        raise ConfigError(f"{OPTION}window_length={length}, {OPTION}stride={stride}: expected "
+                          f"{OPTION}window_length >= 2 and {OPTION}stride >= 1. Fix: change them.")
     if n_rows < length:
-        raise DataError(f"{path}: the series has {n_rows} rows, shorter than window_length={length}. "
-                        f"Fix: use window_length <= {n_rows} or supply more data.")
+        raise DataError(f"{path}: the series has {n_rows} rows, shorter than {OPTION}window_length={length}. "
+                        f"Fix: set {OPTION}window_length to at most {n_rows}, or supply more data.")
     starts = np.arange(0, n_rows - length + 1, stride)
     idx = starts[:, None] + np.arange(length)  # (N, length) row indices
     empty = np.isnan(data[idx]).reshape(len(starts), -1).all(1)
     if empty.any() and not drop_empty:
         i = int(np.flatnonzero(empty)[0])
         raise DataError(f"{path}: window {i} (lines {lines[idx[i, 0]]}-{lines[idx[i, -1]]}) has every "
-                        "value missing. Fix: remove or fill those rows, change window_length/stride, "
-                        "or set drop_empty_windows: true.")
+                        f"value missing. Fix: remove or fill those rows, change {OPTION}window_length or "
+                        f"{OPTION}stride, or set {OPTION}drop_empty_windows=true.")
     starts, idx = starts[~empty], idx[~empty]
     if len(starts) == 0:
         raise DataError(f"{path}: every window has every value missing. Fix: check the data.")

@@ -20,6 +20,7 @@ import torch
 
 from neuralsde.data import csv_cells, csv_grids
 from neuralsde.data.base import RawSeries, name_list
+from neuralsde.data.csv_cells import OPTION, columns_override
 from neuralsde.errors import ConfigError, DataError, bad_option
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,13 @@ class CSVSource:
                  time_unit_seconds: float = 3600.0, max_union_factor: float = 10.0,
                  drop_empty_windows: bool = False, delimiter: str = ","):
         if id_column is not None and window_length is not None:
-            raise ConfigError(f"id_column={id_column!r} and window_length={window_length!r} were both set: "
-                              "expected one of them. Fix: use id_column for a file of many series, or "
-                              "window_length to cut one long series into windows.")
+            raise ConfigError(f"{OPTION}id_column={id_column!r} and {OPTION}window_length={window_length!r} were both "
+                              f"set: expected one of them. Fix: keep {OPTION}id_column for a file of many series, "
+                              f"or {OPTION}window_length to cut one long series into windows, and set the other to "
+                              "null.")
         if stride is not None and window_length is None:
-            raise ConfigError(f"stride={stride!r} without window_length. Fix: set window_length too.")
+            raise ConfigError(f"{OPTION}stride={stride!r} without {OPTION}window_length. Fix: set "
+                              f"{OPTION}window_length too, or {OPTION}stride=null.")
         if not float(time_unit_seconds) > 0:
             raise bad_option("data.source.time_unit_seconds", time_unit_seconds, "a positive number of seconds",
                              "e.g. data.source.time_unit_seconds=3600 (hours)")
@@ -89,28 +92,34 @@ class CSVSource:
             raws = {name: csv_cells.column(path, header, rows, name, "column") for name in names}
             text = [name for name in names if csv_cells.text_only(raws[name])]
             if text:
-                log.warning("CSV %s: leaving out the non-numeric column(s) %s (value_columns: null).", path, text)
-            columns = {name: csv_cells.numeric(path, raws[name], name, lines, chosen=False)
-                       for name in names if name not in text}
+                log.warning("CSV %s: leaving out the non-numeric column(s) %s (%svalue_columns is null).", path, text,
+                            OPTION)
+            kept = [name for name in names if name not in text]
+            columns = {name: csv_cells.numeric(path, raws[name], name, lines, chosen=False,
+                                               others=[n for n in kept if n != name])
+                       for name in kept}
             if not columns:
                 raise DataError(f"{path}: no numeric value columns among {names}. "
-                                "Fix: set value_columns, or check the delimiter.")
+                                f"Fix: set {OPTION}value_columns, or check {OPTION}delimiter.")
         else:
-            columns = {name: csv_cells.numeric(path, csv_cells.column(path, header, rows, name, "value column"), name,
-                                               lines)
-                       for name in self.value_columns}
+            chosen = self.value_columns
+            columns = {name: csv_cells.numeric(
+                path, csv_cells.column(path, header, rows, name, "value column", "value_columns"), name, lines,
+                others=[n for n in chosen if n != name]) for name in chosen}
         data = np.stack(list(columns.values()), axis=1)  # (rows, C)
         empty = [n for n, v in columns.items() if np.isnan(v).all()]
         if empty:
-            raise DataError(f"{path}: value column(s) {empty} have no values at all (every row missing). "
-                            "Fix: set value_columns to the columns you want, without them.")
+            rest = [n for n in columns if n not in empty]
+            fix = (f"leave them out: {columns_override(rest)}" if rest else
+                   f"set {OPTION}value_columns to columns that hold values")
+            raise DataError(f"{path}: value column(s) {empty} have no values at all (every row missing). Fix: {fix}.")
         times = None
         if self.time_column is not None:
-            raw_times = csv_cells.column(path, header, rows, self.time_column, "time column")
+            raw_times = csv_cells.column(path, header, rows, self.time_column, "time column", "time_column")
             times = csv_cells.parse_times(path, raw_times, self.time_column, lines, self.time_unit_seconds)
         channel_names = list(columns)
         if self.id_column is not None:
-            ids = csv_cells.column(path, header, rows, self.id_column, "id column")
+            ids = csv_cells.column(path, header, rows, self.id_column, "id column", "id_column")
             union, values, order = csv_grids.by_id(path, ids, self.id_column, data, times, lines,
                                                    self.max_union_factor)
             raw = self._raw(union, values, channel_names)
