@@ -185,6 +185,7 @@ def checkpoint_config(ckpt: dict, overrides: list[str] | None = None) -> DictCon
     if saved is None:
         raise CheckpointError("The checkpoint holds no training config. Fix: use a checkpoint from `train.py`.")
     cfg = OmegaConf.create(saved)
+    _anchor_data_path(cfg, (meta.get("data") or {}).get("cwd"))
     if overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(_checked_overrides(cfg, list(overrides))))
     OmegaConf.resolve(cfg)  # overrides reach the values interpolated from them (paths.data_dir -> data.source)
@@ -194,6 +195,16 @@ def checkpoint_config(ckpt: dict, overrides: list[str] | None = None) -> DictCon
         raise CheckpointError(f"The checkpoint holds a {family!r} model but its config builds {target!r}. "
                               "Fix: do not override model._target_ for this checkpoint.")
     return cfg
+
+
+def _anchor_data_path(cfg: DictConfig, cwd: str | None) -> None:
+    """A relative ``data.source.path`` joined to ``cwd``, the directory training read it from: the config keeps the
+    path as typed, and eval.py or sample.py started elsewhere looked for the file there and missed it. A path given
+    in the overrides replaces it afterwards, relative to the current directory like any on a command line.
+    Checkpoints written before the directory was recorded keep their path as it is."""
+    path = OmegaConf.select(cfg, "data.source.path", default=None, throw_on_resolution_failure=False)
+    if cwd and isinstance(path, str) and path and not Path(path).is_absolute():
+        cfg.data.source.path = str(Path(cwd) / path)
 
 
 _ABSENT = object()

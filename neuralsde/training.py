@@ -84,9 +84,10 @@ def build(cfg: DictConfig):
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     model = build_model(cfg, datamodule.times, datamodule.normalizer)
-    # what sample.py needs of the data, saved in checkpoints so that sampling works where the data are absent
+    # what sample.py needs of the data, saved in checkpoints so that sampling works where the data are absent; and
+    # the directory a relative data path was read from, for eval.py started elsewhere (checkpoints.checkpoint_config)
     model.data_meta = {"channel_names": list(datamodule.channel_names),
-                       "source_times": datamodule.source_times.clone()}
+                       "source_times": datamodule.source_times.clone(), "cwd": os.getcwd()}
     return datamodule, model
 
 

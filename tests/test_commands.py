@@ -289,6 +289,46 @@ def test_sample_needs_no_data_where_the_checkpoint_holds_their_times_and_names(t
     assert outs[2].read_bytes() == outs[0].read_bytes()
 
 
+def test_a_relative_csv_path_is_found_from_another_directory(tmp_path, monkeypatch):
+    """A run trained with data.source.path=d.csv kept that relative path in its checkpoint: eval.py started from
+    another directory failed with "file not found" though the file was there. A resume from the training
+    directory with the same path is the same run, and a path given to eval.py is relative to where it starts."""
+    from neuralsde.resume import other_run_settings
+
+    first, elsewhere = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), elsewhere.mkdir()
+    rows = "".join(f"{i},{k},{np.sin(i + k):.4f}\n" for i in range(40) for k in range(6))
+    (first / "d.csv").write_text("id,t,v\n" + rows)
+
+    def config(out, steps):
+        cfg = shrink(compose_config(["data=csv", "data.source.path=d.csv", "data.source.time_column=t",
+                                     "data.source.id_column=id"]), out, steps=steps)
+        with open_dict(cfg):
+            cfg.test = False
+            cfg.callbacks.pop("metrics")
+        return cfg
+
+    monkeypatch.chdir(first)
+    train(config(tmp_path / "run", 2))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    monkeypatch.chdir(elsewhere)
+    values = run_eval(_cmd_cfg("eval", tmp_path / "eval", ckpt_path=str(ckpt), n_samples=16, metrics=["marginal_w1"]))
+    assert np.isfinite(values["test/marginal_w1"])
+    (elsewhere / "d.csv").write_text("id,t,v\n" + rows.replace(",0.", ",1."))  # same shape, other values
+    _, here, cfg = load_model(ckpt, ["data.source.path=d.csv"])
+    assert cfg.data.source.path == "d.csv" and here.raw.meta["path"] == "d.csv"
+    _, there, cfg = load_model(ckpt)
+    assert cfg.data.source.path == str(first / "d.csv") and not torch.equal(here.raw.values, there.raw.values)
+    monkeypatch.chdir(first)
+    resumed = config(tmp_path / "resumed", 3)
+    with open_dict(resumed):
+        resumed.ckpt_path = str(ckpt)
+    saved = read_checkpoint(ckpt)["neuralsde"]["config"]
+    assert other_run_settings(saved, OmegaConf.to_container(resumed, resolve=True)) == []
+    train(resumed)
+    assert read_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.ckpt")["neuralsde"]["train_step"] == 3
+
+
 def test_sample_refuses_data_overrides_it_does_not_use(sdegan_run, tmp_path):
     """A checkpoint holding its data's times and names is sampled without its data, and a data override such as
     data.normalize=none changed nothing, silently; where the data lie is harmless and passes."""
