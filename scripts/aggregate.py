@@ -9,7 +9,9 @@ first step does not count). Jobs are grouped by their overrides minus `seed`; th
 configuration with n (jobs) and mean ± std (sample std, ddof=1) per metric. Writes PREFIX.md and PREFIX.csv
 (default PREFIX: MULTIRUN_DIR/summary). Jobs without a metrics.csv, and jobs that have not finished (by their
 config.yaml: no test/ metrics with test=true, or a last.ckpt short of model.train_steps) are listed and counted
-as skipped in their configuration's row, and left out of its means.
+as skipped in their configuration's row, and left out of its means. Folders of eval.py and sample.py runs in the
+same tree are not jobs of the sweep: they are left out and counted in one line. A single run's own directory is
+refused (it is not a sweep).
 Exit status: 0 on success, 2 when there is nothing to aggregate.
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ if str(HERE.parent) not in sys.path:  # this checkout's neuralsde, not one insta
 
 from neuralsde.run_metrics import last_logged as read_metrics  # noqa: E402
 
+NOT_TRAINING = "not_training"  # attrs key of collect's frame: (folder, script) of eval.py/sample.py runs left out
 SKIP = "skipped"  # column of collect's frame: why the job is left out of the means ("" for a finished job)
 NONFINITE = "nonfinite"  # column of collect's frame: the metrics whose last logged value is NaN or inf
 
@@ -43,6 +46,48 @@ def find_jobs(multirun_dir: Path) -> list[Path]:
     # instead of comparing int with str, which raised TypeError for such a folder
     return sorted(jobs, key=lambda p: [(0, int(s), "") if s.isdigit() else (1, 0, s)
                                        for s in p.relative_to(multirun_dir).parts])
+
+
+def other_script(run_dir: Path) -> str | None:
+    """``"eval.py"`` or ``"sample.py"`` where ``run_dir`` is one of their Hydra run folders, else None (a training
+    job). Judged by the run's composed config (eval.yaml and sample.yaml have ``ckpt_path`` and no model or data;
+    ``task_name`` may be renamed), or without it by the files they write: eval.py's metrics.json or log beside no
+    checkpoints/, sample.py's log."""
+    if (run_dir / "checkpoints").is_dir() or (run_dir / "csv" / "metrics.csv").is_file():
+        return None
+    cfg_path = run_dir / ".hydra" / "config.yaml"
+    try:
+        cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else None
+    except yaml.YAMLError:
+        cfg = None
+    if isinstance(cfg, dict):
+        if "ckpt_path" in cfg and "model" not in cfg and "data" not in cfg:
+            return "sample.py" if "out" in cfg else "eval.py"
+        return None
+    if (run_dir / "metrics.json").is_file() or (run_dir / "eval.log").is_file():
+        return "eval.py"
+    return "sample.py" if (run_dir / "sample.log").is_file() else None
+
+
+def refuse_single_run(root: Path, fix: str) -> None:
+    """A run's own directory (``.hydra/`` in it) is one run, not a sweep: its summary would be a table of one job,
+    written into the run."""
+    if not (root / ".hydra" / "overrides.yaml").is_file():
+        return
+    what = other_script(root)
+    kind = f"the output directory of one {what} run" if what else "the directory of a single training run"
+    sweep = root.parent if (root.parent / "multirun.yaml").is_file() else None
+    hint = f" This run is a job of the sweep {str(sweep)!r}: pass that." if sweep else ""
+    raise AggregateError(f"MULTIRUN_DIR {str(root)!r} is {kind} (it holds .hydra/ itself), not a multirun sweep; "
+                         f"aggregate.py summarises the jobs of a sweep.{hint} {fix}")
+
+
+def not_training_note(others: list[tuple[str, str]]) -> str:
+    """One line: how many eval.py/sample.py run folders were left out, of which script, and which."""
+    scripts = sorted({script for _, script in others})
+    per = ", ".join(f"{sum(s == script for _, s in others)} {script}" for script in scripts)
+    return (f"Left out {len(others)} folder(s) of eval.py/sample.py runs, not training jobs ({per}): "
+            + ", ".join(name for name, _ in others))
 
 
 def read_overrides(job_dir: Path) -> dict[str, str]:
@@ -96,9 +141,19 @@ def collect(multirun_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
            "(the one holding multirun.yaml and the job folders 0/, 1/, ...).")
     if not root.is_dir():
         raise AggregateError(f"MULTIRUN_DIR {str(root)!r} does not exist or is not a directory. {fix}")
-    jobs = find_jobs(root)
+    refuse_single_run(root, fix)
+    # eval.py and sample.py runs have a .hydra/ too; counted as jobs they were reported as failed ones
+    others, jobs = [], []
+    for job in find_jobs(root):
+        script = other_script(job)
+        if script:
+            others.append((str(job.relative_to(root)), script))
+        else:
+            jobs.append(job)
     if not jobs:
-        raise AggregateError(f"No job directories (with .hydra/overrides.yaml) under {str(root)!r}. {fix}")
+        left = f" ({not_training_note(others)})" if others else ""
+        raise AggregateError(f"No job directories (training runs with .hydra/overrides.yaml) under {str(root)!r}"
+                             f"{left}. {fix}")
     rows, skipped = [], []
     for job in jobs:
         csv_path = job / "csv" / "metrics.csv"
@@ -126,7 +181,9 @@ def collect(multirun_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
                              "csv/metrics.csv:\n  "
                              + "\n  ".join(skipped) + "\nFix: check the jobs' train.log for the error, "
                              "and run with the csv logger (logger=csv or logger=many).")
-    return pd.DataFrame(rows), skipped
+    frame = pd.DataFrame(rows)
+    frame.attrs[NOT_TRAINING] = others
+    return frame, skipped
 
 
 def metric_columns(jobs: pd.DataFrame) -> list[str]:
@@ -227,6 +284,9 @@ def aggregate(multirun_dir: str | Path, out: str | Path | None = None, metrics: 
            if m in r[NONFINITE].split(",")]
     if bad:
         text += "\nNaN/inf last values (left out of the means):\n" + "".join(f"- {j}: {m}={v}\n" for j, m, v in bad)
+    others = jobs.attrs.get(NOT_TRAINING)
+    if others:
+        text += "\n" + not_training_note(others) + ".\n"
     if skipped:
         text += "\nSkipped jobs:\n" + "".join(f"- {s}\n" for s in skipped)
     prefix = Path(out) if out else Path(multirun_dir) / "summary"

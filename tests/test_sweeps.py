@@ -505,3 +505,63 @@ def test_aggregate_states_its_statistics_and_flags_repeated_runs(tmp_path):
     assert "the same run repeated (bit-identical on CPU), each counted in n: 0, copy/0; 1, copy/1." in text
     _, text, _ = agg.aggregate(tmp_path / "copy")
     assert "same run repeated" not in text
+
+
+def test_aggregate_refuses_a_single_run_directory(tmp_path, capsys):
+    # given one run's folder it wrote summary.md/.csv into that run, a "table" of one job, without a word
+    job = fake_job(tmp_path / "sweep", 0, ["seed=0"], [{"step": 0, "val/sig_mmd": 1.0}])
+    (tmp_path / "sweep" / "multirun.yaml").write_text("hydra: {}\n")
+    assert agg.main([str(job)]) == 2
+    err = capsys.readouterr().err
+    assert f"{str(job)!r} is the directory of a single training run" in err and "not a multirun sweep" in err
+    assert f"job of the sweep {str(tmp_path / 'sweep')!r}: pass that" in err and "Fix:" in err
+    assert not (job / "summary.md").exists() and not (job / "summary.csv").exists()
+    alone = fake_job(tmp_path, "run", ["seed=0"], [{"step": 0, "val/sig_mmd": 1.0}])  # a runs/ folder's run
+    with pytest.raises(agg.AggregateError, match="single training run.*not a multirun sweep") as err:
+        agg.aggregate(alone)
+    assert "job of the sweep" not in str(err.value) and not (alone / "summary.md").exists()
+    assert agg.aggregate(tmp_path / "sweep")[0].loc[0, "n"] == 1  # its sweep aggregates
+
+
+def _other_run(root, name, kind, files):
+    """A Hydra run folder of eval.py or sample.py: its composed config as Hydra saves it, and what the script wrote."""
+    from omegaconf import OmegaConf
+
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    cfg = OmegaConf.load(ROOT / "configs" / f"{kind}.yaml")
+    cfg.pop("defaults"), cfg.pop("hydra")
+    cfg.ckpt_path = "logs/train/runs/x/checkpoints/last.ckpt"
+    (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (run / ".hydra" / "overrides.yaml").write_text(f"- ckpt_path={cfg.ckpt_path}\n")
+    for f in files:
+        (run / f).write_text("{}\n")
+    return run
+
+
+def test_aggregate_leaves_out_eval_and_sample_runs_and_says_so(tmp_path, capsys):
+    # a folder holding training runs beside eval.py and sample.py runs (each has .hydra/ too): those were listed as
+    # failed jobs ("no csv/metrics.csv") and counted as skipped in a configuration's row
+    for seed in (0, 1):
+        fake_job(tmp_path, seed, [f"seed={seed}"], [{"step": 0, "val/sig_mmd": float(seed)}])
+    _other_run(tmp_path, "eval_a", "eval", ["metrics.json", "eval.log"])
+    _other_run(tmp_path, "sample_a", "sample", ["sample.log"])
+    bare = tmp_path / "eval_b"  # no config.yaml (copied without it): known by metrics.json without checkpoints/
+    (bare / ".hydra").mkdir(parents=True)
+    (bare / ".hydra" / "overrides.yaml").write_text("- ckpt_path=x.ckpt\n")
+    (bare / "metrics.json").write_text("{}\n")
+    table, text, skipped = agg.aggregate(tmp_path)
+    assert skipped == [] and list(table["n"]) == [2] and list(table["skipped"]) == [0]
+    line = "Left out 3 folder(s) of eval.py/sample.py runs, not training jobs (2 eval.py, 1 sample.py): " \
+           "eval_a, eval_b, sample_a."
+    assert line in text.splitlines()
+    assert agg.main([str(tmp_path)]) == 0 and line in capsys.readouterr().out
+    # a failed training job (its config has model and data, nothing written) is still reported as failed
+    failed = fake_job(tmp_path, 2, ["seed=2"], None)
+    (failed / ".hydra" / "config.yaml").write_text("model: {}\ndata: {}\nseed: 2\n")
+    assert agg.aggregate(tmp_path)[2][0].startswith("2: no csv/metrics.csv")
+    # eval.py runs alone: nothing to aggregate, and the message says what was there
+    only = tmp_path / "evals"
+    _other_run(only, "e", "eval", ["metrics.json"])
+    with pytest.raises(agg.AggregateError, match=r"No job directories.*Left out 1 folder\(s\).*\(1 eval.py\): e"):
+        agg.collect(only)
