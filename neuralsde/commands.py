@@ -18,6 +18,8 @@ from neuralsde.metrics.suite import make_options
 
 log = logging.getLogger(__name__)
 OUTPUT_FORMATS = (".csv", ".npz", ".parquet")
+# parquet schema metadata key of sample.py's record (JSON: checkpoint, seed, observation_noise); the npz has arrays
+SAMPLE_RECORD_KEY = b"neuralsde.sample"
 # The options of configs/eval.yaml and configs/sample.yaml: anything else was added with `+key=...`.
 EVAL_KEYS = {"task_name", "ckpt_path", "cfg_overrides", "metrics", "n_samples", "seed", "options", "paths"}
 SAMPLE_KEYS = {"task_name", "ckpt_path", "n", "out", "overwrite", "seed", "batch_size", "cfg_overrides",
@@ -129,8 +131,11 @@ def run_sample(cfg: DictConfig) -> Path:
     set_observation_noise(model, cfg.get("observation_noise"), cfg.ckpt_path)
     with torch_threads(train_cfg.get("threads")):  # the run's own CPU threads, as in run_eval
         paths = _sample_with_progress(model, int(cfg.n), int(cfg.batch_size), int(cfg.seed))
+    # what drew the paths, kept with them: noisy and noiseless files of one checkpoint look alike otherwise
+    record = {"checkpoint": str(Path(cfg.ckpt_path).expanduser().resolve()), "seed": int(cfg.seed),
+              "observation_noise": bool(getattr(model, "sample_observation_noise", False))}
     # the model's time channel -> the data's own times, in float64 (a CSV's Unix timestamps do not fit a float32)
-    write_paths(path, paths, channel_names, times=source_times)
+    write_paths(path, paths, channel_names, times=source_times, record=record)
     log.info("Wrote %d paths to %s", len(paths), path)
     return path
 
@@ -182,19 +187,23 @@ def _sample_with_progress(model, n: int, batch_size: int, seed: int) -> torch.Te
     return torch.cat(chunks)
 
 
-def write_paths(path: Path, paths: torch.Tensor, channel_names: list[str], times: torch.Tensor | None = None) -> None:
+def write_paths(path: Path, paths: torch.Tensor, channel_names: list[str], times: torch.Tensor | None = None,
+                record: dict | None = None) -> None:
     """``paths`` ``(n, T, 1 + C)`` to a file; the time channel becomes the ``time`` column/array, or ``times``
     ``(T,)`` (the data's own times, kept in their dtype) in its place where given.
 
     csv and parquet are long tables with columns ``path, time, <channels>``; npz holds ``times (n, T)``,
-    ``values (n, T, C)`` and ``channels``. Written to a temporary name first, then renamed.
+    ``values (n, T, C)`` and ``channels``. ``record`` (JSON-able scalars, e.g. checkpoint, seed,
+    observation_noise) goes into the npz as one 0-d array per key and into the parquet schema metadata as JSON
+    under ``SAMPLE_RECORD_KEY``; a CSV has no place for it. Written to a temporary name first, then renamed.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
     arr = paths.numpy()
     stamps = arr[..., 0] if times is None else np.broadcast_to(times.cpu().numpy(), arr.shape[:2])  # (n, T)
     if path.suffix == ".npz":
-        np.savez(tmp, times=stamps, values=arr[..., 1:], channels=np.array(channel_names))
+        extra = {k: np.asarray(v) for k, v in (record or {}).items()}  # 0-d arrays: np.load needs no pickle
+        np.savez(tmp, times=stamps, values=arr[..., 1:], channels=np.array(channel_names), **extra)
     else:
         import pandas as pd
 
@@ -202,5 +211,20 @@ def write_paths(path: Path, paths: torch.Tensor, channel_names: list[str], times
         frame = pd.DataFrame(arr[..., 1:].reshape(n * t, -1), columns=list(channel_names))
         frame.insert(0, "time", stamps.reshape(-1))
         frame.insert(0, "path", np.repeat(np.arange(n), t))
-        frame.to_csv(tmp, index=False) if path.suffix == ".csv" else frame.to_parquet(tmp, index=False)
+        if path.suffix == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            _write_parquet(tmp, frame, record)
     tmp.replace(path)
+
+
+def _write_parquet(path: Path, frame, record: dict | None) -> None:
+    """``frame.to_parquet(path, index=False)`` (pandas' own metadata kept) plus ``record`` in the schema metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    if record:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               SAMPLE_RECORD_KEY: json.dumps(record).encode()})
+    pq.write_table(table, path)

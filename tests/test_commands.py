@@ -437,6 +437,39 @@ def test_sample_observation_noise_adds_the_likelihoods_noise(latent_run, tmp_pat
     torch.testing.assert_close(noise.reshape(-1, std.numel()).std(0), std, rtol=0.06, atol=0)
 
 
+def test_sample_files_record_observation_noise_checkpoint_and_seed(latent_run, sdegan_run, tmp_path):
+    """A noisy and a noiseless file of one checkpoint looked alike: the npz (arrays) and the parquet (schema
+    metadata) now say whether observation noise was added, from which checkpoint and seed; pandas and numpy read
+    the paths as before."""
+    import pyarrow.parquet as pq
+
+    from neuralsde.commands import SAMPLE_RECORD_KEY
+
+    def sample(run, name, **values):
+        ckpt = run / "checkpoints" / "last.ckpt"
+        out = tmp_path / name
+        run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=str(ckpt), n=4, batch_size=4, out=str(out), **values))
+        return out, str(ckpt.resolve())
+
+    for run, noise, seed in ((latent_run, True, 3), (latent_run, None, 0), (sdegan_run, None, 0)):
+        tag = f"{run.name}_{noise}"
+        npz, ckpt = sample(run, f"{tag}.npz", observation_noise=noise, seed=seed)
+        data = np.load(npz)  # no allow_pickle: plain arrays
+        assert sorted(data.files) == ["channels", "checkpoint", "observation_noise", "seed", "times", "values"]
+        assert data["observation_noise"].dtype == bool and bool(data["observation_noise"]) is bool(noise)
+        assert str(data["checkpoint"]) == ckpt and int(data["seed"]) == seed
+        parquet, _ = sample(run, f"{tag}.parquet", observation_noise=noise, seed=seed)
+        record = json.loads(pq.read_schema(parquet).metadata[SAMPLE_RECORD_KEY])
+        assert record == {"checkpoint": ckpt, "seed": seed, "observation_noise": bool(noise)}
+        frame = pd.read_parquet(parquet)
+        channels = [str(c) for c in data["channels"]]
+        assert list(frame.columns) == ["path", "time", *channels] and frame.index.equals(pd.RangeIndex(len(frame)))
+        # the same seed's paths in both files
+        np.testing.assert_array_equal(frame[channels].to_numpy().reshape(data["values"].shape), data["values"])
+    csv, _ = sample(latent_run, "noisy.csv", observation_noise=True, seed=3)  # a CSV has no place: as before
+    assert list(pd.read_csv(csv).columns) == ["path", "time", *channels]
+
+
 def test_sample_observation_noise_is_refused_for_the_sdegan(sdegan_run, tmp_path):
     ckpt = str(sdegan_run / "checkpoints" / "last.ckpt")
     out = tmp_path / "s.csv"
