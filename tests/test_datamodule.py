@@ -218,3 +218,16 @@ def test_an_empty_validation_or_test_split_is_said():
     said[3] = said[3, 0.1]
     assert said[3][0].startswith("The validation split is empty (3 series, data.split_fractions=[0.8, 0.1, 0.1])")
     assert "): validation figures come from training paths. Fix: use more series" in said[3][0]
+
+
+def test_an_empty_split_by_time_names_windows_and_the_window_length():
+    # split by time, windows straddling a cut are dropped: 33 windows of 8 left validation and test empty, and the
+    # warning counted "33 series" and asked for more series, which one long series cannot give
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        TimeSeriesDataModule(_Windows(n=33), batch_size=2, normalize="none", split_by="time").setup()
+    said = [str(w.message) for w in caught if "empty" in str(w.message)]
+    assert len(said) == 1 and said[0].startswith("The validation and test splits are empty (33 windows,")
+    assert "Fix: use a longer series or shorter windows (data.source.window_length)" in said[0]

@@ -96,11 +96,14 @@ class TimeSeriesDataModule(pl.LightningDataModule):
         empty = [name for name, i, share in zip(("validation", "test"), idx[1:], self.fractions[1:], strict=True)
                  if len(i) == 0 and share > 0]
         if empty:
+            # split by time, windows are dropped at the splits' edges so that none shares observations: a short
+            # series leaves whole splits empty, which more series would not mend
+            what, more = (("windows", "a longer series or shorter windows (data.source.window_length)")
+                          if self.split_by == "time" else ("series", "more series"))
             rank_zero_warn(f"The {' and '.join(empty)} split{'s are' if len(empty) == 2 else ' is'} empty ({n} "
-                           f"series, data.split_fractions={list(self.fractions)}): "
+                           f"{what}, data.split_fractions={list(self.fractions)}): "
                            + "; ".join(f"{name} figures come from {instead[name]} paths" for name in empty)
-                           + ". Fix: use more series, or larger validation and test fractions in "
-                           "data.split_fractions.")
+                           + f". Fix: use {more}, or larger validation and test fractions in data.split_fractions.")
         self.normalizer = Normalizer.fit(train_raw, self.normalize)
         self.times = time_channel(raw.times, self.time_unit)
         self.source_times = raw.times.double().clone()  # the observation times in the data's own units
