@@ -205,12 +205,16 @@ def test_threads_are_set_for_the_run_and_restored(tiny_cfg, monkeypatch):
         torch.set_num_threads(before)
 
 
+def show_step_bar(cfg, **options) -> None:
+    """The run's StepProgressBar, drawn (tests turn bars off), redrawn at every step."""
+    cfg.trainer.enable_progress_bar = True
+    cfg.callbacks.progress_bar = {"_target_": "neuralsde.progress.StepProgressBar", "refresh_rate": 1, **options}
+
+
 def test_progress_bar_counts_training_steps(tiny_cfg, tmp_path, capsys):
     cfg = tiny_cfg(steps=3)
     with open_dict(cfg):
-        cfg.trainer.enable_progress_bar = True
-        cfg.callbacks.progress_bar = {"_target_": "neuralsde.progress.StepProgressBar", "refresh_rate": 1,
-                                      "refresh_interval_s": 0}
+        show_step_bar(cfg, refresh_interval_s=0)
         cfg.test = False
     train(cfg)
     out = capsys.readouterr().out.replace("\r", "\n")
@@ -277,10 +281,8 @@ def test_the_summary_takes_the_arguments_of_older_lightning(capsys):
 def test_progress_bar_of_a_fast_dev_run_counts_its_one_step(tiny_cfg, capsys):
     cfg = tiny_cfg(steps=1000)
     with open_dict(cfg):
-        cfg.trainer.enable_progress_bar = True
+        show_step_bar(cfg, refresh_interval_s=0)
         cfg.trainer.fast_dev_run = True
-        cfg.callbacks.progress_bar = {"_target_": "neuralsde.progress.StepProgressBar", "refresh_rate": 1,
-                                      "refresh_interval_s": 0}
         cfg.callbacks.pop("metrics")
         cfg.test = False
     train(cfg)
@@ -302,9 +304,7 @@ def test_progress_bar_line_is_ended_when_training_fails(tiny_cfg, capsys, monkey
     monkeypatch.setattr(SDEGAN, "training_step", failing_step)
     cfg = tiny_cfg(steps=3)
     with open_dict(cfg):
-        cfg.trainer.enable_progress_bar = True
-        cfg.callbacks.progress_bar = {"_target_": "neuralsde.progress.StepProgressBar", "refresh_rate": 1,
-                                      "refresh_interval_s": 0}
+        show_step_bar(cfg, refresh_interval_s=0)
         cfg.test = False
     with pytest.raises(RuntimeError, match="diverged on purpose"):
         train(cfg)
@@ -315,8 +315,7 @@ def test_progress_bar_line_is_ended_when_training_fails(tiny_cfg, capsys, monkey
 def test_progress_bar_in_a_file_redraws_at_most_every_interval(tiny_cfg, capsys):
     cfg = tiny_cfg(steps=3)
     with open_dict(cfg):
-        cfg.trainer.enable_progress_bar = True
-        cfg.callbacks.progress_bar = {"_target_": "neuralsde.progress.StepProgressBar", "refresh_rate": 1}
+        show_step_bar(cfg)
         cfg.test = False
     train(cfg)  # captured output is not a terminal: the default interval is 10 s
     out = capsys.readouterr().out.replace("\r", "\n")
@@ -327,8 +326,7 @@ def test_progress_bar_in_a_file_redraws_at_most_every_interval(tiny_cfg, capsys)
 def test_test_phase_shows_one_test_bar_and_names_each_metric(tiny_cfg, capsys):
     cfg = tiny_cfg(steps=1)
     with open_dict(cfg):
-        cfg.trainer.enable_progress_bar = True
-        cfg.callbacks.progress_bar = {"_target_": "neuralsde.progress.StepProgressBar", "refresh_rate": 1}
+        show_step_bar(cfg)
         cfg.callbacks.metrics.test_metrics = ["marginal_w1", "acf_error"]
     train(cfg)
     captured = capsys.readouterr()
