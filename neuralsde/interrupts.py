@@ -5,6 +5,11 @@ run, then loggers are finalised (the CSV logger writes its buffered rows). Added
 (Lightning raised ``KeyboardInterrupt`` wherever the step was, a state no checkpoint may hold), the checkpoint
 itself, and a non-zero exit status (a ``SIGTERMException`` exits with 0).
 
+Under DDP a stop asked for during a validation waits for its end, where the ranks agree on it: Lightning's evaluation
+loop stops each rank between validation batches on its own, and a rank that got the signal later went on into the
+validation's collectives (metrics, ``sync_dist``) and failed there ("Connection closed by peer" under gloo, a hang
+under NCCL), and no checkpoint was written.
+
 SLURM's requeue notices take the same path (``neuralsde/requeue.py`` says which and who requeues): the job stops at
 a step's end, writes ``last.ckpt`` where ``resume=auto`` looks, and only then is requeued."""
 from __future__ import annotations
@@ -17,6 +22,8 @@ import sys
 import threading
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -46,6 +53,9 @@ class InterruptCheckpoint(Callback):
         self._fit_start_step: int | None = None  # the module's step count when fit began
         self._validation_due: int | None = None  # the step after which Lightning validates by its interval
         self._validated: int | None = None  # the step after which a validation last ended
+        self._deferring = False  # in a validation under DDP: a stop waits for its end (see the module's doc)
+        self._deferred_stop = False
+        self._sigterm_handler = None  # Lightning's, put back at the validation's end
         self.requeue = requeue.Requeue()
 
     @property
@@ -68,14 +78,39 @@ class InterruptCheckpoint(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._validation_due = pl_module.steps_taken if validates_after_this_batch(trainer) else None
 
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.world_size == 1 or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self._deferring = True
+        self._deferred_stop, trainer._signal_connector.received_sigterm = trainer.received_sigterm, False
+        if threading.current_thread() is threading.main_thread():
+            # Lightning's SIGTERM handler also broadcasts, from inside the handler: that broadcast met a collective of
+            # the validation's end on another rank
+            self._sigterm_handler = signal.signal(signal.SIGTERM, lambda signum, frame: self._request_stop(trainer))
+
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             self._validated = pl_module.steps_taken
+        if self._deferring:
+            if self._sigterm_handler is not None:
+                signal.signal(signal.SIGTERM, self._sigterm_handler)
+                self._sigterm_handler = None
+            self._deferring = False
+            if _on_any_rank(self._deferred_stop, trainer.strategy.root_device):
+                trainer._signal_connector.received_sigterm = True  # every rank stops at the same point
+            self._deferred_stop = False
+
+    def _request_stop(self, trainer) -> None:
+        """Lightning's graceful stop at the training step's end (``SIGTERMException``), or at the end of a validation
+        in progress under DDP."""
+        if self._deferring:
+            self._deferred_stop = True
+        else:  # a private name: the ctrl_c test fails if it changes
+            trainer._signal_connector.received_sigterm = True
 
     def _stop_after_step(self, trainer) -> None:
         self.ctrl_c = True
-        # Lightning's graceful stop, as a SIGTERM asks (a private name: the ctrl_c test fails if it changes)
-        trainer._signal_connector.received_sigterm = True
+        self._request_stop(trainer)  # as a SIGTERM asks
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
         # os.write: a print or log call from a signal handler can meet the stream's buffer mid-write
         os.write(2, b"\nCtrl-C: stopping at the end of this training step to save last.ckpt "
@@ -83,7 +118,7 @@ class InterruptCheckpoint(Callback):
 
     def _requeue_after_step(self, trainer, signum: int) -> None:
         self.requeue.signum = signum
-        trainer._signal_connector.received_sigterm = True  # as for Ctrl-C: Lightning's stop at the step's end
+        self._request_stop(trainer)  # as for Ctrl-C
         os.write(2, f"\n{signal.Signals(signum).name} (SLURM: preempted or near the time limit): stopping at the end "
                     "of this training step to save last.ckpt, then requeueing\n".encode())
 
@@ -156,6 +191,13 @@ class InterruptCheckpoint(Callback):
             return f"{head}: no checkpoint written ({why_not}); the newest is {earlier}. Continue with: " \
                    f"{resume_command(earlier)}"
         return f"{head}: no checkpoint written ({why_not})."
+
+
+def _on_any_rank(flag: bool, device) -> bool:
+    """Whether ``flag`` is set on any rank; every rank must call it."""
+    flags = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return bool(flags.item())
 
 
 def _finish_wandb_run(code: int) -> None:

@@ -51,6 +51,12 @@ class Interrupt(pl.Callback):
         if self.how == "twice" and module.steps_taken == self.step:
             os.kill(os.getpid(), signal.SIGINT)
 
+    def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0):
+        if self.how != "sigterm_in_validation" or trainer.sanity_checking or module.steps_taken != self.step:
+            return
+        if batch_idx == (trainer.num_val_batches[0] - 1 if trainer.global_rank == 0 else 0):
+            os.kill(os.getpid(), signal.SIGTERM)
+
 
 def _with_callback(monkeypatch, callback):
     instantiate_all = training._instantiate_all
@@ -224,14 +230,16 @@ def test_the_resume_command_keeps_the_runs_overrides():
         HydraConfig.instance().cfg = None
 
 
-def _train_py(tmp_path, *overrides):
-    """``python train.py`` at tiny sizes, stopped by SIGTERM at training step K: (finished process, run dir). Its own
-    session: a run that hangs is killed with every rank."""
+def _train_py(tmp_path, *overrides, how="sigterm", validation=("trainer.val_check_interval=1000",
+                                                                "callbacks.metrics=null")):
+    """``python train.py`` at tiny sizes, stopped by SIGTERM at training step K (``how``: see ``Interrupt``), with
+    ``validation``'s settings: (finished process, run dir). Its own session: a run that hangs is killed with every
+    rank."""
     out = tmp_path / "run"
     cmd = [sys.executable, "train.py", "data.source.n_paths=64", "data.source.t_size=16", "data.batch_size=16",
-           "model.train_steps=6", "test=false", "trainer.accelerator=cpu", "trainer.val_check_interval=1000",
-           "callbacks.progress_bar=null", "callbacks.metrics=null", *overrides,
-           "+callbacks.stop._target_=tests.test_interrupts.Interrupt", "+callbacks.stop.how=sigterm",
+           "model.train_steps=6", "test=false", "trainer.accelerator=cpu", "callbacks.progress_bar=null",
+           *validation, *overrides,
+           "+callbacks.stop._target_=tests.test_interrupts.Interrupt", f"+callbacks.stop.how={how}",
            f"hydra.run.dir={out}"]
     return run_in_own_session(cmd, {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}), out
 
@@ -269,6 +277,19 @@ def test_ddp_ranks_stopped_by_sigterm_save_without_waiting_for_each_other(tmp_pa
     done, out = _train_py(tmp_path, "trainer=ddp_sim", "extras.print_config=false")
     assert done.returncode == EXIT_SIGTERM, done.stdout[-2000:]
     assert int(read_checkpoint(out / "checkpoints" / "last.ckpt")["state_dict"]["train_step"]) == K
+
+
+@pytest.mark.slow
+def test_ddp_ranks_sent_sigterm_at_different_validation_batches_stop_together_after_it(tmp_path):
+    # Lightning stopped each rank between validation batches on its own: rank 1 left after its first batch while rank
+    # 0 went on into the validation's collectives (the sample metrics, sync_dist); the run hung here (with rank 1
+    # slower instead, rank 0 failed with "Connection closed by peer"), and no checkpoint was written.
+    done, out = _train_py(tmp_path, "trainer=ddp_sim", "extras.print_config=false", how="sigterm_in_validation",
+                          validation=(f"trainer.val_check_interval={K}", "trainer.limit_val_batches=3",
+                                      "data.eval_batch_size=2"))
+    assert done.returncode == EXIT_SIGTERM, done.stdout[-2000:]
+    assert int(read_checkpoint(out / "checkpoints" / "last.ckpt")["state_dict"]["train_step"]) == K
+    assert "val/w_dist" in pd.read_csv(out / "csv" / "metrics.csv").columns  # the validation ran to its end
 
 
 def test_a_fresh_run_leaves_the_choice_of_checkpoint_to_resume(tmp_path, recwarn):
