@@ -39,7 +39,6 @@ def unknown_option(node, cause) -> ConfigError | None:
     ended in "SDEGAN.__init__() got an unexpected keyword argument 'train_step'" under an InstantiationException):
     the option, what the target takes, and the nearest name."""
     import difflib
-    import inspect
     import re
 
     match = re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'", str(cause or ""))
@@ -54,23 +53,34 @@ def unknown_option(node, cause) -> ConfigError | None:
     if cls.__name__ != cls_name:  # a nested section passed on as keyword arguments, e.g. model.generator
         return ConfigError(f"{cls_name} got an unknown option {key!r} from the {prefix!r} section. Fix: correct or "
                            f"remove {key} in {prefix}.<section> (see the {prefix} config in configs/).")
-    known = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "args", "kwargs")]
-    near = difflib.get_close_matches(key, known, n=1)
+    known = _init_options(cls)
     option = f"{prefix}.{key}" if prefix else key
+    other = _other_family_taking(node._target_, key)
+    if other is not None:  # e.g. the latent SDE's sample_observation_noise on an SDE-GAN, which has no likelihood
+        return ConfigError(f"{option} is an option of the {other} model (model={other}) only, not of "
+                           f"{node._target_}. Fix: remove +{option}, or train a {other} model (model={other}).")
+    near = difflib.get_close_matches(key, known, n=1)
     fix = (f"set {prefix}.{near[0]}=... (an existing key: no +) instead of +{option}" if near else
            f"remove +{option}")
     return ConfigError(f"{option} is not an option of {node._target_} (it takes {known}). Fix: {fix}.")
 
 
-def check_family_options(cfg: DictConfig) -> None:
-    """Refuse ``model.sample_observation_noise`` (a latent SDE option, added with ``+``) in an SDE-GAN config: the
-    SDE-GAN has no observation model, and the generic unknown-option message did not say that noisy samples are
-    the latent SDE's alone."""
-    model = cfg.get("model") or {}
-    if model.get("_target_") == "sdegan.module.SDEGAN" and "sample_observation_noise" in model:
-        raise ConfigError("model.sample_observation_noise is an option of the latent SDE (model=latent_sde) only: "
-                          "the SDE-GAN has no observation model (no likelihood), so its samples are its generator's "
-                          "paths and there is no noise to add. Fix: remove +model.sample_observation_noise.")
+def _init_options(cls) -> list[str]:
+    import inspect
+
+    return [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "args", "kwargs")]
+
+
+def _other_family_taking(target: str, key: str) -> str | None:
+    """The other model family (its config name) whose class takes ``key``, when ``target`` is a family's class."""
+    from neuralsde.checkpoints import FAMILY_TARGETS  # torch is loaded by now: the model was being built
+
+    if target not in FAMILY_TARGETS.values():
+        return None
+    for family, other in FAMILY_TARGETS.items():
+        if other != target and key in _init_options(hydra.utils.get_class(other)):
+            return family
+    return None
 
 
 def check_resolvable(cfg: DictConfig) -> None:
@@ -107,11 +117,11 @@ def check_required(cfg: DictConfig) -> None:
                           f"Fix: pass {examples} on the command line.")
 
 
-def _leaf_keys(node, prefix: str = "") -> list[str]:
-    """Dotted keys of a container's leaves."""
+def flat_settings(node, prefix: str = "") -> dict:
+    """``{"a.b.c": value}`` for each leaf of a plain (``to_container``) config; ``prefix`` goes before each key."""
     if not isinstance(node, dict):
-        return [prefix[:-1]] if prefix else []
-    return [k for key, value in node.items() for k in _leaf_keys(value, f"{prefix}{key}.")]
+        return {prefix[:-1]: node} if prefix else {}
+    return {k: v for key, value in node.items() for k, v in flat_settings(value, f"{prefix}{key}.").items()}
 
 
 def _missing_keys(node, prefix: str = "") -> list[str]:
@@ -159,7 +169,6 @@ def check_job(cfg: DictConfig) -> None:
     check_required(cfg)
     check_local(cfg)
     check_trainer_limits(cfg)
-    check_family_options(cfg)
     check_int("seed", cfg.get("seed"), "e.g. seed=0", minimum=None)
     check_threads(cfg.get("threads"))
     if cfg.get("ckpt_path"):  # read after the data were loaded: a sweep continuing several runs met it per job
@@ -177,7 +186,7 @@ def check_local(cfg: DictConfig) -> None:
     """Refuse settings that a ``configs/local/`` file put under ``local:``: without ``# @package _global_`` Hydra
     nests the file there, where nothing reads it, so ``paths: {data_dir: ...}`` in it was silently ignored."""
     local = cfg.get("local")
-    keys = [f"local.{key}" for key in _leaf_keys(OmegaConf.to_container(local, resolve=False))] \
+    keys = list(flat_settings(OmegaConf.to_container(local, resolve=False), "local.")) \
         if isinstance(local, DictConfig) else []
     if not keys:  # no local file, or an empty one
         return

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from neuralsde.atomic import atomic_write
+from neuralsde.config_checks import flat_settings
 from neuralsde.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -281,16 +282,11 @@ def _optimizers_and_schedulers(configured) -> tuple[list, list]:
 def changed_settings(saved: dict | None, current: dict | None) -> list[str]:
     """``key=value`` (the checkpoint's value) for each data and model setting that differs now: "the dataset
     differs" alone left the user to find that data.source.n_paths had been left at its default."""
-    def flat(node, prefix=""):
-        if isinstance(node, dict):
-            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
-        return {prefix[:-1]: node}
-
     if not saved or not current:
         return []
     out = []
     for section in ("data", "model"):
-        before, now = flat(saved.get(section) or {}, f"{section}."), flat(current.get(section) or {}, f"{section}.")
+        before, now = (flat_settings(config.get(section) or {}, f"{section}.") for config in (saved, current))
         out += [f"{k}={before[k]}" for k in before if k in now and before[k] != now[k] and k != "model.train_steps"]
     # data.seed follows the run's seed (${seed}): a changed seed is fixed by seed=..., which data.seed=... is not
     # (the data would match, the run's own noise not)

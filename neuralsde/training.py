@@ -18,7 +18,6 @@ from pytorch_lightning.utilities import rank_zero_only
 from neuralsde.checkpoints import AtomicCheckpointIO, read_checkpoint
 from neuralsde.config_checks import (
     check_accelerator,
-    check_family_options,
     check_job,
     check_resolvable,
     check_threads,
@@ -93,7 +92,6 @@ def build(cfg: DictConfig):
 
 def build_model(cfg: DictConfig, times, normalizer):
     """The model of ``cfg`` on ``times`` with ``normalizer``: from the data (``build``) or from a checkpoint."""
-    check_family_options(cfg)  # also for a checkpoint's config given '+model.sample_observation_noise' in overrides
     solver = SolverConfig(**OmegaConf.to_container(cfg.solver, resolve=True))
     model = instantiate(cfg.model, times=times, normalizer=normalizer, solver=solver, _convert_="all")
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
