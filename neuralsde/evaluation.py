@@ -158,10 +158,11 @@ class MetricsCallback(pl.Callback):
         values = computed_on_rank_zero(suite)
         self._log(module, "test", values)
         if trainer.is_global_zero:
-            self._plots(trainer, paths["real_test"], paths["fake_test"])
+            self._plots(trainer, paths["real_test"], paths["fake_test"],
+                        observation_noise=bool(getattr(module, "sample_observation_noise", False)))
 
     @rank_zero_only
-    def _plots(self, trainer, real, fake) -> None:
+    def _plots(self, trainer, real, fake, observation_noise: bool = False) -> None:
         from neuralsde.metrics.plots import plot_autocorrelation, plot_marginals, plot_metric_history
         out = Path(self.out_dir)
         dm = trainer.datamodule
@@ -170,9 +171,10 @@ class MetricsCallback(pl.Callback):
         log_figure(trainer, plot_marginals(dm.to_plot_units(real), dm.to_plot_units(fake),
                                            channels=range(1, real.shape[-1]), channel_names=names,
                                            units="data units", max_channels=self.plot_max_channels,
-                                           time_unit=dm.source_time_unit),
+                                           time_unit=dm.source_time_unit, observation_noise=observation_noise),
                    "marginals", out)
-        log_figure(trainer, plot_autocorrelation(real, fake, channel_names=names), "autocorrelation", out)
+        log_figure(trainer, plot_autocorrelation(real, fake, channel_names=names, observation_noise=observation_noise),
+                   "autocorrelation", out)
         history = {k: v for k, v in self.history.items() if k.startswith("val/")}  # intervals shade their metric
         if history:
             log_figure(trainer, plot_metric_history(history, self.options.ci), "metric_history", out)

@@ -225,3 +225,52 @@ def test_sample_figures_say_whether_the_samples_carry_observation_noise(monkeypa
     LatentSDEPlotCallback("unused", n_paths=2).on_train_end(trainer, model)
     expected = "latent_sde, step 0" + (", samples with observation noise" if noise else "")
     assert titles == [expected, expected]
+
+
+@pytest.mark.parametrize("noise", [False, True])
+def test_marginal_and_autocorrelation_legends_say_whether_the_samples_carry_observation_noise(noise):
+    # a latent SDE's test-stage marginals.png and autocorrelation.png labelled noisy samples "generated" alone
+    from neuralsde.metrics.plots import plot_autocorrelation
+
+    noisy = "\nwith observation noise" if noise else ""
+
+    def legend(fig, ax=0):
+        return [t.get_text() for t in fig.axes[ax].get_legend().get_texts()]
+
+    real, fake = paths(n=6, channels=6, seed=1), paths(n=5, channels=6, seed=2)
+    marginals = plot_marginals(real, fake, channels=[1, 2], observation_noise=noise)
+    assert legend(marginals) == ["real (n=6)", f"generated (n=5){noisy}"]
+    one = plot_autocorrelation(real[..., :2], fake[..., :2], channel_names=["y1"], observation_noise=noise)
+    assert legend(one) == ["real y1", f"generated y1{noisy}"]
+    shared = plot_autocorrelation(real[..., :4], fake[..., :4], channel_names=["y1", "y2", "y3"],
+                                  observation_noise=noise)
+    assert legend(shared) == [text for i in (1, 2, 3) for text in (f"real y{i}", f"generated y{i}{noisy}")]
+    grid = plot_autocorrelation(real, fake, observation_noise=noise)  # a panel per channel, one legend
+    assert legend(grid) == ["real", f"generated{noisy}"]
+    assert [ax.get_legend() for ax in grid.axes[1:]] == [None] * (len(grid.axes) - 1)
+
+
+@pytest.mark.parametrize("noise", [False, True])
+def test_metrics_callback_figures_follow_the_models_observation_noise(monkeypatch, noise):
+    # the test stage's figures are drawn from model.sample, which adds the noise under model.sample_observation_noise
+    from types import SimpleNamespace
+
+    import neuralsde.evaluation as evaluation
+    from tests.test_latent_sde import make_batch, make_model
+
+    drawn = {}
+    monkeypatch.setattr(evaluation, "log_figure", lambda trainer, fig, name, out: drawn.setdefault(name, fig))
+    observed, _ = make_batch(batch=6)
+    model = make_model(sample_observation_noise=noise)
+    with torch.no_grad():
+        fake = model.sample(6, generator=torch.Generator().manual_seed(0))
+    used = {"real_test": observed, "fake_test": fake}  # what the suite compared, without running it
+    monkeypatch.setattr(evaluation, "evaluate", lambda *args, **kwargs: ({}, used))
+    dm = SimpleNamespace(channel_names=["a", "b"], to_plot_units=lambda x: x, source_time_unit=None)
+    trainer = SimpleNamespace(datamodule=dm, is_global_zero=True, progress_bar_callback=None)
+    MetricsCallback("/tmp/unused").on_test_epoch_end(trainer, model)
+    noisy = "\nwith observation noise" if noise else ""
+    texts = {name: [t.get_text() for t in drawn[name].axes[0].get_legend().get_texts()]
+             for name in ("marginals", "autocorrelation")}
+    assert texts == {"marginals": ["real (n=6)", f"generated (n=6){noisy}"],
+                     "autocorrelation": ["real a", f"generated a{noisy}", "real b", f"generated b{noisy}"]}

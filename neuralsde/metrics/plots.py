@@ -62,6 +62,16 @@ def add_note(fig: Figure, title: str, note: str) -> None:
         fig.suptitle(text, fontsize="medium" if not note else "small")
 
 
+def generated_label(observation_noise: bool, name: str = "", count: int | None = None) -> str:
+    """Legend text of generated paths, e.g. "generated c1 (n=256)", and a second line "with observation noise" when
+    they carry it: a histogram or an autocorrelation curve of a latent SDE's samples does not show that by itself.
+    Two lines, as one overran the small panels of the marginals and of a many-channel autocorrelation."""
+    label = f"generated {name}" if name else "generated"
+    if count is not None:
+        label = f"{label} (n={count})"
+    return f"{label}\nwith observation noise" if observation_noise else label
+
+
 def _plural(unit: str) -> str:
     return unit if unit.endswith("s") else f"{unit}s"
 
@@ -86,7 +96,7 @@ def time_text(value: float, unit: str | None) -> str:
 def plot_marginals(
     real: torch.Tensor, fake: torch.Tensor, times: Sequence[int] | None = None, *, channel: int = 1, bins: int = 30,
     channels: Sequence[int] | None = None, channel_names: Sequence[str] | None = None, units: str = "",
-    max_channels: int | None = None, time_unit: str | None = None
+    max_channels: int | None = None, time_unit: str | None = None, observation_noise: bool = False
 ) -> Figure:
     """Histograms of real vs fake values of data ``channel`` (or of each of ``channels``, a row each) at several
     time indices.
@@ -95,7 +105,7 @@ def plot_marginals(
     evenly spaced, first and last included); each panel is titled with the time of channel 0. ``channel_names``
     (one per data channel) and ``units`` (e.g. "data units") label the value axes. With ``max_channels``, only
     the first that many of ``channels`` get a row; the figure's title names the others. ``time_unit`` (the
-    source's, e.g. "hour") goes into the panels' titles.
+    source's, e.g. "hour") goes into the panels' titles. ``observation_noise``: the fake paths carry it (legend).
     """
     real, fake = check_paths(real, "real").detach().cpu(), check_paths(fake, "fake").detach().cpu()
     check_same_grid(real, fake, ("real", "fake"))
@@ -126,7 +136,7 @@ def plot_marginals(
             edges = torch.linspace(float(both.min()), float(both.max()) + 1e-9, bins + 1).numpy()
             ax.hist(r.numpy(), bins=edges, density=True, alpha=0.5, color=REAL_COLOUR, label=f"real (n={len(r)})")
             ax.hist(f.numpy(), bins=edges, density=True, alpha=0.5, color=GENERATED_COLOUR,
-                    label=f"generated (n={len(f)})")
+                    label=generated_label(observation_noise, count=len(f)))
             ax.set_title(f"t = {time_text(float(real[0, t, 0]), time_unit)}")
             ax.set_xlabel(f"{name} ({units})" if units else name)
         axes[0].set_ylabel("density")
@@ -140,11 +150,12 @@ SHARED_AXES_CHANNELS = 4  # up to this many channels share one panel; more get o
 
 
 def plot_autocorrelation(real: torch.Tensor, fake: torch.Tensor, *, max_lag: int | None = None,
-                         channel_names: Sequence[str] | None = None) -> Figure:
+                         channel_names: Sequence[str] | None = None, observation_noise: bool = False) -> Figure:
     """Autocorrelation against lag of each data channel, real (solid) vs fake (dashed).
 
     real ``(m, T, C)`` (NaN ignored), fake ``(n, T, C)``; see ``marginals.autocorrelation``. Up to
     ``SHARED_AXES_CHANNELS`` data channels share one panel; more get a grid of panels, one per channel.
+    ``observation_noise``: the fake paths carry it (legend).
     """
     real, fake = check_paths(real, "real").detach().cpu(), check_paths(fake, "fake").detach().cpu()
     check_same_grid(real, fake, ("real", "fake"))
@@ -160,10 +171,11 @@ def plot_autocorrelation(real: torch.Tensor, fake: torch.Tensor, *, max_lag: int
     for c in range(channels):
         ax = axes[0 if shared else c]
         label = channel_names[c] if channel_names else f"channel {c + 1}"
-        name = f" {label}" if shared else ""
+        name = label if shared else ""  # in the legend where channels share a panel
         colours = (f"C{c}", f"C{c}") if by_channel else (REAL_COLOUR, GENERATED_COLOUR)
-        ax.plot(lags, acf_real[:, c].numpy(), color=colours[0], label=f"real{name}")
-        ax.plot(lags, acf_fake[:, c].numpy(), linestyle="--", color=colours[1], label=f"generated{name}")
+        ax.plot(lags, acf_real[:, c].numpy(), color=colours[0], label=f"real {name}".rstrip())
+        ax.plot(lags, acf_fake[:, c].numpy(), linestyle="--", color=colours[1],
+                label=generated_label(observation_noise, name))
         if not shared:
             ax.set_title(label, fontsize="small")
             if c + cols >= channels:  # nothing below it: show its lag ticks
