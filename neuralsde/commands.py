@@ -18,7 +18,8 @@ from neuralsde.metrics.suite import make_options
 
 log = logging.getLogger(__name__)
 OUTPUT_FORMATS = (".csv", ".npz", ".parquet")
-# parquet schema metadata key of sample.py's record (JSON: checkpoint, seed, observation_noise); the npz has arrays
+# parquet schema metadata key of sample.py's record (JSON: checkpoint, seed, observation_noise); the npz has arrays,
+# a CSV a JSON file beside it (csv_sidecar)
 SAMPLE_RECORD_KEY = b"neuralsde.sample"
 # The options of configs/eval.yaml and configs/sample.yaml: anything else was added with `+key=...`.
 EVAL_KEYS = {"task_name", "ckpt_path", "cfg_overrides", "metrics", "n_samples", "seed", "options", "paths"}
@@ -108,6 +109,12 @@ def metric_options(train_cfg: DictConfig, overrides) -> dict:
     return options
 
 
+def csv_sidecar(path: Path) -> Path:
+    """The JSON file beside a CSV of samples that holds their record (``samples.csv`` -> ``samples.csv.json``): a
+    CSV has no place for metadata but comment lines, which ``pd.read_csv`` would read as rows."""
+    return path.with_name(f"{path.name}.json")
+
+
 def check_output(out: str, overwrite: bool) -> Path:
     path = Path(out).expanduser()
     if path.suffix not in OUTPUT_FORMATS:
@@ -118,6 +125,9 @@ def check_output(out: str, overwrite: bool) -> Path:
     if path.exists() and not overwrite:
         raise ConfigError(f"out={out!r} already exists and would be overwritten. Fix: choose another file name or "
                           "pass overwrite=true.")
+    if path.suffix == ".csv" and csv_sidecar(path).exists() and not overwrite:
+        raise ConfigError(f"out={out!r} would overwrite {str(csv_sidecar(path))!r}, where sample.py records what drew "
+                          "a CSV's paths. Fix: choose another file name or pass overwrite=true.")
     return path
 
 
@@ -194,8 +204,9 @@ def write_paths(path: Path, paths: torch.Tensor, channel_names: list[str], times
 
     csv and parquet are long tables with columns ``path, time, <channels>``; npz holds ``times (n, T)``,
     ``values (n, T, C)`` and ``channels``. ``record`` (JSON-able scalars, e.g. checkpoint, seed,
-    observation_noise) goes into the npz as one 0-d array per key and into the parquet schema metadata as JSON
-    under ``SAMPLE_RECORD_KEY``; a CSV has no place for it. Written to a temporary name first, then renamed.
+    observation_noise) goes into the npz as one 0-d array per key, into the parquet schema metadata as JSON
+    under ``SAMPLE_RECORD_KEY`` and beside a CSV as the JSON file ``csv_sidecar(path)``. Written to temporary names
+    first, then renamed.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
@@ -213,8 +224,19 @@ def write_paths(path: Path, paths: torch.Tensor, channel_names: list[str], times
         frame.insert(0, "path", np.repeat(np.arange(n), t))
         if path.suffix == ".csv":
             frame.to_csv(tmp, index=False)
+            _write_sidecar(csv_sidecar(path), record)
         else:
             _write_parquet(tmp, frame, record)
+    tmp.replace(path)
+
+
+def _write_sidecar(path: Path, record: dict | None) -> None:
+    """``record`` as JSON at ``path``; none: an earlier one there removed, as it would describe other paths."""
+    if not record:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(path)
 
 

@@ -438,9 +438,9 @@ def test_sample_observation_noise_adds_the_likelihoods_noise(latent_run, tmp_pat
 
 
 def test_sample_files_record_observation_noise_checkpoint_and_seed(latent_run, sdegan_run, tmp_path):
-    """A noisy and a noiseless file of one checkpoint looked alike: the npz (arrays) and the parquet (schema
-    metadata) now say whether observation noise was added, from which checkpoint and seed; pandas and numpy read
-    the paths as before."""
+    """A noisy and a noiseless file of one checkpoint looked alike: the npz (arrays), the parquet (schema
+    metadata) and a CSV's JSON sidecar ``<name>.csv.json`` now say whether observation noise was added, from which
+    checkpoint and seed; pandas and numpy read the paths as before."""
     import pyarrow.parquet as pq
 
     from neuralsde.commands import SAMPLE_RECORD_KEY
@@ -466,8 +466,30 @@ def test_sample_files_record_observation_noise_checkpoint_and_seed(latent_run, s
         assert list(frame.columns) == ["path", "time", *channels] and frame.index.equals(pd.RangeIndex(len(frame)))
         # the same seed's paths in both files
         np.testing.assert_array_equal(frame[channels].to_numpy().reshape(data["values"].shape), data["values"])
-    csv, _ = sample(latent_run, "noisy.csv", observation_noise=True, seed=3)  # a CSV has no place: as before
-    assert list(pd.read_csv(csv).columns) == ["path", "time", *channels]
+        csv, _ = sample(run, f"{tag}.csv", observation_noise=noise, seed=seed)
+        assert json.loads((tmp_path / f"{tag}.csv.json").read_text()) == record
+        frame = pd.read_csv(csv)  # the CSV itself is the plain table: no comment lines for pandas to trip on
+        assert list(frame.columns) == ["path", "time", *channels] and len(frame) == data["values"][..., 0].size
+        np.testing.assert_allclose(frame[channels].to_numpy().reshape(data["values"].shape), data["values"],
+                                   rtol=1e-6)
+
+
+def test_a_csvs_sidecar_is_never_overwritten_unasked_nor_left_stale(latent_run, tmp_path):
+    from neuralsde.commands import write_paths
+
+    ckpt = str(latent_run / "checkpoints" / "last.ckpt")
+    out, sidecar = tmp_path / "s.csv", tmp_path / "s.csv.json"
+    sidecar.write_text("notes of mine\n")
+    with pytest.raises(ConfigError, match=r"out=.*s.csv' would overwrite .*s.csv.json', where sample.py records "
+                                          r"what drew a CSV's paths. Fix: .*overwrite=true"):
+        run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=ckpt, n=2, out=str(out)))
+    assert sidecar.read_text() == "notes of mine\n" and not out.exists()
+    run_sample(_cmd_cfg("sample", tmp_path, ckpt_path=ckpt, n=2, out=str(out), overwrite=True,
+                        observation_noise=True))
+    assert json.loads(sidecar.read_text())["observation_noise"] is True
+    write_paths(out, torch.zeros(1, 3, 2), ["a"])  # paths with no record: a sidecar would describe others
+    assert not sidecar.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
 
 
 def test_sample_observation_noise_is_refused_for_the_sdegan(sdegan_run, tmp_path):
