@@ -156,8 +156,9 @@ def check_trainer_limits(cfg: DictConfig) -> None:
 def check_job(cfg: DictConfig) -> None:
     """What a job checks before its work, on a composed config alone: eval.py's and sample.py's options and
     checkpoint file; for training the required options, trainer limits, seed, threads, solver, the data module's
-    options (its constructor checks them; no data are loaded) and ckpt_path's file. ``train`` runs it first; a
-    sweep runs it on every job before the first (``CheckSweepJobs``)."""
+    options (its constructor checks them; no data are loaded), ckpt_path's file and the model's options
+    (``training.check_model``). ``train`` runs it first; a sweep runs it on every job before the first
+    (``CheckSweepJobs``)."""
     from neuralsde.errors import check_int
 
     if "model" not in cfg or "data" not in cfg:  # eval.yaml or sample.yaml (task_name may be renamed)
@@ -176,10 +177,11 @@ def check_job(cfg: DictConfig) -> None:
 
         check_checkpoint_path(cfg.ckpt_path)
     from neuralsde.solver import SolverConfig
-    from neuralsde.training import instantiate
+    from neuralsde.training import check_model, instantiate
 
     SolverConfig(**OmegaConf.to_container(cfg.solver, resolve=True))
     instantiate(cfg.data)
+    check_model(cfg)
 
 
 def check_local(cfg: DictConfig) -> None:

@@ -70,7 +70,7 @@ def _instantiate_all(group: DictConfig | None) -> list:
 
 def build(cfg: DictConfig):
     """Instantiate ``(datamodule, model)`` from a composed config; the data are set up first because the
-    model's shapes and normalisation come from them.
+    model's shapes and normalisation come from them (the model's own options are checked before: ``check_model``).
 
     From Python, compose the config with ``paths.output_dir`` set: inside ``train.py`` it is Hydra's run directory
     (``${hydra:runtime.output_dir}``), which does not exist outside a Hydra job::
@@ -80,6 +80,7 @@ def build(cfg: DictConfig):
         datamodule, model = build(cfg)
     """
     check_resolvable(cfg)
+    check_model(cfg)  # before the data, whose first preparation may download for minutes
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     model = build_model(cfg, datamodule.times, datamodule.normalizer)
@@ -92,11 +93,26 @@ def build(cfg: DictConfig):
 
 def build_model(cfg: DictConfig, times, normalizer):
     """The model of ``cfg`` on ``times`` with ``normalizer``: from the data (``build``) or from a checkpoint."""
-    solver = SolverConfig(**OmegaConf.to_container(cfg.solver, resolve=True))
-    model = instantiate(cfg.model, times=times, normalizer=normalizer, solver=solver, _convert_="all")
+    model = _instantiate_model(cfg, times, normalizer)
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     model.run_config_source = config_source(cfg)
     return model
+
+
+def _instantiate_model(cfg: DictConfig, times, normalizer):
+    solver = SolverConfig(**OmegaConf.to_container(cfg.solver, resolve=True))
+    return instantiate(cfg.model, times=times, normalizer=normalizer, solver=solver, _convert_="all")
+
+
+def check_model(cfg: DictConfig) -> None:
+    """Every check of ``cfg.model`` that needs no data (unknown options, choices, sizes, learning rates, option
+    combinations), made by building the model on a stand-in grid of two times and one channel and dropping it. What
+    needs the data's shape waits for the real build: ``solver.dt`` against the grid (any positive ``dt`` reaches
+    the stand-in's last time, so it refuses nothing that real data would accept)."""
+    from neuralsde.data.preprocessing import Normalizer
+
+    with torch.random.fork_rng(devices=[]):  # the run's weights are drawn as if it had not been built
+        _instantiate_model(cfg, torch.arange(2.0), Normalizer(torch.zeros(1), torch.ones(1)))
 
 
 def config_source(cfg: DictConfig) -> dict:

@@ -89,6 +89,27 @@ def test_key_added_with_plus_that_the_model_does_not_take(tmp_path):
         build(compose_config([*tiny, "+model.generator.hidden_sze=5"]))
 
 
+@pytest.mark.parametrize("typo, refused", [
+    ("+model.hiden_size=8", r"model.hiden_size is not an option of sdegan.module.SDEGAN \(it takes"),
+    ("model.lipschitz=foo", r"model.lipschitz='foo' is not valid: expected one of \('clip', 'gradient_penalty'\)"),
+    ("model.generator.hidden_size=-3", r"model.generator.hidden_size=-3 is not valid: expected a positive integer"),
+])
+def test_a_model_option_is_checked_before_the_data_are_downloaded(typo, refused, tmp_path, monkeypatch):
+    """On a machine without the air quality data, a typo in a model option was reported only after the UCI zip had
+    been downloaded (minutes), or not at all where the download failed (a DataError instead)."""
+    import neuralsde.data.download as download
+    from neuralsde.config_checks import check_job
+    from neuralsde.training import train
+
+    monkeypatch.setattr(download, "download_url", lambda *args, **kwargs: pytest.fail("the data were downloaded"))
+    cfg = compose_config(["experiment=air_quality_sdegan", typo, f"paths.data_dir={tmp_path / 'empty'}",
+                          f"paths.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match=refused):
+        train(cfg)
+    with pytest.raises(ConfigError, match=refused):  # as a sweep checks every job before the first
+        check_job(cfg)
+
+
 def test_a_word_where_a_number_belongs_is_named(tmp_path):
     """model.optimizer.g_lr=abc was "could not convert string to float: 'abc'" under Hydra's wrapper (full_key:
     model); data.source.n_paths=abc a TypeError, n_paths=256.5 torch.randn's signature dump."""

@@ -170,6 +170,18 @@ def test_checkpoint_config_overrides_that_cannot_apply_are_refused(tmp_path, ove
     assert checkpoint_config(ckpt, ["+data.source.extra=1"]).data.source.extra == 1  # adding is said with +
 
 
+def test_eval_checks_a_model_override_before_the_data(sdegan_run, tmp_path, monkeypatch):
+    """eval.py rebuilds the data before the model: 'cfg_overrides=["model.lipschitz=foo"]' on a run whose data must
+    be downloaded first was refused only after the download."""
+    from neuralsde.data.datamodule import TimeSeriesDataModule
+
+    monkeypatch.setattr(TimeSeriesDataModule, "setup", lambda *args: pytest.fail("the data were prepared"))
+    cfg = _cmd_cfg("eval", tmp_path, ckpt_path=str(sdegan_run / "checkpoints" / "last.ckpt"), n_samples=64,
+                   cfg_overrides=["model.lipschitz=foo"])
+    with pytest.raises(ConfigError, match=r"model.lipschitz='foo' is not valid: expected one of"):
+        run_eval(cfg)
+
+
 def test_eval_refuses_unknown_metric(sdegan_run, tmp_path):
     cfg = _cmd_cfg("eval", tmp_path, ckpt_path=str(sdegan_run / "checkpoints" / "last.ckpt"), metrics=["fid"])
     with pytest.raises(ConfigError, match="fid"):
