@@ -48,6 +48,10 @@ class SDEGAN(GenerativeModule):
         self.update, self.n_critic = update, int(n_critic)
         self._last_g_loss: torch.Tensor | float | None = None
         self.optimizer_cfg = dict(optimizer)
+        name = self.optimizer_cfg.get("name", "adadelta")
+        if name not in OPTIMIZERS:  # here, not at the fit's start: refused before the data are prepared
+            raise bad_option("model.optimizer.name", name, f"one of {sorted(OPTIMIZERS)}",
+                             "set model.optimizer.name=adadelta")
         for key in ("g_lr", "d_lr"):
             if not float(self.optimizer_cfg.get(key, 0)) > 0:
                 raise bad_option(f"model.optimizer.{key}", self.optimizer_cfg.get(key), "a positive learning rate",
@@ -121,12 +125,8 @@ class SDEGAN(GenerativeModule):
 
     def configure_optimizers(self):
         cfg = dict(self.optimizer_cfg)
-        name = cfg.pop("name", "adadelta")
-        if name not in OPTIMIZERS:
-            raise bad_option("model.optimizer.name", name, f"one of {sorted(OPTIMIZERS)}",
-                             "set model.optimizer.name=adadelta")
+        cls = OPTIMIZERS[cfg.pop("name", "adadelta")]
         g_lr, d_lr = float(cfg.pop("g_lr")), float(cfg.pop("d_lr"))
-        cls = OPTIMIZERS[name]
         return cls(self.generator.parameters(), lr=g_lr, **cfg), cls(self.discriminator.parameters(), lr=d_lr, **cfg)
 
     @torch.no_grad()

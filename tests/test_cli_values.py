@@ -93,6 +93,7 @@ def test_key_added_with_plus_that_the_model_does_not_take(tmp_path):
     ("+model.hiden_size=8", r"model.hiden_size is not an option of sdegan.module.SDEGAN \(it takes"),
     ("model.lipschitz=foo", r"model.lipschitz='foo' is not valid: expected one of \('clip', 'gradient_penalty'\)"),
     ("model.generator.hidden_size=-3", r"model.generator.hidden_size=-3 is not valid: expected a positive integer"),
+    ("model.optimizer.name=foo", r"model.optimizer.name='foo' is not valid: expected one of \['adadelta'"),
 ])
 def test_a_model_option_is_checked_before_the_data_are_downloaded(typo, refused, tmp_path, monkeypatch):
     """On a machine without the air quality data, a typo in a model option was reported only after the UCI zip had
