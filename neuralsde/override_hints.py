@@ -105,7 +105,12 @@ def _key_hint(override, known: set[str]) -> str:
     siblings = [name for name in names if "." not in name]
     shown = ", ".join(siblings[:30]) + (", ..." if len(siblings) > 30 else "")
     where = f"{parent} has" if parent else "the top level has"
-    return f"{key} is not a key of this config. Fix: use one that exists ({where}: {shown}; `--cfg job` lists all)."
+    # the same name one section deeper (data.cache_dir for data.source.cache_dir) is too far for difflib
+    leaf = key.rpartition(".")[2]
+    deeper = [f"{parent}.{name}" for name in names if parent and "." in name and name.rpartition(".")[2] == leaf]
+    guess = f"did you mean {' or '.join(deeper)}? Or " if deeper else ""
+    return (f"{key} is not a key of this config. Fix: {guess}use one that exists ({where}: {shown}; `--cfg job` "
+            "lists all).")
 
 
 def _dotted_keys(node, prefix: str = "") -> list[str]:

@@ -140,6 +140,11 @@ def test_a_word_where_a_number_belongs_is_named(tmp_path):
     (["model.generator.foo=3"], "Fix: use one that exists (model.generator has: field_mult, hidden_size, "
                                 "initial_mult, initial_noise_size"),
     (["data.source.path=x"], "Fix: use one that exists (data.source has: _target_, drop_fraction"),
+    # the same name one section deeper: too far for difflib, named in full
+    (["experiment=air_quality_sdegan", "data.cache_dir=/x"], "data.cache_dir is not a key of this config. Fix: did "
+                                                             "you mean data.source.cache_dir? Or use one that exists"),
+    (["model.hidden_size=8"], "Fix: did you mean model.discriminator.hidden_size or model.generator.hidden_size? Or "
+                              "use one that exists (model has: _target_, cuda_graph,"),
 ])
 def test_misspelt_override_names_the_nearest_valid_one(overrides, hint):
     """Hydra's "Could not override 'solver.dtt'. To append to your config use +solver.dtt=0.5" named no valid key
