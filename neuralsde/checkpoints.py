@@ -13,6 +13,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 
 from neuralsde.atomic import atomic_write
+from neuralsde.data.base import user_path
 from neuralsde.errors import CheckpointError, ConfigError, DataError
 
 FAMILY_TARGETS = {"sdegan": "sdegan.module.SDEGAN", "latent_sde": "latent_sde.module.LatentSDE"}
@@ -201,10 +202,11 @@ def _anchor_data_path(cfg: DictConfig, cwd: str | None) -> None:
     """A relative ``data.source.path`` joined to ``cwd``, the directory training read it from: the config keeps the
     path as typed, and eval.py or sample.py started elsewhere looked for the file there and missed it. A path given
     in the overrides replaces it afterwards, relative to the current directory like any on a command line.
-    Checkpoints written before the directory was recorded keep their path as it is."""
+    Checkpoints written before the directory was recorded keep their path as it is. ``~`` and ``$VAR`` are expanded
+    first, as the data source does: ``~/x.csv`` joined to ``cwd`` became ``<cwd>/~/x.csv``."""
     path = OmegaConf.select(cfg, "data.source.path", default=None, throw_on_resolution_failure=False)
-    if cwd and isinstance(path, str) and path and not Path(path).is_absolute():
-        cfg.data.source.path = str(Path(cwd) / path)
+    if cwd and isinstance(path, str) and path and not user_path(path).is_absolute():
+        cfg.data.source.path = str(Path(cwd) / user_path(path))
 
 
 _ABSENT = object()

@@ -341,6 +341,26 @@ def test_a_relative_csv_path_is_found_from_another_directory(tmp_path, monkeypat
     assert read_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.ckpt")["neuralsde"]["train_step"] == 3
 
 
+def test_a_home_or_variable_csv_path_is_not_joined_to_the_training_directory(tmp_path, monkeypatch):
+    """A checkpoint's relative data path is joined to the directory training started in; ~/x.csv was relative to
+    Path too, and became <that directory>/~/x.csv, a file that is nowhere."""
+    from pathlib import Path
+
+    from neuralsde.checkpoints import FAMILY_TARGETS, checkpoint_config
+    from neuralsde.data.base import user_path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("SUB", "d")
+
+    def anchored(path: str) -> Path:
+        saved = {"model": {"_target_": FAMILY_TARGETS["sdegan"]}, "data": {"source": {"path": path}}}
+        ckpt = {"neuralsde": {"family": "sdegan", "config_source": saved, "data": {"cwd": "/train"}}}
+        return user_path(checkpoint_config(ckpt).data.source.path)
+
+    assert anchored("~/x.csv") == anchored("$HOME/x.csv") == tmp_path / "x.csv"
+    assert anchored("$SUB/x.csv") == anchored("d/x.csv") == Path("/train/d/x.csv")
+
+
 def test_sample_refuses_data_overrides_it_does_not_use(sdegan_run, tmp_path):
     """A checkpoint holding its data's times and names is sampled without its data, and a data override such as
     data.normalize=none changed nothing, silently; where the data lie is harmless and passes."""

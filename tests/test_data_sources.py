@@ -491,6 +491,38 @@ def test_csv_relative_path_not_found_says_where_it_was_looked_up(tmp_path, monke
     assert CSVSource(f"{tmp_path.name}/x.csv").load().channel_names == ["a"]
 
 
+def test_paths_expand_home_and_environment_variables(tmp_path, monkeypatch):
+    """A quoted 'data.source.path="~/x.csv"' or a sweep's '$DATA/x.csv' reaches the source as typed (Hydra expands
+    neither), and was looked up as a folder named ~ or $DATA in the current directory; paths.data_dir likewise."""
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_config
+
+    home = tmp_path / "home"
+    (home / "d").mkdir(parents=True)
+    write(home / "d", "a\n1\n2\n", "x.csv")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("DATA", str(home / "d"))
+    monkeypatch.setenv("SUB", "d")
+    monkeypatch.delenv("NO_SUCH_VAR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    for typed in ("~/d/x.csv", "$DATA/x.csv", "${HOME}/d/x.csv"):
+        assert CSVSource(typed).load().meta["path"] == str(home / "d" / "x.csv"), typed
+    monkeypatch.chdir(home)
+    assert CSVSource("$SUB/x.csv").load().meta["path"] == "d/x.csv"  # still relative to where it starts
+    with pytest.raises(DataError, match=r"\$NO_SUCH_VAR/x.csv: file not found \(a relative path, looked up from .*\); "
+                                        r"\$NO_SUCH_VAR not set in the environment\. Fix: set \$NO_SUCH_VAR, or"):
+        CSVSource("$NO_SUCH_VAR/x.csv").load()
+    data = need("stock_goog_daily/stock_data.csv")
+    (home / "data").mkdir()
+    (home / "data" / "stock_goog_daily").symlink_to(data / "stock_goog_daily")
+    cfg = compose_config(["data=stocks", 'paths.data_dir="~/data"', "data.source.stride=24"])
+    assert instantiate(cfg.data.source).load().values.shape == ((3685 - 24) // 24 + 1, 24, 6)
+    options = dict(n_runs=1, n_weights=2, n_records=4, record_every=1, task="synthetic")
+    WeightsSource(**options, cache_dir="~/cache").load()
+    assert len(list((home / "cache" / "weights").rglob("*.pt"))) == 1
+
+
 
 def test_csv_default_columns_refuse_a_bad_cell_rather_than_drop_the_column(tmp_path, caplog):
     """value_columns: null silently (at INFO) dropped a whole column of numbers for one bad cell, and trained on the

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from neuralsde.data.base import RawSeries, name_list
+from neuralsde.data.base import RawSeries, name_list, user_path
 from neuralsde.data.cache import cache_path, cached
 from neuralsde.data.download import ensure_zip_members
 from neuralsde.data.windows import nonempty, sliding_windows
@@ -75,8 +75,8 @@ class AirQualitySource:
     def __init__(self, data_dir: str = "datasets", window_length: int = 24, stride: int | None = None,
                  stations: list[str] | None = None, covariates: list[str] | None = None,
                  cache_dir: str | None = None, use_cache: bool = True):
-        self.data_dir = data_dir
-        self.cache_dir = cache_dir if cache_dir is not None else data_dir
+        self.data_dir = str(user_path(data_dir))
+        self.cache_dir = str(user_path(cache_dir if cache_dir is not None else data_dir))
         self.window_length = int(window_length)
         self.stride = int(stride) if stride is not None else self.window_length
         self.stations = name_list(stations) if stations is not None else list(STATIONS)

@@ -1,7 +1,9 @@
 """What every data source returns, and the checks every source shares."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -14,6 +16,13 @@ def name_list(value) -> list[str] | None:
     if value is None:
         return None
     return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def user_path(value) -> Path:
+    """A path option with ``$VAR`` and a leading ``~`` expanded, still relative where it was: Hydra hands a quoted
+    ``"~/x.csv"`` or a sweep's ``'$DATA/x.csv'`` over as typed, and ``Path`` read it as a folder named ``~`` (or
+    ``$DATA``) in the current directory."""
+    return Path(os.path.expanduser(os.path.expandvars(str(value))))
 
 
 @dataclass

@@ -38,6 +38,11 @@ def read_rows(path: Path, delimiter: str) -> tuple[list[str], list[list[str]], n
         # training run missed a file that is there
         where = "" if path.is_absolute() else f" (a relative path, looked up from {Path.cwd()})"
         fix = "check the data.source.path option" + ("" if path.is_absolute() else ", or give it as an absolute path")
+        # os.path.expandvars leaves an unset variable as typed
+        unset = sorted({f"${name}" for name in re.findall(r"\$\{?(\w+)", str(path))})
+        if unset:
+            where += f"; {', '.join(unset)} not set in the environment"
+            fix = f"set {', '.join(unset)}, or {fix}"
         raise DataError(f"{path}: file not found{where}. Fix: {fix}.")
     rows, lines = [], []
     try:

@@ -13,13 +13,12 @@ resampled onto a grid first.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from neuralsde.data import csv_cells, csv_grids
-from neuralsde.data.base import RawSeries, name_list
+from neuralsde.data.base import RawSeries, name_list, user_path
 from neuralsde.data.csv_cells import OPTION, columns_override
 from neuralsde.errors import ConfigError, DataError, bad_option
 
@@ -63,7 +62,7 @@ class CSVSource:
         if not float(max_union_factor) >= 1:
             raise bad_option("data.source.max_union_factor", max_union_factor, "a number >= 1",
                              "e.g. data.source.max_union_factor=10")
-        self.path = Path(path)
+        self.path = user_path(path)
         self.time_column, self.id_column = time_column, id_column
         self.value_columns = name_list(value_columns)
         self.window_length = int(window_length) if window_length is not None else None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from neuralsde.data.base import RawSeries, name_list
+from neuralsde.data.base import RawSeries, name_list, user_path
 from neuralsde.data.download import ensure_file
 from neuralsde.data.stocks import read_numeric_table
 from neuralsde.data.windows import sliding_windows
@@ -40,7 +40,7 @@ class EnergySource:
 
     def __init__(self, data_dir: str = "datasets", window_length: int = 24, stride: int = 1,
                  drop_columns: list[str] | None = ("rv1", "rv2")):
-        self.data_dir = data_dir
+        self.data_dir = str(user_path(data_dir))
         self.window_length = int(window_length)
         self.stride = int(stride)
         self.drop_columns = name_list(drop_columns) or []

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from neuralsde.data.base import RawSeries
+from neuralsde.data.base import RawSeries, user_path
 from neuralsde.data.cache import cache_path, cached, file_sha256
 from neuralsde.data.download import ensure_file
 from neuralsde.data.windows import sliding_windows
@@ -98,9 +98,9 @@ class LobsterSource:
             raise bad_option("data.source.session_end_s", session_end_s,
                              f"a time after session_start_s={session_start_s} (seconds after midnight)",
                              "e.g. session_start_s=34200 and session_end_s=57600 (09:30-16:00)")
-        self.data_dir = data_dir
+        self.data_dir = str(user_path(data_dir))
         self.rebase = rebase
-        self.cache_dir = cache_dir if cache_dir is not None else data_dir
+        self.cache_dir = str(user_path(cache_dir if cache_dir is not None else data_dir))
         self.bar_minutes = float(bar_minutes)
         self.window_length = int(window_length)
         self.stride = int(stride)

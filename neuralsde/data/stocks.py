@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from neuralsde.data.base import RawSeries
+from neuralsde.data.base import RawSeries, user_path
 from neuralsde.data.download import ensure_file
 from neuralsde.data.windows import sliding_windows
 from neuralsde.errors import DataError
@@ -63,7 +63,7 @@ class GoogDailySource:
 
     def __init__(self, data_dir: str = "datasets", window_length: int = 24, stride: int = 1,
                  drop_adj_close: bool = False, log_volume: bool = False, rebase: bool = False):
-        self.data_dir = data_dir
+        self.data_dir = str(user_path(data_dir))
         self.window_length = int(window_length)
         self.stride = int(stride)
         self.drop_adj_close = drop_adj_close

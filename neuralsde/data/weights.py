@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from neuralsde.data.base import RawSeries
+from neuralsde.data.base import RawSeries, user_path
 from neuralsde.data.cache import cache_path, cached
 from neuralsde.errors import bad_option
 
@@ -99,7 +99,7 @@ class WeightsSource:
         self.options = {"n_runs": n_runs, "n_weights": n_weights, "n_records": n_records,
                         "record_every": record_every, "hidden": hidden, "lr": lr, "batch_size": batch_size,
                         "task": task, "seed": seed, "layout": layout}
-        self.cache_dir = cache_dir if cache_dir is not None else data_dir
+        self.cache_dir = str(user_path(cache_dir if cache_dir is not None else data_dir))
         self.use_cache = use_cache
 
     def load(self) -> RawSeries:
