@@ -198,15 +198,26 @@ def check_resume_compatible(ckpt_path: str, model, ckpt: dict) -> None:
     # Weights of another shape cannot be loaded, allowed or not: offering NEURALSDE_ALLOW_RESUME_CHANGE=1 for them
     # led to Lightning's "Error(s) in loading state_dict" traceback.
     if differ or (data_changed and not ckpt_allows_change()):
-        what = (f"model size differs ({differ[:3]})" if set(differ) - {"times"} else
+        resized = bool(set(differ) - {"times"})
+        what = (f"model size differs ({differ[:3]})" if resized else
                 "the number of observation times differs" if differ else
                 "the dataset differs (times or normalisation)")
-        changed = changed_settings(ckpt["neuralsde"].get("config"), model.run_config)
-        fix = (f"resume with the checkpoint's values of the settings that differ: {' '.join(changed[:6])}"
-               if changed else
+        changes = setting_changes(ckpt["neuralsde"].get("config"), model.run_config)
+        # which of the changed settings can explain the refusal: the model's size follows the model settings and
+        # the data's channels; the times and normalisation follow the data settings (and the seed)
+        saved_channels = (ckpt["neuralsde"].get("data") or {}).get("channel_names")
+        channels = (getattr(model, "data_meta", None) or {}).get("channel_names")
+        causes = ({"model"} | ({"data"} if saved_channels is not None and saved_channels != channels else set())
+                  if resized else {"data"})
+        culprits = [f"{k}={before}" for k, before, _ in changes if setting_group(k) in causes]
+        undo = [f"{k}={before}" for k, before, _ in changes]
+        fix = (f"resume with the checkpoint's {' and '.join(sorted(causes))} settings: {' '.join(culprits[:6])}"
+               if culprits else
+               f"resume with the checkpoint's values of the settings that differ: {' '.join(undo[:6])}" if undo else
                "resume with the config of the run that wrote it")
         allow = "" if differ else ", or set NEURALSDE_ALLOW_RESUME_CHANGE=1 to allow it deliberately"
-        raise CheckpointError(f"Cannot resume from {ckpt_path!r}: {what}. Fix: {fix}{allow}.")
+        raise CheckpointError(f"Cannot resume from {ckpt_path!r}: {what}.{grouped_changes(changes, causes)} "
+                              f"Fix: {fix}{allow}.")
     refuse_other_optimizer(ckpt, model.configure_optimizers(), ckpt_path)  # here, before any logger has started
 
 
@@ -279,21 +290,55 @@ def _optimizers_and_schedulers(configured) -> tuple[list, list]:
     return optimizers, schedulers
 
 
-def changed_settings(saved: dict | None, current: dict | None) -> list[str]:
-    """``key=value`` (the checkpoint's value) for each data and model setting that differs now: "the dataset
-    differs" alone left the user to find that data.source.n_paths had been left at its default."""
+def setting_changes(saved: dict | None, current: dict | None) -> list[tuple[str, object, object]]:
+    """``(key, the checkpoint's value, the value now)`` for each data, model and solver setting that differs now:
+    "the dataset differs" alone left the user to find that data.source.n_paths had been left at its default."""
     if not saved or not current:
         return []
     out = []
-    for section in ("data", "model"):
+    for section in ("data", "model", "solver"):
         before, now = (flat_settings(config.get(section) or {}, f"{section}.") for config in (saved, current))
-        out += [f"{k}={before[k]}" for k in before if k in now and before[k] != now[k] and k != "model.train_steps"]
+        out += [(k, before[k], now[k]) for k in before if k in now and before[k] != now[k] and k != "model.train_steps"]
     # data.seed follows the run's seed (${seed}): a changed seed is fixed by seed=..., which data.seed=... is not
     # (the data would match, the run's own noise not)
     seed = saved.get("seed")
-    if seed is not None and seed != current.get("seed") and f"data.seed={seed}" in out:
-        out[out.index(f"data.seed={seed}")] = f"seed={seed}"
+    if seed is not None and seed != current.get("seed"):
+        out = [("seed", seed, current.get("seed")) if (k, before) == ("data.seed", seed) else (k, before, now)
+               for k, before, now in out]
     return out
+
+
+def changed_settings(saved: dict | None, current: dict | None) -> list[str]:
+    """``key=value`` with the checkpoint's value for each setting of ``setting_changes``: the overrides that undo
+    them."""
+    return [f"{k}={before}" for k, before, _ in setting_changes(saved, current)]
+
+
+# Data settings that shape the batches only, not the data a model is fitted to (its times and normalisation).
+_BATCH_SETTINGS = ("data.batch_size", "data.eval_batch_size", "data.num_workers")
+
+
+def setting_group(key: str) -> str:
+    """What a changed setting affects: ``data``, ``batches``, ``model``, ``optimiser`` (which follows the config on
+    resume) or ``solver``. The run's seed counts as data: it reaches them through data.seed (the split)."""
+    if key == "seed":
+        return "data"
+    if key in _BATCH_SETTINGS:
+        return "batches"
+    return "optimiser" if key.startswith("model.optimizer.") else key.partition(".")[0]
+
+
+def grouped_changes(changes: list[tuple[str, object, object]], first: set[str], per_group: int = 4) -> str:
+    """`` Changed since the checkpoint: model: k 16 -> 24; data: ...`` with the ``first`` groups (those that explain
+    a refusal) ahead; empty without changes. A refusal listing a data and a model change mixed left the user to
+    guess which one it was about."""
+    groups: dict[str, list[str]] = {}
+    for key, before, now in changes:
+        groups.setdefault(setting_group(key), []).append(f"{key} {before} -> {now}")
+    order = sorted(groups, key=lambda g: g not in first)  # stable: otherwise in the order of the config
+    parts = [f"{g}: {', '.join(groups[g][:per_group])}"
+             + (f" and {len(groups[g]) - per_group} more" if len(groups[g]) > per_group else "") for g in order]
+    return f" Changed since the checkpoint: {'; '.join(parts)}." if parts else ""
 
 
 def other_run_settings(saved: dict | None, current: dict) -> list[str]:
@@ -306,8 +351,6 @@ def other_run_settings(saved: dict | None, current: dict) -> list[str]:
     # large the evaluation batches are do not make another run; check_resume_compatible compares the data themselves
     out = [s for s in changed_settings(saved, current) if not s.startswith("model.optimizer.")
            and not s.partition("=")[0].endswith("_dir") and s.partition("=")[0] != "data.eval_batch_size"]
-    before, now = saved.get("solver") or {}, current.get("solver") or {}
-    out += [f"solver.{k}={before[k]}" for k in before if k in now and before[k] != now[k]]
     if saved.get("seed") != current.get("seed") and f"seed={saved.get('seed')}" not in out:
         out.insert(0, f"seed={saved.get('seed')}")
     return out

@@ -286,8 +286,8 @@ def test_resume_refuses_other_model_size(tmp_path, monkeypatch):
     cfg = shrink(compose_config(["model.generator.hidden_size=7"]), tmp_path / "b", steps=3)
     with open_dict(cfg):
         cfg.ckpt_path = str(tmp_path / "a" / "checkpoints" / "last.ckpt")
-    with pytest.raises(CheckpointError, match="model size differs.*Fix: resume with the checkpoint's values of the "
-                                              r"settings that differ: model.generator.hidden_size=16 [^,]*\.$"):
+    with pytest.raises(CheckpointError, match="model size differs.*Fix: resume with the checkpoint's model settings: "
+                                              r"model.generator.hidden_size=16 [^,]*\.$"):
         train(cfg)
     # weights of another shape cannot be loaded even deliberately: the error offered NEURALSDE_ALLOW_RESUME_CHANGE=1,
     # which then failed as Lightning's "Error(s) in loading state_dict" traceback
@@ -394,24 +394,63 @@ def test_resume_auto_picks_newest_checkpoint(tmp_path):
 RESUME_TINY = ["data.source.t_size=8", "data.batch_size=16", "model.train_steps=4"]
 
 
-def test_refused_resume_names_the_changed_setting(tmp_path):
-    _, model = build(compose_config([*RESUME_TINY, "data.source.n_paths=64", f"paths.output_dir={tmp_path}"]))
-    ckpt = tmp_path / "a.ckpt"
-
+def _saved_checkpoint(tmp_path, overrides):
+    """A checkpoint, 2 steps into 4, of the model ``overrides`` build (nothing trained: its shapes and config)."""
+    _, model = build(compose_config([*overrides, f"paths.output_dir={tmp_path}"]))
     checkpoint = {"state_dict": model.state_dict(), "neuralsde": {}}
     model.on_save_checkpoint(checkpoint)
     checkpoint["neuralsde"]["train_step"] = 2
-    torch.save(checkpoint, ckpt)
-    _, other = build(compose_config([*RESUME_TINY, "data.source.n_paths=80", f"paths.output_dir={tmp_path}"]))
-    with pytest.raises(CheckpointError, match=r"the dataset differs.*Fix: resume with the checkpoint's values of the "
-                                              r"settings that differ: data.source.n_paths=64, or set"):
+    torch.save(checkpoint, tmp_path / "a.ckpt")
+    return tmp_path / "a.ckpt"
+
+
+def test_refused_resume_names_the_changed_setting(tmp_path):
+    # the changes come grouped by what they affect, and the fix names those that explain the refusal: a changed
+    # batch size and learning rate were listed in the fix beside the data change that was refused
+    ckpt = _saved_checkpoint(tmp_path, [*RESUME_TINY, "data.source.n_paths=64"])
+    _, other = build(compose_config([*RESUME_TINY, "data.source.n_paths=80", "data.batch_size=8",
+                                     "model.optimizer.g_lr=0.02", "solver.dt=0.5", f"paths.output_dir={tmp_path}"]))
+    with pytest.raises(CheckpointError) as err:
+        check_resume_compatible(str(ckpt), other, read_checkpoint(ckpt))
+    assert str(err.value) == (
+        f"Cannot resume from {str(ckpt)!r}: the dataset differs (times or normalisation). Changed since the "
+        "checkpoint: data: data.source.n_paths 64 -> 80; batches: data.batch_size 16 -> 8; optimiser: "
+        "model.optimizer.g_lr 0.01 -> 0.02; solver: solver.dt 1.0 -> 0.5. Fix: resume with the checkpoint's data "
+        "settings: data.source.n_paths=64, or set NEURALSDE_ALLOW_RESUME_CHANGE=1 to allow it deliberately.")
+
+
+def test_refused_resume_of_another_size_names_the_model_settings(tmp_path):
+    # a 1-step run resumed with a changed batch size and generator width: the fix named data.batch_size=16 first
+    ckpt = _saved_checkpoint(tmp_path, RESUME_TINY)
+    _, other = build(compose_config([*RESUME_TINY, "data.batch_size=8", "model.generator.hidden_size=24",
+                                     f"paths.output_dir={tmp_path}"]))
+    with pytest.raises(CheckpointError, match=r"model size differs \(\['generator.*'\]\)\. Changed since the "
+                                              r"checkpoint: model: model.generator.hidden_size 16 -> 24; batches: "
+                                              r"data.batch_size 16 -> 8\. Fix: resume with the checkpoint's model "
+                                              r"settings: model.generator.hidden_size=16\.$"):
         check_resume_compatible(str(ckpt), other, read_checkpoint(ckpt))
 
 
+def test_refused_resume_with_other_channels_names_the_data_settings(tmp_path):
+    # a model's input size follows the data's channels: there the data change explains it, beside the model's
+    (tmp_path / "d.csv").write_text("a,b\n" + "".join(f"{i % 5},{i % 3}\n" for i in range(40)))
+    csv = ["data=csv", f"data.source.path={tmp_path / 'd.csv'}", "data.source.window_length=8",
+           "data.split_by=time", "model.train_steps=4"]
+    ckpt = _saved_checkpoint(tmp_path, [*csv, "data.batch_size=16", "data.source.value_columns=[a,b]"])
+    _, other = build(compose_config([*csv, "data.source.value_columns=[a]", "data.batch_size=8",
+                                     "model.generator.hidden_size=24", f"paths.output_dir={tmp_path}"]))
+    with pytest.raises(CheckpointError) as err:
+        check_resume_compatible(str(ckpt), other, read_checkpoint(ckpt))
+    assert str(err.value).partition("Changed since ")[2] == (
+        "the checkpoint: data: data.source.value_columns ['a', 'b'] -> ['a']; model: model.generator.hidden_size 16 -> "
+        "24; batches: data.batch_size 16 -> 8. Fix: resume with the checkpoint's data and model settings: "
+        "data.source.value_columns=['a', 'b'] model.generator.hidden_size=16.")
+
+
 def test_changed_settings_ignores_train_steps():
-    saved = {"data": {"batch_size": 16}, "model": {"train_steps": 4, "lr": 1}}
-    assert changed_settings(saved, {"data": {"batch_size": 32}, "model": {"train_steps": 8, "lr": 1}}) == \
-        ["data.batch_size=16"]
+    saved = {"data": {"batch_size": 16}, "model": {"train_steps": 4, "lr": 1}, "solver": {"dt": 1.0}}
+    assert changed_settings(saved, {"data": {"batch_size": 32}, "model": {"train_steps": 8, "lr": 1},
+                                    "solver": {"dt": 0.5}}) == ["data.batch_size=16", "solver.dt=1.0"]
     assert changed_settings(None, saved) == []
     # data.seed is ${seed}: a changed run seed is fixed with seed=..., not data.seed=...
     assert changed_settings({"seed": 0, "data": {"seed": 0}}, {"seed": 1, "data": {"seed": 1}}) == ["seed=0"]
