@@ -19,6 +19,7 @@ import neuralsde.solver
 from neuralsde.fast import GridBrownian
 from neuralsde.training import build
 from tests.conftest import ROOT, SHARED_DATA, compose_config
+from tests.library_solves import record_library_solves
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from bench_contractions import SHAPES  # noqa: E402
@@ -92,10 +93,13 @@ def test_backends_agree_on_each_experiment(name, tmp_path, monkeypatch):
         assert tuple(batch[1].shape[1:]) == (SHAPES[name][1], 1 + SHAPES[name][0]), name
     _same_noise(monkeypatch)
     model = model.double()
-    out = {}
+    out, solved = {}, record_library_solves(monkeypatch)
+    reference = {"sdegan": ["GeneratorSDE", "cdeint", "_VectorField"], "latent_sde": ["LatentSDEFunc"]}[model.family]
     for backend in ("torchsde", "fast"):
         _on_backend(model, backend)
+        solved.clear()
         loss = _loss(model, batch)
+        assert solved == (reference if backend == "torchsde" else []), (backend, solved)
         params = [p for p in model.parameters() if p.requires_grad]
         out[backend] = (loss.detach(), *torch.autograd.grad(loss, params, allow_unused=True))
         if model.family == "latent_sde":

@@ -16,6 +16,7 @@ from neuralsde.fast.midpoint import midpoint_cdeint, midpoint_sdeint
 from neuralsde.fast.mlp import cde_mlp, generator_mlp
 from sdegan.components.discriminator import DiscriminatorCDE
 from sdegan.components.generator import GeneratorSDE
+from tests.library_solves import record_library_solves
 
 B, H, W, T, C, MLP = 8, 8, 3, 16, 3, 16
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
@@ -683,12 +684,14 @@ def test_sdegan_gradients_equal_across_backends_at_the_default_sizes(method, mon
     times = torch.linspace(0, 1, length, dtype=torch.float64)
     real = torch.cat([times.view(1, -1, 1).expand(batch, -1, 1),
                       torch.randn(batch, length, 1, dtype=torch.float64).cumsum(1) * 0.1], -1)
-    out = {}
+    out, solved = {}, record_library_solves(monkeypatch)
     for backend in ("torchsde", "fast"):
         g, d = copy.deepcopy(gen), copy.deepcopy(disc)
         g.solver = d.solver = SolverConfig(method=method, backend=backend)
+        solved.clear()
         fake = g(times, batch, generator=torch.Generator().manual_seed(2))
         scores = d(torch.cat([fake, real]))
+        assert solved == (["GeneratorSDE", "cdeint", "_VectorField"] if backend == "torchsde" else []), solved
         loss = scores[:batch].mean() - scores[batch:].mean()
         params = [*g.parameters(), *d.parameters()]
         out[backend] = (fake, *torch.autograd.grad(loss, params))

@@ -17,6 +17,7 @@ from neuralsde.fast.probe import _FUSED
 from neuralsde.solver import SolverConfig
 from neuralsde.training import build, train
 from tests.conftest import SHARED_DATA
+from tests.library_solves import record_library_solves
 
 T, C = 9, 2
 
@@ -73,17 +74,19 @@ def test_shapes(kind):
 def test_cde_encoder_on_the_fast_backend_equals_torchcde(method, adjoint, num_layers, monkeypatch):
     import torchcde
     paths, filled = make_batch(torch.float64)
-    out = []
+    out, cdeint, calls = [], torchcde.cdeint, []
     for backend in ("torchsde", "fast"):
         if backend == "fast":  # it must not reach torchcde
             monkeypatch.setattr(torchcde, "cdeint", lambda *a, **k: pytest.fail("torchcde.cdeint called"))
+        else:  # and the reference must: not the fast solve twice
+            monkeypatch.setattr(torchcde, "cdeint", lambda *a, **k: calls.append(1) or cdeint(*a, **k))
         torch.manual_seed(0)
         solver = SolverConfig(method=method, adjoint=adjoint, backend=backend)
         encoder = Encoder(C, 4, 3, T, kind="cde", hidden_size=8, num_layers=num_layers, solver=solver).double()
         context, mean, log_std = encoder(paths, filled)
         loss = (context ** 2).sum() + (mean * log_std).sum()
         out.append([context, mean, log_std, *torch.autograd.grad(loss, list(encoder.parameters()))])
-    assert out[1][3].abs().sum() > 0
+    assert out[1][3].abs().sum() > 0 and calls
     assert (encoder.cde_func in _FUSED) == adjoint  # the adjoint solve takes the fused hand-written VJPs
     for fast, ref in zip(out[1], out[0], strict=True):
         assert (fast - ref).norm() <= 1e-12 * ref.norm()
@@ -298,13 +301,16 @@ def test_elbo_gradients_equal_across_backends_at_the_default_sizes(method, encod
                        torch.randn(batch, length, 1, generator=gen_paths, dtype=torch.float64).cumsum(1) * 0.1], -1)
     paths[::7, 5, 1] = float("nan")
     filled = fill_missing(paths)
-    out = {}
+    out, solved = {}, record_library_solves(monkeypatch)
     for backend in ("torchsde", "fast"):
         torch.manual_seed(0)
         model = LatentSDE(torch.arange(length).float(), Normalizer(torch.zeros(1), torch.ones(1)),
                           SolverConfig(method=method, backend=backend), encoder={"kind": encoder, "hidden_size": 32},
                           latent_size=latent, context_size=16, hidden_size=32, num_layers=2).double()
+        solved.clear()
         log_lik, kl, _ = model.elbo_terms(paths, filled, torch.Generator().manual_seed(2))
+        reference = (["cdeint", "_VectorField"] if encoder == "cde" else []) + ["LatentSDEFunc"]
+        assert solved == (reference if backend == "torchsde" else []), solved
         loss = (kl - log_lik).mean()
         out[backend] = (loss.detach(), *torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad],
                                                              allow_unused=True))
