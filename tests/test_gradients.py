@@ -6,17 +6,7 @@ import torch
 
 from neuralsde.solver import SolverConfig
 from sdegan.components.generator import Generator
-
-
-def _adjoint_nodes(grad_fn) -> set[str]:
-    """The adjoint solves' backward nodes in the graph below ``grad_fn`` (none: backpropagated step by step)."""
-    seen, stack = set(), [grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is not None and node not in seen:
-            seen.add(node)
-            stack.extend(child for child, _ in node.next_functions)
-    return {type(node).__name__ for node in seen if "Adjoint" in type(node).__name__}
+from tests.autograd_graph import adjoint_nodes
 
 
 def _grads(method: str, adjoint: bool, dtype: torch.dtype, t_size: int = 16, backend: str = "torchsde"):
@@ -25,7 +15,7 @@ def _grads(method: str, adjoint: bool, dtype: torch.dtype, t_size: int = 16, bac
     gen = Generator(data_size=2, hidden_size=8, mlp_size=8, noise_size=3, t_size=t_size, solver=solver).to(dtype)
     out = gen(torch.arange(t_size, dtype=dtype), 8, generator=torch.Generator().manual_seed(1))
     # what is compared is an adjoint against direct backpropagation, not one of them twice
-    assert bool(_adjoint_nodes(out.grad_fn)) == adjoint
+    assert bool(adjoint_nodes(out.grad_fn)) == adjoint
     loss = (out[..., 1:] ** 2).sum() + out[:, -1, 1:].sum()
     loss.backward()
     return out.detach(), [p.grad.clone() for p in gen.parameters()]

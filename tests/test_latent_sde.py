@@ -16,6 +16,7 @@ from neuralsde.errors import CheckpointError, ConfigError
 from neuralsde.fast.probe import _FUSED
 from neuralsde.solver import SolverConfig
 from neuralsde.training import build, train
+from tests.autograd_graph import adjoint_nodes
 from tests.conftest import SHARED_DATA
 from tests.library_solves import record_library_solves
 
@@ -136,6 +137,7 @@ def _grads(adjoint: bool, method: str = "reversible_heun", backend: str = "torch
     model = make_model(torch.float64, solver=SolverConfig(method=method, adjoint=adjoint, backend=backend))
     paths, filled = make_batch(torch.float64)
     log_lik, kl, _ = model.elbo_terms(paths, filled, gen())  # same generator: same z0 noise and Brownian sample
+    assert bool(adjoint_nodes(kl.grad_fn)) == adjoint  # an adjoint against backpropagation, not one twice
     (kl - log_lik).mean().backward()
     encoder = torch.cat([p.grad.flatten() for p in model.encoder.parameters()])
     return torch.cat([p.grad.flatten() for p in model.parameters()]), encoder
