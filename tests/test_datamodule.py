@@ -185,7 +185,7 @@ def test_fill_missing_does_not_loop_over_paths(monkeypatch):
     # torchcde fills one (path, channel) at a time in Python: 10 s of the default run's set-up (OU's 8192 paths)
     import torchcde.interpolation_linear as linear
 
-    from neuralsde.data.interpolation import fill_missing
+    from neuralsde.data.interpolation import fill_missing, torchcde_fill
 
     calls = []
     scalar = linear._linear_interpolation_coeffs_with_missing_values_scalar
@@ -195,6 +195,8 @@ def test_fill_missing_does_not_loop_over_paths(monkeypatch):
     x[:, 3, 1:] = float("nan")
     assert not torch.isnan(fill_missing(x)).any()
     assert calls == []
+    torchcde_fill(x)  # the counter does see a loop: torchcde fills each (path, channel), time included, alone
+    assert len(calls) == 64 * 3
 
 
 def test_an_empty_validation_or_test_split_is_said():
