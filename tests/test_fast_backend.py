@@ -244,8 +244,13 @@ def test_increments_seeded_and_grid_brownian_consistent():
     bm = GridBrownian(a, 1.0, 0.5)
     assert torch.equal(bm(1.5, 2.0), a[1])
     assert torch.allclose(bm(1.0, 3.5), a.sum(0)) and torch.allclose(bm(2.0), a[:2].sum(0))
-    with pytest.raises(ValueError):
+    # off the grid, past its end, and backwards: each refused, not answered with the nearest increments
+    with pytest.raises(ValueError, match=r"time 1\.2 is not on the grid t0=1\.0 \+ k \* 0\.5, k = 0\.\.5"):
         bm(1.2, 2.0)
+    with pytest.raises(ValueError, match=r"time 4\.0 is not on the grid"):
+        bm(1.0, 4.0)
+    with pytest.raises(ValueError, match=r"need ta <= tb, got ta=2\.0, tb=1\.5"):
+        bm(2.0, 1.5)
 
 
 # ---- fused path: sdegan's GeneratorSDE / DiscriminatorCDE evaluated with hand-written VJPs

@@ -46,11 +46,13 @@ def test_sweep_into_used_dir_keeps_its_jobs_records(tmp_path):
     assert not (tmp_path / "sweep" / "1").exists()
 
 
-def test_continuing_in_own_dir_is_not_refused(tmp_path):
+def test_continuing_in_own_dir_is_not_refused(tmp_path, monkeypatch, capsys):
+    import pytest
     from omegaconf import OmegaConf
 
     from neuralsde.hydra_callbacks import RefuseUsedRunDir
 
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)  # a requeued job may continue its own run anyway
     run = tmp_path / "run"
     used_run(run)
     cfg = OmegaConf.create({"hydra": {"run": {"dir": str(run)}, "sweep": {"dir": str(tmp_path)}},
@@ -58,3 +60,11 @@ def test_continuing_in_own_dir_is_not_refused(tmp_path):
     RefuseUsedRunDir().on_run_start(cfg)  # continuing that run from its own checkpoint
     cfg.ckpt_path, cfg.resume = None, "auto"
     RefuseUsedRunDir().on_multirun_start(cfg)  # a sweep rerun to continue its jobs
+    # the same directories given to a new run or sweep are refused: what was let through above is the continuing
+    cfg.resume = None
+    refusals = ((RefuseUsedRunDir().on_run_start, f"run directory {str(run)!r} already holds a run with checkpoints"),
+                (RefuseUsedRunDir().on_multirun_start, f"hydra.sweep.dir={str(tmp_path)!r} already holds 1 job(s)"))
+    for start, said in refusals:
+        with pytest.raises(SystemExit) as stop:
+            start(cfg)
+        assert stop.value.code == 2 and said in capsys.readouterr().err
