@@ -197,13 +197,16 @@ def test_fused_latent_field_steps_aside_where_it_would_differ(monkeypatch):
 
 
 @pytest.mark.parametrize("method", ["reversible_heun", "midpoint"])
-def test_fused_latent_field_sums_a_layer_the_drifts_share(method):
+def test_fused_latent_field_sums_a_layer_the_drifts_share(method, monkeypatch):
     # Tied posterior and prior layers: the fused VJP once kept only the prior's part of the shared layer's gradient.
     sde, context, y0, ts = make(torch.float64)
     sde.prior_net[-1] = sde.posterior_net[-1]
     Y0 = torch.cat([y0, torch.zeros(B, 1, dtype=torch.float64)], 1)
     assert fused_latent(sde, (*sde.parameters(), context), ts, Y0) is not None  # the fused field is what is tested
+    calls = []
+    monkeypatch.setattr(FusedLatent, "param_grads", _counted(FusedLatent.param_grads, calls))
     fused, generic = _solve_both(sde, context, y0, ts, 1.0, method=method)
+    assert calls == [1]  # the fused solve ran it, the generic one did not
     assert max(rel(a, b) for a, b in zip(fused, generic, strict=True)) < 1e-12
 
 
