@@ -1,4 +1,5 @@
 """Latent SDE VAE: shapes, masking, KL, exact adjoint gradients, learning, experiments, checkpoints, errors."""
+import re
 import warnings
 
 import pytest
@@ -167,7 +168,9 @@ def test_fast_backend_solves_both_methods_without_falling_back(tiny_cfg):
 @pytest.mark.parametrize("override, value", [("model.encoder.kind", "transformer"), ("model.latent_size", 0),
                                              ("model.likelihood.kind", "poisson"), ("model.optimizer.lr_decay", 2.0)])
 def test_bad_options_are_config_errors(tiny_cfg, override, value):
-    with pytest.raises(ConfigError, match=override):
+    # the option as typed, with its value, and a fix that names the option again
+    said = rf"{re.escape(override)}='?{value}'? is not valid: expected .*\. Fix: .*{re.escape(override)}="
+    with pytest.raises(ConfigError, match=said):
         build(tiny_cfg(["experiment=ou_latent_sde", f"{override}={value}"]))
 
 
