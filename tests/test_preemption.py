@@ -203,8 +203,10 @@ def test_a_requeued_single_job_in_its_fixed_run_dir_is_not_refused(tmp_path, mon
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
     cfg = OmegaConf.create({"hydra": {"run": {"dir": str(tmp_path)}}, "resume": None, "ckpt_path": None})
-    with pytest.raises(SystemExit):
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)  # not requeued yet
+    with pytest.raises(SystemExit) as stop:
         RefuseUsedRunDir().on_run_start(cfg)  # another command given a used directory
+    assert stop.value.code == 2
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     RefuseUsedRunDir().on_run_start(cfg)
 
