@@ -275,6 +275,7 @@ def test_fused_mlp_vjp_equals_autograd(num_layers, monkeypatch):
         t_grid = torch.arange(4, dtype=torch.float64)
         mlp.prepare(t_grid * module.time_scale)
         mlp.start_records(B, t_grid, 3)
+        assert mlp.rec.size == 2  # CHUNK as patched: the three evaluations span two chunks
         want_params = None
         for n, k in enumerate((2, 0, 3)):
             z = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
@@ -568,9 +569,14 @@ def test_fused_solves_are_independent_of_the_record_chunk(chunk, monkeypatch):
 
     whole = solves()
     monkeypatch.setattr(mlp_module, "CHUNK", chunk)
+    sizes, start_records = [], mlp_module.FusedMLP.start_records
+    monkeypatch.setattr(mlp_module.FusedMLP, "start_records",
+                        lambda self, *a, **k: (start_records(self, *a, **k), sizes.append(self.rec.size)))
     for got, want in zip(solves(), whole, strict=True):
         for g, w in zip(got, want, strict=True):
             assert rel_err(g, w) < 1e-12
+    # every solve recorded in chunks of this size (reversible Heun's ring needs two slots), not in one chunk
+    assert len(sizes) == 8 and set(sizes) == ({1, 2} if chunk == 1 else {chunk})
 
 
 def test_probe_runs_once_per_module_until_its_code_changes(monkeypatch):

@@ -165,10 +165,12 @@ def test_fused_latent_field_equals_the_autograd_path(dtype, tol, num_layers, dt,
     ts = torch.arange(T, dtype=dtype)
     Y0 = torch.cat([y0, torch.zeros(B, 1, dtype=dtype)], 1)
     assert fused_latent(sde, (*sde.parameters(), context), torch.arange(0, T - 0.5, dt, dtype=dtype), Y0)
-    calls = []
-    monkeypatch.setattr(FusedLatent, "param_grads", _counted(FusedLatent.param_grads, calls))
+    calls, param_grads = [], FusedLatent.param_grads
+    monkeypatch.setattr(FusedLatent, "param_grads",
+                        lambda self, params: calls.append(self.chunk.size) or param_grads(self, params))
     fused, generic = _solve_both(sde, context, y0, ts, dt, method=method)
-    assert calls == [1]  # the fused field ran (once: the generic solve does not use it)
+    assert len(calls) == 1  # the fused field ran (once: the generic solve does not use it) ...
+    assert chunk is None or calls == [chunk]  # ... in chunks of the size patched in
     assert generic[-1].abs().sum() > 0 and all(g is not None for g in fused)
     errors = [rel(a, b) for a, b in zip(fused, generic, strict=True)]
     assert max(errors) < tol, errors
