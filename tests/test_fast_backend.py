@@ -304,6 +304,13 @@ def test_fused_mlp_vjp_equals_autograd(num_layers, monkeypatch):
             assert got.shape == exp.shape and rel_err(got, exp) < 1e-13
 
 
+def _count_output_flushes(monkeypatch) -> list[int]:
+    """From now on, the observed steps' output chunks the fused forward solves write, as they are written."""
+    flushes, flush = [], fused_module._Outputs.flush
+    monkeypatch.setattr(fused_module._Outputs, "flush", lambda self, j: (flushes.append(j), flush(self, j))[1])
+    return flushes
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("num_layers,dt,output_bytes", [(1, 1.0, None), (2, 0.5, None), (1, 1.0, 1)])
 def test_fused_generator_matches_torchsde(dtype, num_layers, dt, output_bytes, monkeypatch):
@@ -316,15 +323,17 @@ def test_fused_generator_matches_torchsde(dtype, num_layers, dt, output_bytes, m
                                   adjoint_method="adjoint_reversible_heun", dt=dt)
     ref_grads = grads(ref, inputs)
     field.nfe = 0
+    flushes = _count_output_flushes(monkeypatch)
     out = fast_sdeint(field, y0, ts, dt, dW)
     assert type(out.grad_fn).__name__ == "_FusedAdjointBackward"
+    assert len(flushes) == (1 if output_bytes is None else T // 2)  # T - 1 observed steps, two a chunk
     assert rel_err(out, ref) < TOL[dtype]
     for got, want in zip(grads(out, inputs), ref_grads, strict=True):
         assert rel_err(got, want) < TOL[dtype]
     assert field.nfe == 2 * (round((T - 1) / dt) + 1)  # counted as the generic path counts
 
 
-def test_fused_generator_at_the_default_experiment_sizes_matches_torchsde():
+def test_fused_generator_at_the_default_experiment_sizes_matches_torchsde(monkeypatch):
     # ou_sdegan's generator: batch 128, hidden 16, noise 3, 63 steps, every step observed. Its observed fields fill
     # several output chunks without any patching (a flush that ran before the step once corrupted the paths
     # from the first chunk boundary on, at these sizes only).
@@ -338,7 +347,9 @@ def test_fused_generator_at_the_default_experiment_sizes_matches_torchsde():
     inputs = (y0, *field.parameters())
     ref = torchsde.sdeint_adjoint(field, y0, ts, bm=GridBrownian(dW, 0.0, 1.0), method="reversible_heun",
                                   adjoint_method="adjoint_reversible_heun", dt=1.0)
+    flushes = _count_output_flushes(monkeypatch)
     out = fast_sdeint(field, y0, ts, 1.0, dW)
+    assert len(flushes) == 4  # 16 of the 63 observed steps per 1 MiB chunk
     assert type(out.grad_fn).__name__ == "_FusedAdjointBackward"
     assert rel_err(out, ref) < 1e-12
     for got, want in zip(grads(out, inputs), grads(ref, inputs), strict=True):
@@ -359,8 +370,10 @@ def test_fused_discriminator_matches_torchcde(dtype, num_layers, dt, all_times, 
     ref = torchcde.cdeint(X, func, z0, ts, method="reversible_heun", backend="torchsde", dt=dt,
                           adjoint_method="adjoint_reversible_heun",
                           adjoint_params=(X_values,) + tuple(func.parameters())).transpose(0, 1)
+    flushes = _count_output_flushes(monkeypatch)
     out = fast_cdeint(func, z0, X_values, ts, dt)
     assert type(out.grad_fn).__name__ == "_FusedAdjointBackward"
+    assert len(flushes) == (1 if output_bytes is None else len(ts) // 2)
     inputs = (z0, X_values, *func.parameters())
     assert rel_err(out, ref) < TOL[dtype]
     for got, want in zip(grads(out, inputs), grads(ref, inputs), strict=True):
