@@ -7,11 +7,11 @@ import neuralsde  # noqa: F401  (registers the config resolvers)
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from neuralsde.training import metric_for_sweep, reported_plainly, train
+    from neuralsde.sweeps import train_for_sweep
+    from neuralsde.training import reported_plainly
 
     with reported_plainly():
-        metrics = train(cfg)
-        return metric_for_sweep(metrics, cfg.get("optimized_metric"))
+        return train_for_sweep(cfg)
 
 
 if __name__ == "__main__":

@@ -313,23 +313,6 @@ def _group_wandb_sweep(cfg: DictConfig) -> None:
             cfg.logger.wandb.name = hc.job.override_dirname or f"job{hc.job.num}"
 
 
-def metric_for_sweep(metrics: dict[str, float], name: str | None, sweeping: bool | None = None) -> float | None:
-    """``metrics[name]`` for a sweeper. A missing metric fails a multirun (the sweeper needs a value) but only
-    warns in a single run, whose training is done and saved by then. ``sweeping`` None: ask Hydra."""
-    if not name:
-        return None
-    if name in metrics:
-        return metrics[name]
-    message = (f"optimized_metric={name!r} was not logged. Logged metrics: {sorted(metrics)}. Fix: name one of "
-               "them, or let validation run (trainer.limit_val_batches > 0).")
-    if sweeping is None:
-        sweeping = in_multirun()
-    if sweeping:
-        raise ConfigError(message)
-    log.warning(message)
-    return None
-
-
 def _finish_wandb(loggers: list) -> None:
     # Multirun sweeps start every job in one process: each job must close its own wandb run.
     if any(type(lg).__name__ == "WandbLogger" for lg in loggers):

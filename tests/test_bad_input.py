@@ -6,7 +6,7 @@ from omegaconf import OmegaConf, open_dict
 
 from neuralsde.errors import CheckpointError, ConfigError
 from neuralsde.solver import SolverConfig
-from neuralsde.training import build, metric_for_sweep, train
+from neuralsde.training import build, train
 from tests.conftest import compose_config
 
 
@@ -107,16 +107,6 @@ def test_a_run_directory_or_folder_given_for_a_file(tmp_path):
     (tmp_path / "d.csv").mkdir()
     with pytest.raises(ConfigError, match="out=.*d.csv' is a directory. Fix: name a file"):
         check_output(str(tmp_path / "d.csv"), overwrite=True)
-
-
-def test_missing_optimized_metric_fails_a_sweep_and_warns_a_single_run(caplog):
-    metrics = {"train/g_loss": 1.0, "val/sig_mmd": 0.5}
-    assert metric_for_sweep(metrics, "val/sig_mmd", sweeping=True) == 0.5
-    with pytest.raises(ConfigError, match=r"optimized_metric='val/elbo' was not logged.*'val/sig_mmd'.*Fix"):
-        metric_for_sweep(metrics, "val/elbo", sweeping=True)
-    with caplog.at_level("WARNING"):
-        assert metric_for_sweep(metrics, "val/elbo", sweeping=False) is None
-    assert "val/elbo" in caplog.text and "limit_val_batches" in caplog.text
 
 
 @pytest.mark.parametrize("key, value, needle", [
