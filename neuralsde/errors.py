@@ -22,6 +22,10 @@ class TrainingDivergedError(ValueError):
     """A loss became NaN or infinite."""
 
 
+# Errors that already name the option, the value and the fix: shown as they are, without wrappers or tracebacks.
+OUR_ERRORS = (ConfigError, DataError, CheckpointError, TrainingDivergedError)
+
+
 def check_int(option: str, value, fix: str, minimum: int | None = 1, also: str = "") -> int:
     """``value`` as an int of at least ``minimum`` (None: any), else ``bad_option``. Hydra hands ``abc``, ``2.5`` and
     ``true`` through as they are, and ``bool`` is an ``int`` subclass: all three are refused here. ``also``: an

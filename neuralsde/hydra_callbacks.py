@@ -2,6 +2,7 @@
 lists them, the refusal first)."""
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from neuralsde.config_checks import check_job
-from neuralsde.errors import CheckpointError, ConfigError, DataError
+from neuralsde.errors import OUR_ERRORS, CheckpointError, ConfigError, DataError
 from neuralsde.resume import continues_own_run, other_run_settings, refuse_used_run_dir
 
 
@@ -111,6 +112,26 @@ class CheckSweepJobs(Callback):
                                         f"run{also}. Fix: {fix}."))
                 if path is not None:
                     used[path] = (num, overrides)
+
+
+
+class ReportFailedJob(Callback):
+    """A sweep goes on past a failed job (Hydra's basic sweeper runs every job, then raises the first failure), but
+    nothing said which other jobs had failed, and a failed job's own ``train.log`` did not hold its error: the
+    terminal named the first failure alone. Each failed job now logs its number, its overrides and its error as it
+    ends, into its log and the terminal."""
+
+    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
+        from hydra.core.utils import JobStatus
+
+        if job_return.status != JobStatus.FAILED or str(config.hydra.mode) != "RunMode.MULTIRUN":
+            return
+        err = job_return._return_value
+        job = config.hydra.job
+        trace = None if isinstance(err, OUR_ERRORS) else (type(err), err, err.__traceback__)  # ours name the fix
+        logging.getLogger(__name__).error(
+            "Sweep job %s (%s) failed: %s: %s (its directory: %s)", job.num, " ".join(job_return.overrides or []),
+            type(err).__name__, err, config.hydra.runtime.output_dir, exc_info=trace)
 
 
 def _check_continues_its_own_run(num: int, overrides: str, job_cfg: DictConfig, out: str | None) -> None:

@@ -25,7 +25,7 @@ from neuralsde.config_checks import (
     unknown_option,
 )
 from neuralsde.distributed import ddp_options
-from neuralsde.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
+from neuralsde.errors import OUR_ERRORS
 from neuralsde.evaluation import print_metrics_table
 from neuralsde.resume import (
     check_resume_compatible,
@@ -40,8 +40,6 @@ from neuralsde.solver import SolverConfig
 from neuralsde.summary import summary_callbacks
 
 log = logging.getLogger(__name__)
-# Errors that already name the option, the value and the fix: shown as they are, without wrappers or tracebacks.
-OUR_ERRORS = (ConfigError, DataError, CheckpointError, TrainingDivergedError)
 
 
 def instantiate(node, **kwargs):

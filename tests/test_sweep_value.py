@@ -1,6 +1,8 @@
-"""What a training job returns to its sweeper (neuralsde/sweeps.py)."""
+"""What a training job returns to its sweeper (neuralsde/sweeps.py), and how a failed sweep job is reported
+(neuralsde.hydra_callbacks.ReportFailedJob)."""
 from __future__ import annotations
 
+import logging
 import math
 import subprocess
 import sys
@@ -11,10 +13,12 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import open_dict
 
 from neuralsde import sweeps
 from neuralsde.errors import ConfigError, TrainingDivergedError
+from neuralsde.hydra_callbacks import ReportFailedJob
 from neuralsde.sweeps import metric_for_sweep, sweep_direction, train_for_sweep
 from tests.conftest import CONFIG_DIR, ROOT
 from tests.test_sweeps import ENV, TINY
@@ -97,6 +101,46 @@ def test_a_diverged_trial_reports_the_worst_value_and_a_diverged_grid_job_fails(
         cfg.optimized_metric = None  # nothing to report: the job failed
         with pytest.raises(TrainingDivergedError):
             train_for_sweep(cfg)
+
+
+def _job_end(cfg, error: Exception | None, num: int = 3):
+    with open_dict(cfg):
+        cfg.hydra.job.num = num
+        cfg.hydra.runtime.output_dir = f"/sweep/{num}"
+    ret = JobReturn(overrides=["seed=1", "model.generator.hidden_size=-3"])
+    ret.status, ret.return_value = (JobStatus.FAILED, error) if error else (JobStatus.COMPLETED, 0.5)
+    ReportFailedJob().on_job_end(cfg, ret)
+
+
+def test_a_failed_sweep_job_logs_its_number_overrides_and_error(caplog):
+    """Was: a sweep went on past a failed job and at its end named the first failure alone; the failed job's own
+    train.log did not hold its error."""
+    cfg = job_config("hydra.mode=MULTIRUN")
+    with caplog.at_level(logging.ERROR, logger="neuralsde.hydra_callbacks"):
+        _job_end(cfg, ConfigError("model.generator.hidden_size=-3 is not valid. Fix: e.g. 16"))
+        _job_end(cfg, None, num=4)
+    (record,) = caplog.records
+    assert record.getMessage() == ("Sweep job 3 (seed=1 model.generator.hidden_size=-3) failed: ConfigError: "
+                                   "model.generator.hidden_size=-3 is not valid. Fix: e.g. 16 (its directory: "
+                                   "/sweep/3)")
+    assert record.exc_info is None  # our errors name the fix: no traceback
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="neuralsde.hydra_callbacks"):
+        _job_end(cfg, RuntimeError("boom"))
+        _job_end(job_config(), RuntimeError("a single run reports its own error"))
+    (record,) = caplog.records
+    assert "failed: RuntimeError: boom" in record.getMessage() and record.exc_info[0] is RuntimeError
+
+
+def test_a_sweep_names_every_failed_job_in_the_terminal_and_its_log(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "seed=0,1",
+                           "model.generator.hidden_size=-3", *TINY, "test=false", f"hydra.sweep.dir={tmp_path}"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    for num, seed in ((0, 0), (1, 1)):
+        line = f"Sweep job {num} (seed={seed} model.generator.hidden_size=-3"
+        assert line in proc.stdout + proc.stderr
+        assert line in (tmp_path / str(num) / "train.log").read_text()
 
 
 @pytest.mark.slow
