@@ -217,9 +217,34 @@ def _newest_checkpoint(trainer) -> str | None:
 
 def resume_command(ckpt: str) -> str:
     """The command that continues this run from ``ckpt``: train.py with the run's own overrides (read from Hydra;
-    none when training from Python) and ``ckpt_path``. It writes to a new run directory."""
+    none when training from Python) and ``ckpt_path``. It writes to a new run directory. A sweep job's is the sweep's
+    own command with ``resume=auto`` (``sweep_resume_command``)."""
     from hydra.core.hydra_config import HydraConfig
 
+    sweep = sweep_resume_command()
+    if sweep is not None:
+        return sweep
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     kept = [o for o in overrides if o.partition("=")[0].lstrip("+~") not in NOT_RESUME_OPTIONS]
     return shlex.join(["python", "train.py", *kept, f"ckpt_path={ckpt}"])
+
+
+def sweep_resume_command() -> str | None:
+    """In a sweep job: the sweep's command (from its ``multirun.yaml``) into the same sweep directory, with
+    ``resume=auto``. An interrupted sweep stops at its interrupted job, and the single-run command continued that job
+    into a new directory outside the sweep, where aggregate.py does not look, and left the jobs after it unrun;
+    this one continues it in place, keeps the finished jobs and runs the rest. None outside a sweep, or where the
+    sweeper wrote no ``multirun.yaml`` (Optuna's)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized() or str(HydraConfig.get().mode) != "RunMode.MULTIRUN":
+        return None
+    sweep_dir = Path(str(HydraConfig.get().sweep.dir)).resolve()
+    record = sweep_dir / "multirun.yaml"
+    if not record.is_file():
+        return None
+    overrides = OmegaConf.load(record).hydra.overrides
+    launch = [o for o in overrides.hydra if o.partition("=")[0] not in ("hydra.sweep.dir", "hydra.mode")]
+    task = [o for o in overrides.task if o.partition("=")[0].lstrip("+~") not in NOT_RESUME_OPTIONS]
+    return shlex.join(["python", "train.py", "-m", *launch, f"hydra.sweep.dir={sweep_dir}", *task, "resume=auto"])

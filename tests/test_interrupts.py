@@ -380,3 +380,31 @@ def test_a_rerun_test_stage_logs_where_training_ended_with_its_whole_metric_hist
     assert test_row("stopped") == test_row("full") == [[2 * K, 1]]  # after the 2 * K training batches, in epoch 1
     assert len(drawn) == 2 and drawn[1] == drawn[0]  # the uninterrupted run's, then the rerun's
     assert [step for step, _ in drawn[1]["val/marginal_w1"]] == [2, 4, 2 * K]
+
+
+def test_an_interrupted_sweep_says_how_to_finish_it_in_place(tmp_path):
+    """Was: the line named the single-run command, which continued the job in a new directory outside the sweep
+    (where aggregate.py does not look) and left the sweep's later jobs unrun."""
+    cmd = [sys.executable, "train.py", "-m", "seed=0,1", "data.source.n_paths=64", "data.source.t_size=16",
+           "data.batch_size=16", "model.train_steps=6", "test=false", "trainer.accelerator=cpu",
+           "callbacks.progress_bar=null", "trainer.val_check_interval=1000", "callbacks.metrics=null",
+           "+callbacks.stop._target_=tests.test_interrupts.Interrupt", "+callbacks.stop.how=sigterm",
+           f"hydra.run.dir={tmp_path / 'unused'}"]  # the sweep directory left to its timestamped default
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    done = run_in_own_session([*cmd, f"paths.log_dir={tmp_path / 'logs'}"], env)
+    assert done.returncode == EXIT_SIGTERM, done.stdout[-2000:]
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    line = next(line for line in done.stdout.splitlines() if "Interrupted (SIGTERM)" in line)
+    command = line.split("Continue with: ", 1)[1]
+    assert command == shlex.join(["python", "train.py", "-m", "hydra.run.dir=" + str(tmp_path / "unused"),
+                                  f"hydra.sweep.dir={sweep}", *cmd[3:-1], f"paths.log_dir={tmp_path / 'logs'}",
+                                  "resume=auto"])
+    assert not (sweep / "1").exists()
+    # run as printed (the test's interrupt turned off): job 0 continues in place, job 1 runs
+    again = [sys.executable, *shlex.split(command)[1:]]
+    again[again.index("+callbacks.stop.how=sigterm")] = "+callbacks.stop.how=none"
+    done = run_in_own_session(again, env)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert f"resume=auto: continuing from {sweep / '0' / 'checkpoints' / 'last.ckpt'}" in done.stdout
+    for job in ("0", "1"):
+        assert int(read_checkpoint(sweep / job / "checkpoints" / "last.ckpt")["state_dict"]["train_step"]) == 6
