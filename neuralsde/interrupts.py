@@ -230,11 +230,13 @@ def resume_command(ckpt: str) -> str:
 
 
 def sweep_resume_command() -> str | None:
-    """In a sweep job: the sweep's command (from its ``multirun.yaml``) into the same sweep directory, with
-    ``resume=auto``. An interrupted sweep stops at its interrupted job, and the single-run command continued that job
-    into a new directory outside the sweep, where aggregate.py does not look, and left the jobs after it unrun;
-    this one continues it in place, keeps the finished jobs and runs the rest. None outside a sweep, or where the
-    sweeper wrote no ``multirun.yaml`` (Optuna's)."""
+    """In a sweep job: the sweep's command into the same sweep directory, with ``resume=auto``. An interrupted sweep
+    stops at its interrupted job, and the single-run command continued that job into a new directory outside the
+    sweep, where aggregate.py does not look, and left the jobs after it unrun (for an Optuna trial it named
+    ``hparams_search=...``: a new study, every trial continuing that one checkpoint); this one continues the job in
+    place, keeps the finished jobs and runs the rest. The command is read from the sweep's ``multirun.yaml`` (Hydra's
+    basic sweeper writes it), else from this process's command line (Optuna's sweeper writes none; its jobs run
+    in-process under the basic launcher). None outside a sweep."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
@@ -242,9 +244,15 @@ def sweep_resume_command() -> str | None:
         return None
     sweep_dir = Path(str(HydraConfig.get().sweep.dir)).resolve()
     record = sweep_dir / "multirun.yaml"
-    if not record.is_file():
-        return None
-    overrides = OmegaConf.load(record).hydra.overrides
-    launch = [o for o in overrides.hydra if o.partition("=")[0] not in ("hydra.sweep.dir", "hydra.mode")]
-    task = [o for o in overrides.task if o.partition("=")[0].lstrip("+~") not in NOT_RESUME_OPTIONS]
-    return shlex.join(["python", "train.py", "-m", *launch, f"hydra.sweep.dir={sweep_dir}", *task, "resume=auto"])
+    if record.is_file():
+        overrides = OmegaConf.load(record).hydra.overrides
+        words = [*overrides.hydra, *overrides.task]
+    elif Path(sys.argv[0]).name == "train.py":
+        words = [w for w in sys.argv[1:] if w not in ("-m", "--multirun")]
+    else:
+        return f"the sweep's own command, with hydra.sweep.dir={shlex.quote(str(sweep_dir))} resume=auto"
+    dropped = NOT_RESUME_OPTIONS | {"hydra.sweep.dir", "hydra.mode"}
+    kept = [w for w in words if w.partition("=")[0].lstrip("+~") not in dropped]
+    hydra_words = [w for w in kept if w.lstrip("+~").startswith("hydra")]
+    task = [w for w in kept if w not in hydra_words]
+    return shlex.join(["python", "train.py", "-m", *hydra_words, f"hydra.sweep.dir={sweep_dir}", *task, "resume=auto"])

@@ -408,3 +408,28 @@ def test_an_interrupted_sweep_says_how_to_finish_it_in_place(tmp_path):
     assert f"resume=auto: continuing from {sweep / '0' / 'checkpoints' / 'last.ckpt'}" in done.stdout
     for job in ("0", "1"):
         assert int(read_checkpoint(sweep / job / "checkpoints" / "last.ckpt")["state_dict"]["train_step"]) == 6
+
+
+def test_an_interrupted_optuna_trial_names_the_studys_command(tmp_path, monkeypatch):
+    """Optuna writes no multirun.yaml: the command is this process's own. Was: the single-run command, which kept
+    hparams_search=ou_optuna and so started a new study, every trial continuing the one checkpoint."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["hparams_search=ou_optuna", f"hydra.sweep.dir={tmp_path}"],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        monkeypatch.setattr(sys, "argv", ["/src/train.py", "hparams_search=ou_optuna", "hydra.sweeper.n_trials=2",
+                                          "model.optimizer.g_lr=choice(0.01,1e30)", "hydra.sweep.dir=old", "-m"])
+        assert resume_command("/x/last.ckpt") == (
+            f"python train.py -m hydra.sweeper.n_trials=2 hydra.sweep.dir={tmp_path} hparams_search=ou_optuna "
+            "'model.optimizer.g_lr=choice(0.01,1e30)' resume=auto")
+        monkeypatch.setattr(sys, "argv", ["-c"])  # a launcher's worker process: no command line to read
+        assert resume_command("/x/last.ckpt") == \
+            f"the sweep's own command, with hydra.sweep.dir={tmp_path} resume=auto"
+    finally:
+        HydraConfig.instance().cfg = None
