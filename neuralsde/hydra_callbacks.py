@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from neuralsde.config_checks import check_job
 from neuralsde.errors import OUR_ERRORS, CheckpointError, ConfigError, DataError
-from neuralsde.resume import continues_own_run, other_run_settings, refuse_used_run_dir
+from neuralsde.resume import continues_own_run, optimiser_changes, other_run_settings, refuse_used_run_dir
 
 
 def _saved_runs(root: Path) -> list[Path]:
@@ -149,10 +149,13 @@ def _check_continues_its_own_run(num: int, overrides: str, job_cfg: DictConfig, 
     try:
         current = {k: OmegaConf.to_container(job_cfg[k], resolve=True) if OmegaConf.is_config(job_cfg[k])
                    else job_cfg[k] for k in ("seed", "data", "model", "solver") if k in job_cfg}
-        ckpt_cfg = read_checkpoint(saved[-1])["neuralsde"].get("config")
+        meta = read_checkpoint(saved[-1])["neuralsde"]
+        finished = int(meta.get("train_step", 0)) >= int(job_cfg.model.train_steps)
     except Exception:  # noqa: BLE001 - unresolvable here or unreadable: the job itself reports it
         return
-    differ = other_run_settings(ckpt_cfg, current)
+    ckpt_cfg = meta.get("config")
+    # a finished run is returned as the job's result: it must have had the job's optimiser settings too
+    differ = other_run_settings(ckpt_cfg, current) + (optimiser_changes(ckpt_cfg, current) if finished else [])
     if differ:
         job = f"sweep job {num}" + (f" ({overrides})" if overrides else "")
         mine = " ".join(f"{d.split('=')[0]}={OmegaConf.select(job_cfg, d.split('=')[0])}" for d in differ[:6])

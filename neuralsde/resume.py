@@ -160,6 +160,8 @@ def finished_run_metrics(cfg: DictConfig, ckpt_path: str | None, ckpt: dict | No
     done = int(ckpt["neuralsde"].get("train_step", 0))
     if done < int(cfg.model.train_steps):
         return None
+    if in_multirun():
+        _refuse_another_finished_run(cfg, ckpt_path, ckpt)
     from neuralsde.run_metrics import last_logged
 
     csv = out_dir / "csv" / "metrics.csv"
@@ -174,6 +176,28 @@ def finished_run_metrics(cfg: DictConfig, ckpt_path: str | None, ckpt: dict | No
         log.warning("resume=auto: %s has trained its %d steps but logged no test/ metrics (stopped during its test "
                     "stage?). Fix: python eval.py ckpt_path=%s scores it", ckpt_path, done, ckpt_path)
     return metrics
+
+
+def optimiser_changes(saved: dict | None, current: dict) -> list[str]:
+    """The checkpoint's ``model.optimizer.*=value`` settings that differ from ``current``'s (a resolved config). A
+    continued run may change them, but a finished run returned as a sweep job's result must have been trained with
+    that job's own: ``other_run_settings`` leaves them out, so a ``resume=auto`` rerun whose job numbers named other
+    learning rates (another Optuna sampler seed, a reordered ``-m model.optimizer.g_lr=...``) returned each finished
+    run's metrics under another job's learning rate."""
+    return [s for s in changed_settings(saved, current) if s.startswith("model.optimizer.")]
+
+
+def _refuse_another_finished_run(cfg: DictConfig, ckpt_path: str, ckpt: dict) -> None:
+    from omegaconf import OmegaConf
+
+    current = {"model": OmegaConf.to_container(cfg.model, resolve=True)}
+    differ = optimiser_changes(ckpt["neuralsde"].get("config"), current)
+    if differ:
+        mine = " ".join(f"{d.partition('=')[0]}={OmegaConf.select(cfg, d.partition('=')[0])}" for d in differ)
+        raise ConfigError(f"resume=auto found the finished run {ckpt_path!r} in this sweep job's directory, but it was "
+                          f"trained with {' '.join(differ)} (this job: {mine}): its metrics are not this job's. Fix: "
+                          "rerun the sweep with its first command's overrides (the job numbers must name the same "
+                          "runs), or give this sweep a new hydra.sweep.dir.")
 
 
 def check_resume_compatible(ckpt_path: str, model, ckpt: dict) -> None:

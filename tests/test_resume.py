@@ -6,7 +6,7 @@ import multiprocessing as mp
 import pandas as pd
 import pytest
 import torch
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from neuralsde.checkpoints import AtomicCheckpointIO, read_checkpoint
 from neuralsde.errors import CheckpointError, ConfigError, TrainingDivergedError
@@ -614,3 +614,23 @@ def test_scoring_a_checkpoint_with_another_optimiser_configured_is_not_a_resume(
     trainer.validate(model, datamodule=datamodule, ckpt_path=tmp_path / "a" / "checkpoints" / "last.ckpt",
                      verbose=False)
     assert int(model.train_step) == 2
+
+
+def test_a_sweep_job_does_not_return_a_finished_run_trained_with_another_optimiser(tmp_path, monkeypatch):
+    """An Optuna rerun with resume=auto whose trials drew other learning rates (another sampler seed) met each
+    finished trial's run in its numbered directory and returned its metrics as the new trial's, under the new
+    learning rates (the optimiser may change when a run is continued, so that check left it out)."""
+    from neuralsde import resume
+
+    cfg = shrink(compose_config(["resume=auto"]), tmp_path / "job", steps=2)
+    ckpt_path = str(tmp_path / "job" / "checkpoints" / "last.ckpt")
+    ckpt = {"neuralsde": {"train_step": 2, "config": {"model": OmegaConf.to_container(cfg.model, resolve=True)}}}
+    monkeypatch.setattr(resume, "in_multirun", lambda: True)
+    assert resume.finished_run_metrics(cfg, ckpt_path, ckpt) == {}  # its own run (no csv here): returned
+    with open_dict(cfg):
+        cfg.model.optimizer.g_lr = 0.5
+    with pytest.raises(ConfigError, match=r"trained with model.optimizer.g_lr=0.01 \(this job: "
+                                          r"model.optimizer.g_lr=0.5\): its metrics are not this job's. Fix:"):
+        resume.finished_run_metrics(cfg, ckpt_path, ckpt)
+    ckpt["neuralsde"]["train_step"] = 1  # unfinished: continued with the new rate, as a single run may
+    assert resume.finished_run_metrics(cfg, ckpt_path, ckpt) is None

@@ -109,6 +109,13 @@ def test_a_resume_auto_rerun_numbered_otherwise_is_refused(multirun, tmp_path):
     assert (f"ConfigError: sweep job 0 would continue the run in '{sweep / '0'}' (resume=auto), but that run was "
             "trained with seed=0 (this job: seed=1):") in proc.stderr and "Fix:" in proc.stderr
     assert (sweep / "0" / ".hydra" / "overrides.yaml").read_text() == before
+    # job numbers naming runs with another learning rate (a reordered -m model.optimizer.g_lr=...): refused too,
+    # where a finished run would be returned as the job's result
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "seed=0,1", *TINY, "resume=auto",
+                           "model.optimizer.g_lr=0.5", f"hydra.sweep.dir={sweep}"], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert ("trained with model.optimizer.g_lr=0.01 (this job: model.optimizer.g_lr=0.5)" in proc.stderr)
     # the same command as the first (job numbers naming the same runs) goes on: both jobs have finished
     train_py("-m", "seed=0,1", *TINY, "resume=auto", f"hydra.sweep.dir={sweep}")
     assert "seed=0" in (sweep / "0" / ".hydra" / "overrides.yaml").read_text()
