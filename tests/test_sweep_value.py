@@ -133,12 +133,14 @@ def test_a_failed_sweep_job_logs_its_number_overrides_and_error(caplog):
 
 
 def test_a_sweep_names_every_failed_job_in_the_terminal_and_its_log(tmp_path):
+    # solver.dt=0.3 fails inside the job (it is checked against the data's time grid); a bad model option would be
+    # refused for the whole sweep before its first job
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "seed=0,1",
-                           "model.generator.hidden_size=-3", *TINY, "test=false", f"hydra.sweep.dir={tmp_path}"],
+                           "solver.dt=0.3", *TINY, "test=false", f"hydra.sweep.dir={tmp_path}"],
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1
     for num, seed in ((0, 0), (1, 1)):
-        line = f"Sweep job {num} (seed={seed} model.generator.hidden_size=-3"
+        line = f"Sweep job {num} (seed={seed} solver.dt=0.3"
         assert line in proc.stdout + proc.stderr
         assert line in (tmp_path / str(num) / "train.log").read_text()
 
