@@ -26,7 +26,8 @@ class GenerativeModule(pl.LightningModule):
     Subclasses set ``family`` and implement ``train_batch(batch)`` (one training step) and
     ``sample(n, generator=None) -> (n, T, 1 + C)`` in normalised units. ``train_step`` counts training
     batches (Lightning's ``global_step`` counts optimiser steps) and ``steps_taken`` reads it; training stops
-    after ``train_steps``.
+    after ``train_steps``. With ``skip_nonfinite`` a batch whose loss ``check_finite`` refuses counts as a step
+    but logs no losses; ``train/skipped_nonfinite`` counts such batches.
     Checkpoints carry the run config, every RNG state and the wandb run id, so a resumed run continues
     exactly as an uninterrupted one would on CPU.
     """
@@ -39,6 +40,8 @@ class GenerativeModule(pl.LightningModule):
         super().__init__()
         self.train_steps = check_int("model.train_steps", train_steps, "e.g. model.train_steps=500")
         self.skip_nonfinite = bool(skip_nonfinite)
+        self.skipped_nonfinite = 0  # batches skipped so far in this run (resumed from the checkpoint)
+        self._skipping = False  # check_finite refused this step's loss
         self.register_buffer("times", times.float().clone())
         self.normalizer = normalizer
         self.register_buffer("train_step", torch.zeros((), dtype=torch.long))  # in the checkpoint's state dict
@@ -81,12 +84,17 @@ class GenerativeModule(pl.LightningModule):
 
     # --- training ----------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
+        self._skipping = False
         rank, world = _rank_and_world()
         if world > 1:
             with rank_noise(rank):
                 out = self.train_batch(batch)
         else:
             out = self.train_batch(batch)
+        if self._skipping:
+            self._count_skipped_step()
+        if self.skipped_nonfinite:  # a count, not a flag: a skip between two written steps shows at the next
+            self.log_step({"train/skipped_nonfinite": float(self.skipped_nonfinite)}, prog_bar=True)
         # Counted here, not in on_train_batch_end: checkpoint callbacks run before the module's hooks.
         self.train_step += 1
         self._steps_taken = self.steps_taken + 1
@@ -123,6 +131,16 @@ class GenerativeModule(pl.LightningModule):
         if self.writes_logs():
             self.log_dict(metrics, **kwargs)
 
+    def _count_skipped_step(self) -> None:
+        """Count a batch ``check_finite`` skipped and drop what earlier steps logged: Lightning writes a training
+        step's last logged values at every written step until they are logged again, so the skipped step's row in
+        metrics.csv and wandb repeated the step before's losses as its own. It logs ``train/step`` and the count."""
+        self.skipped_nonfinite += 1
+        results = None if self._trainer is None else self._trainer._results
+        if results is not None:
+            results.reset(metrics=False, fx="training_step")
+        self.log_step({"train/step": float(self.steps_taken + 1)})
+
     def check_finite(self, name: str, value: torch.Tensor) -> bool:
         """True if ``value`` is finite. Otherwise raise, or warn and return False with ``skip_nonfinite``.
 
@@ -138,6 +156,7 @@ class GenerativeModule(pl.LightningModule):
                    f"{self.divergence_causes}.")
         if self.skip_nonfinite:
             rank_zero_warn(message + " Skipping this batch (model.skip_nonfinite=true).")
+            self._skipping = True
             return False
         last = self._last_checkpoint()
         where = (f" The last checkpoint written before this step is kept. Fix: resume from it with ckpt_path={last} "
@@ -193,7 +212,7 @@ class GenerativeModule(pl.LightningModule):
                                    "train_step": self.steps_taken, "config": self.run_config,
                                    "config_source": self.run_config_source,
                                    "rng": _get_rng_states(), "wandb_id": self._wandb_id(), "data": self.data_meta,
-                                   "batch": self._batch_geometry()}
+                                   "batch": self._batch_geometry(), "skipped_nonfinite": self.skipped_nonfinite}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get("neuralsde")
@@ -204,6 +223,7 @@ class GenerativeModule(pl.LightningModule):
             raise CheckpointError(f"The checkpoint holds a {meta['family']!r} model but the config builds a "
                                   f"{self.family!r} model. Fix: use the experiment the checkpoint came from.")
         self._pending_rng = meta.get("rng")
+        self.skipped_nonfinite = int(meta.get("skipped_nonfinite", 0))
         if self._trainer is not None and "optimizer_states" in checkpoint:  # by a Trainer, not load_from_checkpoint
             from neuralsde.resume import follow_optimizer_config
 

@@ -1,10 +1,12 @@
 
 """Exact resume: k steps + resume for k more equals 2k uninterrupted steps; checkpoint safety; NaN handling."""
+import json
 import math
 import multiprocessing as mp
 
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf, open_dict
 
@@ -13,6 +15,7 @@ from neuralsde.errors import CheckpointError, ConfigError, TrainingDivergedError
 from neuralsde.resume import changed_settings, check_resume_compatible, finished_run_metrics, other_run_settings
 from neuralsde.training import build, train
 from tests.conftest import compose_config, shrink
+from tests.test_wandb import _finished_history
 
 
 def _run(tmp_path, name, steps, ckpt_path=None, overrides=()):
@@ -253,6 +256,45 @@ def test_skip_nonfinite_option_skips_bad_batches(tmp_path, monkeypatch):
         assert torch.isfinite(p.float()).all()
     # trained on to its end; the skipped step applied no optimiser step (two a step: 2 + 0 + 2)
     assert int(last["state_dict"]["train_step"]) == 3 and last["global_step"] == 4
+
+
+class PoisonStep(pl.Callback):
+    """Makes the batch of training step ``step`` infinite: a non-finite loss in either family (the latent SDE reads
+    NaNs as missing values)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if module.steps_taken == self.step:
+            for tensor in batch:
+                tensor.fill_(float("inf"))
+
+
+@pytest.mark.parametrize("experiment", ["ou_sdegan", "ou_latent_sde"])
+def test_a_skipped_batch_logs_a_skip_not_the_previous_steps_losses(tmp_path, experiment):
+    # Lightning writes a training step's logged values again at every written step until they are logged anew: the
+    # skipped step's row in metrics.csv (and wandb) carried the step before's losses and train/step as its own.
+    overrides = [f"experiment={experiment}", "model.skip_nonfinite=true", "logger=many",
+                 "+callbacks.poison._target_=tests.test_resume.PoisonStep", "+callbacks.poison.step=2"]
+    loss = "train/d_loss" if experiment == "ou_sdegan" else "train/loss"
+    with pytest.warns(UserWarning, match=rf"{loss} is (nan|-?inf) at training step 2\..* Skipping this batch"):
+        log, state = _run(tmp_path, "a", 4, overrides=overrides)
+    rows = log.dropna(subset=["train/step"]).set_index("step")
+    assert rows["train/step"].tolist() == [1.0, 2.0, 3.0, 4.0]  # the training step counter runs on through the skip
+    losses = [c for c in rows if c.startswith("train/") and not c.startswith(("train/step", "train/skipped"))]
+    assert loss in losses and len(losses) >= (2 if experiment == "ou_sdegan" else 6)
+    assert rows.loc[2, losses].isna().all()  # the skipped step reports no losses
+    assert rows.loc[[1, 3], losses].notna().all().all()
+    assert rows["train/skipped_nonfinite"].fillna(0).tolist() == [0, 0, 1, 1]
+    wandb_rows = {json.loads(r["train/step"]): r for r in _finished_history(tmp_path / "a") if "train/step" in r}
+    assert not set(wandb_rows[3]) & set(losses) and json.loads(wandb_rows[3]["train/skipped_nonfinite"]) == 1
+    assert set(losses) <= set(wandb_rows[4])  # wandb's rows hold what metrics.csv's do
+    assert state["neuralsde"]["skipped_nonfinite"] == 1
+    # a resumed run goes on counting from the checkpoint's skips
+    log, _ = _run(tmp_path, "a", 5, tmp_path / "a" / "checkpoints" / "last.ckpt", overrides[:2])
+    last = log.dropna(subset=["train/step"]).iloc[-1]
+    assert last["train/step"] == 5 and last["train/skipped_nonfinite"] == 1 and math.isfinite(last[loss])
 
 
 def test_a_used_run_dir_and_a_finished_checkpoint_are_refused(tmp_path):
