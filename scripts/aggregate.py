@@ -127,6 +127,23 @@ def unfinished(job_dir: Path, metrics: dict[str, float]) -> str | None:
     return None
 
 
+FAILED_MARK = ") failed: "  # neuralsde.hydra_callbacks.ReportFailedJob: "Sweep job N (<overrides>) failed: <error>"
+
+
+def logged_failure(job_dir: Path, limit: int = 300) -> str | None:
+    """The error a failed sweep job logged into its ``train.log`` (``ReportFailedJob``), first line only, or None:
+    "no csv/metrics.csv (job failed, ...)" sent the user to open every job's log to learn why."""
+    log_path = job_dir / "train.log"
+    if not log_path.is_file():
+        return None
+    for line in reversed(log_path.read_text(errors="replace").splitlines()):
+        head, mark, error = line.partition(FAILED_MARK)
+        if mark and "Sweep job " in head:
+            error = error.rpartition(" (its directory: ")[0] or error
+            return error if len(error) <= limit else error[:limit - 3] + "..."
+    return None
+
+
 def default_metrics(columns) -> list[str]:
     """val/ and test/ metrics (without bootstrap bounds) and the step time: what the paper tables compare."""
     keep = [c for c in columns if c.startswith(("val/", "test/")) and not c.endswith(("_ci_low", "_ci_high"))]
@@ -172,6 +189,9 @@ def collect(multirun_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
                 reason = f"unreadable csv/metrics.csv ({type(err).__name__}: {err})"
             reason = reason or unfinished(job, metrics)
         if reason:
+            error = logged_failure(job)
+            if error:  # what the job logged is the cause; an unfinished job's count of steps stays beside it
+                reason = f"failed: {error}" if reason.startswith("no csv") else f"{reason}; failed: {error}"
             skipped.append(f"{name}: {reason}; overrides: {label or '(none)'}")
             metrics = {}
         bad = ",".join(k for k, v in metrics.items() if not math.isfinite(v))

@@ -309,6 +309,23 @@ def test_aggregate_groups_by_overrides_minus_seed(tmp_path):
     assert (tmp_path / "out" / "s.md").is_file() and (tmp_path / "out" / "s.csv").is_file()
 
 
+def test_aggregate_quotes_the_error_a_failed_job_logged(tmp_path):
+    """Was: "no csv/metrics.csv (job failed, still running, ...)" for each, and the user opened every train.log."""
+    fake_job(tmp_path, 0, ["seed=0"], [{"step": 0, "val/sig_mmd": 1.0}])
+    failed = fake_job(tmp_path, 1, ["seed=1", "solver.dt=0.3"], None)
+    (failed / "train.log").write_text(
+        "[2026-12-01 10:00:00,000][neuralsde.training][INFO] - Resolved config:\n"
+        "[2026-12-01 10:00:05,000][neuralsde.hydra_callbacks][ERROR] - Sweep job 1 (seed=1 solver.dt=0.3) failed: "
+        f"ConfigError: solver.dt=0.3 does not divide the gap (steps land on 1.2). Fix: use 0.25 (its directory: "
+        f"{failed})\n")
+    stopped = fake_job(tmp_path, 2, ["seed=2"], [{"step": 0, "val/sig_mmd": 1.0}])  # no failure line: as before
+    (stopped / "train.log").write_text("[2026-12-01 10:00:00,000][neuralsde.training][INFO] - Resolved config:\n")
+    (tmp_path / "3").mkdir()
+    _, _, skipped = agg.aggregate(tmp_path)
+    assert skipped == ["1: failed: ConfigError: solver.dt=0.3 does not divide the gap (steps land on 1.2). Fix: use "
+                       "0.25; overrides: seed=1 solver.dt=0.3"]
+
+
 def test_aggregate_flags_a_metric_some_jobs_lack(tmp_path):
     fake_job(tmp_path, 0, ["seed=0"], [{"step": 0, "val/sig_mmd": 1.0, "test/sig_mmd": 2.0}])
     fake_job(tmp_path, 1, ["seed=1"], [{"step": 0, "val/sig_mmd": 3.0}])
