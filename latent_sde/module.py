@@ -15,7 +15,7 @@ from latent_sde.support import check_logqp_support, check_options, kl_normal
 from neuralsde.brownian import draw_entropy
 from neuralsde.data.interpolation import fill_missing
 from neuralsde.data.preprocessing import Normalizer
-from neuralsde.errors import CheckpointError, bad_option
+from neuralsde.errors import CheckpointError, bad_option, check_bool
 from neuralsde.module_base import GenerativeModule
 from neuralsde.solver import SolverConfig, sdeint
 
@@ -52,10 +52,10 @@ class LatentSDE(GenerativeModule):
         likelihood = {"kind": "gaussian", "scale": 0.1, "learn_scale": True, **(likelihood or {})}
         optimizer = {"name": "adam", "lr": 1e-2, "lr_decay": 0.999, "diffusion_lr_factor": 1.0, **(optimizer or {})}
         check_options(latent_size=latent_size, context_size=context_size, hidden_size=hidden_size,
-                      num_layers=num_layers, diffusion=diffusion, optimizer=optimizer, kl_anneal_steps=kl_anneal_steps)
-        if not isinstance(sample_observation_noise, bool):
-            raise bad_option("model.sample_observation_noise", sample_observation_noise, "true or false",
-                             "set model.sample_observation_noise=true or false")
+                      num_layers=num_layers, diffusion=diffusion, optimizer=optimizer, kl_anneal_steps=kl_anneal_steps,
+                      learn_prior_z0=learn_prior_z0, diffusion_warn_threshold=diffusion_warn_threshold,
+                      val_seed=val_seed)
+        check_bool("model.sample_observation_noise", sample_observation_noise)
         if optimizer["name"] not in OPTIMIZERS:
             raise bad_option("model.optimizer.name", optimizer["name"], f"one of {sorted(OPTIMIZERS)}",
                              "set model.optimizer.name=adam")

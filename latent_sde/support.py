@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from neuralsde.errors import ConfigError, bad_option, check_int
+from neuralsde.errors import ConfigError, bad_option, check_bool, check_int, check_number
 from neuralsde.solver import SolverConfig
 
 # (method, adjoint) combinations whose logqp gradients were checked against direct backpropagation
@@ -22,29 +22,30 @@ def check_logqp_support(solver: SolverConfig) -> None:
 
 
 def check_options(*, latent_size, context_size, hidden_size, num_layers, diffusion: dict, optimizer: dict,
-                  kl_anneal_steps) -> None:
+                  kl_anneal_steps, learn_prior_z0, diffusion_warn_threshold, val_seed) -> None:
+    defaults = {"latent_size": 4, "context_size": 16, "hidden_size": 32, "num_layers": 2, "diffusion.hidden_size": 16}
     for key, value in (("latent_size", latent_size), ("context_size", context_size),
                        ("hidden_size", hidden_size), ("num_layers", num_layers),
                        ("diffusion.hidden_size", diffusion["hidden_size"])):
-        check_int(f"model.{key}", value, f"e.g. model.{key}=16")
-    if not float(diffusion["floor"]) >= 0:
-        raise bad_option("model.diffusion.floor", diffusion["floor"], "a number >= 0",
-                         "e.g. model.diffusion.floor=1e-3")
-    if not float(diffusion["scale"]) > 0:
-        raise bad_option("model.diffusion.scale", diffusion["scale"], "a positive number",
-                         "e.g. model.diffusion.scale=1.0")
-    if not float(optimizer["lr"]) > 0:
-        raise bad_option("model.optimizer.lr", optimizer["lr"], "a positive learning rate",
-                         "e.g. model.optimizer.lr=1e-2")
-    if not 0 < float(optimizer["lr_decay"]) <= 1:
-        raise bad_option("model.optimizer.lr_decay", optimizer["lr_decay"], "a per-step factor in (0, 1]",
+        check_int(f"model.{key}", value, f"e.g. model.{key}={defaults[key]}")
+    check_number("model.diffusion.floor", diffusion["floor"], "e.g. model.diffusion.floor=1e-3", minimum=0)
+    check_number("model.diffusion.scale", diffusion["scale"], "e.g. model.diffusion.scale=1.0", positive=True)
+    check_number("model.optimizer.lr", optimizer["lr"], "e.g. model.optimizer.lr=1e-2", positive=True)
+    decay = optimizer["lr_decay"]
+    if not (check_number("model.optimizer.lr_decay", decay, "e.g. model.optimizer.lr_decay=0.999 (1.0: constant)",
+                         positive=True) <= 1):
+        raise bad_option("model.optimizer.lr_decay", decay, "a per-step factor in (0, 1]",
                          "e.g. model.optimizer.lr_decay=0.999 (1.0: constant)")
-    if not float(optimizer["diffusion_lr_factor"]) > 0:
-        raise bad_option("model.optimizer.diffusion_lr_factor", optimizer["diffusion_lr_factor"], "a positive factor",
-                         "e.g. model.optimizer.diffusion_lr_factor=1.0")
-    if int(kl_anneal_steps) < 0:
-        raise bad_option("model.kl_anneal_steps", kl_anneal_steps, "an integer >= 0 (0: no annealing)",
-                         "e.g. model.kl_anneal_steps=100")
+    check_number("model.optimizer.diffusion_lr_factor", optimizer["diffusion_lr_factor"],
+                 "e.g. model.optimizer.diffusion_lr_factor=1.0", positive=True)
+    # 2.5 was truncated to 2 and true read as 1, without a word.
+    check_int("model.kl_anneal_steps", kl_anneal_steps, "e.g. model.kl_anneal_steps=100", minimum=0,
+              also=" (0: no annealing)")
+    check_bool("model.learn_prior_z0", learn_prior_z0)
+    # Below zero the collapse warning could never fire.
+    check_number("model.diffusion_warn_threshold", diffusion_warn_threshold,
+                 "e.g. model.diffusion_warn_threshold=1e-2 (0: never warn)", minimum=0)
+    check_int("model.val_seed", val_seed, "e.g. model.val_seed=0", minimum=None)
 
 
 def kl_normal(mean_q: torch.Tensor, log_std_q: torch.Tensor, mean_p: torch.Tensor,

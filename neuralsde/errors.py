@@ -37,3 +37,29 @@ def check_int(option: str, value, fix: str, minimum: int | None = 1, also: str =
                    else f"an integer of at least {minimum}")
         raise bad_option(option, value, allowed + also, fix)
     return int(value)
+
+
+def check_bool(option: str, value) -> bool:
+    """``value`` if it is a bool, else ``bad_option``: Hydra hands ``maybe`` or ``2`` through as they are, and a
+    ``bool(...)`` of either was a silent true."""
+    if not isinstance(value, bool):
+        raise bad_option(option, value, "true or false", f"set {option}=true or {option}=false")
+    return value
+
+
+def check_number(option: str, value, fix: str, minimum: float | None = None, positive: bool = False) -> float:
+    """``value`` as a finite float (above 0 with ``positive``; at least ``minimum``), else ``bad_option``: ``inf``
+    passes ``> 0`` tests and then poisons the model, and ``nan`` fails them with a message about positivity."""
+    import math
+    import numbers
+
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    if ok and positive:
+        ok = float(value) > 0
+    if ok and minimum is not None:
+        ok = float(value) >= minimum
+    if not ok:
+        allowed = ("a positive finite number" if positive else "a finite number" if minimum is None
+                   else f"a finite number >= {minimum:g}")
+        raise bad_option(option, value, allowed, fix)
+    return float(value)

@@ -15,7 +15,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from neuralsde.checkpoints import run_checkpoint
 from neuralsde.data.batches import _rank_and_world
 from neuralsde.data.preprocessing import Normalizer
-from neuralsde.errors import CheckpointError, DataError, TrainingDivergedError, check_int
+from neuralsde.errors import CheckpointError, DataError, TrainingDivergedError, check_bool, check_int
 
 CHECKPOINT_FORMAT = 1
 
@@ -39,7 +39,7 @@ class GenerativeModule(pl.LightningModule):
                  skip_nonfinite: bool = False):
         super().__init__()
         self.train_steps = check_int("model.train_steps", train_steps, "e.g. model.train_steps=500")
-        self.skip_nonfinite = bool(skip_nonfinite)
+        self.skip_nonfinite = check_bool("model.skip_nonfinite", skip_nonfinite)
         self.skipped_nonfinite = 0  # batches skipped so far in this run (resumed from the checkpoint)
         self._skipping = False  # check_finite refused this step's loss
         self.register_buffer("times", times.float().clone())

@@ -405,3 +405,25 @@ def test_an_sdegan_option_on_the_latent_sde_names_its_family(tiny_cfg):
     cfg = tiny_cfg(["model=latent_sde", "+model.swa_start=3"])
     with pytest.raises(ConfigError, match=r"model.swa_start is an option of the sdegan model \(model=sdegan\) only"):
         build(cfg)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"kl_anneal_steps": 2.5}, r"model.kl_anneal_steps=2.5 is not valid: expected an integer of at least 0"),
+    ({"kl_anneal_steps": True}, r"model.kl_anneal_steps=True is not valid"),
+    ({"learn_prior_z0": "maybe"}, r"model.learn_prior_z0='maybe' is not valid: expected true or false"),
+    ({"likelihood": {"learn_scale": 2}}, r"model.likelihood.learn_scale=2 is not valid: expected true or false"),
+    ({"likelihood": {"scale": float("inf")}}, r"model.likelihood.scale=inf is not valid: expected a positive finite"),
+    ({"diffusion": {"floor": float("inf")}}, r"model.diffusion.floor=inf is not valid: expected a finite number >= 0"),
+    ({"diffusion": {"scale": float("nan")}}, r"model.diffusion.scale=nan is not valid: expected a positive finite"),
+    ({"optimizer": {"lr": float("inf")}}, r"model.optimizer.lr=inf is not valid"),
+    ({"diffusion_warn_threshold": -1.0}, r"model.diffusion_warn_threshold=-1.0 is not valid: expected a finite number"),
+    ({"val_seed": 0.5}, r"model.val_seed=0.5 is not valid: expected an integer"),
+    ({"skip_nonfinite": "maybe"}, r"model.skip_nonfinite='maybe' is not valid: expected true or false"),
+    ({"encoder": {"kind": "gru", "num_layers": 0}},
+     r"model.encoder.num_layers=0 .* Fix: e.g. model.encoder.num_layers=1$"),
+])
+def test_option_values_are_checked_not_coerced(kwargs, message):
+    """Each was accepted: 2.5 and true truncated to an int, 'maybe' and 2 read as true, inf made the likelihood or the
+    diffusion infinite (a NaN loss at the first step), a negative threshold silenced the collapse warning."""
+    with pytest.raises(ConfigError, match=message):
+        make_model(**kwargs)

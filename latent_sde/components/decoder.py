@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from neuralsde.errors import bad_option
+from neuralsde.errors import bad_option, check_bool, check_number
 
 LIKELIHOODS = ("gaussian", "laplace")
 
@@ -23,8 +23,8 @@ class Decoder(nn.Module):
         if kind not in LIKELIHOODS:
             raise bad_option("model.likelihood.kind", kind, f"one of {LIKELIHOODS}",
                              "set model.likelihood.kind=gaussian")
-        if not float(scale) > 0:
-            raise bad_option("model.likelihood.scale", scale, "a positive number", "e.g. model.likelihood.scale=0.1")
+        check_number("model.likelihood.scale", scale, "e.g. model.likelihood.scale=0.1", positive=True)
+        check_bool("model.likelihood.learn_scale", learn_scale)
         self.kind = kind
         self.readout = nn.Linear(latent_size, data_size)
         log_scale = torch.full((data_size,), math.log(float(scale)))

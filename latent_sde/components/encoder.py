@@ -40,8 +40,8 @@ class Encoder(nn.Module):
         super().__init__()
         if kind not in ENCODER_KINDS:
             raise bad_option("model.encoder.kind", kind, f"one of {ENCODER_KINDS}", "set model.encoder.kind=gru")
-        for key, value in (("hidden_size", hidden_size), ("num_layers", num_layers)):
-            check_int(f"model.encoder.{key}", value, f"e.g. model.encoder.{key}=16")
+        for key, value, example in (("hidden_size", hidden_size, 32), ("num_layers", num_layers, 1)):
+            check_int(f"model.encoder.{key}", value, f"e.g. model.encoder.{key}={example}")
         self.kind, self.hidden_size, self.solver = kind, int(hidden_size), solver or SolverConfig()
         self.time_scale = 1.0 / max(t_size - 1, 1)
         in_size = 1 + 2 * data_size
