@@ -17,9 +17,11 @@ from neuralsde.data.interpolation import fill_missing
 from neuralsde.data.preprocessing import Normalizer
 from neuralsde.errors import CheckpointError, bad_option, check_bool
 from neuralsde.module_base import GenerativeModule
+from neuralsde.optim_options import check_optimizer_options
 from neuralsde.solver import SolverConfig, sdeint
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+OWN_OPTIMIZER_KEYS = ("name", "lr", "lr_decay", "diffusion_lr_factor")  # read here; the rest go to the optimiser
 
 
 class DegenerateDiffusionWarning(UserWarning):
@@ -59,6 +61,9 @@ class LatentSDE(GenerativeModule):
         if optimizer["name"] not in OPTIMIZERS:
             raise bad_option("model.optimizer.name", optimizer["name"], f"one of {sorted(OPTIMIZERS)}",
                              "set model.optimizer.name=adam")
+        check_optimizer_options(OPTIMIZERS[optimizer["name"]], optimizer["name"],
+                                {k: v for k, v in optimizer.items() if k not in OWN_OPTIMIZER_KEYS},
+                                float(optimizer["lr"]))
         self.save_hyperparameters({"solver": dataclasses.asdict(self.solver), "encoder": dict(encoder),
                                    "latent_size": latent_size, "context_size": context_size,
                                    "hidden_size": hidden_size, "num_layers": num_layers, "diffusion": diffusion,

@@ -427,3 +427,30 @@ def test_option_values_are_checked_not_coerced(kwargs, message):
     diffusion infinite (a NaN loss at the first step), a negative threshold silenced the collapse warning."""
     with pytest.raises(ConfigError, match=message):
         make_model(**kwargs)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["experiment=ou_latent_sde", "+model.optimizer.momentum=0.9"],
+     r"model.optimizer.momentum is not an option of model.optimizer.name=adam \(torch.optim.Adam takes \["),
+    (["experiment=ou_latent_sde", "+model.optimizer.weight_decay=-1"],
+     r"Adam refused model.optimizer.weight_decay=-1: Invalid weight_decay value: -1. Fix: correct "
+     r"model.optimizer.weight_decay"),
+    (["+model.optimizer.momentum=0.9"], r"model.optimizer.momentum is not an option of model.optimizer.name=adadelta"),
+    (["model.optimizer.name=adamax"], r"model.optimizer.name='adamax' is not valid"),
+])
+def test_optimizer_options_are_checked_when_the_model_is_built(tiny_cfg, overrides, message):
+    """Keys of model.optimizer that a family does not read go to the optimiser, which Lightning builds once training
+    has started: a wrong one ended the run after the data load in a bare TypeError from inside Lightning."""
+    with pytest.raises(ConfigError, match=message):
+        build(tiny_cfg(overrides))
+
+
+@pytest.mark.parametrize("overrides, key, value", [
+    (["experiment=ou_latent_sde", "model.optimizer.name=sgd", "+model.optimizer.momentum=0.9"], "momentum", 0.9),
+    (["model.optimizer.name=adam", "+model.optimizer.betas=[0.5,0.9]"], "betas", [0.5, 0.9])])
+def test_optimizer_options_that_the_optimizer_has_reach_it(tiny_cfg, overrides, key, value):
+    _, model = build(tiny_cfg(overrides))
+    opts = model.configure_optimizers()
+    opt = opts["optimizer"] if isinstance(opts, dict) else opts[0]
+    assert list(opt.defaults[key]) == value if isinstance(value, list) else opt.defaults[key] == value
+
