@@ -32,7 +32,9 @@ class LatentSDEPlotCallback(pl.Callback):
         was_training = module.training
         module.eval()
         with torch.no_grad():
-            rec = module.reconstruct(paths.to(module.device), filled.to(module.device), generator=generator)
+            # The data module holds float32; under trainer.precision=64-true the model is float64 and refuses them.
+            rec = module.reconstruct(paths.to(module.device, module.dtype), filled.to(module.device, module.dtype),
+                                     generator=generator)
             prior = module.sample(self.n_paths, generator=generator)
         module.train(was_training)
         to_units = dm.to_plot_units  # data units, the data's own times

@@ -223,7 +223,8 @@ class LatentSDE(GenerativeModule):
         self.eval()
         sums, n = torch.zeros(3, dtype=torch.float64), 0
         for batch_idx, (paths, filled) in enumerate(loader):
-            log_lik, kl, _ = self._batch_elbo(paths.to(self.device), filled.to(self.device), batch_idx)
+            log_lik, kl, _ = self._batch_elbo(paths.to(self.device, self.dtype), filled.to(self.device, self.dtype),
+                                              batch_idx)
             sums += torch.stack([(log_lik - kl).sum(), log_lik.sum(), kl.sum()]).double().cpu()
             n += paths.size(0)
         self.train(was_training)

@@ -454,3 +454,18 @@ def test_optimizer_options_that_the_optimizer_has_reach_it(tiny_cfg, overrides, 
     opt = opts["optimizer"] if isinstance(opts, dict) else opts[0]
     assert list(opt.defaults[key]) == value if isinstance(value, list) else opt.defaults[key] == value
 
+
+def test_float64_training_ends_with_its_reconstruction_and_checkpoint(tiny_cfg, tmp_path):
+    """trainer.precision=64-true (the README's advice for long series) trained, then the reconstruction figure fed
+    the data module's float32 paths to the float64 model: a DataError at the end of training, and no last.ckpt."""
+    cfg = tiny_cfg(["experiment=ou_latent_sde", "trainer.precision=64-true", "model.kl_anneal_steps=0"], steps=1)
+    with open_dict(cfg):
+        cfg.test = False
+        cfg.callbacks.pop("metrics")
+    train(cfg)
+    assert (tmp_path / "plots" / "reconstruction.png").stat().st_size > 1000
+    model = LatentSDE.from_checkpoint(tmp_path / "checkpoints" / "last.ckpt").double()
+    datamodule, _ = build(cfg)
+    datamodule.setup("test")
+    elbo = model.split_elbo(datamodule.test_dataloader())  # float32 batches, float64 model
+    assert elbo["elbo"] == pytest.approx(elbo["log_lik"] - elbo["kl"])
