@@ -11,7 +11,7 @@ from torch import nn
 from latent_sde.components.decoder import Decoder
 from latent_sde.components.encoder import Encoder
 from latent_sde.components.sdes import LatentSDEFunc, PriorSDE
-from latent_sde.support import check_logqp_support, check_options, kl_normal
+from latent_sde.support import check_logqp_support, check_options, check_section_keys, kl_normal
 from neuralsde.brownian import draw_entropy
 from neuralsde.data.interpolation import fill_missing
 from neuralsde.data.preprocessing import Normalizer
@@ -50,6 +50,9 @@ class LatentSDE(GenerativeModule):
         if self.solver.compile is not None:
             raise bad_option("solver.compile", self.solver.compile, "null for the latent SDE (compiling its "
                              "fields is implemented for the SDE-GAN only)", "set solver.compile=null")
+        check_section_keys("model.diffusion", diffusion or {}, ("hidden_size", "floor", "scale"))
+        check_section_keys("model.likelihood", likelihood or {}, ("kind", "scale", "learn_scale"))
+        check_section_keys("model.encoder", encoder, ("kind", "hidden_size", "num_layers"))
         diffusion = {"hidden_size": 16, "floor": 1e-3, "scale": 1.0, **(diffusion or {})}
         likelihood = {"kind": "gaussian", "scale": 0.1, "learn_scale": True, **(likelihood or {})}
         optimizer = {"name": "adam", "lr": 1e-2, "lr_decay": 0.999, "diffusion_lr_factor": 1.0, **(optimizer or {})}

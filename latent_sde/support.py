@@ -48,6 +48,19 @@ def check_options(*, latent_size, context_size, hidden_size, num_layers, diffusi
     check_int("model.val_seed", val_seed, "e.g. model.val_seed=0", minimum=None)
 
 
+def check_section_keys(section: str, given, known: tuple[str, ...]) -> None:
+    """Refuse a key of ``section`` that the model does not read: ``+model.diffusion.flor=0.05`` was merged with the
+    defaults and ignored (the floor stayed 1e-3), and a mistyped encoder or likelihood key was named only as
+    "in model.<section>"."""
+    import difflib
+
+    for key in given:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1)
+            fix = (f"{section}.{near[0]}={given[key]}" if near else f"remove +{section}.{key}")
+            raise ConfigError(f"{section}.{key} is not an option of {section} (it takes {list(known)}). Fix: {fix}")
+
+
 def kl_normal(mean_q: torch.Tensor, log_std_q: torch.Tensor, mean_p: torch.Tensor,
               log_std_p: torch.Tensor) -> torch.Tensor:
     """Elementwise KL(N(mean_q, std_q^2) || N(mean_p, std_p^2)); broadcasts, e.g. ``(batch, d)`` and ``(d,)``."""

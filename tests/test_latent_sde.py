@@ -470,3 +470,18 @@ def test_float64_training_ends_with_its_reconstruction_and_checkpoint(tiny_cfg, 
     datamodule.setup("test")
     elbo = model.split_elbo(datamodule.test_dataloader())  # float32 batches, float64 model
     assert elbo["elbo"] == pytest.approx(metrics["test/elbo"], rel=1e-6)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+model.diffusion.flor=0.05",
+     r"model.diffusion.flor is not an option of model.diffusion \(it takes \['hidden_size', 'floor', 'scale'\]\). "
+     r"Fix: model.diffusion.floor=0.05"),
+    ("+model.likelihood.scal=0.5", r"model.likelihood.scal is not an option .* Fix: model.likelihood.scale=0.5"),
+    ("+model.encoder.hidden=3", r"model.encoder.hidden is not an option of model.encoder .* Fix: "
+                                r"model.encoder.hidden_size=3"),
+])
+def test_an_unknown_key_of_a_model_section_is_named_with_its_section(tiny_cfg, override, message):
+    """A mistyped diffusion key was ignored (the floor stayed at its default); encoder and likelihood keys were
+    named as "foo in model.<section>"."""
+    with pytest.raises(ConfigError, match=message):
+        build(tiny_cfg(["experiment=ou_latent_sde", override]))
