@@ -127,8 +127,8 @@ class LatentSDE(GenerativeModule):
         """``n`` paths ``(n, T, 1 + C)`` from the prior (z0 ~ p(z0), prior SDE, decoder mean), normalised units,
         without gradients. With ``observation_noise`` (None: ``self.sample_observation_noise``, the config's
         ``model.sample_observation_noise``) the likelihood's noise is added: draws of the observations rather than
-        of the noiseless decoded path. It is drawn from ``generator`` after everything else, so a seed gives the same
-        decoded paths either way (for one call)."""
+        of the noiseless decoded path. It is drawn from a stream split off ``generator`` (``_split_off``), so a seed
+        gives the same decoded paths either way, in this call and in later ones."""
         self.check_n(n)
         mean, log_std = self.pz0[0], self.pz0[1]
         eps = torch.randn((n, mean.numel()), generator=generator, dtype=mean.dtype).to(mean.device)
@@ -137,7 +137,7 @@ class LatentSDE(GenerativeModule):
         values = self.decoder(zs)
         noisy = self.sample_observation_noise if observation_noise is None else observation_noise
         if noisy:
-            values = self.decoder.add_observation_noise(values, generator)
+            values = self.decoder.add_observation_noise(values, _split_off(generator))
         return self._with_time(values)
 
     @torch.no_grad()
@@ -279,3 +279,14 @@ class LatentSDE(GenerativeModule):
         state = ckpt["state_dict"]
         normalizer = Normalizer(state["normalizer.shift"], state["normalizer.scale"])
         return cls.load_from_checkpoint(path, map_location=map_location, times=state["times"], normalizer=normalizer)
+
+
+def _split_off(generator: torch.Generator | None) -> torch.Generator | None:
+    """A generator seeded from ``generator``'s state without advancing it: observation noise drawn from it leaves the
+    caller's stream where a noiseless call leaves it, so sample.py's later batches (and any later call) decode the
+    same paths with and without noise. None (the global stream) stays None."""
+    if generator is None:
+        return None
+    fork = torch.Generator()
+    fork.set_state(generator.get_state())
+    return torch.Generator().manual_seed(int(torch.randint(2 ** 62, (1,), generator=fork)))

@@ -1,4 +1,5 @@
 """Latent SDE VAE: shapes, masking, KL, exact adjoint gradients, learning, experiments, checkpoints, errors."""
+import math
 import re
 import warnings
 
@@ -485,3 +486,19 @@ def test_an_unknown_key_of_a_model_section_is_named_with_its_section(tiny_cfg, o
     named as "foo in model.<section>"."""
     with pytest.raises(ConfigError, match=message):
         build(tiny_cfg(["experiment=ou_latent_sde", override]))
+
+
+def test_observation_noise_leaves_later_samples_of_the_stream_alone():
+    """sample.py draws n paths a batch_size at a time from one generator: the noise of the first batch advanced it,
+    so from the second batch on the noisy samples were other paths (a short OU run, sample.py n=10 batch_size=5: the
+    second batch differed from the noiseless file by 2.9 data units per value, against the noise's 0.39)."""
+    model = make_model(sample_observation_noise=True)
+    with torch.no_grad():
+        model.decoder.log_scale.fill_(math.log(0.01))
+    clean_gen, noisy_gen = gen(11), gen(11)
+    for _ in range(3):
+        clean = model.sample(50, clean_gen, observation_noise=False)
+        noisy = model.sample(50, noisy_gen)
+        noise = (noisy - clean)[..., 1:]
+        assert (noise != 0).all()
+        torch.testing.assert_close(noise.std(), torch.tensor(0.01), rtol=0.1, atol=0)
