@@ -52,7 +52,7 @@ class LatentSDE(GenerativeModule):
                              "fields is implemented for the SDE-GAN only)", "set solver.compile=null")
         check_section_keys("model.diffusion", diffusion or {}, ("hidden_size", "floor", "scale"))
         check_section_keys("model.likelihood", likelihood or {}, ("kind", "scale", "learn_scale"))
-        check_section_keys("model.encoder", encoder, ("kind", "hidden_size", "num_layers"))
+        check_section_keys("model.encoder", encoder, ("kind", "hidden_size", "num_layers", "mask"))
         diffusion = {"hidden_size": 16, "floor": 1e-3, "scale": 1.0, **(diffusion or {})}
         likelihood = {"kind": "gaussian", "scale": 0.1, "learn_scale": True, **(likelihood or {})}
         optimizer = {"name": "adam", "lr": 1e-2, "lr_decay": 0.999, "diffusion_lr_factor": 1.0, **(optimizer or {})}

@@ -502,3 +502,38 @@ def test_observation_noise_leaves_later_samples_of_the_stream_alone():
         noise = (noisy - clean)[..., 1:]
         assert (noise != 0).all()
         torch.testing.assert_close(noise.std(), torch.tensor(0.01), rtol=0.1, atol=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_cde_encoder_keeps_the_posterior_finite_on_sparse_data(tiny_cfg, seed):
+    """The CDE encoder read the 0/1 observation mask as part of its control; each gap's edge is a jump of 1 in it, and
+    on lorenz with half the values missing the CDE's state grew until, at initialisation, the posterior SDE diverged
+    (mean KL per path 1.4e9, 8.4e5, 2.0e8 for seeds 0-2 here). It now reads the observations counted from the end,
+    over T - 1 (model.encoder.mask=auto: cumulative for the CDE)."""
+    cfg = tiny_cfg(["experiment=lorenz_latent_sde", "model.encoder.kind=cde", "data.source.drop_fraction=0.5",
+                    f"seed={seed}"])
+    with open_dict(cfg):
+        cfg.data.source.n_paths = 128
+    datamodule, model = build(cfg)
+    paths, filled = datamodule.train[:64], datamodule.filled["train"][:64]
+    log_lik, kl, _ = model.elbo_terms(paths, filled, gen(0))
+    observed = (~torch.isnan(paths[..., 1:])).sum((1, 2))
+    assert kl.mean() < 10 and (log_lik / observed).mean() > -200
+    assert model.encoder.mask == "cumulative"
+
+
+def test_encoder_mask_options():
+    auto = {kind: Encoder(C, 4, 3, T, kind=kind, mask="auto").mask for kind in ("gru", "cde")}
+    assert auto == {"gru": "indicator", "cde": "cumulative"}
+    # a checkpoint written before the option has no mask in its config: its encoder reads what it was trained on
+    assert make_model(encoder={"kind": "cde", "hidden_size": 8}).encoder.mask == "indicator"
+    encoder = Encoder(C, 4, 3, T, kind="cde", mask="cumulative")
+    paths, filled = make_batch()
+    seen = []
+    encoder._run = lambda x: seen.append(x) or torch.zeros(x.size(0), x.size(1), encoder.hidden_size)
+    encoder(paths, filled)
+    counted = seen[0].flip(1)[..., 1 + C:]  # forward time order again
+    expected = (~torch.isnan(paths[..., 1:])).float().flip(1).cumsum(1).flip(1) / (T - 1)
+    torch.testing.assert_close(counted, expected)
+    with pytest.raises(ConfigError, match=r"model.encoder.mask='count' is not valid"):
+        Encoder(C, 4, 3, T, kind="cde", mask="count")
