@@ -57,10 +57,6 @@ class SDEGAN(GenerativeModule):
             if not float(self.optimizer_cfg.get(key, 0)) > 0:
                 raise bad_option(f"model.optimizer.{key}", self.optimizer_cfg.get(key), "a positive learning rate",
                                  f"e.g. model.optimizer.{key}=1e-3")
-        name = self.optimizer_cfg.get("name", "adadelta")
-        if name not in OPTIMIZERS:  # before the data load, not when Lightning asks for the optimisers
-            raise bad_option("model.optimizer.name", name, f"one of {sorted(OPTIMIZERS)}",
-                             "set model.optimizer.name=adadelta")
         check_optimizer_options(OPTIMIZERS[name], name, {k: v for k, v in self.optimizer_cfg.items()
                                                          if k not in ("name", "g_lr", "d_lr")},
                                 float(self.optimizer_cfg["g_lr"]))
