@@ -2,6 +2,8 @@
 named errors that replace Hydra's instantiation wrappers where a constructor met a bad value."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
@@ -56,6 +58,11 @@ def unknown_option(node, cause) -> ConfigError | None:
     known = _init_options(cls)
     option = f"{prefix}.{key}" if prefix else key
     other = _other_family_taking(node._target_, key)
+    if other is not None and not _typed(option):  # set by an experiment of the other family, not by the user
+        family = _family_of(node._target_)
+        return ConfigError(f"{option}, set by {_experiment_text()}, is an option of the {other} model, not of "
+                           f"{node._target_}: that config is for a {other} model. Fix: choose a {family} experiment "
+                           f"({_experiments_of(family)}), or model={other}.")
     if other is not None:  # e.g. the latent SDE's sample_observation_noise on an SDE-GAN, which has no likelihood
         return ConfigError(f"{option} is an option of the {other} model (model={other}) only, not of "
                            f"{node._target_}. Fix: remove +{option}, or train a {other} model (model={other}).")
@@ -63,6 +70,38 @@ def unknown_option(node, cause) -> ConfigError | None:
     fix = (f"set {prefix}.{near[0]}=... (an existing key: no +) instead of +{option}" if near else
            f"remove +{option}")
     return ConfigError(f"{option} is not an option of {node._target_} (it takes {known}). Fix: {fix}.")
+
+
+def _typed(option: str) -> bool:
+    """Whether ``option`` (or a section above it) is on the command line; True outside a Hydra run, where whoever
+    composed the config chose every key."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return True
+    groups = set(HydraConfig.get().runtime.choices)  # model=latent_sde chooses a config, it sets no key
+    keys = [k for k in (o.partition("=")[0].lstrip("+~") for o in HydraConfig.get().overrides.task) if k not in groups]
+    return any(option == k or option.startswith(f"{k}.") or k.startswith(f"{option}.") for k in keys)
+
+
+def _experiment_text() -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    experiment = HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
+    return f"experiment={experiment}" if experiment else "its defaults"
+
+
+def _family_of(target: str) -> str:
+    from neuralsde.checkpoints import FAMILY_TARGETS
+
+    return next((family for family, t in FAMILY_TARGETS.items() if t == target), target)
+
+
+def _experiments_of(family: str) -> str:
+    """The experiment configs that choose ``family``'s model (``override /model: <family>...``)."""
+    folder = Path(__file__).resolve().parent.parent / "configs" / "experiment"
+    names = sorted(p.stem for p in folder.glob("*.yaml") if f"/model: {family}" in p.read_text())
+    return ", ".join(f"experiment={n}" for n in names) or f"see configs/experiment/ for one with model: {family}"
 
 
 def _init_options(cls) -> list[str]:

@@ -409,6 +409,28 @@ def test_an_sdegan_option_on_the_latent_sde_names_its_family(tiny_cfg):
         build(cfg)
 
 
+def test_an_sdegan_experiment_with_model_latent_sde_names_the_experiment_not_a_plus_key(tmp_path):
+    """Was: "Fix: remove +model.generator", a key the user never typed: experiment=stocks_sdegan set it."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    res = subprocess.run([sys.executable, str(ROOT / "train.py"), "experiment=stocks_sdegan", "model=latent_sde",
+                          f"hydra.run.dir={tmp_path}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out[-2000:]
+    assert ("ConfigError: model.generator, set by experiment=stocks_sdegan, is an option of the sdegan model, not of "
+            "latent_sde.module.LatentSDE: that config is for a sdegan model. Fix: choose a latent_sde experiment "
+            "(experiment=air_quality_latent_sde, experiment=lorenz_latent_sde, experiment=ou_latent_sde), or "
+            "model=sdegan.") in out
+    assert "+model.generator" not in out
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"kl_anneal_steps": 2.5}, r"model.kl_anneal_steps=2.5 is not valid: expected an integer of at least 0"),
     ({"kl_anneal_steps": True}, r"model.kl_anneal_steps=True is not valid"),
