@@ -112,6 +112,48 @@ def test_sig_mmd_matches_hand_computed_linear_kernel_at_depth2():
     assert res.ci_low == res.ci_high == res.mmd
 
 
+def test_biased_sig_mmd_is_the_distance_between_feature_means():
+    """The biased (V-statistic) MMD² is ||mean phi(x) - mean phi(y)||²: with explicit feature vectors for the
+    truncated kernel, and as mean K_xx + mean K_yy - 2 mean K_xy of the PDE kernel's Gram matrices (cached or not)."""
+    import numpy as np
+
+    from neuralsde.metrics import sig_mmd
+
+    real, fake = ou(6, length=5, seed=5, t_end=1.0).double(), ou(7, length=5, theta=3.0, seed=6, t_end=1.0).double()
+    fx, fy = hand_depth2(real).numpy(), hand_depth2(fake).numpy()  # depth 2, no basepoint: the raw paths
+    res = signature_mmd(real, fake, depth=2, basepoint=False, n_boot=0)
+    assert res.mmd_biased == pytest.approx(float(np.sum((fx.mean(0) - fy.mean(0)) ** 2)), rel=1e-10, abs=1e-12)
+    # the unbiased estimate is the biased one less each sample's feature variance (1/size) over its size minus one
+    var = [float(np.sum(f.var(0))) / (len(f) - 1) for f in (fx, fy)]
+    assert res.mmd == pytest.approx(res.mmd_biased - var[0] - var[1], rel=1e-10, abs=1e-12)
+    # the suite's defaults: depth 5 of the prepared paths (basepoint, time on [0, 1]), NaN filled
+    real, fake = with_gaps(ou(20, seed=1)), ou(24, theta=3.0, seed=2)
+    x, y = sig_mmd.prepare_paths(real, fake)
+    fx, fy = signature_features(x, 5).numpy(), signature_features(y, 5).numpy()
+    want = float(np.sum((fx.mean(0) - fy.mean(0)) ** 2))
+    assert signature_mmd(real, fake, n_boot=10).mmd_biased == pytest.approx(want, rel=1e-10, abs=1e-12)
+    for opts in (dict(), dict(dyadic_order=2), dict(static_kernel="rbf", rbf_sigma=0.5)):
+        kxx, kyy, kxy = sig_mmd.gram_matrices(x, y, kind="pde", **opts)
+        want = float(kxx.mean() + kyy.mean() - 2 * kxy.mean())
+        sig_mmd._REAL_GRAM.clear()
+        cold = signature_mmd(real, fake, kind="pde", n_boot=0, **opts)
+        warm = signature_mmd(real, fake, kind="pde", n_boot=0, **opts)  # K_xx from the cache
+        assert cold.mmd_biased == warm.mmd_biased == pytest.approx(want, rel=1e-12), opts
+        assert cold.mmd_biased > 0 and cold.mmd_biased != pytest.approx(cold.mmd, rel=1e-3)
+
+
+def test_biased_sig_mmd_ranks_exploding_fakes_last():
+    """Was: an Optuna search minimising the unbiased MMD² picked a trial whose generator nearly diverged: leaving
+    k(y, y) out, it scores huge-variance paths hugely negative (-1.5e6 at tiny sizes)."""
+    real, matched = ou(64, seed=1), ou(64, seed=3)
+    exploding = ou(64, seed=2)
+    sign = torch.where(torch.rand(64, 1, 1, generator=torch.Generator().manual_seed(0)) < 0.5, -1.0, 1.0)
+    exploding[..., 1:] *= 1e3 * sign
+    good, bad = (cheap_metrics(real, fake, metrics=["sig_mmd"], n_boot=20) for fake in (matched, exploding))
+    assert bad["sig_mmd"] < -1e20 < good["sig_mmd"]  # the unbiased estimate prefers the exploding sample
+    assert 0 < good["sig_mmd_biased"] < 0.1 and bad["sig_mmd_biased"] > 1e20
+
+
 def test_basepoint_makes_initial_value_visible():
     real = ou(32, seed=7)
     shifted = real.clone()
@@ -374,6 +416,7 @@ def test_cheap_metrics_keys_and_determinism():
         "sig_mmd",
         "sig_mmd_ci_low",
         "sig_mmd_ci_high",
+        "sig_mmd_biased",
         "marginal_w1",
         "marginal_ks",
         "acf_error",
@@ -382,7 +425,7 @@ def test_cheap_metrics_keys_and_determinism():
     assert all(isinstance(v, float) and math.isfinite(v) for v in out.values())
     assert out == cheap_metrics(real, fake, seed=0, n_boot=50)
     single = cheap_metrics(ou(16, seed=1), ou(16, seed=2), seed=0, metrics=["sig_mmd", "cross_corr_error"])
-    assert set(single) == {"sig_mmd", "sig_mmd_ci_low", "sig_mmd_ci_high"}
+    assert set(single) == {"sig_mmd", "sig_mmd_ci_low", "sig_mmd_ci_high", "sig_mmd_biased"}
 
 
 def test_full_metrics_keys_and_determinism():
@@ -393,6 +436,7 @@ def test_full_metrics_keys_and_determinism():
         "sig_mmd",
         "sig_mmd_ci_low",
         "sig_mmd_ci_high",
+        "sig_mmd_biased",
         "marginal_w1",
         "marginal_ks",
         "acf_error",

@@ -45,11 +45,21 @@ _REAL_GRAM: list = []  # [] or [(key, x, kxx)]
 
 @dataclass(frozen=True)
 class MMDResult:
-    """Unbiased MMD² estimate and the bounds of its percentile bootstrap confidence interval."""
+    """Unbiased MMD² estimate, the bounds of its percentile bootstrap confidence interval, and the biased estimate.
+
+    ``mmd`` (the paper's figure) leaves out k(x, x) and k(y, y). ``mmd_biased`` (the V-statistic,
+    ||mean phi(x) - mean phi(y)||² in the kernel's feature space) keeps them, and ``mmd`` equals it less each
+    sample's feature-space variance (trace of the covariance of phi) over its size minus one: a sample of exploding
+    paths drives ``mmd`` far below zero (-1e24 for OU paths times +-1e3) while ``mmd_biased`` grows with it, which
+    makes the biased one the figure to minimise in a search. It is >= 0 up to rounding for ``truncated`` (a Gram
+    matrix of feature vectors); the ``pde`` solver's Gram matrices are positive semi-definite only up to its error,
+    which for large increments at a low ``dyadic_order`` can make it negative too (e.g. OU paths times 3, order 1).
+    """
 
     mmd: float
     ci_low: float
     ci_high: float
+    mmd_biased: float
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -172,6 +182,11 @@ def mmd_unbiased(kxx: torch.Tensor, kyy: torch.Tensor, kxy: torch.Tensor) -> flo
     return float(xx + yy - 2 * kxy.mean())
 
 
+def mmd_biased(kxx: torch.Tensor, kyy: torch.Tensor, kxy: torch.Tensor) -> float:
+    """Biased MMD² (V-statistic) from Gram matrices ``(m, m)``, ``(n, n)``, ``(m, n)``; diagonals are kept."""
+    return float(kxx.mean() + kyy.mean() - 2 * kxy.mean())
+
+
 def bootstrap_mmd(
     kxx: torch.Tensor, kyy: torch.Tensor, kxy: torch.Tensor, *, n_boot: int = 200, generator: torch.Generator
 ) -> torch.Tensor:
@@ -215,7 +230,8 @@ def signature_mmd(
     seed: int | torch.Generator = 0,
     n_jobs: int | None = None,
 ) -> MMDResult:
-    """Unbiased signature-kernel MMD² between real ``(m, T, C)`` and fake ``(n, T', C)`` paths.
+    """Unbiased (and biased, see ``MMDResult``) signature-kernel MMD² between real ``(m, T, C)`` and fake
+    ``(n, T', C)`` paths.
 
     Channel 0 is time; real may hold NaN (filled by linear interpolation in time via
     ``torchcde.linear_interpolation_coeffs``, see ``prepare_paths``). ``kind``, ``depth`` (truncated),
@@ -248,10 +264,10 @@ def signature_mmd(
         rbf_sigma=rbf_sigma,
         n_jobs=n_jobs,
     )
-    estimate = mmd_unbiased(kxx, kyy, kxy)
+    estimate, biased = mmd_unbiased(kxx, kyy, kxy), mmd_biased(kxx, kyy, kxy)
     if n_boot == 0:
-        return MMDResult(estimate, estimate, estimate)
+        return MMDResult(estimate, estimate, estimate, biased)
     boots = bootstrap_mmd(kxx, kyy, kxy, n_boot=n_boot, generator=make_generator(seed, kxx.device))
     q = torch.tensor([(1 - ci) / 2, (1 + ci) / 2], dtype=boots.dtype, device=boots.device)
     low, high = torch.nanquantile(boots, q).tolist()  # NaN: see bootstrap_mmd
-    return MMDResult(estimate, low, high)
+    return MMDResult(estimate, low, high, biased)

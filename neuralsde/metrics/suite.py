@@ -75,7 +75,8 @@ def _sig_mmd(rtr, rte, ftr, fte, o: MetricOptions, seed: int) -> dict:
         ci=o.ci,
         seed=seed,
     )
-    return {"sig_mmd": res.mmd, "sig_mmd_ci_low": res.ci_low, "sig_mmd_ci_high": res.ci_high}
+    return {"sig_mmd": res.mmd, "sig_mmd_ci_low": res.ci_low, "sig_mmd_ci_high": res.ci_high,
+            "sig_mmd_biased": res.mmd_biased}
 
 
 def _cross_corr(rtr, rte, ftr, fte, o, seed) -> dict:
@@ -114,7 +115,7 @@ def _tstr(rtr, rte, ftr, fte, o: MetricOptions, seed: int) -> dict:
 
 
 METRICS: dict[str, Metric] = {
-    "sig_mmd": Metric(("sig_mmd", "sig_mmd_ci_low", "sig_mmd_ci_high"), False, _sig_mmd),
+    "sig_mmd": Metric(("sig_mmd", "sig_mmd_ci_low", "sig_mmd_ci_high", "sig_mmd_biased"), False, _sig_mmd),
     "marginal_w1": Metric(
         ("marginal_w1",),
         False,
@@ -243,9 +244,10 @@ def cheap_metrics(
 ) -> dict[str, float]:
     """Metrics that train nothing, between real ``(m, T, C)`` and fake ``(n, T, C)`` paths.
 
-    Default keys: ``sig_mmd``, ``sig_mmd_ci_low``, ``sig_mmd_ci_high``, ``marginal_w1``, ``marginal_ks``,
-    ``acf_error`` and, with more than one data channel, ``cross_corr_error``. ``metrics`` picks names from
-    ``CHEAP_METRICS``; ``options`` are ``MetricOptions`` fields (e.g. ``sig_depth=5``, ``n_boot=200``).
+    Default keys: ``sig_mmd``, ``sig_mmd_ci_low``, ``sig_mmd_ci_high``, ``sig_mmd_biased`` (see ``MMDResult``),
+    ``marginal_w1``, ``marginal_ks``, ``acf_error`` and, with more than one data channel, ``cross_corr_error``.
+    ``metrics`` picks names from ``CHEAP_METRICS``; ``options`` are ``MetricOptions`` fields (e.g. ``sig_depth=5``,
+    ``n_boot=200``).
     """
     names = check_metric_names(CHEAP_METRICS if metrics is None else metrics, allow_training=False)
     real, fake = check_paths(real, "real"), check_paths(fake, "fake", allow_nan=False)
