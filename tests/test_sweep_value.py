@@ -92,7 +92,7 @@ def test_a_diverged_trial_reports_the_worst_value_and_a_diverged_grid_job_fails(
     monkeypatch.setattr(training, "train", diverges)
     with in_job("hparams_search=ou_optuna") as cfg, caplog.at_level("WARNING"):
         assert train_for_sweep(cfg) == math.inf
-    assert "Training diverged" in caplog.text and "val/sig_mmd=inf" in caplog.text
+    assert "Training diverged" in caplog.text and "val/sig_mmd_biased=inf" in caplog.text
     for overrides in ((), ("hydra.mode=MULTIRUN",)):
         with in_job(*overrides) as cfg, pytest.raises(TrainingDivergedError):
             train_for_sweep(cfg)

@@ -12,6 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from neuralsde.metrics import METRICS
 from tests.conftest import CONFIG_DIR, ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -261,7 +262,10 @@ def test_optuna_search_composes():
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
-    assert cfg.optimized_metric == "val/sig_mmd" and sweeper.direction == "minimize"
+    # the biased MMD², >= 0: the unbiased val/sig_mmd scores exploding generators hugely negative
+    assert cfg.optimized_metric == "val/sig_mmd_biased" and sweeper.direction == "minimize"
+    stage, _, key = cfg.optimized_metric.partition("/")
+    assert stage == "val" and key in {k for name in cfg.callbacks.metrics.val_metrics for k in METRICS[name].keys}
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 1234
     assert sweeper.storage is None and sweeper.n_trials >= 10
     assert set(sweeper.params) == {"model.optimizer.g_lr", "model.optimizer.d_lr", "model.generator.hidden_size"}
