@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from neuralsde.metrics import METRICS
-from tests.conftest import CONFIG_DIR, ROOT
+from tests.conftest import CONFIG_DIR, ROOT, compose_config
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import aggregate as agg  # noqa: E402
@@ -255,6 +255,15 @@ def test_an_optuna_latent_sweep_stops_before_its_first_trial(tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 2 and "Fix: add hydra.sweeper.direction=maximize" in proc.stderr
     assert not (tmp_path / "0").exists()
+
+
+def test_sweeps_minimise_the_biased_signature_mmd_by_default():
+    """The unbiased val/sig_mmd goes far below zero for exploding samples: a sweep minimising it picked them."""
+    from neuralsde.metrics.suite import METRICS
+
+    cfg = compose_config([])
+    assert cfg.optimized_metric == "val/sig_mmd_biased"
+    assert "sig_mmd_biased" in METRICS["sig_mmd"].keys
 
 
 def test_optuna_search_composes():
