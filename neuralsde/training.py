@@ -106,10 +106,14 @@ def check_model(cfg: DictConfig) -> None:
     """Every check of ``cfg.model`` that needs no data (unknown options, choices, sizes, learning rates, option
     combinations), made by building the model on a stand-in grid of two times and one channel and dropping it. What
     needs the data's shape waits for the real build: ``solver.dt`` against the grid (any positive ``dt`` reaches
-    the stand-in's last time, so it refuses nothing that real data would accept)."""
+    the stand-in's last time, so it refuses nothing that real data would accept). Its warnings are dropped: the
+    real build gives them, and a run showed each twice (a filter set in between resets Python's once-per-place
+    record)."""
     from neuralsde.data.preprocessing import Normalizer
 
-    with torch.random.fork_rng(devices=[]):  # the run's weights are drawn as if it had not been built
+    # the run's weights are drawn as if it had not been built
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         _instantiate_model(cfg, torch.arange(2.0), Normalizer(torch.zeros(1), torch.ones(1)))
 
 

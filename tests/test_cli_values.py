@@ -111,6 +111,24 @@ def test_a_model_option_is_checked_before_the_data_are_downloaded(typo, refused,
         check_job(cfg)
 
 
+def test_a_model_constructor_warning_is_shown_once(tmp_path):
+    """Was: the stand-in model of the checks before the data warned too, so a run showed the discriminator's hermite
+    warning twice (the warning filters set between the two builds reset Python's once-per-place record)."""
+    import warnings
+
+    from neuralsde.config_checks import check_job
+    from neuralsde.training import build
+    from tests.conftest import shrink
+
+    cfg = shrink(compose_config(["model=sdegan", "model.discriminator.interpolation=hermite"]), tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_job(cfg)
+        assert not caught  # the checks build a stand-in: nothing to say about it
+        build(cfg)
+    assert [str(w.message)[:47] for w in caught] == ["model.discriminator.interpolation=hermite gives"]
+
+
 def test_a_word_where_a_number_belongs_is_named(tmp_path):
     """model.optimizer.g_lr=abc was "could not convert string to float: 'abc'" under Hydra's wrapper (full_key:
     model); data.source.n_paths=abc a TypeError, n_paths=256.5 torch.randn's signature dump."""
