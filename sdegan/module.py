@@ -8,7 +8,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from neuralsde.averaging import Averaged
 from neuralsde.data.preprocessing import Normalizer
-from neuralsde.errors import bad_option, check_int
+from neuralsde.errors import bad_option, check_int, check_number
 from neuralsde.lipschitz import check_method, clip_weights, gradient_penalty
 from neuralsde.module_base import GenerativeModule
 from neuralsde.optim_options import check_optimizer_options
@@ -53,10 +53,9 @@ class SDEGAN(GenerativeModule):
         if name not in OPTIMIZERS:  # here, not at the fit's start: refused before the data are prepared
             raise bad_option("model.optimizer.name", name, f"one of {sorted(OPTIMIZERS)}",
                              "set model.optimizer.name=adadelta")
-        for key in ("g_lr", "d_lr"):
-            if not float(self.optimizer_cfg.get(key, 0)) > 0:
-                raise bad_option(f"model.optimizer.{key}", self.optimizer_cfg.get(key), "a positive learning rate",
-                                 f"e.g. model.optimizer.{key}=1e-3")
+        for key in ("g_lr", "d_lr"):  # finite too: inf passed a "> 0" test, and the first step made every weight NaN
+            check_number(f"model.optimizer.{key}", self.optimizer_cfg.get(key), f"e.g. model.optimizer.{key}=1e-3",
+                         positive=True)
         check_optimizer_options(OPTIMIZERS[name], name, {k: v for k, v in self.optimizer_cfg.items()
                                                          if k not in ("name", "g_lr", "d_lr")},
                                 float(self.optimizer_cfg["g_lr"]))
@@ -64,9 +63,9 @@ class SDEGAN(GenerativeModule):
             for key, value in sizes.items():
                 if key.endswith("_size") or key == "num_layers":
                     check_int(f"model.{group}.{key}", value, f"e.g. model.{group}.{key}=16")
-                if key in ("initial_scale", "initial_mult", "field_mult") and not float(value) > 0:
-                    raise bad_option(f"model.{group}.{key}", value, "a positive factor",
-                                     f"e.g. model.{group}.{key}=1 (PyTorch's initialisation)")
+                if key in ("initial_scale", "initial_mult", "field_mult"):
+                    check_number(f"model.{group}.{key}", value, f"e.g. model.{group}.{key}=1 (PyTorch's "
+                                 "initialisation)", positive=True)
         self.save_hyperparameters({"solver": dataclasses.asdict(self.solver), "generator": dict(generator),
                                    "discriminator": dict(discriminator), "optimizer": self.optimizer_cfg,
                                    "train_steps": train_steps, "swa_start": swa_start, "lipschitz": lipschitz,

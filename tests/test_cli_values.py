@@ -136,7 +136,7 @@ def test_a_word_where_a_number_belongs_is_named(tmp_path):
     from neuralsde.training import build
 
     tiny = ["data.source.n_paths=64", "data.source.t_size=8", "data.batch_size=16", f"paths.output_dir={tmp_path}"]
-    with pytest.raises(ConfigError, match=r"model.optimizer.g_lr='abc' is not valid: expected a number"):
+    with pytest.raises(ConfigError, match=r"model.optimizer.g_lr='abc' is not valid: expected a positive finite"):
         build(compose_config([*tiny, "model.optimizer.g_lr=abc"]))
     for value in ("abc", 256.5):
         with pytest.raises(ConfigError, match=rf"data.source.n_paths={value!r} is not valid: expected an integer"):
