@@ -14,9 +14,16 @@ import torch
 from neuralsde.errors import ConfigError
 
 
-def check_optimizer_options(cls: type[torch.optim.Optimizer], name: str, options: dict, lr: float) -> None:
-    """Raise ConfigError unless ``cls(params, lr=lr, **options)`` builds; ``name`` is ``model.optimizer.name``."""
+def check_optimizer_options(cls: type[torch.optim.Optimizer], name: str, options: dict, lr: float,
+                            lr_options: str = "model.optimizer.lr") -> None:
+    """Raise ConfigError unless ``cls(params, lr=lr, **options)`` builds; ``name`` is ``model.optimizer.name``,
+    ``lr_options`` the options the family sets the learning rate from."""
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "params", "lr")]
+    own = [key for key in options if key in ("params", "lr")]
+    if own:  # every optimiser takes them: "not an option of adadelta" sent the user looking for another optimiser
+        raise ConfigError(f"model.optimizer.{own[0]} is not read: the model passes the optimiser its parameters and "
+                          f"its learning rate ({lr_options}). Fix: remove +model.optimizer.{own[0]}"
+                          + (f"; set {lr_options} instead." if own[0] == "lr" else "."))
     unknown = [key for key in options if key not in accepted]
     if unknown:
         raise ConfigError(f"model.optimizer.{unknown[0]} is not an option of model.optimizer.name={name} "

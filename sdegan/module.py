@@ -58,7 +58,7 @@ class SDEGAN(GenerativeModule):
                          positive=True)
         check_optimizer_options(OPTIMIZERS[name], name, {k: v for k, v in self.optimizer_cfg.items()
                                                          if k not in ("name", "g_lr", "d_lr")},
-                                float(self.optimizer_cfg["g_lr"]))
+                                float(self.optimizer_cfg["g_lr"]), "model.optimizer.g_lr and d_lr")
         for group, sizes in (("generator", generator), ("discriminator", discriminator)):
             for key, value in sizes.items():
                 if key.endswith("_size") or key == "num_layers":

@@ -461,6 +461,10 @@ def test_option_values_are_checked_not_coerced(kwargs, message):
      r"model.optimizer.weight_decay"),
     (["+model.optimizer.momentum=0.9"], r"model.optimizer.momentum is not an option of model.optimizer.name=adadelta"),
     (["model.optimizer.name=adamax"], r"model.optimizer.name='adamax' is not valid"),
+    # was "not an option of model.optimizer.name=adadelta", which Adadelta's lr is
+    (["+model.optimizer.lr=0.1"], r"model.optimizer.lr is not read: the model passes the optimiser its parameters "
+                                  r"and its learning rate \(model.optimizer.g_lr and d_lr\). Fix: remove "
+                                  r"\+model.optimizer.lr; set model.optimizer.g_lr and d_lr instead."),
 ])
 def test_optimizer_options_are_checked_when_the_model_is_built(tiny_cfg, overrides, message):
     """Keys of model.optimizer that a family does not read go to the optimiser, which Lightning builds once training
