@@ -132,16 +132,34 @@ FAILED_MARK = ") failed: "  # neuralsde.hydra_callbacks.ReportFailedJob: "Sweep 
 
 def logged_failure(job_dir: Path, limit: int = 300) -> str | None:
     """The error a failed sweep job logged into its ``train.log`` (``ReportFailedJob``), first line only, or None:
-    "no csv/metrics.csv (job failed, ...)" sent the user to open every job's log to learn why."""
+    "no csv/metrics.csv (job failed, ...)" sent the user to open every job's log to learn why. A failure older than
+    the job's metrics.csv or last checkpoint is None: a ``resume=auto`` rerun appends to the same train.log, and a
+    job still running (or stopped) after an earlier failed attempt was reported as failed with that attempt's error."""
     log_path = job_dir / "train.log"
     if not log_path.is_file():
         return None
     for line in reversed(log_path.read_text(errors="replace").splitlines()):
         head, mark, error = line.partition(FAILED_MARK)
         if mark and "Sweep job " in head:
+            if _written_after(job_dir, head):
+                return None
             error = error.rpartition(" (its directory: ")[0] or error
             return error if len(error) <= limit else error[:limit - 3] + "..."
     return None
+
+
+def _written_after(job_dir: Path, head: str) -> bool:
+    """Whether the job wrote metrics or a checkpoint after the log line whose start is ``head`` (Hydra's
+    ``[%(asctime)s]...``, local time; a line without it: False)."""
+    from datetime import datetime
+
+    try:
+        logged = datetime.strptime(head[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    except ValueError:
+        return False
+    written = [p.stat().st_mtime for p in (job_dir / "csv" / "metrics.csv", job_dir / "checkpoints" / "last.ckpt")
+               if p.is_file()]
+    return any(t > logged + 1.0 for t in written)  # a second's slack: the failing attempt's own last writes
 
 
 def default_metrics(columns) -> list[str]:

@@ -339,6 +339,26 @@ def test_aggregate_quotes_the_error_a_failed_job_logged(tmp_path):
                        "0.25; overrides: seed=1 solver.dt=0.3"]
 
 
+def test_aggregate_does_not_quote_an_earlier_attempts_failure(tmp_path):
+    """A resume=auto rerun appends to the job's train.log: a job running again (here: no test/ metrics yet) after
+    a failed attempt was listed with that attempt's error, as failed."""
+    import os
+    import time
+
+    job = fake_job(tmp_path, 0, ["seed=0"], [{"step": 0, "val/sig_mmd": 1.0}])
+    (job / "config.yaml").write_text("test: true\n")
+    earlier = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - 3600))
+    (job / "train.log").write_text(f"[{earlier},000][neuralsde.hydra_callbacks][ERROR] - Sweep job 0 (seed=0) failed: "
+                                   "RuntimeError: CUDA out of memory (its directory: /x)\n")
+    fake_job(tmp_path, 1, ["seed=1"], [{"step": 0, "val/sig_mmd": 1.0}])
+    reason = "0: unfinished: no test/ metrics though test=true (failed, killed or still running)"
+    assert agg.aggregate(tmp_path)[2] == [f"{reason}; overrides: seed=0"]
+    # the same line written after the metrics is this attempt's failure
+    csv = job / "csv" / "metrics.csv"
+    os.utime(csv, (time.time() - 7200, time.time() - 7200))
+    assert agg.aggregate(tmp_path)[2] == [f"{reason}; failed: RuntimeError: CUDA out of memory; overrides: seed=0"]
+
+
 def test_aggregate_flags_a_metric_some_jobs_lack(tmp_path):
     fake_job(tmp_path, 0, ["seed=0"], [{"step": 0, "val/sig_mmd": 1.0, "test/sig_mmd": 2.0}])
     fake_job(tmp_path, 1, ["seed=1"], [{"step": 0, "val/sig_mmd": 3.0}])
