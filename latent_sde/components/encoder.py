@@ -17,10 +17,11 @@ from neuralsde.solver import SolverConfig
 
 ENCODER_KINDS = ("gru", "cde")
 # How the observation mask reaches the encoder. indicator: 1 observed, 0 missing. cumulative: the observations counted
-# from the end (the encoder reads backwards) over T - 1, in [0, 1] like the time channel: a CDE responds to its
-# control's increments, and an indicator's are a +-1 jump at every gap's edge, which on lorenz with
-# drop_fraction=0.5 grew the CDE's state so far that at initialisation the posterior SDE diverged (path KL 1e3-2e7
-# per path against about 1 with the count, as torchcde's irregular-data example feeds the mask).
+# from the end (the encoder reads backwards) over T - 1, on the time channel's scale (up to T / (T - 1) where every
+# value is observed): a CDE responds to its control's increments, and an indicator's are a +-1 jump at every gap's
+# edge, which on lorenz with drop_fraction=0.5 grew the CDE's state so far that at initialisation the posterior SDE
+# diverged (path KL 1e3-2e7 per path against about 1 with the count, as torchcde's irregular-data example feeds the
+# mask).
 # auto: indicator for the GRU, cumulative for the CDE.
 MASK_KINDS = ("auto", "indicator", "cumulative")
 
