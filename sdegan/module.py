@@ -43,6 +43,9 @@ class SDEGAN(GenerativeModule):
         if update not in UPDATES:
             raise bad_option("model.update", update, f"one of {UPDATES}", "set model.update=simultaneous")
         check_int("model.n_critic", n_critic, "e.g. model.n_critic=5")
+        # as the latent SDE's options: 2.5 was truncated to 2, and inf made the penalty's loss non-finite
+        check_int("model.swa_start", swa_start, "e.g. model.swa_start=250", minimum=0)
+        check_number("model.gp_lambda", gp_lambda, "e.g. model.gp_lambda=10", minimum=0)
         self.solver = solver if isinstance(solver, SolverConfig) else SolverConfig(**solver)
         self.solver.check_grid(torch.arange(self.t_size, dtype=torch.float32))
         self.lipschitz, self.gp_lambda = check_method(lipschitz), float(gp_lambda)

@@ -47,6 +47,7 @@ def test_dt_not_dividing_gaps_is_an_error():
     ("model.optimizer.g_lr=inf", "model.optimizer.g_lr=inf is not valid: expected a positive finite number"),
     ("model.optimizer.d_lr=nan", "model.optimizer.d_lr=nan is not valid: expected a positive finite number"),
     ("model.generator.initial_scale=inf", "model.generator.initial_scale=inf is not valid"),
+    ("model.gp_lambda=inf", "model.gp_lambda=inf is not valid: expected a finite number >= 0"),
     ("model.lipschitz=spectral", "model.lipschitz='spectral'"),
     ("model.discriminator.interpolation=cubic", "model.discriminator.interpolation='cubic'"),
     ("model.update=sequential", "model.update='sequential'"),
@@ -57,6 +58,17 @@ def test_bad_config_values(tiny_cfg, override, needle):
     with pytest.raises(ValueError) as err:
         build(cfg)
     assert needle in str(err.value) and "Fix" in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["2.5", "-1", "true"])
+def test_swa_start_is_a_step_number(value):
+    """Was: 2.5 truncated to step 2 and true read as step 1, without a word (the test config sets swa_start itself,
+    so this one is checked on the composed config alone, as train.py does before the data)."""
+    from neuralsde.training import check_model
+
+    with pytest.raises(ConfigError, match=rf"model.swa_start={value.replace('true', 'True')} is not valid: expected "
+                                          r"an integer of at least 0\. Fix: e\.g\. model\.swa_start=250"):
+        check_model(compose_config([f"model.swa_start={value}"]))
 
 
 def test_non_positive_train_steps(tiny_cfg):
