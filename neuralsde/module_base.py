@@ -134,7 +134,8 @@ class GenerativeModule(pl.LightningModule):
     def _count_skipped_step(self) -> None:
         """Count a batch ``check_finite`` skipped and drop what earlier steps logged: Lightning writes a training
         step's last logged values at every written step until they are logged again, so the skipped step's row in
-        metrics.csv and wandb repeated the step before's losses as its own. It logs ``train/step`` and the count."""
+        metrics.csv and wandb repeated the step before's losses as its own. It logs ``train/step`` again (the count is
+        logged by ``training_step``, at every written step once there is one)."""
         self.skipped_nonfinite += 1
         results = None if self._trainer is None else self._trainer._results
         if results is not None:
