@@ -66,9 +66,10 @@ def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
 
 
-def build(cfg: DictConfig):
+def build(cfg: DictConfig, *, model_checked: bool = False):
     """Instantiate ``(datamodule, model)`` from a composed config; the data are set up first because the
-    model's shapes and normalisation come from them (the model's own options are checked before: ``check_model``).
+    model's shapes and normalisation come from them (the model's own options are checked before: ``check_model``,
+    unless ``model_checked``, as ``train`` has by ``check_job``).
 
     From Python, compose the config with ``paths.output_dir`` set: inside ``train.py`` it is Hydra's run directory
     (``${hydra:runtime.output_dir}``), which does not exist outside a Hydra job::
@@ -78,7 +79,8 @@ def build(cfg: DictConfig):
         datamodule, model = build(cfg)
     """
     check_resolvable(cfg)
-    check_model(cfg)  # before the data, whose first preparation may download for minutes
+    if not model_checked:
+        check_model(cfg)  # before the data, whose first preparation may download for minutes
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     model = build_model(cfg, datamodule.times, datamodule.normalizer)
@@ -224,7 +226,7 @@ def _set_up(cfg: DictConfig, ckpt_path: str | None, ckpt: dict | None, continuin
     if rank_zero_only.rank == 0:  # DDP: the other processes would rewrite it while a reader may be reading it
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
 
-    datamodule, model = build(cfg)
+    datamodule, model = build(cfg, model_checked=True)  # train's check_job built the stand-in model
     if ckpt is not None:
         if fitting:
             check_resume_compatible(ckpt_path, model, ckpt)

@@ -216,3 +216,17 @@ def test_a_missing_checkpoint_to_continue_is_found_before_any_work(tmp_path):
 
     with pytest.raises(CheckpointError, match=r"Checkpoint '.*lst.ckpt' does not exist. Fix: pass the path"):
         check_job(compose_config([f"ckpt_path={tmp_path}/lst.ckpt"]))
+
+
+def test_a_training_run_checks_its_model_options_once(tiny_cfg, monkeypatch):
+    """train's check_job builds the stand-in model; build, called by train, built it a second time."""
+    from neuralsde import training
+
+    calls = []
+    real = training.check_model
+    monkeypatch.setattr(training, "check_model", lambda cfg: calls.append(1) or real(cfg))
+
+    training.train(tiny_cfg(["test=false"], steps=1))
+    assert len(calls) == 1
+    training.build(tiny_cfg(["test=false"], steps=1))  # from Python: build checks them itself
+    assert len(calls) == 2
