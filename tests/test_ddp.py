@@ -132,7 +132,7 @@ def test_only_rank_zero_writes_the_config_and_says_where_it_resumes(tmp_path, mo
     class Built(Exception):
         pass
 
-    def stop(cfg):
+    def stop(cfg, **kwargs):
         raise Built
 
     monkeypatch.setattr(rank_zero_only, "rank", rank)
