@@ -264,12 +264,13 @@ def load_state(model: torch.nn.Module, ckpt: dict, overridden: bool = True) -> N
         raise CheckpointError(f"The checkpoint does not fit the model built from the config ({detail}). The model "
                               "size or dataset differs from the run that wrote it. Fix: use the checkpoint's own "
                               "config (drop size/data overrides).")
-    model.load_state_dict(theirs)
     # load_state_dict copies into the model's own dtype: a run trained under trainer.precision=64-true was rebuilt in
-    # float32, and its samples and ELBO (noise drawn in another dtype) were not the training run's.
+    # float32, and its samples and ELBO (noise drawn in another dtype) were not the training run's. The model takes
+    # the checkpoint's dtype first: cast after loading, its float64 weights had been rounded to float32 on the way.
     params = [name for name, _ in model.named_parameters() if name in theirs]
     if params and theirs[params[0]].dtype != own[params[0]].dtype:
         model.to(theirs[params[0]].dtype)
+    model.load_state_dict(theirs)
 
 
 def load_model(path: str | os.PathLike, overrides: list[str] | None = None):

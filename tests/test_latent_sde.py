@@ -494,6 +494,9 @@ def test_float64_training_ends_with_its_reconstruction_and_checkpoint(tiny_cfg, 
     # load_model (eval.py, sample.py) rebuilt it in float32: its test/elbo was 7% off the run's (noise in float32)
     model, datamodule, _ = load_model(tmp_path / "checkpoints" / "last.ckpt")
     assert model.dtype == torch.float64
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    # the weights themselves, not float32 roundings of them (a cast after loading rounded them on the way)
+    assert all(torch.equal(p, saved[name]) for name, p in model.named_parameters())
     datamodule.setup("test")
     elbo = model.split_elbo(datamodule.test_dataloader())  # float32 batches, float64 model
     assert elbo["elbo"] == pytest.approx(metrics["test/elbo"], rel=1e-6)
